@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) a virtual environment in .venv and install skutag into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.skutag-installed
+DEMO_OUT ?= demo-out
+
+.PHONY: venv test lint demo bench-cpu clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+demo: venv
+	$(VENV)/bin/skutag demo --out $(DEMO_OUT)
+
+bench-cpu: venv
+	$(PY) -m benchmarks.cpu_suite
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

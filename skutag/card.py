@@ -1,0 +1,204 @@
+"""The model card: everything downstream needs to use a model without guessing.
+
+One small dataclass, serialised as strict JSON. It travels inside every artifact:
+the safetensors metadata of trained weights (key `skutag.card`), the
+`metadata_props["skutag.card"]` of every ONNX file, and the key-value metadata of
+every Parquet file batchrun writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from skutag import __version__
+from skutag.errors import InputError
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "skutag.card"
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # pixels to [-1, 1]
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+INPUT_LAYOUTS = {"uint8": "NHWC", "float32": "NCHW"}
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class CardError(InputError):
+    """A model card that is malformed, or written by an incompatible skutag."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is and how to feed it. `classes[i]` names output column i."""
+
+    arch: str
+    classes: tuple[str, ...]
+    image_size: int = 224
+    resize_size: int = 256
+    normalize: str = "imagenet"
+    mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"][0]
+    std: tuple[float, float, float] = NORMALIZATIONS["imagenet"][1]
+    interpolation: str = "bilinear"
+    input_dtype: str = "uint8"
+    input_layout: str = "NHWC"
+    precision: str = "fp32"
+    metrics: dict[str, float] = field(default_factory=dict)
+    source_sha256: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=_now)
+    skutag_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        self.validate()
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def for_training(
+        cls,
+        arch: str,
+        classes: list[str],
+        *,
+        image_size: int = 224,
+        resize_size: int | None = None,
+        normalize: str = "imagenet",
+        interpolation: str = "bilinear",
+        **extra: Any,
+    ) -> ModelCard:
+        """A card with the preprocessing implied by `normalize` and the torchvision 256/224 ratio."""
+        if normalize not in NORMALIZATIONS:
+            raise CardError(f"unknown normalization {normalize!r}; expected one of {sorted(NORMALIZATIONS)}")
+        mean, std = NORMALIZATIONS[normalize]
+        if resize_size is None:
+            resize_size = round(image_size * 256 / 224)
+        return cls(
+            arch=arch,
+            classes=tuple(classes),
+            image_size=image_size,
+            resize_size=resize_size,
+            normalize=normalize,
+            mean=mean,
+            std=std,
+            interpolation=interpolation,
+            **extra,
+        )
+
+    def replace(self, **changes: Any) -> ModelCard:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # -- validation ---------------------------------------------------------
+
+    def validate(self) -> None:
+        problems = []
+        if not isinstance(self.arch, str) or not self.arch:
+            problems.append("arch must be a non-empty string")
+        if len(self.classes) < 2 or not all(isinstance(c, str) and c for c in self.classes):
+            problems.append("classes must list at least two non-empty names")
+        elif len(set(self.classes)) != len(self.classes):
+            problems.append("classes must be unique")
+        for name in ("image_size", "resize_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                problems.append(f"{name} must be a positive integer")
+        if (
+            isinstance(self.image_size, int)
+            and isinstance(self.resize_size, int)
+            and self.resize_size < self.image_size
+        ):
+            problems.append("resize_size must be at least image_size")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                problems.append(f"{name} must be three finite numbers")
+        if any(v <= 0 for v in self.std):
+            problems.append("std must be positive")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation must be one of {INTERPOLATIONS}")
+        if INPUT_LAYOUTS.get(self.input_dtype) != self.input_layout:
+            problems.append(f"input dtype/layout must be one of {sorted(INPUT_LAYOUTS.items())}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}")
+        if problems:
+            raise CardError("invalid model card: " + "; ".join(problems))
+
+    # -- serialisation ------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("classes", "mean", "std"):
+            data[key] = list(data[key])
+        return data
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelCard:
+        if not isinstance(data, dict):
+            raise CardError("invalid model card: expected a JSON object")
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise CardError("invalid model card: no schema_version")
+        if version > SCHEMA_VERSION:
+            raise CardError(
+                f"model card schema {version} is newer than this skutag understands ({SCHEMA_VERSION}); "
+                "upgrade skutag"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CardError(f"invalid model card: unknown fields {unknown}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise CardError(f"invalid model card: missing fields {missing}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise CardError(f"invalid model card: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CardError(f"invalid model card: not JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        try:
+            return cls.from_json(Path(path).read_bytes())
+        except OSError as exc:
+            raise InputError(f"cannot read model card {path}: {exc.strerror or exc}") from exc
+
+    def save(self, path: str | Path) -> None:
+        from skutag.fsio import atomic_write_text
+
+        atomic_write_text(path, self.to_json(indent=2) + "\n")

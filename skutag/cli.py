@@ -1,0 +1,123 @@
+"""The `skutag` command: a click group whose subcommands load lazily.
+
+`skutag --help` imports no stage, and `skutag run --help` imports batchrun's CLI
+module only (which imports neither torch nor the trainer). Errors a user can cause
+print one line and exit with the code DESIGN.md gives; `--verbose` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import traceback
+
+import click
+
+from skutag import __version__
+from skutag.errors import SkutagError
+
+# name -> "module:attribute" of the click command; imported only when used.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("skutag.synth_cli:synth", "make a synthetic product catalog (no downloads)"),
+    "train": ("trainer.cli:train", "fine-tune a torchvision classifier on a catalog"),
+    "eval": ("trainer.cli:evaluate", "evaluate a run dir, .safetensors or .onnx on labelled images"),
+    "export": ("exporter.cli:export", "export a trained run to one self-describing ONNX file"),
+    "run": ("batchrun.cli:run", "predict a catalog with an ONNX model into Parquet"),
+    "bench": ("benchmarks.cli:bench", "latency and throughput of ONNX models, side by side"),
+    "demo": ("skutag.demo:demo", "the whole pipeline end to end on a synthetic catalog"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        target = COMMANDS[cmd_name][0]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return _not_built(cmd_name)
+            raise
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text from the table, so `skutag --help` imports nothing.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in COMMANDS.items()])
+
+
+def _not_built(name: str) -> click.Command:
+    @click.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def placeholder() -> None:
+        raise SkutagError(f"`skutag {name}` is not built yet in this version")
+
+    return placeholder
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="skutag")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Tag product catalogs with image classifiers.
+
+    \b
+    skutag synth OUT                    make a synthetic catalog
+    skutag train DATA --out RUN         fine-tune (ResNet-50 by default)
+    skutag export RUN --out MODEL.onnx  one ONNX file, card inside
+    skutag run MODEL.onnx SRC --out OUT predictions to Parquet
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the group, turning exceptions into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = any(a in ("-v", "--verbose") for a in args[: _first_command_index(args)])
+    try:
+        cli.main(args=args, prog_name="skutag", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SkutagError as exc:
+        _report(exc, verbose)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line unless --verbose
+        _report(exc, verbose, hint=True)
+        sys.exit(1)
+
+
+def _first_command_index(args: list[str]) -> int:
+    for i, arg in enumerate(args):
+        if arg in COMMANDS:
+            return i
+    return len(args)
+
+
+def _report(exc: BaseException, verbose: bool, hint: bool = False) -> None:
+    if verbose:
+        traceback.print_exception(exc)
+    message = str(exc) or type(exc).__name__
+    if hint:
+        message = f"{type(exc).__name__}: {message} (run with --verbose for the traceback)"
+    click.secho(f"Error: {message}", fg="red", err=True)

@@ -1,0 +1,29 @@
+"""The exceptions a user can cause, each carrying its exit code (see DESIGN.md: exit codes).
+
+The CLI prints these as one line; anything else is a bug and prints as one line too,
+with the traceback only under `--verbose`.
+"""
+
+from __future__ import annotations
+
+
+class SkutagError(Exception):
+    """An error the user can act on. Printed as one line; exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class InputError(SkutagError):
+    """A bad input path or file: missing, unreadable, corrupt, or of the wrong kind (exit 2)."""
+
+    exit_code = 2
+
+
+class DeviceError(SkutagError):
+    """The requested device or execution provider is not usable here (exit 1)."""
+
+
+class TooManyErrors(SkutagError):
+    """The job finished and wrote every row, but more inputs failed than allowed (exit 3)."""
+
+    exit_code = 3

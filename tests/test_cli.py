@@ -1,0 +1,94 @@
+"""The CLI: lazy loading, version, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from skutag import __version__
+from skutag.cli import COMMANDS
+
+
+def skutag(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "skutag", *args], capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def modules_after(*args: str) -> set[str]:
+    code = (
+        "import sys, json\nfrom skutag.cli import main\n"
+        f"try:\n    main({list(args)!r})\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return set(json.loads(result.stderr.strip().splitlines()[-1]))
+
+
+def test_version():
+    result = skutag("--version", check=True)
+    assert __version__ in result.stdout
+
+
+def test_help_lists_every_command_and_imports_no_stage():
+    result = skutag("--help", check=True)
+    for name in COMMANDS:
+        assert name in result.stdout
+    loaded = modules_after("--help")
+    assert not {"torch", "trainer", "exporter", "batchrun", "onnxruntime", "numpy"} & loaded
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_subcommand_help_does_not_import_torch(command):
+    loaded = modules_after(command, "--help")
+    assert "torch" not in loaded, f"`skutag {command} --help` imported torch"
+    assert not any(name == "trainer.loop" or name.startswith("torch.optim") for name in loaded)
+
+
+def test_run_help_never_imports_the_trainer():
+    assert not any(name.split(".")[0] == "trainer" for name in modules_after("run", "--help"))
+
+
+def test_unknown_command_is_a_usage_error():
+    result = skutag("trian")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+
+
+def test_a_command_not_built_says_so_and_exits_1(monkeypatch, capsys):
+    from skutag import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "future", ("skutag_no_such_module:command", "not yet"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["future", "--anything"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "Error: `skutag future` is not built yet in this version"
+
+
+def test_unexpected_errors_are_one_line_unless_verbose(monkeypatch, capsys):
+    import click
+
+    from skutag import cli
+
+    @click.command()
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sys.modules[__name__], "broken", broken, raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "broken", (f"{__name__}:broken", "raises"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["broken"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1 and "boom" in err
+    with pytest.raises(SystemExit):
+        cli.main(["--verbose", "broken"])
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_and_verbose_shows_the_traceback(tmp_path):
+    result = skutag("synth", str(tmp_path / "c"), "--size", "big")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "MIN-MAX" in result.stderr
