@@ -1,0 +1,1 @@
+"""Fine-tuning of torchvision classifiers: data, model, freeze policy, loop, checkpoints, reports, eval."""

@@ -1,0 +1,81 @@
+"""`best.safetensors`: trained weights with the model card in their metadata, and loading them back.
+
+These are the only functions the exporter and `skutag eval` use to get a trained model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from skutag.card import METADATA_KEY, ModelCard
+from skutag.errors import InputError
+from skutag.fsio import atomic_path
+
+BEST = "best.safetensors"
+
+
+def save_weights(path: str | Path, model: nn.Module, card: ModelCard) -> None:
+    """Atomically write the model's state dict with `card` in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: card.to_json()})
+
+
+def resolve_weights(source: str | Path) -> Path:
+    """A run dir (its best.safetensors) or a .safetensors file."""
+    source = Path(source)
+    if source.is_dir():
+        source = source / BEST
+        if not source.is_file():
+            raise InputError(f"{source.parent} is not a skutag run dir: no {BEST} in it")
+    elif not source.is_file():
+        raise InputError(f"not found: {source}")
+    if source.suffix != ".safetensors":
+        raise InputError(f"expected a run dir or a .safetensors file, got {source}")
+    return source
+
+
+def read_card(path: str | Path) -> ModelCard:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:
+        raise InputError(f"cannot read {path}: not a valid safetensors file ({exc})") from exc
+    if METADATA_KEY not in metadata:
+        raise InputError(f"{path} has no skutag model card in its metadata")
+    return ModelCard.from_json(metadata[METADATA_KEY])
+
+
+def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild the trained model (eval mode) and its card from a run dir or a .safetensors file."""
+    from safetensors.torch import load_file
+    from torchvision import models
+
+    path = resolve_weights(source)
+    card = read_card(path)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read weights {path}: {exc}") from exc
+    model = models.get_model(card.arch, weights=None, num_classes=card.num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(
+            f"the card in {path} does not match its weights ({card.arch}, "
+            f"{card.num_classes} classes): {str(exc).splitlines()[0]}"
+        ) from exc
+    return model.to(device).eval(), card
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model behind DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
