@@ -98,7 +98,9 @@ def create_session(
     _preload_gpu_libraries(device)
     available = ort.get_available_providers()
     if device == "auto":
-        if PROVIDERS["cuda"] in available:
+        if not gpu_present():
+            reason = "no NVIDIA GPU on this machine"
+        elif PROVIDERS["cuda"] in available:
             try:
                 session, info = _make(ort, model, "cuda", threads, provider_options)
                 if info.device == "cuda":
@@ -114,12 +116,18 @@ def create_session(
         return session, info
     session, info = _make(ort, model, device, threads, provider_options)
     if info.device != device:
+        where = "" if gpu_present() else " (no NVIDIA GPU on this machine)"
         raise DeviceError(
-            f"--device {device} was requested but ONNX Runtime activated {info.providers[0]} "
+            f"--device {device} was requested but ONNX Runtime activated {info.providers[0]}{where} "
             f"(available: {', '.join(available)}). Install the GPU extra (pip install 'skutag[gpu]') "
             "or pass --device cpu."
         )
     return session, info
+
+
+def gpu_present() -> bool:
+    """An NVIDIA driver device node exists (cheap; no CUDA initialisation)."""
+    return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def _make(ort, model, device: str, threads: int | None, provider_options: dict[str, Any]):

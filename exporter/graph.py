@@ -1,0 +1,123 @@
+"""The exported graph: preprocessing and softmax inside, the model card in its metadata.
+
+`ExportModule` wraps a trained torchvision classifier so the ONNX file takes what
+batchrun feeds it: by default uint8 `[batch, H, W, 3]` RGB, already resized and
+centre-cropped by the host, with cast, normalisation and layout change inside the
+graph; `probs` float32 `[batch, classes]` out, and optionally `embedding` (the pooled
+penultimate features). `export_fp32` writes one self-contained file with the pinned
+opset and a dynamic batch dimension named `batch`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from skutag.card import METADATA_KEY, ModelCard
+from skutag.fsio import atomic_path
+from trainer.model import classifier_name
+
+OPSET = 18
+INPUT_NAME = "image"
+PROBS = "probs"
+EMBEDDING = "embedding"
+
+
+class ExportModule(nn.Module):
+    """Trained classifier + in-graph preprocessing + softmax (+ the pooled features)."""
+
+    def __init__(
+        self, model: nn.Module, card: ModelCard, *, input_kind: str = "uint8", embeddings: bool = False
+    ):
+        super().__init__()
+        body = copy.deepcopy(model).eval()
+        head = classifier_name(body)
+        self.head = body.get_submodule(head)
+        body.set_submodule(head, nn.Identity())
+        self.body = body
+        self.input_kind = input_kind
+        self.embeddings = embeddings
+        # uint8 pixels in [0, 255]: fold the /255 into mean and std.
+        self.register_buffer("mean", torch.tensor(card.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(card.std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, image: torch.Tensor):
+        if self.input_kind == "uint8":
+            x = (image.permute(0, 3, 1, 2).to(self.mean.dtype) - self.mean) / self.std
+        else:
+            x = image
+        features = self.body(x)
+        probs = torch.softmax(self.head(features).float(), dim=1)
+        return (probs, features.float()) if self.embeddings else probs
+
+
+def example_input(card: ModelCard, input_kind: str, batch: int = 2) -> torch.Tensor:
+    size = card.image_size
+    if input_kind == "uint8":
+        return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    return torch.randn(batch, 3, size, size)
+
+
+def export_fp32(
+    model: nn.Module, card: ModelCard, out: str | Path, *, input_kind: str = "uint8", embeddings: bool = False
+) -> onnx.ModelProto:
+    """Export to `out` (atomically) and return the saved ModelProto, card embedded."""
+    module = ExportModule(model, card, input_kind=input_kind, embeddings=embeddings).eval()
+    outputs = [PROBS, EMBEDDING] if embeddings else [PROBS]
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example_input(card, input_kind),),
+            None,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    card = card.replace(input_dtype=input_kind, input_layout="NHWC" if input_kind == "uint8" else "NCHW")
+    set_metadata(proto, card)
+    save(proto, out)
+    return proto
+
+
+def set_metadata(proto: onnx.ModelProto, card: ModelCard) -> None:
+    """The card under `skutag.card`, plus readable keys for tools that show ONNX metadata."""
+    values = {
+        METADATA_KEY: card.to_json(),
+        "skutag.classes": json.dumps(list(card.classes)),
+        "skutag.preprocessing": json.dumps(
+            {
+                "resize_size": card.resize_size,
+                "image_size": card.image_size,
+                "interpolation": card.interpolation,
+                "mean": list(card.mean),
+                "std": list(card.std),
+                "input_dtype": card.input_dtype,
+                "input_layout": card.input_layout,
+            }
+        ),
+        "skutag.precision": card.precision,
+    }
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "skutag"
+    proto.doc_string = f"skutag {card.arch} classifier, {card.num_classes} classes, {card.precision}"
+
+
+def save(proto: onnx.ModelProto, out: str | Path) -> None:
+    """One self-contained file, written atomically, after onnx's full check."""
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_path(out) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
