@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from skutag.images import ImageError, _draft, load_image, open_image
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but holds almost no data."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
+from tests.inputs import awkward_inputs, encode, png_header_only, rotated_jpeg
 
 
 def exact(data: bytes, size: int = 256):
@@ -165,13 +141,7 @@ def test_one_bit_image_is_black_and_white():
 
 
 def test_exif_rotated_jpeg_comes_out_rotated():
-    # Stored 320 wide x 256 tall: left half red, right half blue. Orientation 6 = rotate 90 deg clockwise
-    # to display, so the displayed image is 256 x 320 with red on top and blue at the bottom.
-    stored = Image.new("RGB", (320, 256), (220, 0, 0))
-    stored.paste((0, 0, 220), (160, 0, 320, 256))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    out = load_image(encode(stored, "JPEG", quality=95, exif=exif), resize_size=256, image_size=224)
+    out = load_image(rotated_jpeg(), resize_size=256, image_size=224)
     assert (out.width, out.height) == (256, 320)
     np.testing.assert_allclose(out.pixels[:100].reshape(-1, 3).mean(axis=0), (220, 0, 0), atol=6)
     np.testing.assert_allclose(out.pixels[124:].reshape(-1, 3).mean(axis=0), (0, 0, 220), atol=6)
@@ -222,3 +192,13 @@ def test_crop_only_and_resize_only():
     data = encode(Image.new("RGB", (640, 480)), "PNG")
     assert load_image(data, resize_size=256, image_size=None).pixels.shape == (256, 341, 3)
     assert load_image(data, resize_size=None, image_size=224).pixels.shape == (224, 224, 3)
+
+
+def test_every_awkward_input_has_its_expected_outcome():
+    for name, (data, kind) in awkward_inputs().items():
+        if kind is None:
+            assert load_image(data).pixels.shape == (224, 224, 3), name
+        else:
+            with pytest.raises(ImageError) as err:
+                load_image(data)
+            assert err.value.kind == kind, name

@@ -1,0 +1,36 @@
+"""Shared fixtures: a small synthetic catalog (made once per session) and the GPU marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skutag.synth import SynthSpec, make_catalog
+
+
+def pytest_collection_modifyitems(config, items):
+    from skutag.runtime import gpu_present
+
+    if gpu_present():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_catalog(tmp_path_factory) -> Path:
+    """120 images, 4 classes, 96-160 px (JPEG and some RGBA PNG), one ImageFolder tree."""
+    root = tmp_path_factory.mktemp("catalog")
+    make_catalog(root, SynthSpec(count=120, classes=4, min_size=96, max_size=160, seed=0))
+    return root
+
+
+@pytest.fixture(scope="session")
+def split_catalog(tmp_path_factory) -> Path:
+    """160 images, 4 classes, 96-160 px, with train/ and val/ subtrees (25% val)."""
+    root = tmp_path_factory.mktemp("split_catalog")
+    make_catalog(root, SynthSpec(count=160, classes=4, min_size=96, max_size=160, val_fraction=0.25, seed=1))
+    return root
