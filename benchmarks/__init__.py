@@ -1,0 +1,1 @@
+"""Benchmark suites (scripts reproducing benchmarks/RESULTS.md) and the `skutag bench` command."""
