@@ -98,17 +98,17 @@ def load_image(
     """
     data = source if isinstance(source, bytes | bytearray | memoryview) else read_bytes(source)
     image = open_image(data, max_pixels=max_pixels)
-    width, height = upright_size(image)
     file_format = image.format
+    orientation = exif_orientation(image)
+    width, height = image.size
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
     if resize_size is not None and file_format in ("JPEG", "MPO"):
         _draft(image, resize_size)
     image = _decode(image)
-    image = ImageOps.exif_transpose(image)
-    image = to_rgb(image)
-    if resize_size is not None:
-        image = resize_shorter_side(image, resize_size, interpolation)
-    if image_size is not None:
-        image = center_crop(image, image_size)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    image = resize_and_crop(to_rgb(image), resize_size, image_size, interpolation)
     pixels = np.asarray(image, dtype=np.uint8)
     return DecodedImage(np.ascontiguousarray(pixels), width, height, file_format)
 
@@ -137,14 +137,12 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     return image
 
 
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """Width and height as displayed, after EXIF orientation."""
-    width, height = image.size
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright); a damaged EXIF block counts as upright."""
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        return int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
     except Exception:  # a damaged EXIF block must not fail an otherwise good image
-        orientation = 1
-    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+        return 1
 
 
 def _draft(image: Image.Image, resize_size: int) -> None:
@@ -194,26 +192,41 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
-    """torchvision `Resize(size)` semantics: shorter side to `size`, the other by int(size * long / short)."""
-    width, height = image.size
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision `Resize(size)`: shorter side to `size`, the other int(size * long / short)."""
     if width <= height:
-        new_size = (size, int(size * height / width))
-    else:
-        new_size = (int(size * width / height), size)
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def resize_and_crop(
+    image: Image.Image, resize_size: int | None, image_size: int | None, interpolation: str = "bilinear"
+) -> Image.Image:
+    """torchvision `Resize(resize_size)` then `CenterCrop(image_size)`; either may be None (skipped).
+
+    Done as ONE resampling of only the region that survives the crop (Pillow's `box`):
+    the sampling grid and filter support are those of resize-then-crop (pixels agree to
+    within 1 of rounding), without resampling the margins the crop throws away.
+    """
+    new_size = image.size if resize_size is None else resized_size(*image.size, resize_size)
+    if image_size is None:
+        return image if new_size == image.size else image.resize(new_size, _RESAMPLING[interpolation])
+    left, top, right, bottom = center_box(new_size, image_size)
     if new_size == image.size:
-        return image
-    return image.resize(new_size, _RESAMPLING[interpolation])
+        return image.crop((left, top, right, bottom))
+    scale_x, scale_y = image.size[0] / new_size[0], image.size[1] / new_size[1]
+    box = (left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
+    return image.resize((image_size, image_size), _RESAMPLING[interpolation], box=box)
 
 
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """torchvision `CenterCrop(size)` semantics (round-half-even offsets); smaller images are refused."""
-    width, height = image.size
-    if width < size or height < size:
-        raise ValueError(f"cannot centre-crop {size}x{size} from {width}x{height}; resize first")
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
+def center_box(size: tuple[int, int], crop: int) -> tuple[int, int, int, int]:
+    """torchvision `CenterCrop` offsets (round-half-even) of a `crop` square inside `size`."""
+    width, height = size
+    if width < crop or height < crop:
+        raise ValueError(f"cannot centre-crop {crop}x{crop} from {width}x{height}; resize first")
+    left = int(round((width - crop) / 2.0))
+    top = int(round((height - crop) / 2.0))
+    return left, top, left + crop, top + crop
 
 
 def is_image_path(path: str | os.PathLike) -> bool:

@@ -45,6 +45,7 @@ class SynthSpec:
     png_fraction: float = 0.15
     val_fraction: float = 0.0
     seed: int = 0
+    aspects: tuple[float, ...] = (1.0, 4 / 3, 3 / 2, 3 / 4, 2 / 3)  # width / height
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def render_file(spec: SynthSpec, index: int) -> tuple[str, bytes]:
     rng = np.random.default_rng([spec.seed, index])
     style = class_styles(spec.classes)[index % spec.classes]
     as_png = rng.random() < spec.png_fraction
-    image = render_image(style, rng, spec.min_size, spec.max_size, transparent=as_png)
+    image = render_image(style, rng, spec.min_size, spec.max_size, transparent=as_png, aspects=spec.aspects)
     buffer = io.BytesIO()
     if as_png:
         image.save(buffer, format="PNG", compress_level=1)
@@ -136,10 +137,16 @@ def render_file(spec: SynthSpec, index: int) -> tuple[str, bytes]:
 
 
 def render_image(
-    style: ClassStyle, rng: np.random.Generator, min_size: int, max_size: int, *, transparent: bool = False
+    style: ClassStyle,
+    rng: np.random.Generator,
+    min_size: int,
+    max_size: int,
+    *,
+    transparent: bool = False,
+    aspects: tuple[float, ...] = SynthSpec.aspects,
 ) -> Image.Image:
     long_side = int(rng.integers(min_size, max_size + 1))
-    aspect = float(rng.choice([1.0, 4 / 3, 3 / 2, 3 / 4, 2 / 3]))
+    aspect = float(rng.choice(aspects))
     width, height = (
         (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
     )

@@ -25,14 +25,16 @@ def test_rgb_png_gives_exact_pixels_and_size():
     np.testing.assert_array_equal(out.pixels, pixels[16:240, 38:262])
 
 
-@pytest.mark.parametrize("size", [(300, 500), (640, 480), (1000, 1000)])
+@pytest.mark.parametrize("size", [(300, 500), (640, 480), (1000, 1000), (257, 1200)])
 def test_matches_torchvision_resize_and_center_crop(size):
     from torchvision import transforms
 
     pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     expected = np.asarray(transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(image))
-    np.testing.assert_array_equal(load_image(encode(image, "PNG")).pixels, expected)
+    difference = np.abs(load_image(encode(image, "PNG")).pixels.astype(int) - expected.astype(int))
+    # One resampling of the kept region: the same grid and filter, fixed-point rounding only.
+    assert difference.max() <= 1
 
 
 def test_zero_byte_file_is_empty(tmp_path):
