@@ -1,0 +1,185 @@
+"""`skutag bench`: every artifact, device and batch size side by side.
+
+Model-only latency and throughput come from `benchmarks.latency`; end-to-end throughput
+runs the real `skutag run` pipeline and reads its `summary.json`; accuracy runs
+`skutag eval` and reads its `metrics.json`. So bench measures exactly what users run,
+through the same public contracts, and never re-implements a stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.latency import Timing, time_session, time_torch
+from skutag.errors import InputError, SkutagError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    models: list[Path]
+    out: Path
+    batch_sizes: list[int]
+    devices: list[str]
+    images: Path | None = None
+    data: Path | None = None
+    baseline_run: Path | None = None
+    workers: int | None = None
+    min_seconds: float = 2.0
+    warmup: int = 3
+
+
+@dataclass
+class Row:
+    """One artifact on one device at one batch size."""
+
+    artifact: str
+    precision: str
+    device: str
+    batch_size: int
+    size_mb: float | None
+    timing: Timing
+    accuracy: float | None = None
+    end_to_end_images_per_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def end_to_end_ratio(self) -> float | None:
+        if self.end_to_end_images_per_s is None:
+            return None
+        return self.end_to_end_images_per_s / self.timing.images_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact,
+            "precision": self.precision,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "size_mb": self.size_mb,
+            "accuracy": self.accuracy,
+            **{k: v for k, v in self.timing.to_dict().items() if k != "batch_size"},
+            "end_to_end_images_per_s": self.end_to_end_images_per_s,
+            "end_to_end_ratio": self.end_to_end_ratio,
+            **self.extra,
+        }
+
+
+def run_bench(config: BenchConfig, progress=None) -> list[Row]:
+    """Measure every (model, device, batch size); the torch baseline first when asked for."""
+    from skutag.runtime import create_session, session_card
+
+    rows: list[Row] = []
+    if config.baseline_run is not None:
+        rows.extend(_torch_baseline(config, progress))
+    for model in config.models:
+        accuracy = _accuracy(model, config) if config.data else None
+        for device in config.devices:
+            session, info = create_session(model, device)
+            card = session_card(session)
+            if card is None:
+                raise InputError(f"{model} has no skutag card; bench needs the card's input size")
+            for batch_size in config.batch_sizes:
+                _say(progress, f"{model.name} on {info.device}, batch {batch_size}")
+                timing = time_session(
+                    session, card, batch_size, warmup=config.warmup, min_seconds=config.min_seconds
+                )
+                end_to_end = _end_to_end(model, config, info.device, batch_size) if config.images else None
+                rows.append(
+                    Row(
+                        model.name,
+                        card.precision,
+                        info.device,
+                        batch_size,
+                        model.stat().st_size / 2**20,
+                        timing,
+                        accuracy,
+                        end_to_end,
+                        {"providers": info.providers},
+                    )
+                )
+            del session
+    return rows
+
+
+def _torch_baseline(config: BenchConfig, progress) -> list[Row]:
+    import torch
+
+    from trainer.weights import load_trained
+
+    device = "cuda" if "cuda" in config.devices and torch.cuda.is_available() else "cpu"
+    model, card = load_trained(config.baseline_run, device)
+    rows = []
+    for batch_size in config.batch_sizes:
+        _say(progress, f"eager PyTorch on {device}, batch {batch_size}")
+        timing = time_torch(
+            model, card, batch_size, device, warmup=config.warmup, min_seconds=config.min_seconds
+        )
+        end_to_end = _torch_end_to_end(model, card, config, device, batch_size) if config.images else None
+        rows.append(
+            Row(f"eager PyTorch ({card.arch})", "fp32", device, batch_size, None, timing, None, end_to_end)
+        )
+    return rows
+
+
+def _torch_end_to_end(model, card, config: BenchConfig, device: str, batch_size: int) -> float:
+    from benchmarks.baselines import plain_torch_loop
+
+    return plain_torch_loop(
+        model, card, config.images, batch_size=batch_size, device=device, workers=config.workers
+    )
+
+
+def _end_to_end(model: Path, config: BenchConfig, device: str, batch_size: int) -> float:
+    """images/s of the real `skutag run` over --images (from its summary.json)."""
+    with tempfile.TemporaryDirectory(prefix="skutag-bench-") as tmp:
+        args = [
+            "run",
+            str(model),
+            str(config.images),
+            "--out",
+            f"{tmp}/out",
+            "--device",
+            device,
+            "--batch-size",
+            str(batch_size),
+            "--max-error-rate",
+            "1",
+        ]
+        if config.workers is not None:
+            args += ["--workers", str(config.workers)]
+        _invoke(args)
+        summary = json.loads(Path(tmp, "out", "summary.json").read_text())
+    return float(summary["images_per_s"])
+
+
+def _accuracy(model: Path, config: BenchConfig) -> float:
+    """Top-1 accuracy from `skutag eval MODEL DATA` (the trainer's report, through ONNX Runtime)."""
+    with tempfile.TemporaryDirectory(prefix="skutag-bench-") as tmp:
+        _invoke(["eval", str(model), str(config.data), "--out", f"{tmp}/report"])
+        metrics = json.loads(Path(tmp, "report", "metrics.json").read_text())
+    return float(metrics["accuracy"])
+
+
+def _invoke(args: list[str]) -> None:
+    import click
+
+    from skutag.cli import cli
+
+    try:
+        cli.main(args=args, prog_name="skutag", standalone_mode=False)
+    except click.ClickException as exc:
+        raise SkutagError(
+            f"`skutag {' '.join(args[:1])}` failed inside bench: {exc.format_message()}"
+        ) from exc
+
+
+def _say(progress, text: str) -> None:
+    if progress is not None:
+        progress(text)
+    log.info(text)
