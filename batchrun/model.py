@@ -1,0 +1,126 @@
+"""What batchrun needs to know about an ONNX file before any worker or session exists.
+
+The card (from `metadata_props["skutag.card"]`), the input's name and dtype, the output
+that holds class scores and the optional `embedding` output, read from the file with
+`onnx` (header and graph signature only; no session, so DataLoader workers can be forked
+afterwards). A model without a skutag card needs `--labels` and the preprocessing flags;
+a model with one refuses them, so nothing downstream guesses preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from skutag.card import METADATA_KEY, ModelCard
+from skutag.errors import InputError
+from skutag.fsio import sha256_file
+
+PROBS = "probs"
+EMBEDDING = "embedding"
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 10: "float16"}
+
+
+@dataclass(frozen=True)
+class ForeignPreprocessing:
+    """The flags that stand in for a card: labels and preprocessing of a model skutag did not export."""
+
+    labels: Path | None = None
+    image_size: int | None = None
+    resize_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
+    softmax: bool = False
+
+    def given(self) -> list[str]:
+        names = ("labels", "image_size", "resize_size", "mean", "std", "interpolation")
+        return [f"--{n.replace('_', '-')}" for n in names if getattr(self, n) is not None]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    path: Path
+    sha256: str
+    card: ModelCard
+    has_card: bool
+    input_name: str
+    input_dtype: str  # uint8 (NHWC) | float32 / float16 (NCHW, normalised on the host)
+    scores_output: str
+    apply_softmax: bool
+    embedding_dim: int | None  # None: the model has no `embedding` output
+
+
+def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None = None) -> ModelContract:
+    """Card, signature and sha256 of the model at `path`; InputError when it cannot be used."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
+    foreign = foreign or ForeignPreprocessing()
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    graph = proto.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InputError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
+    model_input = inputs[0]
+    input_dtype = _ONNX_DTYPES.get(model_input.type.tensor_type.elem_type)
+    if input_dtype is None:
+        raise InputError(f"{path}: input {model_input.name!r} must be uint8, float32 or float16")
+    outputs = {o.name: o for o in graph.output}
+    if METADATA_KEY in metadata:
+        if foreign.given():
+            raise InputError(
+                f"{path} carries a skutag card; {', '.join(foreign.given())} are only for models without one"
+            )
+        card, has_card = ModelCard.from_json(metadata[METADATA_KEY]), True
+    else:
+        card, has_card = _card_from_flags(path, foreign, input_dtype), False
+    scores = PROBS if PROBS in outputs else graph.output[0].name
+    return ModelContract(
+        path=path,
+        sha256=sha256_file(path),
+        card=card,
+        has_card=has_card,
+        input_name=model_input.name,
+        input_dtype=input_dtype,
+        scores_output=scores,
+        apply_softmax=foreign.softmax,
+        embedding_dim=_last_dim(outputs[EMBEDDING]) if EMBEDDING in outputs else None,
+    )
+
+
+def _last_dim(value_info) -> int | None:
+    dims = value_info.type.tensor_type.shape.dim
+    return dims[-1].dim_value or None if dims else None
+
+
+def _card_from_flags(path: Path, foreign: ForeignPreprocessing, input_dtype: str) -> ModelCard:
+    if foreign.labels is None or foreign.image_size is None:
+        raise InputError(
+            f"{path} has no skutag card: pass --labels FILE (one class per line, in output order) and "
+            "--image-size N (and --resize-size, --mean, --std, --interpolation if not the ImageNet defaults)"
+        )
+    try:
+        labels = [line.strip() for line in foreign.labels.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read --labels {foreign.labels}: {exc}") from exc
+    card = ModelCard.for_training(
+        "unknown",
+        [label for label in labels if label],
+        image_size=foreign.image_size,
+        resize_size=foreign.resize_size,
+        interpolation=foreign.interpolation or "bilinear",
+        input_dtype="uint8" if input_dtype == "uint8" else "float32",
+        input_layout="NHWC" if input_dtype == "uint8" else "NCHW",
+        provenance={"source": "batchrun flags", "model": str(path)},
+    )
+    changes = {k: v for k, v in (("mean", foreign.mean), ("std", foreign.std)) if v is not None}
+    return card.replace(**changes) if changes else card

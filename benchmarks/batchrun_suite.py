@@ -1,0 +1,284 @@
+"""Batchrun benchmark: `skutag run` end to end vs the plain PyTorch loop vs ORT model-only.
+
+All in one run on the same images (DESIGN.md, performance method):
+  * plain loop: torchvision ImageFolder + Resize(256)/CenterCrop(224)/ToTensor/Normalize
+    + DataLoader + eager ResNet-50 under `torch.inference_mode`;
+  * `skutag run` through `batchrun.api.run_catalog`, fp32 and (with --int8) int8 models;
+  * ORT model-only: the same session settings on a ready uint8 batch of the same size;
+  * peak memory (RSS of `skutag run` and its DataLoader workers, from /proc) at growing
+    catalog sizes (symlinks cycling over the same images), which should stay flat.
+
+    python -m benchmarks.batchrun_suite                       # small, a few minutes on 2 cores
+    python -m benchmarks.batchrun_suite --images 1000 --int8 model_int8.onnx --memory-sizes 2000,10000
+
+Without --fp32 a ResNet-50 with random weights is exported into --cache (speed does not
+depend on the weights). Prints a markdown table with the machine, versions and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CLASSES = 10
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256, help="catalog-size synthetic images (600-1200 px)")
+    parser.add_argument("--fp32", type=Path, help="fp32 ONNX model (default: random-weight ResNet-50)")
+    parser.add_argument("--int8", type=Path, help="int8 ONNX model (from `skutag export --precision int8`)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decode workers (default: batchrun's choice)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--memory-sizes", default="512,2048", help="catalog sizes for peak memory, e.g. 2000,10000"
+    )
+    parser.add_argument("--skip-plain", action="store_true", help="skip the eager PyTorch baseline")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "skutag-bench")
+    args = parser.parse_args(argv)
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    images = synthetic_images(args.cache, args.images)
+    models = {"fp32": args.fp32 or resnet50_onnx(args.cache)}
+    if args.int8:
+        models["int8"] = args.int8
+    rows = []
+    plain = None if args.skip_plain else plain_loop(images, args.batch_size, args.workers)
+    if plain is not None:
+        rows.append(("plain PyTorch loop (eager fp32)", f"{plain:.1f}", "1.00", "", ""))
+    for name, model in models.items():
+        summary = skutag_run(model, images, args)
+        model_only = ort_model_only(model, args, summary.rows)
+        e2e = summary.images_per_s
+        vs_plain = f"{e2e / plain:.2f}" if plain else ""
+        split = f"decode {summary.decode_s:.1f} s (workers), inference {summary.inference_s:.1f} s, write {summary.write_s:.1f} s"
+        rows.append((f"skutag run, {name}", f"{e2e:.1f}", vs_plain, f"{e2e / model_only:.2f}", split))
+        rows.append(
+            (
+                f"ORT model-only, {name}",
+                f"{model_only:.1f}",
+                f"{model_only / plain:.2f}" if plain else "",
+                "1.00",
+                "",
+            )
+        )
+    memory = [
+        (n, peak_memory(models.get("int8", models["fp32"]), images, n, args))
+        for n in _sizes(args.memory_sizes)
+    ]
+    report(rows, memory, args, models)
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def synthetic_images(cache: Path, count: int) -> Path:
+    from skutag.synth import SynthSpec, make_catalog
+
+    root = cache / f"catalog-{count}"
+    if not (root / ".complete").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        make_catalog(root, SynthSpec(count=count, classes=CLASSES, seed=0))
+        (root / ".complete").write_text("")
+    return root
+
+
+def resnet50_onnx(cache: Path) -> Path:
+    path = cache / "resnet50-random-fp32.onnx"
+    if not path.exists():
+        import torch
+
+        from exporter.graph import export_fp32
+        from skutag.card import ModelCard
+        from trainer.model import build_model
+
+        torch.manual_seed(0)
+        card = ModelCard.for_training("resnet50", [f"class{i}" for i in range(CLASSES)])
+        export_fp32(build_model("resnet50", CLASSES).eval(), card, path)
+    return path
+
+
+def linked_catalog(images: Path, count: int, cache: Path) -> Path:
+    """`count` distinct paths (symlinks) cycling over the benchmark images."""
+    from skutag.images import is_image_path
+
+    root = cache / f"links-{images.name}-{count}"
+    if not (root / ".complete").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        files = sorted(p for p in images.rglob("*") if is_image_path(p))
+        for i in range(count):
+            source = files[i % len(files)]
+            (root / f"{i:07d}{source.suffix}").symlink_to(source.resolve())
+        (root / ".complete").write_text("")
+    return root
+
+
+# -- measurements ------------------------------------------------------------------------
+
+
+def plain_loop(images: Path, batch_size: int, workers: int | None) -> float:
+    """images/s of the textbook eager loop, timed from the first batch request to the last result."""
+    import torch
+    from torchvision import datasets, models, transforms
+
+    from batchrun.loader import default_workers
+
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    dataset = datasets.ImageFolder(str(images), transform=transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=default_workers("cpu") if workers is None else workers
+    )
+    model = models.resnet50(num_classes=CLASSES).eval()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for batch, _ in loader:
+            model(batch).argmax(1)
+    return len(dataset) / (time.perf_counter() - started)
+
+
+def skutag_run(model: Path, images: Path, args):
+    from batchrun.api import run_catalog
+
+    with tempfile.TemporaryDirectory(dir=args.cache) as out:
+        return run_catalog(
+            model,
+            [images],
+            out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            threads=args.threads,
+            device=args.device,
+            max_error_rate=1.0,
+        )
+
+
+def ort_model_only(model: Path, args, count: int) -> float:
+    """The ceiling: the same session settings on a ready batch, `count` images in batches."""
+    import numpy as np
+
+    from batchrun.infer import open_session
+    from batchrun.model import read_contract
+
+    contract = read_contract(model)
+    session, _ = open_session(contract, args.device, batch_size=args.batch_size, threads=args.threads)
+    size = contract.card.image_size
+    batch = np.random.default_rng(0).integers(0, 256, (args.batch_size, size, size, 3), dtype=np.uint8)
+    feed = {contract.input_name: batch}
+    session.run([contract.scores_output], feed)  # warm-up
+    batches = max(1, round(count / args.batch_size))
+    started = time.perf_counter()
+    for _ in range(batches):
+        session.run([contract.scores_output], feed)
+    return batches * args.batch_size / (time.perf_counter() - started)
+
+
+def peak_memory(model: Path, images: Path, count: int, args) -> float:
+    """Peak RSS (MiB) of `skutag run` plus its DataLoader workers, sampled every 0.1 s from /proc."""
+    catalog = linked_catalog(images, count, args.cache)
+    with tempfile.TemporaryDirectory(dir=args.cache) as out:
+        command = [sys.executable, "-m", "skutag", "run", str(model), str(catalog), "--out", out,
+                   "--device", args.device, "--batch-size", str(args.batch_size), "--no-progress"]  # fmt: skip
+        if args.workers is not None:
+            command += ["--workers", str(args.workers)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak = [0]
+
+        def sample() -> None:
+            while process.poll() is None:
+                peak[0] = max(peak[0], tree_rss(process.pid))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        process.wait()
+        sampler.join()
+        if process.returncode != 0:
+            raise RuntimeError(f"skutag run exited {process.returncode}: {' '.join(command)}")
+    return peak[0] / 2**20
+
+
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of `pid` and all its descendants (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def report(rows, memory, args, models) -> None:
+    import onnxruntime
+    import torch
+    import torchvision
+
+    from batchrun.loader import available_cores, default_workers
+
+    print(f"## Batchrun benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+    print(f"- machine: {cpu_model()}, {available_cores()} cores, {platform.system()} {platform.release()}")
+    print(
+        f"- python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
+    print(f"- models: {', '.join(f'{k} = {v}' for k, v in models.items())}")
+    workers = args.workers if args.workers is not None else default_workers("cpu")
+    print(
+        f"- {args.images} images (600-1200 px JPEG/PNG), batch {args.batch_size}, workers {workers}, device {args.device}"
+    )
+    print(f"- command: `python -m benchmarks.batchrun_suite {' '.join(sys.argv[1:])}`\n")
+    print("| pipeline | images/s | x plain loop | x model-only | time split |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if memory:
+        print("\n| catalog size | peak RSS of skutag run + workers (MiB) |")
+        print("|---|---|")
+        for count, mib in memory:
+            print(f"| {count} | {mib:.0f} |")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
