@@ -6,6 +6,8 @@ The model stays a plain torchvision module, so `best.safetensors` loads with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -56,7 +58,9 @@ def _imagenet_model(arch: str) -> nn.Module:
 
     default = models.get_model_weights(arch).DEFAULT
     try:
-        return models.get_model(arch, weights=default)
+        # torch.hub writes its own "Downloading ..." line and progress bar; the error below says it all.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return models.get_model(arch, weights=default, progress=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise SkutagError(

@@ -1,0 +1,120 @@
+"""`skutag train` and `skutag eval`: options only; torch and the trainer load inside the commands."""
+
+from __future__ import annotations
+
+import click
+
+from skutag.options import (
+    batch_size_option,
+    device_option,
+    input_path,
+    out_option,
+    seed_option,
+    workers_option,
+)
+
+NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
+
+
+@click.command()
+@input_path("data")
+@out_option("Run directory (best.safetensors, last.ckpt, card.json, history.csv, metrics.json, report/).")
+@click.option(
+    "--arch", default="resnet50", show_default=True, help="Any torchvision classification model name."
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="imagenet (torchvision's weights, network or cache), none (random), or a .safetensors/.pth PATH.",
+)
+@click.option(
+    "--freeze",
+    default="backbone",
+    show_default=True,
+    help="backbone (only the new classifier trains), none, or a STAGE to train from (e.g. layer4).",
+)
+@click.option(
+    "--unfreeze-at", type=click.IntRange(min=2), default=None, help="Epoch from which everything trains."
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@batch_size_option(32)
+@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
+@click.option(
+    "--val", "val_dir", type=click.Path(exists=True, file_okay=False), help="Validation ImageFolder tree."
+)
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Hold out this share of DATA for validation (stratified, seeded).",
+)
+@click.option(
+    "--augment", type=click.Choice(["none", "standard", "strong"]), default="standard", show_default=True
+)
+@click.option(
+    "--normalize", type=click.Choice(["imagenet", "symmetric"]), default="imagenet", show_default=True
+)
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option(
+    "--clip-grad", type=click.FloatRange(min=0, min_open=True), default=None, help="Max gradient norm."
+)
+@click.option(
+    "--patience", type=click.IntRange(min=1), default=None, help="Stop after N epochs without improvement."
+)
+@click.option("--best-metric", type=click.Choice(NAMED_METRICS), default="macro_f1", show_default=True)
+@click.option(
+    "--balance",
+    type=click.Choice(["none", "loss", "sampler"]),
+    default="none",
+    show_default=True,
+    help="For long-tailed catalogs: class-weighted loss, or a class-balanced sampler.",
+)
+@click.option(
+    "--cache-features",
+    is_flag=True,
+    help="With --freeze backbone and --augment none: run the backbone once and train the head on cached features.",
+)
+@click.option(
+    "--amp",
+    type=click.Choice(["auto", "bf16", "fp16", "off"]),
+    default="auto",
+    show_default=True,
+    help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a scaler; off on the CPU).",
+)
+@device_option()
+@workers_option
+@seed_option
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.ckpt.")
+def train(data: str, out: str, val_dir: str | None, **options: object) -> None:
+    """Fine-tune a torchvision classifier on DATA (an ImageFolder tree or a CSV/Parquet manifest).
+
+    Multi-GPU: torchrun --nproc_per_node=N -m skutag train DATA --out RUN ...
+    """
+    from trainer.config import TrainConfig
+    from trainer.train import train as run_training
+
+    run_training(TrainConfig(data=data, out=out, val=val_dir, **options))
+
+
+@click.command(name="eval")
+@input_path("model")
+@input_path("data")
+@out_option("Report directory.")
+@device_option()
+@batch_size_option(32)
+@workers_option
+def evaluate(model: str, data: str, out: str, device: str, batch_size: int, workers: int | None) -> None:
+    """Evaluate MODEL (a run dir, a .safetensors or an .onnx) on the labelled images in DATA.
+
+    DATA is an ImageFolder tree (its val/ part when it has one) or a CSV/Parquet manifest.
+    """
+    from trainer.evaluate import evaluate as run_eval
+
+    run_eval(model, data, out, device=device, batch_size=batch_size, workers=workers)

@@ -1,0 +1,211 @@
+"""Labelled images: find them (ImageFolder tree or CSV/Parquet manifest), split them, decode them.
+
+`find_splits` turns DATA into train and validation `Sample` lists with a sorted class
+list; `find_labelled` gives the evaluation set of `skutag eval`. `CatalogDataset`
+decodes through `skutag.images.load_image` (the one preprocessing path) and returns a
+status per sample, so a file that fails to load is reported and skipped by the loop
+instead of breaking the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from skutag.card import ModelCard
+from skutag.errors import InputError
+from skutag.images import ImageError, is_image_path, load_image
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+VAL_NAMES = ("val", "valid", "validation")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[Sample]
+    val: list[Sample]
+    classes: list[str]  # sorted; index = model output column
+
+
+def find_splits(
+    data: str | Path, *, val_dir: str | Path | None, val_split: float | None, seed: int
+) -> Splits:
+    """Train and validation samples from an ImageFolder tree (with or without train/ val/) or a manifest."""
+    data = Path(data)
+    if val_dir is not None and val_split is not None:
+        raise InputError("pass either --val DIR or --val-split F, not both")
+    if data.is_file():
+        samples, splits = read_manifest(data)
+        if splits is not None and val_dir is None and val_split is None:
+            train = [s for s, split in zip(samples, splits, strict=True) if split == "train"]
+            val = [s for s, split in zip(samples, splits, strict=True) if split in VAL_NAMES]
+            return _checked(train, val, f"{data} (split column)")
+        train = samples
+    else:
+        val_folder = next((data / name for name in VAL_NAMES if (data / name).is_dir()), None)
+        if (data / "train").is_dir() and val_folder is not None and val_dir is None and val_split is None:
+            return _checked(scan_folder(data / "train"), scan_folder(val_folder), str(data))
+        train = scan_folder(data / "train" if (data / "train").is_dir() else data)
+    if val_dir is not None:
+        return _checked(train, scan_folder(Path(val_dir)), str(data))
+    if val_split is None:
+        raise InputError(
+            f"{data} has no validation set: give it train/ and val/ folders (or a split column), "
+            "or pass --val-split F or --val DIR"
+        )
+    train, val = stratified_split(train, val_split, seed)
+    return _checked(train, val, str(data))
+
+
+def find_labelled(data: str | Path) -> list[Sample]:
+    """The samples `skutag eval` scores: the val/ part when DATA has one, else all of it."""
+    data = Path(data)
+    if data.is_file():
+        samples, splits = read_manifest(data)
+        if splits is not None and any(s in VAL_NAMES for s in splits):
+            samples = [s for s, split in zip(samples, splits, strict=True) if split in VAL_NAMES]
+    else:
+        val_folder = next((data / name for name in VAL_NAMES if (data / name).is_dir()), None)
+        samples = scan_folder(val_folder or data)
+    if not samples:
+        raise InputError(f"no labelled images in {data}")
+    return samples
+
+
+def scan_folder(root: Path) -> list[Sample]:
+    """ImageFolder: every image file under `root/<class>/`, label = the class folder's name."""
+    if not root.is_dir():
+        raise InputError(f"not a directory: {root}")
+    samples = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            samples += [
+                Sample(os.path.join(dirpath, f), class_dir.name)
+                for f in sorted(filenames)
+                if is_image_path(f) and not f.startswith(".")
+            ]
+    if not samples:
+        raise InputError(f"no images in class folders under {root} (expected {root}/<class>/<image>)")
+    return samples
+
+
+def read_manifest(path: Path) -> tuple[list[Sample], list[str] | None]:
+    """Rows `path,label[,split]` of a CSV or Parquet file; relative paths are relative to the manifest."""
+    if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise InputError(f"{path}: a manifest must be .csv or .parquet (or pass a folder)")
+    rows = _parquet_rows(path) if path.suffix.lower() == ".parquet" else _csv_rows(path)
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise InputError(f"{path}: a manifest needs the columns path,label[,split]")
+    base = path.parent
+    samples, splits = [], []
+    for number, row in enumerate(rows, start=2):
+        if not row.get("path") or not row.get("label"):
+            raise InputError(f"{path}: row {number} has an empty path or label")
+        samples.append(Sample(str(base / str(row["path"])), str(row["label"])))
+        splits.append(str(row.get("split") or "").strip().lower())
+    return samples, (splits if "split" in rows[0] else None)
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read manifest {path}: {exc}") from exc
+
+
+def _parquet_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:
+        raise InputError(f"cannot read manifest {path}: {exc}") from exc
+
+
+def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Seeded, stratified train/val split (scikit-learn)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise InputError(f"--val-split must be between 0 and 1, got {fraction}")
+    try:
+        train, val = train_test_split(
+            samples, test_size=fraction, random_state=seed, stratify=[s.label for s in samples]
+        )
+    except ValueError as exc:
+        raise InputError(f"cannot split {len(samples)} images with --val-split {fraction}: {exc}") from exc
+    return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
+
+
+def _checked(train: list[Sample], val: list[Sample], where: str) -> Splits:
+    classes = sorted({s.label for s in train})
+    if len(classes) < 2:
+        raise InputError(f"{where}: training needs at least two classes, found {classes}")
+    if not val:
+        raise InputError(f"{where}: the validation set is empty")
+    unknown = sorted({s.label for s in val} - set(classes))
+    if unknown:
+        raise InputError(f"{where}: validation labels not in the training set: {unknown[:5]}")
+    return Splits(train, val, classes)
+
+
+class CatalogDataset(Dataset):
+    """Decoded samples as dicts: `image` (uint8 CHW, or float for strong augmentation), `label`, `index`, `ok`.
+
+    `train=True`: shorter side to the card's resize_size, then `transform` (random crop, augmentation).
+    `train=False`: the exact batchrun preprocessing (resize + centre crop), no transform.
+    A file that fails to load gives `ok=False`, a blank image and its error, never an exception.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        class_index: dict[str, int],
+        card: ModelCard,
+        *,
+        train: bool,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.samples = samples
+        self.labels = [class_index[s.label] for s in samples]
+        self.card = card
+        self.train = train
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        size = self.card.image_size
+        try:
+            decoded = load_image(
+                self.samples[index].path,
+                resize_size=self.card.resize_size,
+                image_size=None if self.train else size,
+                interpolation=self.card.interpolation,
+            )
+            pixels = decoded.pixels if decoded.pixels.flags.writeable else decoded.pixels.copy()
+            image = torch.from_numpy(pixels).permute(2, 0, 1)
+            if self.transform is not None:
+                image = self.transform(image)
+            ok, error = True, ""
+        except ImageError as exc:
+            image, ok, error = torch.zeros(3, size, size, dtype=torch.uint8), False, f"{exc.kind}: {exc}"
+            if self.transform is not None and self.train:
+                image = self.transform(image)  # same dtype and size as the good samples of the batch
+        return {"image": image, "label": self.labels[index], "index": index, "ok": ok, "error": error}

@@ -1,0 +1,147 @@
+"""`skutag eval`: score a run dir, a `.safetensors` or an exporter `.onnx` on labelled images.
+
+Images go through the exact batchrun preprocessing (`load_image` with the card's
+resize and crop), so fp32 / fp16 / int8 artifacts are compared on the same pixels.
+The ONNX file is run through `skutag.runtime.create_session` and must carry its card;
+its input is uint8 NHWC `image` (or float32 NCHW normalised when the card says so) and
+its `probs` output is already softmax probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from skutag.card import ModelCard
+from skutag.errors import InputError
+from skutag.fsio import atomic_write_json, sha256_file
+from trainer.augment import Normalizer
+from trainer.config import default_workers
+from trainer.data import CatalogDataset, find_labelled
+from trainer.display import Display
+from trainer.report import Evaluation, write_report
+
+Predict = Callable[[torch.Tensor], np.ndarray]  # uint8 NCHW batch -> probabilities [N, K]
+
+
+def evaluate(
+    model_path: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Write the report and metrics.json of `model_path` on `data` into `out`; returns the metrics."""
+    display = Display()
+    model_path = Path(model_path)
+    card = _card_of(model_path)
+    samples = find_labelled(data)
+    unknown = sorted({s.label for s in samples} - set(card.classes))
+    if unknown:
+        raise InputError(
+            f"{data}: labels the model does not know: {unknown[:5]} (model classes: {list(card.classes)[:5]}...)"
+        )
+    dataset = CatalogDataset(samples, {name: i for i, name in enumerate(card.classes)}, card, train=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=default_workers() if workers is None else workers,
+    )
+    batches = iter(loader)  # workers fork here, before any ONNX Runtime session exists
+    predict, where = _predictor(model_path, card, device)
+    display.say(f"evaluating {model_path} on {len(samples)} images ({where})")
+    evaluation = _run(predict, batches, card, samples, display)
+    write_report(out, evaluation)
+    figures = evaluation.summary() | {
+        "model": str(model_path),
+        "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
+        "precision": card.precision,
+        "data": str(data),
+    }
+    atomic_write_json(Path(out) / "metrics.json", figures)
+    display.say(f"accuracy {figures['accuracy']:.4f}, macro F1 {figures['macro_f1']:.4f} -> {out}")
+    return figures
+
+
+def _card_of(model_path: Path) -> ModelCard:
+    if model_path.suffix == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(model_path), load_external_data=False)
+        except Exception as exc:
+            raise InputError(f"cannot read ONNX model {model_path}: {exc}") from exc
+        from skutag.card import METADATA_KEY
+
+        text = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
+        if text is None:
+            raise InputError(f"{model_path} has no skutag model card; export it with `skutag export`")
+        return ModelCard.from_json(text)
+    from trainer.weights import read_card, resolve_weights
+
+    return read_card(resolve_weights(model_path))
+
+
+def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict, str]:
+    if model_path.suffix == ".onnx":
+        return _onnx_predictor(model_path, card, device)
+    from trainer.distributed import resolve_device
+    from trainer.weights import load_trained
+
+    torch_device, line = resolve_device(device)
+    model, _ = load_trained(model_path, torch_device)
+    normalizer = Normalizer(card).to(torch_device)
+
+    def predict(images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            logits = model(normalizer(images.to(torch_device)))
+        return torch.softmax(logits.float(), dim=1).cpu().double().numpy()
+
+    return predict, f"torch, {line}"
+
+
+def _onnx_predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict, str]:
+    from skutag.runtime import create_session
+
+    session, info = create_session(model_path, device)
+    input_name = session.get_inputs()[0].name
+    normalizer = Normalizer(card)
+
+    def predict(images: torch.Tensor) -> np.ndarray:
+        if card.input_dtype == "uint8":
+            feed = images.permute(0, 2, 3, 1).contiguous().numpy()
+        else:
+            feed = normalizer(images).numpy()
+        probs = session.run(["probs"], {input_name: feed})[0]
+        return probs.astype(np.float64)
+
+    return predict, f"onnxruntime {info.device}, {card.precision}"
+
+
+def _run(
+    predict: Predict, batches: Iterator[dict[str, Any]], card: ModelCard, samples: list, display: Display
+) -> Evaluation:
+    labels, probs, paths, failed = [], [], [], {}
+    with display.progress("eval", len(samples)) as advance:
+        for batch in batches:
+            ok = batch["ok"]
+            for index, error, good in zip(batch["index"].tolist(), batch["error"], ok.tolist(), strict=True):
+                if not good:
+                    failed[samples[index].path] = error
+            if ok.any():
+                probs.append(predict(batch["image"][ok]))
+                labels.append(batch["label"][ok].numpy())
+                paths += [samples[i].path for i in batch["index"][ok].tolist()]
+            advance(len(ok))
+    if not probs:
+        first = next(iter(failed.values()), "")
+        raise InputError(f"none of the {len(samples)} images could be loaded (first error: {first})")
+    return Evaluation(list(card.classes), paths, np.concatenate(labels), np.concatenate(probs), failed)

@@ -1,0 +1,104 @@
+"""The frozen-backbone fast paths: the backbone under `torch.no_grad`, and `--cache-features`.
+
+`split_head` views a torchvision classifier as (body, head) sharing the same parameters:
+the body is the model with its final Linear replaced by Identity (a shallow copy, the
+original keeps its head), so training the head trains the model that is saved.
+`FrozenBackboneClassifier` runs the body without autograd and the head with it;
+`extract_features` runs the body once over a loader for the cached path.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.model import classifier_name
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(body, head): body(x) gives the head's input features; both share `model`'s parameters."""
+    path = classifier_name(model).split(".")
+    body = copy.copy(model)
+    parent = body
+    for name in path[:-1]:  # copy the module chain down to the head so the original is untouched
+        parent._modules = dict(parent._modules)
+        child = copy.copy(parent._modules[name])
+        parent._modules[name] = child
+        parent = child
+    parent._modules = dict(parent._modules)
+    head = parent._modules[path[-1]]
+    parent._modules[path[-1]] = nn.Identity()
+    return body, head
+
+
+class FrozenBackboneClassifier(nn.Module):
+    """The model with its frozen backbone run under `torch.no_grad` (only the head is differentiated)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        body, head = split_head(model)
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.body(x)
+        return self.head(features)
+
+
+@dataclass
+class CachedFeatures:
+    features: torch.Tensor  # float32 [N, D] on the CPU
+    labels: torch.Tensor  # int64 [N]
+    indices: torch.Tensor  # int64 [N], dataset indices
+    failed: dict[int, str]  # dataset index -> error
+
+
+def extract_features(
+    body: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+) -> CachedFeatures:
+    """Run `body` (eval mode, no grad) once over `batches`; failed samples are left out and reported."""
+    body.eval()
+    features, labels, indices, failed = [], [], [], {}
+    with torch.no_grad():
+        for batch in batches:
+            ok = batch["ok"]
+            for index, error in zip(batch["index"][~ok].tolist(), _errors(batch, ~ok), strict=True):
+                failed[index] = error
+            if not ok.any():
+                continue
+            out = body(prepare(batch["image"][ok]))
+            features.append(out.float().cpu())
+            labels.append(batch["label"][ok])
+            indices.append(batch["index"][ok])
+    if not features:
+        return CachedFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
+    return CachedFeatures(torch.cat(features), torch.cat(labels), torch.cat(indices), failed)
+
+
+def _errors(batch: dict[str, Any], mask: torch.Tensor) -> list[str]:
+    return [e for e, m in zip(batch["error"], mask.tolist(), strict=True) if m]
+
+
+def cached_batches(
+    cache: CachedFeatures, batch_size: int, generator: torch.Generator | None
+) -> Iterable[dict[str, Any]]:
+    """Batches shaped like the image loader's (`image` holds features), shuffled when a generator is given."""
+    n = len(cache.labels)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        take = order[start : start + batch_size]
+        yield {
+            "image": cache.features[take],
+            "label": cache.labels[take],
+            "index": cache.indices[take],
+            "ok": torch.ones(len(take), dtype=torch.bool),
+            "error": [""] * len(take),
+        }

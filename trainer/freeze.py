@@ -1,0 +1,69 @@
+"""The freeze policy: which parameters train, and keeping the frozen part's BatchNorm in eval mode.
+
+`backbone`: only the classifier head trains. `none`: everything trains. `STAGE` (a module
+name such as `layer4` or `features.6`): that module and everything registered after it
+train, everything before is frozen. torchvision registers modules in forward order, so
+the frozen part is a prefix of the network: its inputs never require grad and autograd
+records nothing there (no saved activations, no backward), and its BatchNorm layers keep
+their running statistics because they stay in eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from skutag.errors import SkutagError
+from trainer.model import classifier_name
+
+
+@dataclass(frozen=True)
+class FreezeSummary:
+    policy: str
+    frozen: int  # parameters (elements)
+    trainable: int
+
+
+def apply_freeze(model: nn.Module, policy: str) -> FreezeSummary:
+    """Set `requires_grad` per `policy`; returns how many parameter elements train."""
+    trainable_from = _first_trainable(model, policy)
+    training = False
+    for name, param in model.named_parameters():
+        training = training or name.startswith(trainable_from)
+        param.requires_grad_(training)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return FreezeSummary(policy, frozen, trainable)
+
+
+def _first_trainable(model: nn.Module, policy: str) -> str:
+    """Prefix of the first trainable parameter's name ('' = all)."""
+    if policy == "none":
+        return ""
+    if policy == "backbone":
+        return classifier_name(model) + "."
+    modules = dict(model.named_modules())
+    if policy not in modules or not policy:
+        stages = [name for name, _ in model.named_children()]
+        raise SkutagError(f"--freeze {policy!r}: expected backbone, none or a module name such as {stages}")
+    if not any(True for _ in modules[policy].parameters()):
+        raise SkutagError(f"--freeze {policy!r}: that module has no parameters to train")
+    return policy + "."
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """`model.train()`, except BatchNorm layers whose parameters are all frozen stay in eval mode."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def fully_frozen_backbone(model: nn.Module) -> bool:
+    """True when only the classifier head has trainable parameters."""
+    head = classifier_name(model) + "."
+    return not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head))

@@ -1,0 +1,384 @@
+"""`skutag train`: from DATA to a run dir, read top to bottom.
+
+set up (device, DDP, seed, data, card, model, freeze policy, loaders, optimizer) ->
+resume from last.ckpt if asked -> one epoch at a time (train, validate on rank 0,
+history.csv, best.safetensors, last.ckpt, early stopping) -> the report of the best
+weights. Every file is written by rank 0 only, atomically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from skutag.card import ModelCard
+from skutag.errors import InputError, SkutagError
+from skutag.fsio import atomic_write_json
+from trainer import checkpoint, distributed
+from trainer.augment import Normalizer, train_transform
+from trainer.config import TrainConfig, default_workers
+from trainer.data import CatalogDataset, Splits, find_splits
+from trainer.display import Display
+from trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
+from trainer.freeze import apply_freeze, fully_frozen_backbone, set_train_mode
+from trainer.loop import Engine, Predictions, amp_dtype, make_optimizer, make_scheduler
+from trainer.metrics import SELECTABLE, summary_metrics
+from trainer.model import build_model, read_state_dict
+from trainer.report import Evaluation, write_csv, write_report
+from trainer.weights import BEST, save_weights
+
+HISTORY_COLUMNS = [
+    "epoch", "train_loss", "val_loss", "accuracy", "top5_accuracy", "macro_precision", "macro_recall",
+    "macro_f1", "lr", "seconds", "images_per_s",
+]  # fmt: skip
+
+
+@dataclass
+class RunState:
+    """What changes from epoch to epoch and goes into last.ckpt."""
+
+    epoch: int = 0  # last finished epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float | None = None
+    stopped_early: bool = False
+    failed: dict[str, str] = field(default_factory=dict)  # path -> error, train and val
+
+
+def train(config: TrainConfig) -> Path:
+    """Train per `config`; returns the run dir."""
+    config.check()
+    process, device, device_line = distributed.start(config.device)
+    display = Display(enabled=process.is_main)
+    try:
+        display.say(device_line)
+        return Trainer(config, process, device, display).run()
+    finally:
+        distributed.stop()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Trainer:
+    def __init__(
+        self, config: TrainConfig, process: distributed.Process, device: torch.device, display: Display
+    ) -> None:
+        self.config, self.process, self.device, self.display = config, process, device, display
+        self.out = Path(config.out)
+        self.ckpt_path = self.out / checkpoint.LAST
+        if self.ckpt_path.exists() and not config.resume:
+            raise SkutagError(
+                f"{self.out} already holds a run ({checkpoint.LAST}); pass --resume or another --out"
+            )
+        if config.resume and not self.ckpt_path.exists():
+            raise InputError(f"--resume: {self.out} has no {checkpoint.LAST} to resume from")
+        if process.distributed and (config.cache_features or config.balance == "sampler"):
+            raise SkutagError("--cache-features and --balance sampler run on one process, not under torchrun")
+        seed_everything(config.seed)
+        self.splits = find_splits(
+            config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed
+        )
+        self.classes = self.splits.classes
+        self.card = self._card(self.splits)
+        self.display.say(
+            f"data: {len(self.splits.train)} train / {len(self.splits.val)} val images, {len(self.classes)} classes"
+        )
+        self.model = build_model(config.arch, len(self.classes), config.weights).to(self.device)
+        self.channels_last = self.device.type == "cuda" and not config.cache_features
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.policy = ""
+        self.normalizer = Normalizer(self.card).to(self.device)
+        self._make_data()
+        self.engine = self._engine()
+        self.state = RunState()
+
+    # -- setup ---------------------------------------------------------------
+
+    def _card(self, splits: Splits) -> ModelCard:
+        c = self.config
+        provenance = {
+            "options": c.to_dict(),
+            "train_images": len(splits.train),
+            "val_images": len(splits.val),
+            "torch": torch.__version__,
+            "device": self.device.type,
+            "world_size": self.process.world_size,
+        }
+        return ModelCard.for_training(
+            c.arch, splits.classes, image_size=c.image_size, normalize=c.normalize, provenance=provenance
+        )
+
+    def _prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(images.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _prepare_features(self, features: torch.Tensor) -> torch.Tensor:
+        return features.to(self.device, non_blocking=True)
+
+    def _make_data(self) -> None:
+        c, index = self.config, {name: i for i, name in enumerate(self.classes)}
+        workers = default_workers() if c.workers is None else c.workers
+        train_set = CatalogDataset(
+            self.splits.train, index, self.card, train=not c.cache_features,
+            transform=None if c.cache_features else train_transform(c.augment, c.image_size),
+        )  # fmt: skip
+        val_set = CatalogDataset(self.splits.val, index, self.card, train=False)
+        self.generator = torch.Generator()
+        sampler = None
+        if self.process.distributed:
+            sampler = DistributedSampler(train_set, seed=c.seed, shuffle=True)
+        elif c.balance == "sampler":
+            counts = np.bincount(train_set.labels, minlength=len(self.classes))
+            weights = 1.0 / counts[train_set.labels]
+            sampler = WeightedRandomSampler(weights.tolist(), len(train_set), generator=self.generator)
+        loader_args = dict(
+            batch_size=c.batch_size, num_workers=workers, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_seed_worker, generator=self.generator,
+        )  # fmt: skip
+        self.train_loader = DataLoader(
+            train_set, shuffle=sampler is None and not c.cache_features, sampler=sampler, **loader_args
+        )
+        self.val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+        self.train_labels = train_set.labels
+        self.train_cache = self.val_cache = None
+        if c.cache_features:
+            body, self.head = split_head(self.model)
+            self.display.say("caching backbone features (one pass over train and val)")
+            self.train_cache = extract_features(body, self.train_loader, self._prepare_images)
+            self.val_cache = extract_features(body, self.val_loader, self._prepare_images)
+            self.display.say(f"cached {tuple(self.train_cache.features.shape)} training features")
+            self._check_loaded(len(self.train_cache.labels), self.train_cache.failed, self.splits.train)
+        self.steps_per_epoch = (
+            -(-len(self.train_cache.labels) // c.batch_size) if self.train_cache else len(self.train_loader)
+        )
+
+    def _engine(self) -> Engine:
+        c = self.config
+        weights = None
+        if c.balance == "loss":
+            counts = np.bincount(self.train_labels, minlength=len(self.classes)).astype(np.float64)
+            weights = torch.tensor(
+                len(self.train_labels) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32
+            )
+            weights = weights.to(self.device)
+        optimizer = make_optimizer(self.model.parameters(), c)
+        dtype = amp_dtype(c.amp, self.device)
+        if dtype is not None:
+            self.display.say(f"mixed precision: {dtype}, channels-last: {self.channels_last}")
+        return Engine(
+            optimizer=optimizer,
+            scheduler=make_scheduler(optimizer, c, self.steps_per_epoch),
+            device=self.device,
+            prepare=self._prepare_features if c.cache_features else self._prepare_images,
+            class_weights=weights,
+            label_smoothing=c.label_smoothing,
+            clip_grad=c.clip_grad,
+            autocast_dtype=dtype,
+            scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+        )
+
+    def _set_policy(self, epoch: int) -> None:
+        """Apply the freeze policy of `epoch` (gradual unfreezing) and build the network the loop trains."""
+        c = self.config
+        policy = "none" if c.unfreeze_at is not None and epoch >= c.unfreeze_at else c.freeze
+        if policy == self.policy:
+            return
+        summary = apply_freeze(self.model, policy)
+        self.policy = policy
+        self.display.say(
+            f"epoch {epoch}: --freeze {policy}: {summary.trainable:,} trainable, {summary.frozen:,} frozen parameters"
+        )
+        if c.cache_features:
+            self.train_module, self.eval_module = self.head, self.head
+        elif fully_frozen_backbone(self.model):
+            self.train_module, self.eval_module = FrozenBackboneClassifier(self.model), self.model
+        else:
+            self.train_module, self.eval_module = self.model, self.model
+        self.train_net: nn.Module = self.train_module
+        if self.process.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_net = nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
+
+    # -- resume --------------------------------------------------------------
+
+    def _resume(self) -> None:
+        saved = checkpoint.load_checkpoint(self.ckpt_path)
+        changed = checkpoint.check_resumable(saved["options"], self.config.to_dict())
+        if list(saved["classes"]) != self.classes:
+            raise SkutagError("cannot resume: the classes in DATA differ from the saved run's")
+        if changed:
+            self.display.say(f"resume: options changed since the run started: {', '.join(changed)}")
+        self.model.load_state_dict(saved["model"])
+        self.engine.optimizer.load_state_dict(saved["optimizer"])
+        self.engine.scheduler.load_state_dict(saved["scheduler"])
+        if self.engine.scaler is not None and saved["scaler"]:
+            self.engine.scaler.load_state_dict(saved["scaler"])
+        self.state = RunState(
+            epoch=saved["epoch"], history=list(saved["history"]), best_epoch=saved["best_epoch"],
+            best_value=saved["best_value"], stopped_early=saved["stopped_early"], failed=dict(saved["failed"]),
+        )  # fmt: skip
+        checkpoint.restore_rng(saved["rng"])
+        self.display.say(f"resumed {self.out} after epoch {self.state.epoch} of {self.config.epochs}")
+
+    def _checkpoint(self) -> None:
+        s = self.state
+        checkpoint.save_checkpoint(
+            self.ckpt_path,
+            {
+                "epoch": s.epoch, "model": self.model.state_dict(),
+                "optimizer": self.engine.optimizer.state_dict(), "scheduler": self.engine.scheduler.state_dict(),
+                "scaler": self.engine.scaler.state_dict() if self.engine.scaler is not None else {},
+                "history": s.history, "best_epoch": s.best_epoch, "best_value": s.best_value,
+                "stopped_early": s.stopped_early, "failed": s.failed, "classes": self.classes,
+                "options": self.config.to_dict(),
+            },
+        )  # fmt: skip
+
+    # -- epochs --------------------------------------------------------------
+
+    def run(self) -> Path:
+        c = self.config
+        if c.resume:
+            self._resume()
+        elif self.process.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "config.json", c.to_dict())
+        while self.state.epoch < c.epochs and not self.state.stopped_early:
+            self._epoch(self.state.epoch + 1)
+        if self.process.is_main:
+            self._finish()
+        distributed.barrier()
+        return self.out
+
+    def _train_batches(self, epoch: int) -> Iterable[dict[str, Any]]:
+        self.generator.manual_seed(self.config.seed * 1_000_003 + epoch * 7919 + self.process.rank)
+        if self.train_cache is not None:
+            return cached_batches(self.train_cache, self.config.batch_size, self.generator)
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(epoch)
+        return self.train_loader
+
+    def _val_batches(self) -> Iterable[dict[str, Any]]:
+        if self.val_cache is not None:
+            return cached_batches(self.val_cache, self.config.batch_size, None)
+        return self.val_loader
+
+    def _epoch(self, epoch: int) -> None:
+        c, s = self.config, self.state
+        self._set_policy(epoch)
+        set_train_mode(self.train_module)
+        lr = self.engine.optimizer.param_groups[0]["lr"]
+        with self.display.progress(
+            f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
+        ) as adv:
+            result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
+        self._record_failures(result.failed, self.splits.train)
+        if epoch == 1 and self.train_cache is None:
+            self._check_loaded(result.images, result.failed, self.splits.train)
+        stop = False
+        if self.process.is_main:
+            predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
+            figures = summary_metrics(predictions.labels, predictions.probs)
+            seconds = result.seconds + self._val_seconds
+            row = {"epoch": epoch, "train_loss": result.loss, **{k: figures[k] for k in HISTORY_COLUMNS[2:8]}}
+            row |= {"lr": lr, "seconds": seconds, "images_per_s": result.images / max(result.seconds, 1e-9)}
+            s.history.append(row)
+            s.epoch = epoch
+            improved = self._is_better(figures[c.best_metric])
+            if improved:
+                s.best_epoch, s.best_value = epoch, float(figures[c.best_metric])
+                card = self.card.replace(metrics={k: float(v) for k, v in figures.items()} | {"epoch": epoch})
+                save_weights(self.out / BEST, self.model, card)
+            s.stopped_early = c.patience is not None and epoch - s.best_epoch >= c.patience
+            write_csv(self.out / "history.csv", s.history, HISTORY_COLUMNS)
+            self._checkpoint()
+            self.display.epoch(row, improved)
+            stop = s.stopped_early
+            if stop:
+                self.display.say(f"early stopping: no better {c.best_metric} for {c.patience} epochs")
+        s.epoch = epoch
+        s.stopped_early = distributed.broadcast_flag(stop, self.device)
+
+    def _validate(self, description: str) -> Predictions:
+        import time
+
+        start = time.perf_counter()
+        with self.display.progress(description, len(self.splits.val)) as advance:
+            predictions = self.engine.predict(self.eval_module, self._val_batches(), advance)
+        self._val_seconds = time.perf_counter() - start
+        failed = predictions.failed | (self.val_cache.failed if self.val_cache else {})
+        self._record_failures(failed, self.splits.val)
+        self._check_loaded(len(predictions.labels), failed, self.splits.val)
+        return Predictions(predictions.labels, predictions.probs, predictions.indices, failed)
+
+    def _is_better(self, value: float) -> bool:
+        best = self.state.best_value
+        if best is None:
+            return True
+        return value > best if SELECTABLE[self.config.best_metric] else value < best
+
+    def _record_failures(self, failed: dict[int, str], samples: list) -> None:
+        for index, error in failed.items():
+            path = samples[index].path
+            if path not in self.state.failed:
+                self.state.failed[path] = error
+                self.display.say(f"skipped {path}: {error}")
+
+    def _check_loaded(self, loaded: int, failed: dict[int, str], samples: list) -> None:
+        if loaded == 0:
+            first = next(iter(failed.values()), "no error recorded")
+            raise InputError(f"none of the {len(samples)} images could be loaded (first error: {first})")
+
+    # -- the end -------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv."""
+        self._set_policy(self.state.epoch)
+        self.model.load_state_dict(read_state_dict(self.out / BEST))
+        predictions = self._validate("final validation")
+        val = self.splits.val
+        evaluation = Evaluation(
+            classes=self.classes,
+            paths=[val[i].path for i in predictions.indices],
+            labels=predictions.labels,
+            probs=predictions.probs,
+            failed={val[i].path: e for i, e in predictions.failed.items()},
+        )
+        write_report(self.out / "report", evaluation)
+        summary = evaluation.summary()
+        s = self.state
+        atomic_write_json(
+            self.out / "metrics.json",
+            summary
+            | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch},
+        )
+        card = self.card.replace(metrics={k: float(v) for k, v in summary.items()} | {"epoch": s.best_epoch})
+        card.save(self.out / "card.json")
+        write_csv(
+            self.out / "skipped.csv",
+            [{"path": p, "error": e} for p, e in sorted(s.failed.items())],
+            ["path", "error"],
+        )
+        self.display.say(
+            f"done: best epoch {s.best_epoch}, accuracy {summary['accuracy']:.3f}, macro F1 {summary['macro_f1']:.3f}"
+            f" -> {self.out}"
+        )
