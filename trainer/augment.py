@@ -1,7 +1,9 @@
 """Training augmentation presets (torchvision.transforms.v2 on uint8 CHW tensors) and normalisation.
 
 The dataset has already resized the shorter side to the card's resize_size; a preset
-crops to image_size and augments. Normalisation runs on the whole batch on the device
+crops to image_size and augments. `none` has no transform: the dataset then gives the
+exact evaluation pixels (resize + centre crop by `skutag.images`), the same every epoch,
+which is what --cache-features needs. Normalisation runs on the whole batch on the device
 (`Normalizer`), with the mean and std recorded in the card, so exported models and
 batchrun apply exactly the same figures.
 """
@@ -15,13 +17,6 @@ from torchvision.transforms import v2
 from skutag.card import ModelCard
 
 PRESETS = ("none", "standard", "strong")
-
-
-class NoAugment(v2.Compose):
-    """Centre crop only: the same pixels every epoch (what --cache-features needs)."""
-
-    def __init__(self, image_size: int) -> None:
-        super().__init__([v2.CenterCrop(image_size)])
 
 
 class StandardAugment(v2.Compose):
@@ -53,8 +48,11 @@ class StrongAugment(v2.Compose):
         )
 
 
-def train_transform(preset: str, image_size: int) -> v2.Compose:
-    classes = {"none": NoAugment, "standard": StandardAugment, "strong": StrongAugment}
+def train_transform(preset: str, image_size: int) -> v2.Compose | None:
+    """The preset's transform; None for `none`: training then sees exactly the eval (batchrun) pixels."""
+    classes = {"standard": StandardAugment, "strong": StrongAugment}
+    if preset == "none":
+        return None
     if preset not in classes:
         raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
     return classes[preset](image_size)

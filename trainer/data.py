@@ -27,7 +27,7 @@ MANIFEST_SUFFIXES = (".csv", ".parquet")
 VAL_NAMES = ("val", "valid", "validation")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Sample:
     path: str
     label: str
@@ -167,8 +167,8 @@ def _checked(train: list[Sample], val: list[Sample], where: str) -> Splits:
 class CatalogDataset(Dataset):
     """Decoded samples as dicts: `image` (uint8 CHW, or float for strong augmentation), `label`, `index`, `ok`.
 
-    `train=True`: shorter side to the card's resize_size, then `transform` (random crop, augmentation).
-    `train=False`: the exact batchrun preprocessing (resize + centre crop), no transform.
+    Without `transform`: the exact batchrun preprocessing (resize + centre crop by `load_image`).
+    With one (training): shorter side to the card's resize_size, then `transform` (random crop, ...).
     A file that fails to load gives `ok=False`, a blank image and its error, never an exception.
     """
 
@@ -177,14 +177,11 @@ class CatalogDataset(Dataset):
         samples: list[Sample],
         class_index: dict[str, int],
         card: ModelCard,
-        *,
-        train: bool,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.samples = samples
         self.labels = [class_index[s.label] for s in samples]
         self.card = card
-        self.train = train
         self.transform = transform
 
     def __len__(self) -> int:
@@ -196,16 +193,14 @@ class CatalogDataset(Dataset):
             decoded = load_image(
                 self.samples[index].path,
                 resize_size=self.card.resize_size,
-                image_size=None if self.train else size,
+                image_size=None if self.transform is not None else size,
                 interpolation=self.card.interpolation,
             )
             pixels = decoded.pixels if decoded.pixels.flags.writeable else decoded.pixels.copy()
             image = torch.from_numpy(pixels).permute(2, 0, 1)
-            if self.transform is not None:
-                image = self.transform(image)
             ok, error = True, ""
         except ImageError as exc:
             image, ok, error = torch.zeros(3, size, size, dtype=torch.uint8), False, f"{exc.kind}: {exc}"
-            if self.transform is not None and self.train:
-                image = self.transform(image)  # same dtype and size as the good samples of the batch
+        if self.transform is not None:
+            image = self.transform(image)  # failed samples too: same dtype and size as the good ones
         return {"image": image, "label": self.labels[index], "index": index, "ok": ok, "error": error}

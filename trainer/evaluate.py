@@ -48,7 +48,7 @@ def evaluate(
         raise InputError(
             f"{data}: labels the model does not know: {unknown[:5]} (model classes: {list(card.classes)[:5]}...)"
         )
-    dataset = CatalogDataset(samples, {name: i for i, name in enumerate(card.classes)}, card, train=False)
+    dataset = CatalogDataset(samples, {name: i for i, name in enumerate(card.classes)}, card)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

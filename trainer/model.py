@@ -58,8 +58,9 @@ def _imagenet_model(arch: str) -> nn.Module:
 
     default = models.get_model_weights(arch).DEFAULT
     try:
-        # torch.hub writes its own "Downloading ..." line and progress bar; the error below says it all.
-        with contextlib.redirect_stderr(io.StringIO()):
+        # torch.hub prints its own "Downloading ..." line to stdout (and a progress bar without
+        # progress=False); offline, the one-sentence error below says it all.
+        with contextlib.redirect_stdout(io.StringIO()):
             return models.get_model(arch, weights=default, progress=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
         cache = Path(torch.hub.get_dir()) / "checkpoints"

@@ -138,10 +138,9 @@ class Trainer:
         c, index = self.config, {name: i for i, name in enumerate(self.classes)}
         workers = default_workers() if c.workers is None else c.workers
         train_set = CatalogDataset(
-            self.splits.train, index, self.card, train=not c.cache_features,
-            transform=None if c.cache_features else train_transform(c.augment, c.image_size),
-        )  # fmt: skip
-        val_set = CatalogDataset(self.splits.val, index, self.card, train=False)
+            self.splits.train, index, self.card, train_transform(c.augment, c.image_size)
+        )
+        val_set = CatalogDataset(self.splits.val, index, self.card)
         self.generator = torch.Generator()
         sampler = None
         if self.process.distributed:
