@@ -112,8 +112,17 @@ def run_catalog(
     prepared = prepare_out(
         out, names, run_key(contract, inputs, shard, topk, embeddings), overwrite=overwrite
     )
-    if prepared.complete:
-        return RunSummary(**{**read_summary(out, names), "already_complete": True})
+    if prepared.complete:  # judged against this call's --max-error-rate
+        done = read_summary(out, names)
+        exceeded = done["error_rate"] > max_error_rate
+        return RunSummary(
+            **{
+                **done,
+                "already_complete": True,
+                "max_error_rate": max_error_rate,
+                "exceeded_error_rate": exceeded,
+            }
+        )
     pending = subtract(shard.slice(len(inputs)), prepared.manifest.committed())
     options = {
         "batch_size": batch_size,

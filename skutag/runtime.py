@@ -156,7 +156,7 @@ def _make(ort, model, device: str, threads: int | None, provider_options: dict[s
 
 def _preload_gpu_libraries(device: str) -> None:
     """Let ORT find the CUDA/cuDNN libraries that pip's nvidia-* wheels (or torch) bring."""
-    if device == "cpu":
+    if device == "cpu" or not gpu_present():  # no GPU: nothing to load, and no "libcurand" noise on stdout
         return
     import onnxruntime as ort
 
