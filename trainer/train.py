@@ -37,7 +37,7 @@ from trainer.weights import BEST, save_weights
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "accuracy", "top5_accuracy", "macro_precision", "macro_recall",
-    "macro_f1", "lr", "seconds", "images_per_s",
+    "macro_f1", "lr", "train_images", "seconds", "images_per_s",
 ]  # fmt: skip
 
 
@@ -299,7 +299,12 @@ class Trainer:
             figures = summary_metrics(predictions.labels, predictions.probs)
             seconds = result.seconds + self._val_seconds
             row = {"epoch": epoch, "train_loss": result.loss, **{k: figures[k] for k in HISTORY_COLUMNS[2:8]}}
-            row |= {"lr": lr, "seconds": seconds, "images_per_s": result.images / max(result.seconds, 1e-9)}
+            row |= {
+                "lr": lr,
+                "train_images": result.images,
+                "seconds": seconds,
+                "images_per_s": result.images / max(result.seconds, 1e-9),
+            }
             s.history.append(row)
             s.epoch = epoch
             improved = self._is_better(figures[c.best_metric])

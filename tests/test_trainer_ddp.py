@@ -1,0 +1,58 @@
+"""`torchrun --nproc_per_node=2 -m skutag train` on the CPU (gloo): both processes train, rank 0 alone writes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from skutag.synth import SynthSpec, make_catalog
+
+
+def torchrun() -> list[str]:
+    script = Path(sys.executable).parent / "torchrun"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_torchrun_two_cpu_processes_train_and_rank0_writes_once(tmp_path):
+    data = tmp_path / "data"
+    make_catalog(data, SynthSpec(count=32, classes=2, min_size=64, max_size=96, val_fraction=0.25, seed=3))
+    train_images = sum(1 for p in (data / "train").rglob("*") if p.is_file())
+    out = tmp_path / "run"
+    command = torchrun() + [
+        "--standalone", "--nproc_per_node=2", "-m", "skutag", "train", str(data), "--out", str(out),
+        "--arch", "resnet18", "--weights", "none", "--freeze", "none", "--image-size", "32",
+        "--epochs", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "DDP rank 0 of 2 (gloo)" in log
+    assert log.count("done: best epoch") == 1 and log.count("epoch=2 ") == 1  # rank 0 alone speaks
+
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    # The distributed sampler gives each process half the data (padded to equal shares): both trained.
+    padded = train_images + train_images % 2
+    assert all(int(r["train_images"]) == padded for r in rows)
+
+    state = torch.load(out / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 2 and state["options"]["epochs"] == 2
+    assert not any(k.startswith("module.") for k in state["model"]), "saved the DDP wrapper, not the model"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            "best.safetensors",
+            "card.json",
+            "config.json",
+            "history.csv",
+            "last.ckpt",
+            "metrics.json",
+            "report",
+            "skipped.csv",
+        ]
+    ), names
