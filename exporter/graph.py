@@ -68,11 +68,27 @@ def export_fp32(
 ) -> onnx.ModelProto:
     """Export to `out` (atomically) and return the saved ModelProto, card embedded."""
     module = ExportModule(model, card, input_kind=input_kind, embeddings=embeddings).eval()
-    outputs = [PROBS, EMBEDDING] if embeddings else [PROBS]
+    proto = to_onnx(module, card)
+    save(proto, out)
+    return proto
+
+
+def exported_card(card: ModelCard, input_kind: str, precision: str = "fp32") -> ModelCard:
+    """The run's card as the exported file describes itself: its input and its precision."""
+    return card.replace(
+        input_dtype="uint8" if input_kind == "uint8" else "float32",
+        input_layout="NHWC" if input_kind == "uint8" else "NCHW",
+        precision=precision,
+    )
+
+
+def to_onnx(module: ExportModule, card: ModelCard) -> onnx.ModelProto:
+    """The fp32 ModelProto of `module` (dynamo exporter, pinned opset, dynamic `batch`), card embedded."""
+    outputs = [PROBS, EMBEDDING] if module.embeddings else [PROBS]
     with torch.no_grad():
         program = torch.onnx.export(
             module,
-            (example_input(card, input_kind),),
+            (example_input(card, module.input_kind),),
             None,
             dynamo=True,
             opset_version=OPSET,
@@ -83,9 +99,7 @@ def export_fp32(
             verbose=False,
         )
     proto = program.model_proto
-    card = card.replace(input_dtype=input_kind, input_layout="NHWC" if input_kind == "uint8" else "NCHW")
-    set_metadata(proto, card)
-    save(proto, out)
+    set_metadata(proto, exported_card(card, module.input_kind))
     return proto
 
 

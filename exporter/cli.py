@@ -1,0 +1,138 @@
+"""`skutag export`: the click command around exporter.pipeline (heavy imports inside the function)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from skutag.options import input_path, out_option
+
+# Kept literal here so `--help` imports nothing; tests check them against exporter.targets.
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("cpu", "tensorrt")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+INPUT_KINDS = ("uint8", "float")
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.command()
+@input_path("run")
+@out_option("The ONNX file to write (MODEL.onnx); the report goes to MODEL.onnx.json.", file=True)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="fp32: any device. fp16: for GPUs (CUDA/TensorRT); NOT faster on CPUs, where ONNX Runtime "
+    "computes fp16 in fp32. int8: statically quantised, calibrated on --calib images.",
+)
+@click.option(
+    "--int8-target",
+    type=click.Choice(INT8_TARGETS),
+    default="cpu",
+    show_default=True,
+    help="cpu: uint8 activations, int8 per-channel weights (QDQ; convs fuse into QLinearConv). "
+    "tensorrt: symmetric int8 activations and weights (QDQ).",
+)
+@click.option(
+    "--calib",
+    "calib_dir",
+    type=_DIR,
+    default=None,
+    help="Real images (searched recursively) to calibrate int8 on, decoded exactly as `skutag run` "
+    "decodes them. Required for int8; never replaced by default data.",
+)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
+@click.option(
+    "--calib-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Calibration images to use (evenly spaced over the sorted file list: deterministic).",
+)
+@click.option(
+    "--input",
+    "input_kind",
+    type=click.Choice(INPUT_KINDS),
+    default="uint8",
+    show_default=True,
+    help="uint8: [batch, H, W, 3] RGB pixels, normalised inside the graph. "
+    "float: classic float32 [batch, 3, H, W], normalised by the caller.",
+)
+@click.option(
+    "--embeddings", is_flag=True, help="Add an `embedding` output: the pooled penultimate features."
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Compare the exported model in ONNX Runtime with PyTorch; a failed check writes nothing.",
+)
+@click.option(
+    "--check-images",
+    "check_dir",
+    type=_DIR,
+    default=None,
+    help="Images for the parity check (default: the --calib images, else synthetic ones).",
+)
+@click.option("--check-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--ort-format", is_flag=True, help="Also write MODEL.ort, the format ONNX Runtime Mobile loads."
+)
+def export(
+    run: str,
+    out: str,
+    precision: str,
+    int8_target: str,
+    calib_dir: Path | None,
+    calib_method: str,
+    calib_size: int,
+    input_kind: str,
+    embeddings: bool,
+    check: bool,
+    check_dir: Path | None,
+    check_size: int,
+    ort_format: bool,
+) -> None:
+    """Export the trained model in RUN (a run dir or a .safetensors with a card) to one ONNX file.
+
+    The file carries the model card in its metadata, takes uint8 pixels by default,
+    outputs `probs`, and has a dynamic batch dimension named `batch`.
+    """
+    from exporter.pipeline import ExportRequest, run_export
+
+    request = ExportRequest(
+        source=Path(run),
+        out=Path(out),
+        precision=precision,
+        int8_target=int8_target,
+        input_kind=input_kind,
+        embeddings=embeddings,
+        calib_dir=calib_dir,
+        calib_method=calib_method,
+        calib_size=calib_size,
+        check=check,
+        check_dir=check_dir,
+        check_size=check_size,
+        ort_format=ort_format,
+    )
+    result = run_export(request)
+    _print_summary(result.summary, result.ort_model)
+
+
+def _print_summary(summary: dict, ort_model: Path | None) -> None:
+    size_mb = summary["file_bytes"] / 1e6
+    click.echo(f"wrote {summary['model']} ({summary['target']}, {size_mb:.1f} MB, opset {summary['opset']})")
+    parity = summary["parity"]
+    if parity:
+        click.echo(
+            f"parity vs PyTorch on {parity['images']} images: max |dprob| {parity['max_abs_dprob']:.2e}, "
+            f"top-1 agreement {parity['top1_agreement']:.1%}, top-{parity['k']} overlap "
+            f"{parity['top5_overlap']:.1%}"
+        )
+    else:
+        click.echo("parity check skipped (--no-check)")
+    if ort_model:
+        click.echo(f"wrote {ort_model}")
+    click.echo(f"report: {summary['model']}.json")

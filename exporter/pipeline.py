@@ -1,0 +1,258 @@
+"""`skutag export` end to end: trained weights -> checked ONNX file, its report, optionally an .ort file.
+
+Steps: validate the request (before any heavy work), load the trained model and
+card (trainer.weights), export fp32, convert to the target's precision (table in
+exporter.targets), run the parity check on the final bytes, and only then rename the
+file onto `--out`. A failed step leaves nothing at `--out`. The report
+`MODEL.onnx.json` and the optional `MODEL.ort` are written after the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from exporter import graph, quantize, samples
+from exporter.parity import Parity, check, torch_probs
+from exporter.targets import Target, resolve
+from skutag.card import ModelCard
+from skutag.errors import InputError
+from skutag.fsio import atomic_path, atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    source: Path  # run dir or .safetensors
+    out: Path
+    precision: str = "fp32"
+    int8_target: str = "cpu"
+    input_kind: str = "uint8"
+    embeddings: bool = False
+    calib_dir: Path | None = None
+    calib_method: str = "minmax"
+    calib_size: int = 256
+    check: bool = True
+    check_dir: Path | None = None
+    check_size: int = 64
+    ort_format: bool = False
+
+    @property
+    def target(self) -> Target:
+        return resolve(self.precision, self.int8_target)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model: Path
+    report: Path
+    ort_model: Path | None
+    card: ModelCard
+    parity: Parity | None
+    summary: dict[str, Any]
+
+
+def validate(request: ExportRequest) -> None:
+    """Refuse what cannot work before loading anything: no calibration data, an unwritable --out."""
+    target = request.target
+    if target.quantisation is not None and request.calib_dir is None:
+        raise InputError(
+            "--precision int8 needs calibration images: pass --calib DIR with real images like the ones "
+            "you will tag (skutag never calibrates on default data)"
+        )
+    out = request.out
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write --out {out}: {existing or parent} is not a writable directory")
+
+
+def run_export(request: ExportRequest) -> ExportResult:
+    """Export, convert, check and write; see the module docstring."""
+    from trainer.weights import load_trained
+
+    validate(request)
+    started = time.perf_counter()
+    target = request.target
+    model, run_card = load_trained(request.source)
+    module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=request.embeddings)
+    module.eval()
+    card = graph.exported_card(run_card, request.input_kind, target.precision)
+    calibration = (
+        samples.load_directory(request.calib_dir, run_card, request.calib_size) if request.calib_dir else None
+    )
+    check_set = _check_samples(request, run_card, calibration) if request.check else None
+
+    parity = None
+    with tempfile.TemporaryDirectory(prefix="skutag-export-") as work:
+        fp32_path = Path(work) / "fp32.onnx"
+        graph.save(graph.to_onnx(module, run_card), fp32_path)
+        final = _convert(request, target, fp32_path, Path(work), card, calibration)
+        with atomic_path(request.out) as staged:
+            graph.save(final, staged)
+            if check_set is not None:
+                reference = torch_probs(module, check_set, run_card, request.input_kind)
+                parity = check(
+                    staged, reference, check_set, run_card, request.input_kind, target.limits, target.name
+                )
+    ort_model = _write_ort(request.out) if request.ort_format else None
+    summary = _summary(request, target, card, final, parity, calibration, check_set, started, ort_model)
+    if target.quantisation is not None:
+        summary["calibration"]["ort_cpu_graph"] = _conv_fusion(request.out, target)
+    report = request.out.with_name(request.out.name + ".json")
+    atomic_write_json(report, summary)
+    return ExportResult(request.out, report, ort_model, card, parity, summary)
+
+
+def _check_samples(
+    request: ExportRequest, card: ModelCard, calibration: samples.SampleSet | None
+) -> samples.SampleSet:
+    if request.check_dir is not None:
+        return samples.load_directory(request.check_dir, card, request.check_size)
+    if request.calib_dir is not None:
+        return samples.load_directory(request.calib_dir, card, request.check_size)
+    return samples.synthetic(card, request.check_size)
+
+
+def _convert(
+    request: ExportRequest,
+    target: Target,
+    fp32_path: Path,
+    work: Path,
+    card: ModelCard,
+    calibration: samples.SampleSet | None,
+) -> onnx.ModelProto:
+    """The target's ModelProto, with `card` (its precision set) in the metadata."""
+    if target.quantisation is not None:
+        assert calibration is not None  # validate() refused int8 without --calib
+        int8_path = work / "int8.onnx"
+        quantize.to_int8(
+            fp32_path,
+            int8_path,
+            target.quantisation,
+            calibration,
+            card,
+            input_name=graph.INPUT_NAME,
+            input_kind=request.input_kind,
+            method=request.calib_method,
+        )
+        proto = onnx.load(str(int8_path))
+    elif target.precision == "fp16":
+        proto = quantize.to_fp16(onnx.load(str(fp32_path)))
+    else:
+        proto = onnx.load(str(fp32_path))
+    # Drop the quantiser's bookkeeping keys; the card and readable keys describe the file.
+    kept = [p for p in proto.metadata_props if not p.key.startswith("onnx.")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    graph.set_metadata(proto, card)
+    return proto
+
+
+def _conv_fusion(path: Path, target: Target) -> dict[str, int]:
+    """Quantised vs float convs in ORT's optimised CPU graph; a float conv on the CPU target is a warning."""
+    convs = quantize.quantised_conv_summary(quantize.optimised_op_types(path))
+    if target.name == "int8-cpu" and convs["float_convs"]:
+        log.warning("%d convs stayed float in ORT's optimised CPU graph of %s", convs["float_convs"], path)
+    return convs
+
+
+def _write_ort(model_path: Path) -> Path:
+    """The ORT-format file ONNX Runtime Mobile loads, beside the model (portable optimisations only)."""
+    import onnxruntime as ort
+
+    ort_path = model_path.with_suffix(".ort")
+    with atomic_path(ort_path) as staged:
+        options = ort.SessionOptions()
+        # EXTENDED, not ALL: level-3 layout transforms (NCHWc) are specific to the exporting CPU.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(staged)
+        options.add_session_config_entry("session.save_model_format", "ORT")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return ort_path
+
+
+def _summary(
+    request: ExportRequest,
+    target: Target,
+    card: ModelCard,
+    proto: onnx.ModelProto,
+    parity: Parity | None,
+    calibration: samples.SampleSet | None,
+    check_set: samples.SampleSet | None,
+    started: float,
+    ort_model: Path | None,
+) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    from skutag import __version__
+
+    def signature(values) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
+
+    return {
+        "model": str(request.out),
+        "sha256": sha256_file(request.out),
+        "file_bytes": request.out.stat().st_size,
+        "precision": target.precision,
+        "target": target.name,
+        "target_note": target.note,
+        "opset": graph.OPSET,
+        "inputs": signature(proto.graph.input),
+        "outputs": signature(proto.graph.output),
+        "source": {"weights": str(request.source), "sha256": sha256_file(_weights_path(request.source))},
+        "parity": None
+        if parity is None
+        else {
+            **parity.to_dict(),
+            "sample": check_set.describe() if check_set else None,
+            "limits": asdict(target.limits),
+            "reference": "PyTorch fp32 on the CPU",
+        },
+        "calibration": None
+        if calibration is None or target.quantisation is None
+        else {
+            **calibration.describe(),
+            "method": request.calib_method,
+            "int8_target": request.int8_target,
+            "activation_type": target.quantisation.activation_type,
+            "weight_type": target.quantisation.weight_type,
+            "per_channel": target.quantisation.per_channel,
+            "extra_options": target.quantisation.extra_options,
+            "format": "QDQ",
+        },
+        "ort_format": str(ort_model) if ort_model else None,
+        "export_seconds": round(time.perf_counter() - started, 2),
+        "card": card.to_dict(),
+        "versions": {
+            "skutag": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }
+
+
+def _weights_path(source: Path) -> Path:
+    from trainer.weights import resolve_weights
+
+    return resolve_weights(source)

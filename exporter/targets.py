@@ -1,0 +1,100 @@
+"""The table of export targets: one row per precision (and int8 hardware target).
+
+Ultralytics-style: this one table drives the conversion (which quantisation
+settings), the parity thresholds the exported file must meet against PyTorch, the
+card's `precision` and the report. Nothing else in the exporter branches on names.
+
+Parity thresholds (measured, see `benchmarks/RESULTS.md` and the exporter report):
+- fp32: ORT and PyTorch compute the same float graph; differences are summation
+  order only (measured ~1e-7 in probability). All top-1 agree, max |dprob| < 1e-4.
+- fp16: weights and activations in half precision (10-bit mantissa). Measured on
+  a trained ResNet-18 at 64 px: max |dprob| ~3e-3, top-1 all agree; on ResNet-50
+  at 96 px: ~4e-3. Limit 2e-2 and 98% top-1 agreement leave room for near-ties.
+- int8: 256 activation levels per tensor. Measured max |dprob| 0.03-0.15 and top-1
+  agreement 97-100% (ResNet-18 64 px; ResNet-50 96 px, minmax calibration).
+  Limits: 90% top-1 agreement, 85% top-5 overlap; max |dprob| < 0.5 only catches a
+  broken graph (near-ties flip by design), agreement is the real gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from skutag.errors import InputError
+
+INT8_TARGETS = ("cpu", "tensorrt")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an exported model must meet against PyTorch on the same uint8 images."""
+
+    max_abs_dprob: float  # strict upper bound on max |prob_ort - prob_torch|
+    min_top1_agreement: float  # fraction of images whose top-1 class matches
+    min_top5_overlap: float  # mean |top5_ort & top5_torch| / 5
+
+
+@dataclass(frozen=True)
+class Quantisation:
+    """ORT static quantisation settings, by name (onnxruntime is imported only when converting)."""
+
+    activation_type: str  # a `QuantType` member name
+    weight_type: str
+    per_channel: bool
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    precision: str  # the card's precision
+    limits: Limits
+    quantisation: Quantisation | None = None
+    note: str = ""
+
+
+TARGETS: dict[str, Target] = {
+    "fp32": Target(
+        "fp32",
+        "fp32",
+        Limits(max_abs_dprob=1e-4, min_top1_agreement=1.0, min_top5_overlap=1.0),
+        note="reference precision; any device",
+    ),
+    "fp16": Target(
+        "fp16",
+        "fp16",
+        Limits(max_abs_dprob=2e-2, min_top1_agreement=0.98, min_top5_overlap=0.95),
+        note="for GPUs (CUDA, TensorRT); not faster on CPUs, where ORT computes fp16 in fp32",
+    ),
+    "int8-cpu": Target(
+        "int8-cpu",
+        "int8",
+        Limits(max_abs_dprob=0.5, min_top1_agreement=0.90, min_top5_overlap=0.85),
+        # U8S8 QDQ: uint8 activations, int8 per-channel weights; every conv fuses into QLinearConv.
+        Quantisation("QUInt8", "QInt8", per_channel=True),
+        note="x86/ARM CPUs: U8S8 QDQ, per-channel weights",
+    ),
+    "int8-tensorrt": Target(
+        "int8-tensorrt",
+        "int8",
+        Limits(max_abs_dprob=0.5, min_top1_agreement=0.90, min_top5_overlap=0.85),
+        # TensorRT reads explicit QDQ and wants symmetric int8 for activations and weights.
+        Quantisation(
+            "QInt8",
+            "QInt8",
+            per_channel=True,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        ),
+        note="TensorRT (trt_int8_enable): symmetric S8S8 QDQ",
+    ),
+}
+
+
+def resolve(precision: str, int8_target: str = "cpu") -> Target:
+    """The table row for `--precision` (and `--int8-target` when precision is int8)."""
+    name = f"int8-{int8_target}" if precision == "int8" else precision
+    if name not in TARGETS:
+        raise InputError(f"unknown export target {name!r}; expected one of {sorted(TARGETS)}")
+    return TARGETS[name]
