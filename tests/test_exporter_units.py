@@ -1,0 +1,141 @@
+"""The exporter's refusals (one line, right exit code, no file) and its pure parts, without exporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter import cli, targets
+from exporter.parity import compare
+from exporter.samples import load_directory, select_files, synthetic
+from skutag.card import ModelCard
+from skutag.cli import main
+from tests.inputs import write_awkward_inputs
+
+CARD = ModelCard.for_training("resnet18", ["a", "b", "c"], image_size=64)
+
+
+def invoke(capsys, *args: str) -> tuple[int, str]:
+    try:
+        main([*args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """An untrained ResNet-18 run dir (enough for refusals, which happen before or at loading)."""
+    from trainer.model import build_model
+    from trainer.weights import save_weights
+
+    run = tmp_path_factory.mktemp("run")
+    save_weights(run / "best.safetensors", build_model("resnet18", 3), CARD)
+    CARD.save(run / "card.json")
+    return run
+
+
+def assert_refused(capsys, tmp_path: Path, code: int, *args: str) -> str:
+    out = tmp_path / "out" / "model.onnx"
+    got, err = invoke(capsys, "export", *args, "--out", str(out))
+    assert got == code, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not out.with_name("model.onnx.json").exists()
+    return err
+
+
+def test_int8_without_calibration_images_is_refused(capsys, tiny_run, tmp_path):
+    err = assert_refused(capsys, tmp_path, 2, str(tiny_run), "--precision", "int8")
+    assert "--calib" in err
+
+
+def test_corrupted_weights_are_refused(capsys, tiny_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    data = (tiny_run / "best.safetensors").read_bytes()
+    (run / "best.safetensors").write_bytes(data[: len(data) // 2])
+    assert_refused(capsys, tmp_path, 2, str(run))
+
+
+def test_a_card_that_does_not_match_the_weights_is_refused(capsys, tiny_run, tmp_path):
+    from trainer.model import build_model
+    from trainer.weights import save_weights
+
+    weights = tmp_path / "wrong.safetensors"
+    save_weights(weights, build_model("resnet18", 5), CARD)  # card says 3 classes
+    err = assert_refused(capsys, tmp_path, 2, str(weights))
+    assert "does not match" in err
+
+
+def test_a_directory_without_weights_is_refused(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not a skutag run dir" in assert_refused(capsys, tmp_path, 2, str(empty))
+
+
+def test_an_unwritable_out_is_refused_before_loading(capsys, tiny_run, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a directory should be")
+    code, err = invoke(capsys, "export", str(tiny_run), "--out", str(blocker / "model.onnx"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write --out" in err
+
+
+def test_cli_choices_are_the_table():
+    assert set(cli.INT8_TARGETS) == set(targets.INT8_TARGETS)
+    assert set(cli.CALIB_METHODS) == set(targets.CALIB_METHODS)
+    names = {targets.resolve(p, t).name for p in cli.PRECISIONS for t in cli.INT8_TARGETS}
+    assert names == set(targets.TARGETS)
+    assert {t.precision for t in targets.TARGETS.values()} == set(cli.PRECISIONS)
+
+
+def test_fp16_help_says_it_is_not_faster_on_cpus():
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli.export, ["--help"])
+    assert "NOT faster on CPUs" in " ".join(result.output.split())
+
+
+def test_files_are_chosen_deterministically_and_spread_over_classes(tmp_path):
+    for cls in "abcd":
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            (tmp_path / cls / f"{i:02d}.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    picked = select_files(tmp_path, 8)
+    assert picked == select_files(tmp_path, 8)
+    assert {p.parent.name for p in picked} == set("abcd") and len(picked) == 8
+    assert len(select_files(tmp_path, 100)) == 40
+
+
+def test_undecodable_files_are_skipped_and_counted(tmp_path):
+    expected = write_awkward_inputs(tmp_path)
+    loaded = load_directory(tmp_path, CARD, 100)
+    assert loaded.skipped == sum(kind is not None for kind in expected.values())
+    assert loaded.pixels.shape == (len(expected) - loaded.skipped, 64, 64, 3)
+    assert loaded.pixels.dtype == np.uint8
+
+
+def test_an_empty_image_directory_is_an_input_error(tmp_path):
+    from skutag.errors import InputError
+
+    with pytest.raises(InputError, match="no image files"):
+        select_files(tmp_path, 4)
+
+
+def test_synthetic_check_images_are_model_sized_and_reproducible():
+    first, second = synthetic(CARD, 4), synthetic(CARD, 4)
+    assert first.pixels.shape == (4, 64, 64, 3) and first.source == "synthetic"
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+
+
+def test_parity_figures():
+    reference = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32)
+    same = compare(reference, reference)
+    assert same.max_abs_dprob == 0 and same.top1_agreement == 1 and same.top5_overlap == 1 and same.k == 3
+    flipped = compare(reference, np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32))
+    assert flipped.top1_agreement == 0.5 and flipped.max_abs_dprob == pytest.approx(0.5)
+    assert flipped.failures(targets.TARGETS["fp32"].limits)
+    assert not same.failures(targets.TARGETS["int8-cpu"].limits)
