@@ -9,6 +9,7 @@ session is created (DESIGN.md); the session never exists in a worker.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class Pipeline:
             prefetch=self.prefetch,
             pad_batches=self.gpu,
             pin_memory=self.gpu,
+            worker_nice=0 if self.gpu else int(os.environ.get("SKUTAG_WORKER_NICE", "10")),
         )
         stats = Stats(workers=self.workers)
         batches = iter(loader)  # forks the workers: before the session exists
