@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ def test_torchrun_two_cpu_processes_train_and_rank0_writes_once(tmp_path):
     padded = train_images + train_images % 2
     assert all(int(r["train_images"]) == padded for r in rows)
 
+    # Validation is sharded over both processes and gathered on rank 0: every val image once.
+    val_images = sum(1 for p in (data / "val").rglob("*") if p.is_file())
+    assert json.loads((out / "metrics.json").read_text())["samples"] == val_images
     state = torch.load(out / "last.ckpt", weights_only=True)
     assert state["epoch"] == 2 and state["options"]["epochs"] == 2
     assert not any(k.startswith("module.") for k in state["model"]), "saved the DDP wrapper, not the model"

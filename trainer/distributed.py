@@ -90,3 +90,20 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def gather_to_main(obj: object) -> list[object] | None:
+    """Every process's `obj`, on rank 0 (None elsewhere); `[obj]` without DDP."""
+    if not dist.is_initialized():
+        return [obj]
+    parts: list[object] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
+
+
+def broadcast_model(model: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers, on every process."""
+    if not dist.is_initialized():
+        return
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)

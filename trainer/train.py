@@ -9,6 +9,7 @@ weights. Every file is written by rank 0 only, atomically.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,8 @@ class Trainer:
         self.train_loader = DataLoader(
             train_set, shuffle=sampler is None and not c.cache_features, sampler=sampler, **loader_args
         )
-        self.val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+        val_sampler = DistributedSampler(val_set, shuffle=False) if self.process.distributed else None
+        self.val_loader = DataLoader(val_set, shuffle=False, sampler=val_sampler, **loader_args)
         self.train_labels = train_set.labels
         self.train_cache = self.val_cache = None
         if c.cache_features:
@@ -263,8 +265,7 @@ class Trainer:
             atomic_write_json(self.out / "config.json", c.to_dict())
         while self.state.epoch < c.epochs and not self.state.stopped_early:
             self._epoch(self.state.epoch + 1)
-        if self.process.is_main:
-            self._finish()
+        self._finish()
         distributed.barrier()
         return self.out
 
@@ -290,12 +291,13 @@ class Trainer:
             f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
         ) as adv:
             result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
-        self._record_failures(result.failed, self.splits.train)
         if epoch == 1 and self.train_cache is None:
             self._check_loaded(result.images, result.failed, self.splits.train)
+        for failed in distributed.gather_to_main(result.failed) or []:
+            self._record_failures(failed, self.splits.train)
+        predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
         stop = False
-        if self.process.is_main:
-            predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
+        if predictions is not None:  # rank 0
             figures = summary_metrics(predictions.labels, predictions.probs)
             seconds = result.seconds + self._val_seconds
             row = {"epoch": epoch, "train_loss": result.loss, **{k: figures[k] for k in HISTORY_COLUMNS[2:8]}}
@@ -322,17 +324,22 @@ class Trainer:
         s.epoch = epoch
         s.stopped_early = distributed.broadcast_flag(stop, self.device)
 
-    def _validate(self, description: str) -> Predictions:
-        import time
-
+    def _validate(self, description: str) -> Predictions | None:
+        """Predictions on the validation set (sharded over the processes), gathered on rank 0; None elsewhere."""
         start = time.perf_counter()
         with self.display.progress(description, len(self.splits.val)) as advance:
-            predictions = self.engine.predict(self.eval_module, self._val_batches(), advance)
+            local = self.engine.predict(self.eval_module, self._val_batches(), advance)
+        if self.val_cache is not None:
+            local.failed |= self.val_cache.failed
+        (loaded,) = distributed.sum_across([float(len(local.labels))], self.device)
+        self._check_loaded(int(loaded), local.failed, self.splits.val)
+        parts = distributed.gather_to_main(local)
         self._val_seconds = time.perf_counter() - start
-        failed = predictions.failed | (self.val_cache.failed if self.val_cache else {})
-        self._record_failures(failed, self.splits.val)
-        self._check_loaded(len(predictions.labels), failed, self.splits.val)
-        return Predictions(predictions.labels, predictions.probs, predictions.indices, failed)
+        if parts is None:
+            return None
+        predictions = _merge(parts)
+        self._record_failures(predictions.failed, self.splits.val)
+        return predictions
 
     def _is_better(self, value: float) -> bool:
         best = self.state.best_value
@@ -355,10 +362,14 @@ class Trainer:
     # -- the end -------------------------------------------------------------
 
     def _finish(self) -> None:
-        """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv."""
+        """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv (rank 0 writes)."""
         self._set_policy(self.state.epoch)
-        self.model.load_state_dict(read_state_dict(self.out / BEST))
+        if self.process.is_main:
+            self.model.load_state_dict(read_state_dict(self.out / BEST))
+        distributed.broadcast_model(self.model)
         predictions = self._validate("final validation")
+        if predictions is None:
+            return
         val = self.splits.val
         evaluation = Evaluation(
             classes=self.classes,
@@ -386,3 +397,15 @@ class Trainer:
             f"done: best epoch {s.best_epoch}, accuracy {summary['accuracy']:.3f}, macro F1 {summary['macro_f1']:.3f}"
             f" -> {self.out}"
         )
+
+
+def _merge(parts: list[Predictions]) -> Predictions:
+    """One prediction per validation sample, in dataset order (DistributedSampler pads with repeats)."""
+    indices = np.concatenate([p.indices for p in parts])
+    _, first = np.unique(indices, return_index=True)
+    failed = {k: v for p in parts for k, v in p.failed.items()}
+    if len(indices) == 0:
+        return Predictions(indices, np.empty((0, 0)), indices, failed)
+    labels = np.concatenate([p.labels for p in parts])[first]
+    probs = np.concatenate([p.probs for p in parts if len(p.probs)])[first]
+    return Predictions(labels, probs, indices[first], failed)
