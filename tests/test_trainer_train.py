@@ -103,6 +103,37 @@ def test_bad_files_are_skipped_and_listed(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["samples"] == len(val_files) - 1
 
 
+@pytest.fixture(scope="module")
+def tiny_catalog(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_catalog(root, SynthSpec(count=32, classes=4, min_size=48, max_size=64, val_fraction=0.25, seed=4))
+    return root
+
+
+def test_early_stopping_stops_when_the_metric_stops_improving(tiny_catalog, tmp_path):
+    out = tmp_path / "run"
+    # With 4 classes top-5 accuracy is always 1.0: it never improves after epoch 1.
+    config = dict(augment="none", cache_features=True, epochs=10, patience=2, best_metric="top5_accuracy")
+    train(TrainConfig(data=str(tiny_catalog), out=str(out), **FAST | config | {"image_size": 32}))
+    assert [int(r["epoch"]) for r in read_csv(out / "history.csv")] == [1, 2, 3]
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
+
+
+def test_the_other_recipes_run_end_to_end(tiny_catalog, tmp_path, capsys):
+    out = tmp_path / "run"
+    recipe = dict(
+        freeze="layer4", unfreeze_at=2, augment="strong", normalize="symmetric", optimizer="sgd", lr=1e-2,
+        warmup_epochs=1, clip_grad=1.0, label_smoothing=0.1, balance="sampler", epochs=2, workers=1,
+    )  # fmt: skip
+    train(TrainConfig(data=str(tiny_catalog), out=str(out), **FAST | recipe | {"image_size": 32}))
+    log = capsys.readouterr().err
+    assert "epoch 1: --freeze layer4" in log and "epoch 2: --freeze none" in log
+    assert len(read_csv(out / "history.csv")) == 2
+    card = read_card(out / "best.safetensors")
+    assert card.normalize == "symmetric" and card.mean == (0.5, 0.5, 0.5)
+    assert card.provenance["options"]["balance"] == "sampler"
+
+
 def test_all_files_failing_is_an_input_error(tmp_path):
     for label in ("a", "b"):
         for i in range(2):

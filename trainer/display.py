@@ -12,17 +12,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+# (history.csv name, short header, format)
 COLUMNS = [
-    ("epoch", "{}"),
-    ("train_loss", "{:.4f}"),
-    ("val_loss", "{:.4f}"),
-    ("accuracy", "{:.3f}"),
-    ("top5_accuracy", "{:.3f}"),
-    ("macro_f1", "{:.3f}"),
-    ("lr", "{:.2e}"),
-    ("seconds", "{:.1f}"),
-    ("images_per_s", "{:.1f}"),
+    ("epoch", "epoch", "{}"),
+    ("train_loss", "train loss", "{:.4f}"),
+    ("val_loss", "val loss", "{:.4f}"),
+    ("accuracy", "acc", "{:.3f}"),
+    ("top5_accuracy", "top5", "{:.3f}"),
+    ("macro_f1", "F1", "{:.3f}"),
+    ("lr", "lr", "{:.2e}"),
+    ("seconds", "s", "{:.1f}"),
+    ("images_per_s", "img/s", "{:.1f}"),
 ]
+WIDTHS = [max(len(header), 6) for _, header, _ in COLUMNS]
 
 
 class Display:
@@ -50,12 +52,14 @@ class Display:
     def epoch(self, row: dict[str, Any], best: bool) -> None:
         if not self.enabled:
             return
-        cells = [fmt.format(row[name]) for name, fmt in COLUMNS]
+        cells = [fmt.format(row[name]) for name, _, fmt in COLUMNS]
         if self.interactive:
             if not self._header_done:
-                self.console.print("  ".join(f"{name:>12}" for name, _ in COLUMNS), style="bold")
+                header = " ".join(f"{h:>{w}}" for (_, h, _), w in zip(COLUMNS, WIDTHS, strict=True))
+                self.console.print(header, style="bold")
                 self._header_done = True
-            self.console.print("  ".join(f"{c:>12}" for c in cells) + ("  *" if best else ""))
+            line = " ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True))
+            self.console.print(line + (" *" if best else ""))
         else:
-            pairs = " ".join(f"{name}={cell}" for (name, _), cell in zip(COLUMNS, cells, strict=True))
+            pairs = " ".join(f"{name}={cell}" for (name, _, _), cell in zip(COLUMNS, cells, strict=True))
             self.say(pairs + (" (best)" if best else ""))
