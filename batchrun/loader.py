@@ -27,6 +27,10 @@ from skutag.images import ImageError, load_image, read_bytes
 
 from .ranges import RangeIndex
 
+# On the CPU, decoding is the background job: it fills the cycles ORT's threads leave and must
+# never stall them (a preempted ORT thread holds up the whole parallel section).
+CPU_WORKER_NICE = 10
+
 
 @dataclass(frozen=True)
 class Preprocess:

@@ -9,7 +9,6 @@ session is created (DESIGN.md); the session never exists in a worker.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from skutag.runtime import gpu_present
 
 from .infer import make_predictor, open_session
-from .loader import CatalogDataset, Preprocess, default_workers, make_loader
+from .loader import CPU_WORKER_NICE, CatalogDataset, Preprocess, default_workers, make_loader
 from .manifest import Manifest, OutputNames
 from .model import ModelContract
 from .progress import ProgressReporter
@@ -85,7 +84,7 @@ class Pipeline:
             prefetch=self.prefetch,
             pad_batches=self.gpu,
             pin_memory=self.gpu,
-            worker_nice=0 if self.gpu else int(os.environ.get("SKUTAG_WORKER_NICE", "10")),
+            worker_nice=0 if self.gpu else CPU_WORKER_NICE,
         )
         stats = Stats(workers=self.workers)
         batches = iter(loader)  # forks the workers: before the session exists
@@ -96,6 +95,7 @@ class Pipeline:
                 batch_size=self.batch_size,
                 threads=self.threads,
                 trt_cache=self.trt_cache,
+                share_cores=self.workers > 0 and not self.gpu,
             )
             stats.device, stats.providers, stats.fallback_reason = (
                 info.device,

@@ -84,12 +84,14 @@ def create_session(
     device: str = "auto",
     *,
     threads: int | None = None,
+    session_config: dict[str, str] | None = None,
     **provider_options: Any,
 ):
     """An `onnxruntime.InferenceSession` on `device`, and a `SessionInfo` saying what is active.
 
     Raises `DeviceError` when an explicitly requested GPU provider is not active, and
-    `InputError` when the file is missing or not a loadable ONNX model.
+    `InputError` when the file is missing or not a loadable ONNX model. `session_config` adds
+    ORT session config entries (e.g. `session.intra_op.allow_spinning`).
     """
     import onnxruntime as ort
 
@@ -102,7 +104,7 @@ def create_session(
             reason = "no NVIDIA GPU on this machine"
         elif PROVIDERS["cuda"] in available:
             try:
-                session, info = _make(ort, model, "cuda", threads, provider_options)
+                session, info = _make(ort, model, "cuda", threads, provider_options, session_config)
                 if info.device == "cuda":
                     return session, info
                 reason = "CUDA is listed but did not activate (missing CUDA/cuDNN/curand libraries?)"
@@ -111,10 +113,10 @@ def create_session(
         else:
             reason = "this onnxruntime has no CUDA provider"
         log.warning("device auto: using the CPU (%s)", reason)
-        session, info = _make(ort, model, "cpu", threads, provider_options)
+        session, info = _make(ort, model, "cpu", threads, provider_options, session_config)
         info.requested, info.fallback_reason = "auto", reason
         return session, info
-    session, info = _make(ort, model, device, threads, provider_options)
+    session, info = _make(ort, model, device, threads, provider_options, session_config)
     if info.device != device:
         where = "" if gpu_present() else " (no NVIDIA GPU on this machine)"
         raise DeviceError(
@@ -130,8 +132,12 @@ def gpu_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def _make(ort, model, device: str, threads: int | None, provider_options: dict[str, Any]):
+def _make(
+    ort, model, device: str, threads: int | None, provider_options: dict[str, Any], session_config=None
+):
     options = ort.SessionOptions()
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if device in ("cuda", "tensorrt"):
         options.intra_op_num_threads = 1
