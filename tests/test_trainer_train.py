@@ -190,3 +190,25 @@ def test_resnet18_reaches_high_accuracy_at_128px(tmp_path):
     )
     final = json.loads((out / "metrics.json").read_text())
     assert final["accuracy"] >= 0.9, final  # chance is 0.125
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["auto", "fp16"])
+def test_short_cuda_run_with_mixed_precision(tiny_catalog, tmp_path, amp, capsys):
+    out = tmp_path / "run"
+    train(
+        TrainConfig(
+            data=str(tiny_catalog), out=str(out), device="cuda", amp=amp, freeze="none", epochs=2, **FAST
+        )
+    )
+    log = capsys.readouterr().err
+    expected = (
+        "torch.float16"
+        if amp == "fp16"
+        else ("torch.bfloat16" if torch.cuda.is_bf16_supported() else "torch.float16")
+    )
+    assert f"mixed precision: {expected}, channels-last: True" in log
+    rows = read_csv(out / "history.csv")
+    assert len(rows) == 2 and all(float(r["images_per_s"]) > 0 and float(r["train_loss"]) > 0 for r in rows)
+    model = torchvision.models.get_model("resnet18", num_classes=4)
+    model.load_state_dict(load_file(out / "best.safetensors"), strict=True)

@@ -109,7 +109,7 @@ class Engine:
     ) -> EpochResult:
         """One pass of optimisation; the loss is the mean over every good sample of every process."""
         start = time.perf_counter()
-        loss_sum, count, failed = 0.0, 0, {}
+        loss_sum, count, failed = torch.zeros((), device=self.device), 0, {}
         for batch in batches:
             ok = batch["ok"]
             failed.update(_failures(batch))
@@ -126,11 +126,11 @@ class Engine:
             loss = (per_sample * weights).sum() / weights.sum().clamp(min=1e-12)
             self.optimizer.zero_grad(set_to_none=True)
             self._backward_and_step(loss, net)
-            good = int(ok.sum())
-            loss_sum += float(loss.detach()) * good
+            good = int(ok.sum())  # on the CPU: no device sync per step
+            loss_sum += loss.detach() * good
             count += good
             advance(len(ok))
-        loss_sum, count = sum_across([loss_sum, float(count)], self.device)
+        loss_sum, count = sum_across([float(loss_sum), float(count)], self.device)
         return EpochResult(loss_sum / max(count, 1), int(count), time.perf_counter() - start, failed)
 
     def _backward_and_step(self, loss: torch.Tensor, net: nn.Module) -> None:
@@ -178,3 +178,15 @@ def _failures(batch: dict[str, Any]) -> dict[int, str]:
     return {
         int(i): e for i, e, good in zip(batch["index"].tolist(), batch["error"], ok, strict=True) if not good
     }
+
+
+def merge_predictions(parts: list[Predictions]) -> Predictions:
+    """One prediction per validation sample, in dataset order (DistributedSampler pads with repeats)."""
+    indices = np.concatenate([p.indices for p in parts])
+    _, first = np.unique(indices, return_index=True)
+    failed = {k: v for p in parts for k, v in p.failed.items()}
+    if len(indices) == 0:
+        return Predictions(indices, np.empty((0, 0)), indices, failed)
+    labels = np.concatenate([p.labels for p in parts])[first]
+    probs = np.concatenate([p.probs for p in parts if len(p.probs)])[first]
+    return Predictions(labels, probs, indices[first], failed)

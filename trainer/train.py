@@ -8,7 +8,6 @@ weights. Every file is written by rank 0 only, atomically.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,10 +29,11 @@ from trainer.data import CatalogDataset, Splits, find_splits
 from trainer.display import Display
 from trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
 from trainer.freeze import apply_freeze, fully_frozen_backbone, set_train_mode
-from trainer.loop import Engine, Predictions, amp_dtype, make_optimizer, make_scheduler
+from trainer.loop import Engine, Predictions, amp_dtype, make_optimizer, make_scheduler, merge_predictions
 from trainer.metrics import SELECTABLE, summary_metrics
 from trainer.model import build_model, read_state_dict
 from trainer.report import Evaluation, write_csv, write_report
+from trainer.seeding import epoch_seed, seed_everything, seed_worker
 from trainer.weights import BEST, save_weights
 
 HISTORY_COLUMNS = [
@@ -64,18 +64,6 @@ def train(config: TrainConfig) -> Path:
         return Trainer(config, process, device, display).run()
     finally:
         distributed.stop()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 class Trainer:
@@ -152,7 +140,7 @@ class Trainer:
             sampler = WeightedRandomSampler(weights.tolist(), len(train_set), generator=self.generator)
         loader_args = dict(
             batch_size=c.batch_size, num_workers=workers, pin_memory=self.device.type == "cuda",
-            worker_init_fn=_seed_worker, generator=self.generator,
+            worker_init_fn=seed_worker, generator=self.generator,
         )  # fmt: skip
         self.train_loader = DataLoader(
             train_set, shuffle=sampler is None and not c.cache_features, sampler=sampler, **loader_args
@@ -270,7 +258,7 @@ class Trainer:
         return self.out
 
     def _train_batches(self, epoch: int) -> Iterable[dict[str, Any]]:
-        self.generator.manual_seed(self.config.seed * 1_000_003 + epoch * 7919 + self.process.rank)
+        self.generator.manual_seed(epoch_seed(self.config.seed, epoch, self.process.rank))
         if self.train_cache is not None:
             return cached_batches(self.train_cache, self.config.batch_size, self.generator)
         if isinstance(self.train_loader.sampler, DistributedSampler):
@@ -337,7 +325,7 @@ class Trainer:
         self._val_seconds = time.perf_counter() - start
         if parts is None:
             return None
-        predictions = _merge(parts)
+        predictions = merge_predictions(parts)
         self._record_failures(predictions.failed, self.splits.val)
         return predictions
 
@@ -397,15 +385,3 @@ class Trainer:
             f"done: best epoch {s.best_epoch}, accuracy {summary['accuracy']:.3f}, macro F1 {summary['macro_f1']:.3f}"
             f" -> {self.out}"
         )
-
-
-def _merge(parts: list[Predictions]) -> Predictions:
-    """One prediction per validation sample, in dataset order (DistributedSampler pads with repeats)."""
-    indices = np.concatenate([p.indices for p in parts])
-    _, first = np.unique(indices, return_index=True)
-    failed = {k: v for p in parts for k, v in p.failed.items()}
-    if len(indices) == 0:
-        return Predictions(indices, np.empty((0, 0)), indices, failed)
-    labels = np.concatenate([p.labels for p in parts])[first]
-    probs = np.concatenate([p.probs for p in parts if len(p.probs)])[first]
-    return Predictions(labels, probs, indices[first], failed)
