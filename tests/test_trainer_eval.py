@@ -54,13 +54,14 @@ def test_eval_of_the_run_dir_and_its_safetensors_repeats_the_training_figures(
         ).read_text()
 
 
-def test_eval_of_the_exported_onnx_matches_torch(cached_run, split_catalog, tmp_path):
+@pytest.mark.parametrize("input_kind", ["uint8", "float"])
+def test_eval_of_the_exported_onnx_matches_torch(cached_run, split_catalog, tmp_path, input_kind):
     from exporter.graph import export_fp32
     from trainer.weights import load_trained
 
     model, card = load_trained(cached_run)
     onnx_path = tmp_path / "model.onnx"
-    export_fp32(model, card, onnx_path)
+    export_fp32(model, card, onnx_path, input_kind=input_kind)
     torch_figures = run_eval(cached_run, split_catalog, tmp_path / "torch")
     onnx_figures = run_eval(onnx_path, split_catalog, tmp_path / "onnx")
     assert onnx_figures["samples"] == torch_figures["samples"]
