@@ -217,3 +217,15 @@ def test_checkpoint_is_plain_data_and_restores_every_rng(tmp_path):
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
     with pytest.raises(SkutagError, match="--epochs"):
         checkpoint.check_resumable({"epochs": 3, "arch": "resnet18"}, {"epochs": 4, "arch": "resnet18"})
+
+
+def test_weights_path_loads_the_backbone_and_refuses_another_architecture(tmp_path):
+    from trainer.model import build_model
+
+    source = torchvision.models.resnet18(num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = build_model("resnet18", 3, str(tmp_path / "r18.pth"))
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert model.fc.out_features == 3  # the head of another class count is left new
+    with pytest.raises(InputError, match="do not fit"):
+        build_model("resnet50", 3, str(tmp_path / "r18.pth"))

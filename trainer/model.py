@@ -107,7 +107,11 @@ def load_backbone(model: nn.Module, path: str | Path) -> None:
     skipped = [k for k in state if k.startswith(head + ".") and k in own and state[k].shape != own[k].shape]
     for key in skipped:
         del state[key]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: weights of another architecture
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise InputError(f"weights {path} do not fit {type(model).__name__}: {detail}") from exc
     missing = [k for k in missing if k not in skipped]
     if missing or unexpected:
         raise InputError(
