@@ -33,10 +33,10 @@ def summary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """val_loss, accuracy, top5_accuracy, macro precision/recall/F1 and the sample count."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    k = probs.shape[1]
     predicted = probs.argmax(axis=1)
+    # Macro averages over the classes that occur (true or predicted), scikit-learn's default.
     precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, labels=list(range(k)), average="macro", zero_division=0
+        labels, predicted, average="macro", zero_division=0
     )
     return {
         "val_loss": log_loss(labels, probs),

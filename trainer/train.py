@@ -8,6 +8,7 @@ weights. Every file is written by rank 0 only, atomically.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -281,6 +282,10 @@ class Trainer:
             result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
         if epoch == 1 and self.train_cache is None:
             self._check_loaded(result.images, result.failed, self.splits.train)
+        if not math.isfinite(result.loss) and self.engine.scaler is None:  # fp16's scaler skips such steps
+            raise SkutagError(
+                f"the training loss became {result.loss} in epoch {epoch}; lower --lr or use --clip-grad"
+            )
         for failed in distributed.gather_to_main(result.failed) or []:
             self._record_failures(failed, self.splits.train)
         predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
