@@ -93,6 +93,9 @@ class Trainer:
         )
         self.model = build_model(config.arch, len(self.classes), config.weights).to(self.device)
         self.channels_last = self.device.type == "cuda" and not config.cache_features
+        torch.backends.cudnn.benchmark = (
+            self.device.type == "cuda"
+        )  # fixed input size: pick the fastest convs
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.policy = ""
