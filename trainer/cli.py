@@ -40,7 +40,13 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
 @batch_size_option(32)
-@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=16),
+    default=224,
+    show_default=True,
+    help="Crop size; images are first resized to image-size*256/224 on the shorter side.",
+)
 @click.option(
     "--val", "val_dir", type=click.Path(exists=True, file_okay=False), help="Validation ImageFolder tree."
 )
@@ -51,16 +57,27 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     help="Hold out this share of DATA for validation (stratified, seeded).",
 )
 @click.option(
-    "--augment", type=click.Choice(["none", "standard", "strong"]), default="standard", show_default=True
+    "--augment",
+    type=click.Choice(["none", "standard", "strong"]),
+    default="standard",
+    show_default=True,
+    help="none: the eval pixels (resize + centre crop); standard: random crop + horizontal flip; strong: also "
+    "vertical flip, rotation, colour jitter, TrivialAugment, Gaussian noise, random erasing.",
 )
 @click.option(
-    "--normalize", type=click.Choice(["imagenet", "symmetric"]), default="imagenet", show_default=True
+    "--normalize",
+    type=click.Choice(["imagenet", "symmetric"]),
+    default="imagenet",
+    show_default=True,
+    help="ImageNet mean/std, or pixels to [-1, 1]; recorded in the card.",
 )
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Linear LR warm-up."
+)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option(
     "--clip-grad", type=click.FloatRange(min=0, min_open=True), default=None, help="Max gradient norm."
