@@ -228,7 +228,10 @@ def _markdown(
         markdown_header(info),
         "| measurement | value |",
         "|---|---:|",
-        *(f"| {name} | {value:,.1f} |" for name, value in rows),
+        *(
+            f"| {name} | {value:,.1f} |" if value >= 10 else f"| {name} | {value:.3f} |"
+            for name, value in rows
+        ),
         *(f"| speed-up: {name} | {value:.1f}x |" for name, value in speedups),
         "",
     ]
