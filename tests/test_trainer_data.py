@@ -47,6 +47,13 @@ def test_val_split_is_stratified_and_seeded(small_catalog):
     assert len(per_class) == 4 and max(per_class.values()) - min(per_class.values()) <= 1
 
 
+def test_val_dir_option_gives_the_same_splits(split_catalog):
+    by_option = find_splits(split_catalog / "train", val_dir=split_catalog / "val", val_split=None, seed=0)
+    assert by_option == find_splits(split_catalog, val_dir=None, val_split=None, seed=0)
+    with pytest.raises(InputError, match="not both"):
+        find_splits(split_catalog, val_dir=split_catalog / "val", val_split=0.2, seed=0)
+
+
 def test_a_single_tree_without_val_split_is_refused(small_catalog):
     with pytest.raises(InputError, match="--val-split"):
         find_splits(small_catalog, val_dir=None, val_split=None, seed=0)

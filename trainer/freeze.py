@@ -28,11 +28,16 @@ class FreezeSummary:
 
 def apply_freeze(model: nn.Module, policy: str) -> FreezeSummary:
     """Set `requires_grad` per `policy`; returns how many parameter elements train."""
-    trainable_from = _first_trainable(model, policy)
-    training = False
-    for name, param in model.named_parameters():
-        training = training or name.startswith(trainable_from)
-        param.requires_grad_(training)
+    if policy == "backbone":  # the head alone, wherever the model registers it
+        head = classifier_name(model) + "."
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(head))
+    else:
+        trainable_from = _first_trainable(model, policy)
+        training = False
+        for name, param in model.named_parameters():
+            training = training or name.startswith(trainable_from)
+            param.requires_grad_(training)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return FreezeSummary(policy, frozen, trainable)
@@ -42,8 +47,6 @@ def _first_trainable(model: nn.Module, policy: str) -> str:
     """Prefix of the first trainable parameter's name ('' = all)."""
     if policy == "none":
         return ""
-    if policy == "backbone":
-        return classifier_name(model) + "."
     modules = dict(model.named_modules())
     if policy not in modules or not policy:
         stages = [name for name, _ in model.named_children()]
