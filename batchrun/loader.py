@@ -27,9 +27,10 @@ from skutag.images import ImageError, load_image, read_bytes
 
 from .ranges import RangeIndex
 
-# On the CPU, decoding is the background job: it fills the cycles ORT's threads leave and must
-# never stall them (a preempted ORT thread holds up the whole parallel section).
-CPU_WORKER_NICE = 10
+# On the CPU, decoding is the background job: it should fill the cycles ORT's threads leave rather
+# than preempt them. +5 still leaves a decoder competing with 2 busy ORT threads ~14% of the CPU
+# (int8 ResNet-50 needs ~9%); +10 (~5%) starved it. Overridable (run_catalog(worker_nice=...)).
+CPU_WORKER_NICE = 5
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Batch:
     """Rows of one batch, in input order. `pixels` has at least `len(indices)` rows (padding after)."""
 
     indices: np.ndarray  # int64 input indices
-    pixels: torch.Tensor  # uint8 [rows (+ padding), H, W, 3]
+    pixels: torch.Tensor | None  # uint8 [rows (+ padding), H, W, 3]; None once inferred
     ok: np.ndarray  # bool
     error_kinds: list[str | None]
     errors: list[str | None]

@@ -84,6 +84,13 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     else:
         card, has_card = _card_from_flags(path, foreign, input_dtype), False
     scores = PROBS if PROBS in outputs else graph.output[0].name
+    columns = _last_dim(outputs[scores])
+    if columns is not None and columns != card.num_classes:
+        raise InputError(
+            f"{path}: output {scores!r} has {columns} columns but there are {card.num_classes} labels"
+        )
+    if EMBEDDING in outputs and _last_dim(outputs[EMBEDDING]) is None:
+        raise InputError(f"{path}: output {EMBEDDING!r} has no fixed width (the Parquet column needs one)")
     return ModelContract(
         path=path,
         sha256=sha256_file(path),

@@ -61,16 +61,18 @@ class Pipeline:
         part_rows: int,
         trt_cache: Any,
         file_metadata: dict[str, str],
+        worker_nice: int | None = None,
     ):
         self.contract, self.inputs, self.pending = contract, inputs, RangeIndex(pending)
         self.out, self.names, self.manifest = out, names, manifest
         self.batch_size, self.prefetch, self.device, self.threads = batch_size, prefetch, device, threads
         self.topk, self.embeddings, self.part_rows, self.trt_cache = topk, embeddings, part_rows, trt_cache
         self.file_metadata = file_metadata
-        self.gpu = device in ("cuda", "tensorrt") or (device == "auto" and gpu_present())
+        self.gpu = device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
         if workers is None:
             workers = default_workers("cuda" if self.gpu else "cpu")
         self.workers = workers if len(self.pending) else 0
+        self.worker_nice = (0 if self.gpu else CPU_WORKER_NICE) if worker_nice is None else worker_nice
 
     def run(self, *, progress: bool) -> Stats:
         card = self.contract.card
@@ -84,7 +86,7 @@ class Pipeline:
             prefetch=self.prefetch,
             pad_batches=self.gpu,
             pin_memory=self.gpu,
-            worker_nice=0 if self.gpu else CPU_WORKER_NICE,
+            worker_nice=self.worker_nice,
         )
         stats = Stats(workers=self.workers)
         batches = iter(loader)  # forks the workers: before the session exists
@@ -143,6 +145,7 @@ class Pipeline:
                     stats.wait_s += started - waited
                     predictions = predict(batch)
                     stats.inference_s += time.perf_counter() - started
+                    batch.pixels = None  # the writer needs the row facts only: free the pixels now
                     writer.put(batch, predictions)
                     stats.rows += len(batch)
                     stats.decode_s += batch.decode_seconds

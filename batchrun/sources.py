@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,8 @@ def _manifest(path: Path) -> Iterator[tuple[str, str]]:
     for input_id, where in zip(ids, locations, strict=True):
         if where.startswith("file://"):
             where = where[len("file://") :]
+        elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", where):
+            raise InputError(f"manifest {path}: only local paths are supported, not {where}")
         yield input_id, _uri(path.parent / where)
 
 

@@ -5,7 +5,7 @@ All in one run on the same images (DESIGN.md, performance method):
     + DataLoader + eager ResNet-50 under `torch.inference_mode`;
   * `skutag run` through `batchrun.api.run_catalog`, fp32 and (with --int8) int8 models;
   * ORT model-only: the same session settings on a ready uint8 batch of the same size;
-  * peak memory (RSS of `skutag run` and its DataLoader workers, from /proc) at growing
+  * peak memory (PSS of `skutag run` and its DataLoader workers, from /proc) at growing
     catalog sizes (symlinks cycling over the same images), which should stay flat.
 
     python -m benchmarks.batchrun_suite                       # small, a few minutes on 2 cores
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--worker-nice", type=int, default=None, help="decode workers' nice (default: batchrun's)"
+    )
     parser.add_argument(
         "--memory-sizes", default="512,2048", help="catalog sizes for peak memory, e.g. 2000,10000"
     )
@@ -173,6 +176,7 @@ def skutag_run(model: Path, images: Path, args):
             threads=args.threads,
             device=args.device,
             max_error_rate=1.0,
+            worker_nice=args.worker_nice,
         )
 
 
@@ -197,7 +201,7 @@ def ort_model_only(model: Path, args, count: int) -> float:
 
 
 def peak_memory(model: Path, images: Path, count: int, args) -> float:
-    """Peak RSS (MiB) of `skutag run` plus its DataLoader workers, sampled every 0.1 s from /proc."""
+    """Peak memory (MiB, PSS) of `skutag run` plus its DataLoader workers, sampled every 0.1 s from /proc."""
     catalog = linked_catalog(images, count, args.cache)
     with tempfile.TemporaryDirectory(dir=args.cache) as out:
         command = [sys.executable, "-m", "skutag", "run", str(model), str(catalog), "--out", out,
@@ -209,7 +213,7 @@ def peak_memory(model: Path, images: Path, count: int, args) -> float:
 
         def sample() -> None:
             while process.poll() is None:
-                peak[0] = max(peak[0], tree_rss(process.pid))
+                peak[0] = max(peak[0], tree_pss(process.pid))
                 time.sleep(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -221,18 +225,19 @@ def peak_memory(model: Path, images: Path, count: int, args) -> float:
     return peak[0] / 2**20
 
 
-def tree_rss(pid: int) -> int:
-    """RSS in bytes of `pid` and all its descendants (Linux /proc)."""
+def tree_pss(pid: int) -> int:
+    """Proportional set size in bytes of `pid` and all its descendants (Linux /proc): pages a forked
+    worker shares with its parent count once, split between them (a sum of RSS would count them twice)."""
     total, todo = 0, [pid]
     while todo:
         current = todo.pop()
         try:
-            with open(f"/proc/{current}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{current}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as f:
                     todo.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError):
+        except (OSError, ValueError, StopIteration):
             continue
     return total
 
@@ -264,7 +269,7 @@ def report(rows, memory, args, models) -> None:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if memory:
-        print("\n| catalog size | peak RSS of skutag run + workers (MiB) |")
+        print("\n| catalog size | peak memory of skutag run + workers (PSS, MiB) |")
         print("|---|---|")
         for count, mib in memory:
             print(f"| {count} | {mib:.0f} |")

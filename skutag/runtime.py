@@ -97,6 +97,10 @@ def create_session(
 
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
+    if device in ("cuda", "tensorrt") and not gpu_present():  # fail before ORT logs library-load noise
+        raise DeviceError(
+            f"--device {device} was requested but there is no NVIDIA GPU on this machine; pass --device cpu or auto"
+        )
     _preload_gpu_libraries(device)
     available = ort.get_available_providers()
     if device == "auto":

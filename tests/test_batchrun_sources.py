@@ -58,6 +58,10 @@ def test_csv_and_parquet_manifests(tree, tmp_path):
     bad.write_text("id,name\n1,x\n")
     with pytest.raises(InputError, match="`path` or `uri`"):
         resolve_sources([bad])
+    remote = tmp_path / "remote.csv"
+    remote.write_text("uri\ns3://bucket/a.jpg\n")
+    with pytest.raises(InputError, match="only local paths"):
+        resolve_sources([remote])
 
 
 def test_duplicates_count_once_and_id_clashes_are_refused(tree, tmp_path):
