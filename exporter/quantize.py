@@ -14,6 +14,8 @@ excluded so `probs` keeps full float resolution instead of 256 levels.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -46,12 +48,26 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def make_reader(samples: SampleSet, card: ModelCard, input_name: str, input_kind: str):
-    """A `CalibrationDataReader` over the decoded images, in fixed order and fixed batch size."""
+    """A `CalibrationDataReader` over the decoded images, in fixed order and batch size.
+
+    It supports ORT's strided calibration (`__len__`, `set_range`), which we use with a
+    stride of one batch: ranges are merged batch by batch instead of ORT holding every
+    intermediate tensor of every calibration image in memory (tens of GB for ResNet-50
+    at 224 px), and the histogram calibrators never see batches of unequal size.
+    """
     from onnxruntime.quantization import CalibrationDataReader
+
+    chunks = list(batches(samples.pixels, CALIB_BATCH))
 
     class ImageReader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter(batches(samples.pixels, CALIB_BATCH))
+            self.set_range(0, len(chunks))
+
+        def __len__(self) -> int:
+            return len(chunks)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(chunks[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -86,19 +102,22 @@ def to_int8(
         excluded = [
             node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in NEVER_QUANTISED
         ]
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            make_reader(samples, card, input_name, input_kind),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType[quantisation.activation_type],
-            weight_type=QuantType[quantisation.weight_type],
-            per_channel=quantisation.per_channel,
-            nodes_to_exclude=excluded,
-            calibrate_method=methods[method],
-            extra_options=dict(quantisation.extra_options),
-            calibration_providers=["CPUExecutionProvider"],
-        )
+        chatter = io.StringIO()  # ORT's calibrators print progress to stdout; keep it for --verbose
+        with contextlib.redirect_stdout(chatter):
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                make_reader(samples, card, input_name, input_kind),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType[quantisation.activation_type],
+                weight_type=QuantType[quantisation.weight_type],
+                per_channel=quantisation.per_channel,
+                nodes_to_exclude=excluded,
+                calibrate_method=methods[method],
+                extra_options={"CalibStridedMinMax": 1, **quantisation.extra_options},
+                calibration_providers=["CPUExecutionProvider"],
+            )
+        log.debug("onnxruntime.quantization: %s", chatter.getvalue().strip())
 
 
 def optimised_op_types(path: str | Path, level: str = "extended") -> dict[str, int]:

@@ -4,16 +4,17 @@ Ultralytics-style: this one table drives the conversion (which quantisation
 settings), the parity thresholds the exported file must meet against PyTorch, the
 card's `precision` and the report. Nothing else in the exporter branches on names.
 
-Parity thresholds (measured, see `benchmarks/RESULTS.md` and the exporter report):
-- fp32: ORT and PyTorch compute the same float graph; differences are summation
-  order only (measured ~1e-7 in probability). All top-1 agree, max |dprob| < 1e-4.
-- fp16: weights and activations in half precision (10-bit mantissa). Measured on
-  a trained ResNet-18 at 64 px: max |dprob| ~3e-3, top-1 all agree; on ResNet-50
-  at 96 px: ~4e-3. Limit 2e-2 and 98% top-1 agreement leave room for near-ties.
-- int8: 256 activation levels per tensor. Measured max |dprob| 0.03-0.15 and top-1
-  agreement 97-100% (ResNet-18 64 px; ResNet-50 96 px, minmax calibration).
-  Limits: 90% top-1 agreement, 85% top-5 overlap; max |dprob| < 0.5 only catches a
-  broken graph (near-ties flip by design), agreement is the real gate.
+Parity thresholds, measured on 120 synthetic-catalog images (ORT 1.31 CPU vs torch 2.15
+CPU) with a ResNet-18 at 64 px (trained to 100% train accuracy, median top prob 0.81) and
+a ResNet-50 at 96 px (briefly trained, median top prob 0.63):
+- fp32: the same float graph; differences are summation order only (measured < 1e-8).
+  All top-1 agree and max |dprob| < 1e-4 (the issue's contract).
+- fp16: measured max |dprob| 4e-4 (ResNet-18) and 1e-3 (ResNet-50), top-1 and top-5
+  100%. Limits: max |dprob| < 1e-2 (10x headroom), top-1 >= 98%, top-5 >= 95%.
+- int8 (cpu, U8S8): measured max |dprob| 0.014 (minmax) to 0.095 (entropy), mean
+  0.002-0.011, top-1 99.2-100%, top-5 100%; tensorrt (S8S8 symmetric): 0.018-0.032,
+  100%. Limits: top-1 >= 95%, top-5 >= 90%, max |dprob| < 0.3. Agreement is the real
+  gate; the |dprob| limit catches a broken graph, since a near-tie may move by ~0.1.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Target:
     note: str = ""
 
 
+INT8_LIMITS = Limits(max_abs_dprob=0.3, min_top1_agreement=0.95, min_top5_overlap=0.90)
+
 TARGETS: dict[str, Target] = {
     "fp32": Target(
         "fp32",
@@ -65,13 +68,13 @@ TARGETS: dict[str, Target] = {
     "fp16": Target(
         "fp16",
         "fp16",
-        Limits(max_abs_dprob=2e-2, min_top1_agreement=0.98, min_top5_overlap=0.95),
+        Limits(max_abs_dprob=1e-2, min_top1_agreement=0.98, min_top5_overlap=0.95),
         note="for GPUs (CUDA, TensorRT); not faster on CPUs, where ORT computes fp16 in fp32",
     ),
     "int8-cpu": Target(
         "int8-cpu",
         "int8",
-        Limits(max_abs_dprob=0.5, min_top1_agreement=0.90, min_top5_overlap=0.85),
+        INT8_LIMITS,
         # U8S8 QDQ: uint8 activations, int8 per-channel weights; every conv fuses into QLinearConv.
         Quantisation("QUInt8", "QInt8", per_channel=True),
         note="x86/ARM CPUs: U8S8 QDQ, per-channel weights",
@@ -79,7 +82,7 @@ TARGETS: dict[str, Target] = {
     "int8-tensorrt": Target(
         "int8-tensorrt",
         "int8",
-        Limits(max_abs_dprob=0.5, min_top1_agreement=0.90, min_top5_overlap=0.85),
+        INT8_LIMITS,
         # TensorRT reads explicit QDQ and wants symmetric int8 for activations and weights.
         Quantisation(
             "QInt8",

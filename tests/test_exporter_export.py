@@ -148,11 +148,24 @@ def test_int8_cpu_is_calibrated_and_every_conv_quantised(capsys, trained_run, sm
     run, card = trained_run
     out = tmp_path / "model-int8.onnx"
     report = export(
-        capsys, run, out, "--precision", "int8", "--calib", str(small_catalog), "--calib-size", "48"
+        capsys,
+        run,
+        out,
+        "--precision",
+        "int8",
+        "--calib",
+        str(small_catalog),
+        "--calib-size",
+        "40",
+        "--calib-method",
+        "entropy",
     )
     assert_passed(report, "int8-cpu")
     calibration = report["calibration"]
-    assert calibration["count"] == 48 and calibration["method"] == "minmax"
+    # 40 images: the last calibration batch is short, which ORT's histogram collectors cannot merge
+    # unless the reader is strided (exporter.quantize.make_reader).
+    assert calibration["count"] == 40 and calibration["method"] == "entropy"
+    assert calibration["ort_cpu_graph"] == {"quantised_convs": 20, "float_convs": 0}
     assert calibration["source"] == str(small_catalog) and calibration["activation_type"] == "QUInt8"
     session, _ = create_session(out, "cpu")
     assert_card(session, card, "int8")
@@ -179,9 +192,7 @@ def test_int8_tensorrt_is_symmetric(capsys, trained_run, small_catalog, tmp_path
         "--calib",
         str(small_catalog),
         "--calib-size",
-        "32",
-        "--calib-method",
-        "percentile",
+        "24",
     )
     assert_passed(report, "int8-tensorrt")
     proto = onnx.load(str(out))

@@ -1,0 +1,159 @@
+"""Exporter benchmark: model-only ONNX Runtime CPU throughput and file size of fp32, fp16 and int8.
+
+Each precision is exported by the real `skutag export` pipeline (int8 calibrated on
+synthetic catalog images, decoded by skutag.images), then timed in one ORT CPU
+session per file on a fixed uint8 batch: warm-up runs, then `--reps` timed runs,
+median reported. Weights are random (speed and size do not depend on training),
+so the parity check is skipped here; accuracy belongs to `skutag eval`.
+
+    python -m benchmarks.export_suite                          # quick: resnet18, 64 px, batch 1 and 8
+    python -m benchmarks.export_suite --arch resnet50 --image-size 224 --batch-sizes 1,32
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
+    """A run dir with random weights and a card, as the trainer would write it."""
+    from skutag.card import ModelCard
+    from trainer.model import build_model
+    from trainer.weights import save_weights
+
+    card = ModelCard.for_training(arch, [f"class_{i}" for i in range(classes)], image_size=image_size)
+    run = work / "run"
+    save_weights(run / "best.safetensors", build_model(arch, classes, "none").eval(), card)
+    card.save(run / "card.json")
+    return run
+
+
+def export_all(run: Path, work: Path, calib: Path, calib_size: int) -> tuple[dict[str, Path], dict]:
+    """Each precision's file, and the int8 export's count of quantised vs float convs in ORT's CPU graph."""
+    from exporter.pipeline import ExportRequest, run_export
+
+    paths, convs = {}, {}
+    for precision in PRECISIONS:
+        out = work / f"model-{precision}.onnx"
+        result = run_export(
+            ExportRequest(
+                source=run,
+                out=out,
+                precision=precision,
+                calib_dir=calib if precision == "int8" else None,
+                calib_size=calib_size,
+                check=False,
+            )
+        )
+        paths[precision] = out
+        if result.summary["calibration"]:
+            convs = result.summary["calibration"]["ort_cpu_graph"]
+    return paths, convs
+
+
+def images_per_second(path: Path, batch: int, image_size: int, warmup: int, reps: int, threads: int) -> float:
+    from skutag.runtime import create_session
+
+    session, _ = create_session(path, "cpu", threads=threads)
+    name = session.get_inputs()[0].name
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+    for _ in range(warmup):
+        session.run(None, {name: pixels})
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        session.run(None, {name: pixels})
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+@click.command()
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated, e.g. 1,32.")
+@click.option("--classes", type=int, default=10, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--reps", type=int, default=20, show_default=True, help="Timed runs per cell (median).")
+@click.option("--threads", type=int, default=os.cpu_count(), show_default=True, help="ORT intra-op threads.")
+@click.option("--calib-size", type=int, default=32, show_default=True, help="int8 calibration images.")
+def main(
+    arch: str,
+    image_size: int,
+    batch_sizes: str,
+    classes: int,
+    warmup: int,
+    reps: int,
+    threads: int,
+    calib_size: int,
+) -> None:
+    import onnxruntime
+    import torch
+
+    from skutag import __version__
+    from skutag.synth import SynthSpec, make_catalog
+
+    sizes = [int(b) for b in batch_sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="skutag-bench-export-") as tmp:
+        work = Path(tmp)
+        calib = work / "calib"
+        make_catalog(
+            calib, SynthSpec(count=calib_size, classes=classes, min_size=image_size + 40, max_size=400)
+        )
+        started = time.perf_counter()
+        paths, convs = export_all(make_run(work, arch, image_size, classes), work, calib, calib_size)
+        export_s = time.perf_counter() - started
+        rows = {
+            p: {b: images_per_second(paths[p], b, image_size, warmup, reps, threads) for b in sizes}
+            for p in PRECISIONS
+        }
+        megabytes = {p: paths[p].stat().st_size / 1e6 for p in PRECISIONS}
+
+    header = " | ".join(f"batch {b} img/s" for b in sizes)
+    ratios = " | ".join(f"x fp32 @{b}" for b in sizes)
+    print(f"## Exporter: {arch} {image_size}px, ONNX Runtime CPU, model-only\n")
+    print(f"| precision | file MB | size vs fp32 | {header} | {ratios} |")
+    print("|---|---:|---:|" + "---:|" * (2 * len(sizes)))
+    for p in PRECISIONS:
+        speeds = " | ".join(f"{rows[p][b]:.1f}" for b in sizes)
+        speedups = " | ".join(f"{rows[p][b] / rows['fp32'][b]:.2f}" for b in sizes)
+        print(
+            f"| {p} | {megabytes[p]:.1f} | {megabytes[p] / megabytes['fp32']:.2f} | {speeds} | {speedups} |"
+        )
+    print(
+        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores; ORT intra-op threads {threads}; "
+        f"median of {reps} runs after {warmup} warm-up; exports took {export_s:.0f} s."
+    )
+    print(
+        f"Versions: skutag {__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"python {platform.python_version()}."
+    )
+    print(f"Command: python -m benchmarks.export_suite {' '.join(sys.argv[1:])}")
+    print(
+        "int8: U8S8 QDQ (--int8-target cpu), minmax calibration on synthetic catalog images; "
+        f"ORT's optimised CPU graph has {convs['quantised_convs']} quantised and {convs['float_convs']} float convs."
+    )
+
+
+if __name__ == "__main__":
+    main()
