@@ -8,6 +8,7 @@ so the parity check is skipped here; accuracy belongs to `skutag eval`.
 
     python -m benchmarks.export_suite                          # quick: resnet18, 64 px, batch 1 and 8
     python -m benchmarks.export_suite --arch resnet50 --image-size 224 --batch-sizes 1,32
+    python -m benchmarks.export_suite --arch resnet50 --image-size 224 --batch-sizes 1,32,256 --device cuda
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def gpu_name() -> str:
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return f", GPU {result.stdout.strip()}" if result.returncode == 0 and result.stdout.strip() else ""
+
+
 def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
     """A run dir with random weights and a card, as the trainer would write it."""
     from skutag.card import ModelCard
@@ -49,7 +65,9 @@ def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
     return run
 
 
-def export_all(run: Path, work: Path, calib: Path, calib_size: int) -> tuple[dict[str, Path], dict]:
+def export_all(
+    run: Path, work: Path, calib: Path, calib_size: int, int8_target: str
+) -> tuple[dict[str, Path], dict]:
     """Each precision's file, and the int8 export's count of quantised vs float convs in ORT's CPU graph."""
     from exporter.pipeline import ExportRequest, run_export
 
@@ -61,6 +79,7 @@ def export_all(run: Path, work: Path, calib: Path, calib_size: int) -> tuple[dic
                 source=run,
                 out=out,
                 precision=precision,
+                int8_target=int8_target,
                 calib_dir=calib if precision == "int8" else None,
                 calib_size=calib_size,
                 check=False,
@@ -72,18 +91,52 @@ def export_all(run: Path, work: Path, calib: Path, calib_size: int) -> tuple[dic
     return paths, convs
 
 
-def images_per_second(path: Path, batch: int, image_size: int, warmup: int, reps: int, threads: int) -> float:
+def open_session(path: Path, precision: str, device: str, threads: int, batch: int, image_size: int):
     from skutag.runtime import create_session
 
-    session, _ = create_session(path, "cpu", threads=threads)
+    if device == "cpu":
+        return create_session(path, "cpu", threads=threads)[0]
+    options = {}
+    if device == "tensorrt":
+        shape = (batch, image_size, image_size, 3)
+        options = {
+            "trt_fp16": precision == "fp16",
+            "trt_int8": precision == "int8",
+            "trt_profile": ("image", shape, shape),
+        }
+    return create_session(path, device, **options)[0]
+
+
+def images_per_second(
+    path: Path, precision: str, device: str, batch: int, image_size: int, warmup: int, reps: int, threads: int
+) -> float:
+    """Median model-only throughput on one fixed uint8 batch; on a GPU with IO binding (device buffers)."""
+    session = open_session(path, precision, device, threads, batch, image_size)
     name = session.get_inputs()[0].name
     pixels = np.random.default_rng(0).integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+    if device == "cpu":
+
+        def run() -> None:
+            session.run(None, {name: pixels})
+
+    else:
+        import onnxruntime as ort
+
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(pixels, "cuda", 0))
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cuda", 0)
+
+        def run() -> None:
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
     for _ in range(warmup):
-        session.run(None, {name: pixels})
+        run()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        session.run(None, {name: pixels})
+        run()
         times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
 
@@ -97,6 +150,13 @@ def images_per_second(path: Path, batch: int, image_size: int, warmup: int, reps
 @click.option("--reps", type=int, default=20, show_default=True, help="Timed runs per cell (median).")
 @click.option("--threads", type=int, default=os.cpu_count(), show_default=True, help="ORT intra-op threads.")
 @click.option("--calib-size", type=int, default=32, show_default=True, help="int8 calibration images.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "tensorrt"]),
+    default="cpu",
+    show_default=True,
+    help="ORT provider; GPUs are timed with IO binding (input and outputs stay on the device).",
+)
 def main(
     arch: str,
     image_size: int,
@@ -106,13 +166,17 @@ def main(
     reps: int,
     threads: int,
     calib_size: int,
+    device: str,
 ) -> None:
     import onnxruntime
     import torch
 
     from skutag import __version__
+    from skutag.runtime import gpu_present
     from skutag.synth import SynthSpec, make_catalog
 
+    if device != "cpu" and not gpu_present():
+        raise click.ClickException(f"--device {device}: no NVIDIA GPU on this machine")
     sizes = [int(b) for b in batch_sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="skutag-bench-export-") as tmp:
         work = Path(tmp)
@@ -121,17 +185,21 @@ def main(
             calib, SynthSpec(count=calib_size, classes=classes, min_size=image_size + 40, max_size=400)
         )
         started = time.perf_counter()
-        paths, convs = export_all(make_run(work, arch, image_size, classes), work, calib, calib_size)
+        int8_target = "tensorrt" if device == "tensorrt" else "cpu"
+        run = make_run(work, arch, image_size, classes)
+        paths, convs = export_all(run, work, calib, calib_size, int8_target)
         export_s = time.perf_counter() - started
         rows = {
-            p: {b: images_per_second(paths[p], b, image_size, warmup, reps, threads) for b in sizes}
+            p: {
+                b: images_per_second(paths[p], p, device, b, image_size, warmup, reps, threads) for b in sizes
+            }
             for p in PRECISIONS
         }
         megabytes = {p: paths[p].stat().st_size / 1e6 for p in PRECISIONS}
 
     header = " | ".join(f"batch {b} img/s" for b in sizes)
     ratios = " | ".join(f"x fp32 @{b}" for b in sizes)
-    print(f"## Exporter: {arch} {image_size}px, ONNX Runtime CPU, model-only\n")
+    print(f"## Exporter: {arch} {image_size}px, ONNX Runtime {device}, model-only\n")
     print(f"| precision | file MB | size vs fp32 | {header} | {ratios} |")
     print("|---|---:|---:|" + "---:|" * (2 * len(sizes)))
     for p in PRECISIONS:
@@ -141,7 +209,8 @@ def main(
             f"| {p} | {megabytes[p]:.1f} | {megabytes[p] / megabytes['fp32']:.2f} | {speeds} | {speedups} |"
         )
     print(
-        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores; ORT intra-op threads {threads}; "
+        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores{gpu_name()}; ORT intra-op threads "
+        f"{threads if device == 'cpu' else 1}; "
         f"median of {reps} runs after {warmup} warm-up; exports took {export_s:.0f} s."
     )
     print(
@@ -150,7 +219,7 @@ def main(
     )
     print(f"Command: python -m benchmarks.export_suite {' '.join(sys.argv[1:])}")
     print(
-        "int8: U8S8 QDQ (--int8-target cpu), minmax calibration on synthetic catalog images; "
+        f"int8: --int8-target {int8_target} QDQ, minmax calibration on synthetic catalog images; "
         f"ORT's optimised CPU graph has {convs['quantised_convs']} quantised and {convs['float_convs']} float convs."
     )
 

@@ -235,3 +235,20 @@ def test_a_failed_parity_check_writes_nothing(capsys, monkeypatch, trained_run, 
     assert code == 1
     assert len(stderr.strip().splitlines()) == 1 and "parity check" in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.gpu
+def test_fp16_runs_on_cuda_like_fp32_on_the_cpu(capsys, trained_run, small_catalog, tmp_path):
+    run, card = trained_run
+    fp32, fp16 = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    export(capsys, run, fp32, "--check-size", "4")
+    export(capsys, run, fp16, "--precision", "fp16", "--check-size", "4")
+    pixels = load_directory(small_catalog, card, 32).pixels
+    cpu, _ = create_session(fp32, "cpu")
+    cuda, info = create_session(fp16, "cuda")
+    assert info.device == "cuda"
+    expected = cpu.run([PROBS], {INPUT_NAME: pixels})[0]
+    probs = cuda.run([PROBS], {INPUT_NAME: pixels})[0]
+    limits = targets.TARGETS["fp16"].limits
+    assert np.abs(probs - expected).max() < limits.max_abs_dprob
+    assert np.mean(probs.argmax(1) == expected.argmax(1)) >= limits.min_top1_agreement
