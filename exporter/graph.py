@@ -48,7 +48,8 @@ class ExportModule(nn.Module):
 
     def forward(self, image: torch.Tensor):
         if self.input_kind == "uint8":
-            x = (image.permute(0, 3, 1, 2).to(self.mean.dtype) - self.mean) / self.std
+            # contiguous(): a channels-last tensor would make the exporter turn flatten into as_strided + Gather
+            x = (image.permute(0, 3, 1, 2).contiguous().to(self.mean.dtype) - self.mean) / self.std
         else:
             x = image
         features = self.body(x)
