@@ -92,7 +92,7 @@ def run_export(request: ExportRequest) -> ExportResult:
     calibration = (
         samples.load_directory(request.calib_dir, run_card, request.calib_size) if request.calib_dir else None
     )
-    check_set = _check_samples(request, run_card, calibration) if request.check else None
+    check_set = _check_samples(request, run_card) if request.check else None
 
     parity = None
     with tempfile.TemporaryDirectory(prefix="skutag-export-") as work:
@@ -115,9 +115,8 @@ def run_export(request: ExportRequest) -> ExportResult:
     return ExportResult(request.out, report, ort_model, card, parity, summary)
 
 
-def _check_samples(
-    request: ExportRequest, card: ModelCard, calibration: samples.SampleSet | None
-) -> samples.SampleSet:
+def _check_samples(request: ExportRequest, card: ModelCard) -> samples.SampleSet:
+    """--check-images, else the calibration images, else synthetic ones."""
     if request.check_dir is not None:
         return samples.load_directory(request.check_dir, card, request.check_size)
     if request.calib_dir is not None:
