@@ -2,8 +2,9 @@
 
 Each precision is exported by the real `skutag export` pipeline (int8 calibrated on
 synthetic catalog images, decoded by skutag.images), then timed in one ORT CPU
-session per file on a fixed uint8 batch: warm-up runs, then `--reps` timed runs,
-median reported. Weights are random (speed and size do not depend on training),
+session per file on a fixed uint8 batch: warm-up runs, then `--reps` rounds in which
+each precision runs once in turn (so a shared machine's changing load hits them
+alike), median reported. Weights are random (speed and size do not depend on training),
 so the parity check is skipped here; accuracy belongs to `skutag eval`.
 
     python -m benchmarks.export_suite                          # quick: resnet18, 64 px, batch 1 and 8
@@ -19,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -107,38 +109,44 @@ def open_session(path: Path, precision: str, device: str, threads: int, batch: i
     return create_session(path, device, **options)[0]
 
 
-def images_per_second(
-    path: Path, precision: str, device: str, batch: int, image_size: int, warmup: int, reps: int, threads: int
-) -> float:
-    """Median model-only throughput on one fixed uint8 batch; on a GPU with IO binding (device buffers)."""
+def runner(
+    path: Path, precision: str, device: str, batch: int, image_size: int, threads: int
+) -> Callable[[], None]:
+    """One inference on a fixed uint8 batch; on a GPU with IO binding (input and outputs on the device)."""
     session = open_session(path, precision, device, threads, batch, image_size)
     name = session.get_inputs()[0].name
     pixels = np.random.default_rng(0).integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
     if device == "cpu":
+        return lambda: session.run(None, {name: pixels})
 
-        def run() -> None:
-            session.run(None, {name: pixels})
+    import onnxruntime as ort
 
-    else:
-        import onnxruntime as ort
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(pixels, "cuda", 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda", 0)
 
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(pixels, "cuda", 0))
-        for output in session.get_outputs():
-            binding.bind_output(output.name, "cuda", 0)
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
 
-        def run() -> None:
-            session.run_with_iobinding(binding)
-            binding.synchronize_outputs()
+    return run
 
-    for _ in range(warmup):
-        run()
-    times = []
+
+def images_per_second(
+    runs: dict[str, Callable[[], None]], batch: int, warmup: int, reps: int
+) -> dict[str, float]:
+    """Median throughput of each runner, timed round-robin so that load changes hit every precision alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(values) for name, values in times.items()}
 
 
 @click.command()
@@ -189,12 +197,13 @@ def main(
         run = make_run(work, arch, image_size, classes)
         paths, convs = export_all(run, work, calib, calib_size, int8_target)
         export_s = time.perf_counter() - started
-        rows = {
-            p: {
-                b: images_per_second(paths[p], p, device, b, image_size, warmup, reps, threads) for b in sizes
-            }
-            for p in PRECISIONS
+        by_batch = {
+            b: images_per_second(
+                {p: runner(paths[p], p, device, b, image_size, threads) for p in PRECISIONS}, b, warmup, reps
+            )
+            for b in sizes
         }
+        rows = {p: {b: by_batch[b][p] for b in sizes} for p in PRECISIONS}
         megabytes = {p: paths[p].stat().st_size / 1e6 for p in PRECISIONS}
 
     header = " | ".join(f"batch {b} img/s" for b in sizes)
@@ -209,6 +218,7 @@ def main(
             f"| {p} | {megabytes[p]:.1f} | {megabytes[p] / megabytes['fp32']:.2f} | {speeds} | {speedups} |"
         )
     print(
+        "\nTimed round-robin (fp32, fp16, int8 in turn, each run) so ratios survive changing load."
         f"\nMachine: {cpu_model()}, {os.cpu_count()} cores{gpu_name()}; ORT intra-op threads "
         f"{threads if device == 'cpu' else 1}; "
         f"median of {reps} runs after {warmup} warm-up; exports took {export_s:.0f} s."
