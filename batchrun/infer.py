@@ -138,7 +138,7 @@ class BoundPredictor:
         self.topk = min(topk, contract.card.num_classes)
         self.device = torch.device("cuda", 0)
         size = contract.card.image_size
-        output_types = {o.name: _ORT_TYPES[o.type] for o in session.get_outputs()}
+        output_types = {o.name: _ORT_TYPES.get(o.type) for o in session.get_outputs()}
         if contract.input_dtype == "uint8":
             self.input = torch.empty((batch_size, size, size, 3), dtype=torch.uint8, device=self.device)
         else:

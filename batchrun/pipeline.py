@@ -8,6 +8,7 @@ session is created (DESIGN.md); the session never exists in a worker.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -89,7 +90,11 @@ class Pipeline:
             worker_nice=self.worker_nice,
         )
         stats = Stats(workers=self.workers)
-        batches = iter(loader)  # forks the workers: before the session exists
+        gc.freeze()  # the workers' collections then never touch (and copy) the inherited heap
+        try:
+            batches = iter(loader)  # forks the workers: before the session exists
+        finally:
+            gc.unfreeze()
         try:
             session, info = open_session(
                 self.contract,

@@ -32,6 +32,7 @@ from .ranges import covering, merge
 ROW_GROUP_BYTES = 64 << 20
 MAX_ROW_GROUP_ROWS = 128 * 1024
 _BASE_ROW_BYTES = 400  # id, uri, sha256, top-k lists and the rest, uncompressed
+_COMPACT_EVERY = 64  # batches buffered for a row group before they are joined into one chunk
 
 
 def prediction_schema(embedding_dim: int | None, metadata: dict[str, str]) -> pa.Schema:
@@ -242,6 +243,9 @@ class _OpenPart:
         self._counts.update(_statuses(records))
         if self._pending_rows >= self.group_rows:
             self._flush()
+        elif len(self._pending) >= _COMPACT_EVERY:
+            # Many small batches cost ~10x their data in per-buffer overhead: keep one contiguous chunk.
+            self._pending = pa.Table.from_batches(self._pending).combine_chunks().to_batches()
 
     def _flush(self) -> None:
         if self._pending:
