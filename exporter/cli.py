@@ -43,7 +43,13 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="Real images (searched recursively) to calibrate int8 on, decoded exactly as `skutag run` "
     "decodes them. Required for int8; never replaced by default data.",
 )
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
+@click.option(
+    "--calib-method",
+    type=click.Choice(CALIB_METHODS),
+    default="minmax",
+    show_default=True,
+    help="How activation ranges are chosen from the calibration images (ORT's calibrators).",
+)
 @click.option(
     "--calib-size",
     type=click.IntRange(min=1),
@@ -76,7 +82,13 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     default=None,
     help="Images for the parity check (default: the --calib images, else synthetic ones).",
 )
-@click.option("--check-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--check-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images for the parity check (evenly spaced over the sorted file list).",
+)
 @click.option(
     "--ort-format", is_flag=True, help="Also write MODEL.ort, the format ONNX Runtime Mobile loads."
 )
