@@ -18,12 +18,24 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def _file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# Read once at import (os.umask is process-wide and not thread-safe to probe later).
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp creates 0600; artifacts must be readable like any other file
     os.close(fd)
     tmp = Path(tmp_name)
     try:
