@@ -28,8 +28,9 @@ from skutag.images import ImageError, load_image, read_bytes
 from .ranges import RangeIndex
 
 # On the CPU, decoding is the background job: it should fill the cycles ORT's threads leave rather
-# than preempt them. +5 still leaves a decoder competing with 2 busy ORT threads ~14% of the CPU
-# (int8 ResNet-50 needs ~9%); +10 (~5%) starved it. Overridable (run_catalog(worker_nice=...)).
+# than preempt them. Measured on 2 cores (int8 ResNet-50, median of 3): nice 0 71.4, +5 71.7,
+# +10 65.8, +19 61.9 images/s: +5 still leaves the decoder enough CPU; +10 starves it.
+# Overridable for benchmarks (run_catalog(worker_nice=...)).
 CPU_WORKER_NICE = 5
 
 

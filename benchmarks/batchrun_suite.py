@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-sizes", default="512,2048", help="catalog sizes for peak memory, e.g. 2000,10000"
     )
     parser.add_argument("--skip-plain", action="store_true", help="skip the eager PyTorch baseline")
+    parser.add_argument(
+        "--splits",
+        default="",
+        help="more decode/inference splits to try, WORKERSxTHREADS,... e.g. 1x2,2x2,2x1",
+    )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "skutag-bench")
     args = parser.parse_args(argv)
 
@@ -64,12 +69,17 @@ def main(argv: list[str] | None = None) -> None:
     if plain is not None:
         rows.append(("plain PyTorch loop (eager fp32)", f"{plain:.1f}", "1.00", "", ""))
     for name, model in models.items():
-        summary = skutag_run(model, images, args)
-        model_only = ort_model_only(model, args, summary.rows)
-        e2e = summary.images_per_s
-        vs_plain = f"{e2e / plain:.2f}" if plain else ""
-        split = f"decode {summary.decode_s:.1f} s (workers), inference {summary.inference_s:.1f} s, write {summary.write_s:.1f} s"
-        rows.append((f"skutag run, {name}", f"{e2e:.1f}", vs_plain, f"{e2e / model_only:.2f}", split))
+        model_only = None
+        for workers, threads in [(args.workers, args.threads), *_splits(args.splits)]:
+            summary = skutag_run(model, images, args, workers=workers, threads=threads)
+            model_only = model_only or ort_model_only(model, args, summary.rows)
+            e2e = summary.images_per_s
+            vs_plain = f"{e2e / plain:.2f}" if plain else ""
+            split = (
+                f"workers {summary.workers}, ORT threads {threads or 'default'}: decode {summary.decode_s:.1f} s "
+                f"(worker CPU), inference {summary.inference_s:.1f} s, write {summary.write_s:.1f} s"
+            )
+            rows.append((f"skutag run, {name}", f"{e2e:.1f}", vs_plain, f"{e2e / model_only:.2f}", split))
         rows.append(
             (
                 f"ORT model-only, {name}",
@@ -165,7 +175,12 @@ def plain_loop(images: Path, batch_size: int, workers: int | None) -> float:
     return len(dataset) / (time.perf_counter() - started)
 
 
-def skutag_run(model: Path, images: Path, args):
+def _splits(text: str) -> list[tuple[int, int]]:
+    """`1x2,2x1` -> [(1 worker, 2 ORT threads), (2 workers, 1 thread)]."""
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item.strip()]
+
+
+def skutag_run(model: Path, images: Path, args, *, workers: int | None, threads: int | None):
     from batchrun.api import run_catalog
 
     with tempfile.TemporaryDirectory(dir=args.cache) as out:
@@ -174,8 +189,8 @@ def skutag_run(model: Path, images: Path, args):
             [images],
             out,
             batch_size=args.batch_size,
-            workers=args.workers,
-            threads=args.threads,
+            workers=workers,
+            threads=threads,
             device=args.device,
             max_error_rate=1.0,
             worker_nice=args.worker_nice,

@@ -7,6 +7,7 @@ kind of tests/inputs.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -196,7 +197,8 @@ def test_sigkill_after_the_first_part_then_rerun_gives_one_row_per_input(
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the orphaned workers too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the orphaned workers too
     committed = _committed_parts(out)
     assert committed and not (out / "_SUCCESS").exists(), "the run ended before it could be killed"
     summary = run_catalog(
