@@ -33,6 +33,7 @@ ROW_GROUP_BYTES = 64 << 20
 MAX_ROW_GROUP_ROWS = 128 * 1024
 _BASE_ROW_BYTES = 400  # id, uri, sha256, top-k lists and the rest, uncompressed
 _COMPACT_EVERY = 64  # batches buffered for a row group before they are joined into one chunk
+_ABORT = object()  # queue item: drop the open part and stop
 
 
 def prediction_schema(embedding_dim: int | None, metadata: dict[str, str]) -> pa.Schema:
@@ -154,7 +155,7 @@ class PartWriter:
 
     def abort(self) -> None:
         """Stop without committing the open part (its temporary file is removed)."""
-        self._send(("abort", None), check=False)
+        self._send(_ABORT, check=False)
         self._thread.join(timeout=60)
 
     def _send(self, item: Any, check: bool = True) -> None:
@@ -178,7 +179,7 @@ class PartWriter:
                 if item is None:
                     self._commit()
                     return
-                if item[0] == "abort":
+                if item is _ABORT:
                     self._discard()
                     return
                 started = time.perf_counter()
