@@ -15,9 +15,7 @@ so the parity check is skipped here; accuracy belongs to `skutag eval`.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,32 +24,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from benchmarks.machine import machine_info, markdown_header
+
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def gpu_name() -> str:
-    import subprocess
-
-    try:
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return f", GPU {result.stdout.strip()}" if result.returncode == 0 and result.stdout.strip() else ""
 
 
 def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
@@ -176,10 +151,7 @@ def main(
     calib_size: int,
     device: str,
 ) -> None:
-    import onnxruntime
-    import torch
 
-    from skutag import __version__
     from skutag.runtime import gpu_present
     from skutag.synth import SynthSpec, make_catalog
 
@@ -218,16 +190,11 @@ def main(
             f"| {p} | {megabytes[p]:.1f} | {megabytes[p] / megabytes['fp32']:.2f} | {speeds} | {speedups} |"
         )
     print(
-        "\nTimed round-robin (fp32, fp16, int8 in turn, each run) so ratios survive changing load."
-        f"\nMachine: {cpu_model()}, {os.cpu_count()} cores{gpu_name()}; ORT intra-op threads "
-        f"{threads if device == 'cpu' else 1}; "
-        f"median of {reps} runs after {warmup} warm-up; exports took {export_s:.0f} s."
+        "\nTimed round-robin (fp32, fp16, int8 in turn, each run) so ratios survive changing load; "
+        f"ORT intra-op threads {threads if device == 'cpu' else 1}; median of {reps} runs after {warmup} "
+        f"warm-up; exports took {export_s:.0f} s.\n"
     )
-    print(
-        f"Versions: skutag {__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"python {platform.python_version()}."
-    )
-    print(f"Command: python -m benchmarks.export_suite {' '.join(sys.argv[1:])}")
+    print(markdown_header(machine_info("torch", "onnx", "onnxruntime-gpu", "onnxruntime")))
     print(
         f"int8: --int8-target {int8_target} QDQ, minmax calibration on synthetic catalog images; "
         f"ORT's optimised CPU graph has {convs['quantised_convs']} quantised and {convs['float_convs']} float convs."
