@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skutag-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: venv test lint demo bench-cpu clean
+.PHONY: venv test test-slow lint demo bench-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest
+
+test-slow: venv
+	$(PY) -m pytest -m slow
 
 demo: venv
 	$(VENV)/bin/skutag demo --out $(DEMO_OUT)

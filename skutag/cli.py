@@ -48,6 +48,16 @@ class LazyGroup(click.Group):
             raise
         return getattr(module, attr)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise click.UsageError(f"No such command '{name}'.{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text from the table, so `skutag --help` imports nothing.
         with formatter.section("Commands"):
@@ -92,6 +102,13 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line, not click's Usage/Try/Error block: a missing path or a bad option is a user error.
+        command = (
+            f" {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else ""
+        )
+        click.secho(f"Error: {exc.format_message()} (see skutag{command} --help)", fg="red", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()

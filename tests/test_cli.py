@@ -55,7 +55,14 @@ def test_run_help_never_imports_the_trainer():
 def test_unknown_command_is_a_usage_error():
     result = skutag("trian")
     assert result.returncode == 2
-    assert "No such command" in result.stderr
+    assert "No such command 'trian'. Did you mean 'train'?" in result.stderr
+
+
+def test_missing_input_path_is_one_line_and_exit_2(tmp_path):
+    result = skutag("run", str(tmp_path / "missing.onnx"), str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0] and "skutag run --help" in lines[0]
 
 
 def test_a_command_not_built_says_so_and_exits_1(monkeypatch, capsys):
