@@ -30,7 +30,8 @@ demo: venv
 	$(VENV)/bin/skutag demo --out $(DEMO_OUT)
 
 bench-cpu: venv
-	$(PY) -m benchmarks.cpu_suite
+	mkdir -p bench-out
+	$(PY) -m benchmarks.cpu_suite | tee bench-out/cpu-suite.md
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -57,7 +57,8 @@ def demo(out: str, epochs: int, catalog_size: int) -> None:
         ["synth", train_data, "--n", TRAIN_IMAGES, "--classes", CLASSES, "--size", "256-512", "--seed", 0],
     )
     # Transfer learning's default: frozen backbone, new classifier, features computed once and cached.
-    # Offline the backbone is randomly initialised (--weights none); with network, --weights imagenet.
+    # Offline the backbone is randomly initialised (--weights none), so its BatchNorm statistics are
+    # recomputed on the catalog first (--adapt-bn); with network, use --weights imagenet.
     _step(
         console,
         "2/6 fine-tune ResNet-50's classifier on cached backbone features",

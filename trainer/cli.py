@@ -99,6 +99,12 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     help="With --freeze backbone and --augment none: run the backbone once and train the head on cached features.",
 )
 @click.option(
+    "--adapt-bn",
+    is_flag=True,
+    help="Recompute the backbone's BatchNorm statistics on the training images before training (AdaBN): "
+    "for catalogs unlike ImageNet, and essential with --weights none and a frozen backbone.",
+)
+@click.option(
     "--amp",
     type=click.Choice(["auto", "bf16", "fp16", "off"]),
     default="auto",

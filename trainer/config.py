@@ -42,6 +42,7 @@ class TrainConfig:
     best_metric: str = "macro_f1"
     balance: str = "none"
     cache_features: bool = False
+    adapt_bn: bool = False
     amp: str = "auto"
     device: str = "auto"
     workers: int | None = None

@@ -24,6 +24,7 @@ from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json
 from trainer import checkpoint, distributed
+from trainer.adapt_bn import adapt_batchnorm
 from trainer.augment import Normalizer, train_transform
 from trainer.config import TrainConfig, default_workers
 from trainer.data import CatalogDataset, Splits, find_splits
@@ -153,6 +154,12 @@ class Trainer:
         self.val_loader = DataLoader(val_set, shuffle=False, sampler=val_sampler, **loader_args)
         self.train_labels = train_set.labels
         self.train_cache = self.val_cache = None
+        if c.adapt_bn:
+            # Eval pixels in file order: deterministic, so a resumed run recomputes the same statistics.
+            adapt_set = CatalogDataset(self.splits.train, index, self.card)
+            adapt_loader = DataLoader(adapt_set, shuffle=False, batch_size=c.batch_size, num_workers=workers)
+            seen = adapt_batchnorm(self.model, adapt_loader, self._prepare_images)
+            self.display.say(f"BatchNorm statistics recomputed on {seen} training images (--adapt-bn)")
         if c.cache_features:
             body, self.head = split_head(self.model)
             self.display.say("caching backbone features (one pass over train and val)")
