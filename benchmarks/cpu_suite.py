@@ -91,6 +91,7 @@ def main() -> None:
                 "--freeze",
                 "backbone",
                 "--cache-features",
+                "--adapt-bn",
                 "--augment",
                 "none",
                 "--lr",

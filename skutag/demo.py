@@ -74,6 +74,7 @@ def demo(out: str, epochs: int, catalog_size: int) -> None:
             "--freeze",
             "backbone",
             "--cache-features",
+            "--adapt-bn",
             "--augment",
             "none",
             "--epochs",
