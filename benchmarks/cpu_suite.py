@@ -23,6 +23,24 @@ import time
 from pathlib import Path
 
 
+def run_steps(steps: dict[str, list[list[object]]], work: Path, only: list[str] | None = None) -> None:
+    """Run each step's commands in order, echoing their stdout; stderr goes to WORK/STEP.log."""
+    for name, commands in steps.items():
+        if only and name not in only:
+            continue
+        for command in commands:
+            command = [str(c) for c in command]
+            print(f"\n$ {' '.join(command[1:] if command[0] == sys.executable else command)}", flush=True)
+            started = time.perf_counter()
+            log = work / f"{name}.log"
+            with open(log, "a") as f:
+                result = subprocess.run(command, stdout=subprocess.PIPE, stderr=f, text=True)
+            print(result.stdout, flush=True)
+            print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+            if result.returncode != 0:
+                sys.exit(f"step {name} failed (exit {result.returncode}); see {log}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench-out/cpu-suite"))
@@ -169,20 +187,7 @@ def main() -> None:
             ]
         ],
     }
-    for name, commands in steps.items():
-        if args.only and name not in args.only:
-            continue
-        for command in commands:
-            command = [str(c) for c in command]
-            print(f"\n$ {' '.join(command[1:] if command[0] == sys.executable else command)}", flush=True)
-            started = time.perf_counter()
-            log = work / f"{name}.log"
-            with open(log, "a") as f:
-                result = subprocess.run(command, stdout=subprocess.PIPE, stderr=f, text=True)
-            print(result.stdout, flush=True)
-            print(f"({time.perf_counter() - started:.0f} s)", flush=True)
-            if result.returncode != 0:
-                sys.exit(f"step {name} failed (exit {result.returncode}); see {log}")
+    run_steps(steps, work, args.only)
     if (work / "bench" / "results.md").exists():
         print((work / "bench" / "results.md").read_text())
     for m in (fp32, fp16, int8):

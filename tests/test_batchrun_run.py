@@ -29,6 +29,7 @@ from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 from skutag.images import is_image_path, load_image
 from skutag.runtime import create_session, gpu_present
+from tests.cli import skutag
 from tests.inputs import write_awkward_inputs
 
 CLASSES = ["boot", "cup", "lamp", "sock"]
@@ -78,12 +79,6 @@ def read_rows(out: Path, pattern: str = "*.parquet") -> dict[str, dict]:
     by_id = {row["id"]: row for row in rows}
     assert len(by_id) == len(rows), "duplicate ids"
     return by_id
-
-
-def skutag(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "skutag", *args], capture_output=True, text=True, timeout=120, **kwargs
-    )
 
 
 def test_one_row_per_input_ok_for_good_images_and_the_right_error_kind(baseline, expected):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from skutag.card import ModelCard
+from tests.cli import skutag
 
 
 @pytest.fixture(scope="module")
@@ -24,27 +23,19 @@ def tiny_model(tmp_path_factory):
 
 def test_bench_writes_consistent_results(tiny_model, tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "skutag",
-            "bench",
-            str(tiny_model),
-            "--out",
-            str(out),
-            "--batch-sizes",
-            "1,4",
-            "--device",
-            "cpu",
-            "--min-seconds",
-            "0.2",
-            "--warmup",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = skutag(
+        "bench",
+        tiny_model,
+        "--out",
+        out,
+        "--batch-sizes",
+        "1,4",
+        "--device",
+        "cpu",
+        "--min-seconds",
+        0.2,
+        "--warmup",
+        1,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "results.json").read_text())
@@ -67,20 +58,5 @@ def test_bench_writes_consistent_results(tiny_model, tmp_path):
 
 
 def test_bench_refuses_baseline_without_run(tiny_model, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "skutag",
-            "bench",
-            str(tiny_model),
-            "--out",
-            str(tmp_path),
-            "--baseline",
-            "torch",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = skutag("bench", tiny_model, "--out", tmp_path, "--baseline", "torch")
     assert result.returncode == 2 and "--run" in result.stderr

@@ -10,12 +10,7 @@ import pytest
 
 from skutag import __version__
 from skutag.cli import COMMANDS
-
-
-def skutag(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "skutag", *args], capture_output=True, text=True, check=check, timeout=120
-    )
+from tests.cli import skutag
 
 
 def modules_after(*args: str) -> set[str]:
@@ -29,12 +24,14 @@ def modules_after(*args: str) -> set[str]:
 
 
 def test_version():
-    result = skutag("--version", check=True)
+    result = skutag("--version")
+    assert result.returncode == 0
     assert __version__ in result.stdout
 
 
 def test_help_lists_every_command_and_imports_no_stage():
-    result = skutag("--help", check=True)
+    result = skutag("--help")
+    assert result.returncode == 0
     for name in COMMANDS:
         assert name in result.stdout
     loaded = modules_after("--help")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from PIL import Image
 
 from skutag.images import load_image
 from skutag.synth import SynthSpec, class_styles, make_catalog, render_file
+from tests.cli import skutag
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -66,23 +65,6 @@ def test_split_writes_stratified_train_and_val(tmp_path):
 
 
 def test_cli_writes_the_catalog(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "skutag",
-            "synth",
-            str(tmp_path),
-            "--n",
-            "6",
-            "--classes",
-            "3",
-            "--size",
-            "64-96",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = skutag("synth", tmp_path, "--n", 6, "--classes", 3, "--size", "64-96")
     assert result.returncode == 0, result.stderr
     assert len(list(tmp_path.rglob("*.jpg")) + list(tmp_path.rglob("*.png"))) == 6
