@@ -40,6 +40,8 @@ class Parity:
         problems = []
         if not self.max_abs_dprob < limits.max_abs_dprob:
             problems.append(f"max |dprob| {self.max_abs_dprob:.3g} >= {limits.max_abs_dprob:g}")
+        if not self.mean_abs_dprob < limits.max_mean_abs_dprob:
+            problems.append(f"mean |dprob| {self.mean_abs_dprob:.3g} >= {limits.max_mean_abs_dprob:g}")
         if self.top1_agreement < limits.min_top1_agreement:
             problems.append(f"top-1 agreement {self.top1_agreement:.3f} < {limits.min_top1_agreement:g}")
         if self.top5_overlap < limits.min_top5_overlap:

@@ -15,8 +15,12 @@ a ResNet-50 at 96 px (briefly trained, median top prob 0.63):
   Limits: max |dprob| < 5e-2 (2.4x the worst measured), top-1 >= 98%, top-5 >= 95%.
 - int8 (cpu, U8S8): measured max |dprob| 0.014 (minmax) to 0.095 (entropy), mean
   0.002-0.011, top-1 99.2-100%, top-5 100%; tensorrt (S8S8 symmetric): 0.018-0.032,
-  100%. Limits: top-1 >= 95%, top-5 >= 90%, max |dprob| < 0.3. Agreement is the real
-  gate; the |dprob| limit catches a broken graph, since a near-tie may move by ~0.1.
+  100%; at full size (ResNet-50, 224 px, a random backbone with AdaBN statistics, 160
+  images): top-1 98.4-98.75%, top-5 93.8-97.1%, mean 0.013, max 0.21-0.33 (p90 0.13) on
+  single near-tie images. Limits: top-1 >= 95%, top-5 >= 90% (agreement is the real gate),
+  mean |dprob| < 0.04 (3x the worst measured: a broken graph moves most images, and a mean
+  sees that), max |dprob| < 0.6 (refuses a probability moved wholesale; a near-tie may
+  move by ~0.3, so the earlier max-only bound of 0.3 failed good models on one image).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Limits:
     max_abs_dprob: float  # strict upper bound on max |prob_ort - prob_torch|
     min_top1_agreement: float  # fraction of images whose top-1 class matches
     min_top5_overlap: float  # mean |top5_ort & top5_torch| / 5
+    max_mean_abs_dprob: float = 1.0  # strict upper bound on the mean over images and classes (1.0: none)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,9 @@ class Target:
     note: str = ""
 
 
-INT8_LIMITS = Limits(max_abs_dprob=0.3, min_top1_agreement=0.95, min_top5_overlap=0.90)
+INT8_LIMITS = Limits(
+    max_abs_dprob=0.6, min_top1_agreement=0.95, min_top5_overlap=0.90, max_mean_abs_dprob=0.04
+)
 
 TARGETS: dict[str, Target] = {
     "fp32": Target(

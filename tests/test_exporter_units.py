@@ -139,3 +139,19 @@ def test_parity_figures():
     assert flipped.top1_agreement == 0.5 and flipped.max_abs_dprob == pytest.approx(0.5)
     assert flipped.failures(targets.TARGETS["fp32"].limits)
     assert not same.failures(targets.TARGETS["int8-cpu"].limits)
+
+
+def test_int8_gate_refuses_a_broken_graph_by_its_mean_but_tolerates_one_near_tie():
+    rng = np.random.default_rng(0)
+    reference = rng.dirichlet(np.full(6, 0.3), size=64).astype(np.float32)
+    limits = targets.TARGETS["int8-cpu"].limits
+    near_tie = reference.copy()
+    near_tie[0] = [0.36, 0.34, 0.1, 0.1, 0.05, 0.05]  # torch: class 0 just ahead
+    reference[0] = [0.36, 0.34, 0.1, 0.1, 0.05, 0.05]
+    near_tie[0] = [0.05, 0.66, 0.1, 0.1, 0.05, 0.04]  # int8: class 1 well ahead, |dprob| 0.32
+    tolerated = compare(reference, near_tie)
+    assert tolerated.max_abs_dprob > 0.3 and not tolerated.failures(limits)
+    # a broken graph: every image's probabilities pulled towards uniform, top-1 mostly kept
+    broken = compare(reference, (0.7 * reference + 0.3 / 6).astype(np.float32))
+    assert broken.top1_agreement == 1.0 and broken.max_abs_dprob < 0.6
+    assert any("mean |dprob|" in problem for problem in broken.failures(limits))
