@@ -96,8 +96,8 @@ def demo(out: str, epochs: int, catalog_size: int) -> None:
     )
     _step(
         console,
-        "4/6 export int8 ONNX, calibrated on real catalog images",
-        ["export", run, "--out", int8, "--precision", "int8", "--calib", train_data],
+        "4/6 export int8 ONNX, calibrated on real catalog images (parity checked on 200 of them)",
+        ["export", run, "--out", int8, "--precision", "int8", "--calib", train_data, "--check-size", 200],
     )
     _step(
         console,
