@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.machine import cpu_model
+
 CLASSES = 10
 
 
@@ -149,30 +151,17 @@ def linked_catalog(images: Path, count: int, cache: Path) -> Path:
 
 
 def plain_loop(images: Path, batch_size: int, workers: int | None) -> float:
-    """images/s of the textbook eager loop, timed from the first batch request to the last result."""
-    import torch
-    from torchvision import datasets, models, transforms
+    """images/s of the textbook eager loop (benchmarks.baselines) with a ResNet-50 of this suite's classes."""
+    from torchvision import models
 
     from batchrun.loader import default_workers
+    from benchmarks.baselines import plain_torch_loop
+    from skutag.card import ModelCard
 
-    transform = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
-    dataset = datasets.ImageFolder(str(images), transform=transform)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=default_workers("cpu") if workers is None else workers
-    )
-    model = models.resnet50(num_classes=CLASSES).eval()
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for batch, _ in loader:
-            model(batch).argmax(1)
-    return len(dataset) / (time.perf_counter() - started)
+    card = ModelCard.for_training("resnet50", [f"class{i}" for i in range(CLASSES)])
+    model = models.resnet50(num_classes=CLASSES)
+    workers = default_workers("cpu") if workers is None else workers
+    return plain_torch_loop(model, card, images, batch_size=batch_size, workers=workers)
 
 
 def _splits(text: str) -> list[tuple[int, int]]:
@@ -304,16 +293,6 @@ def report(rows, memory, args, models) -> None:
         print("|---|---|")
         for count, mib in memory:
             print(f"| {count} | {mib:.0f} |")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
