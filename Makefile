@@ -8,10 +8,10 @@ DEMO_OUT ?= demo-out
 
 .PHONY: venv test test-slow lint demo bench-cpu clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -c .ci/constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
