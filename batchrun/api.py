@@ -1,33 +1,34 @@
-"""`run_catalog`: the Python API of `skutag run`, and the summary it returns and writes.
+"""`run_catalog` and `plan_catalog`: the Python API of `skutag run` and `skutag plan`.
 
-Order of events (DESIGN.md: never fork after a session exists): read the model's contract
-from the file, resolve the inputs, prepare OUT (resume / refuse / already complete), fork
-the DataLoader workers, THEN create the one ONNX Runtime session, start the writer thread,
-stream batches, commit the last part, write `summary.json`, then `_SUCCESS`.
+Order of events: read the model's contract, read or make the plan (`OUT/_plan/`, listed
+once), prepare OUT (resume / refuse / already complete), work out what the shard still has
+to do (`--since` and `--retry-errors` rows to copy, distinct images to decode), hand it to
+an engine, then write `_summary.json` and, last, `_SUCCESS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from skutag import __version__
+from skutag import __version__, storage
 from skutag.errors import InputError
-from skutag.fsio import atomic_write_json, atomic_write_text
 
-from .manifest import Manifest, OutputNames, prepare_out, read_summary
+from .incremental import Previous, removed_inputs
 from .model import ForeignPreprocessing, ModelContract, read_contract
-from .pipeline import Pipeline
-from .ranges import Shard, length, subtract
-from .sources import InputList, resolve_sources
+from .options import RETRYABLE_KINDS, RunOptions
+from .out import Manifest, OutputNames, prepare_out, read_summary, remove_run
+from .plan import Plan, ensure_plan, make_plan, plan_exists, read_plan
+from .work import prepare_work
 
-DEFAULT_PART_ROWS = 50_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,28 +40,40 @@ class RunSummary:
     ok: int
     errors: int
     errors_by_kind: dict[str, int]
-    skipped: int
-    duplicates: int
-    inputs_total: int
+    inputs_total: int  # rows of the whole plan
     shard: str
-    resumed_rows: int  # rows committed by an earlier attempt and skipped now
-    processed_rows: int  # rows predicted by this attempt
-    images_per_s: float  # processed_rows / wall_s
+    shard_rows: int
+    skipped: dict[str, int]  # what listing passed over: hidden, not_image, revisited_dirs, broken_links
+    duplicates: int  # (id, uri) pairs listed more than once, kept once
+    reused: int  # rows copied from --since / an earlier attempt's error rows kept
+    new: int
+    changed: int
+    retried: int
+    removed: int | None  # inputs of --since that are gone (whole plan); None without --since
+    predicted: int
+    decoded: int  # images decoded (ids that share an image share one decode)
+    resumed_rows: int  # rows committed by an earlier attempt and kept now
+    processed_rows: int  # rows committed by this attempt
+    images_per_s: float  # decoded images / wall_s
     wall_s: float
-    decode_s: float  # summed over workers: reading, hashing, decoding
-    wait_s: float  # main process waiting for decoded batches
+    decode_s: float
+    wait_s: float
     inference_s: float
-    write_s: float  # writer thread: building Arrow rows, Parquet, commits
+    write_s: float
     device: str
     providers: list[str]
     fallback_reason: str | None
     batch_size: int
     workers: int
+    worker_restarts: int
+    engine: str
     model: str
     model_sha256: str
+    plan_id: str
     max_error_rate: float
     error_rate: float
     exceeded_error_rate: bool
+    since_note: str | None = None
     already_complete: bool = False
     parts: int = 0
     options: dict[str, Any] = field(default_factory=dict)
@@ -72,111 +85,130 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
+def plan_catalog(
+    sources: list[str], out: str, *, part_rows: int | None = None, overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> Plan:  # fmt: skip
+    """`skutag plan`: list SOURCE... once into OUT/_plan/ (or return the plan that is there)."""
+    if overwrite:
+        remove_run(out, storage_options)
+    if plan_exists(out, storage_options):
+        return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
+    from .options import DEFAULT_PART_ROWS
+
+    return make_plan(sources, out, part_rows=part_rows or DEFAULT_PART_ROWS, storage_options=storage_options)
+
+
 def run_catalog(
     model: str | os.PathLike,
-    sources: list[str | os.PathLike],
+    sources: list[str],
     out: str | os.PathLike,
+    options: RunOptions | None = None,
     *,
-    batch_size: int = 32,
-    workers: int | None = None,
-    prefetch: int | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    topk: int = 5,
-    embeddings: bool = False,
-    shard: str | Shard = "0/1",
-    max_error_rate: float = 0.01,
-    part_rows: int = DEFAULT_PART_ROWS,
-    overwrite: bool = False,
-    trt_cache: str | os.PathLike | None = None,
     foreign: ForeignPreprocessing | None = None,
-    progress: bool = False,
-    worker_nice: int | None = None,
 ) -> RunSummary:
-    """Predict every input of `sources` with `model` into Parquet under `out`; see the module docstring.
+    """Predict every planned input with `model` into Parquet under `out`; see the module docstring.
 
     Returns the summary; the caller decides what `exceeded_error_rate` means (the CLI exits 3).
-    `worker_nice` (a benchmarking knob): the decode workers' nice increment; default +5 on the CPU, 0 with a GPU.
     """
+    options = options or RunOptions()
     started, started_at = time.perf_counter(), _now()
-    out = Path(out)
-    shard = shard if isinstance(shard, Shard) else Shard.parse(shard)
-    if topk < 1:
+    out = os.fspath(out)
+    if options.topk < 1:
         raise InputError("--topk must be at least 1")
     contract = read_contract(model, foreign)
-    if embeddings and contract.embedding_dim is None:
+    if options.embeddings and contract.embedding_dim is None:
         raise InputError(
             f"--embeddings: {contract.path} has no `embedding` output (export it with --embeddings)"
         )
-    inputs = resolve_sources(sources)
-    names = OutputNames(shard)
-    topk = min(topk, contract.card.num_classes)
+    options = options.replace(topk=min(options.topk, contract.card.num_classes))
+    if options.overwrite and not options.shard.sharded:
+        remove_run(out, options.storage_options)
+    storage.makedirs(out)
+    plan = ensure_plan(sources, out, part_rows=options.part_rows, storage_options=options.storage_options)
+    names = OutputNames(options.shard)
+    key = run_key(contract, plan, options)
     prepared = prepare_out(
-        out, names, run_key(contract, inputs, shard, topk, embeddings), overwrite=overwrite
+        out, names, key, plan, overwrite=options.overwrite, storage_options=options.storage_options
     )
-    if prepared.complete:  # judged against this call's --max-error-rate
-        done = read_summary(out, names)
-        exceeded = done["error_rate"] > max_error_rate
-        return RunSummary(
-            **{
-                **done,
-                "already_complete": True,
-                "max_error_rate": max_error_rate,
-                "exceeded_error_rate": exceeded,
-            }
+    if prepared.complete and not options.retry_errors:
+        done = read_summary(out, names, options.storage_options)
+        exceeded = done["error_rate"] > options.max_error_rate
+        done.update(
+            already_complete=True, max_error_rate=options.max_error_rate, exceeded_error_rate=exceeded
         )
-    pending = subtract(shard.slice(len(inputs)), prepared.manifest.committed())
-    options = {
-        "batch_size": batch_size,
-        "device": device,
-        "topk": topk,
-        "embeddings": embeddings,
-        "shard": str(shard),
-        "max_error_rate": max_error_rate,
-        "part_rows": part_rows,
-        "sources": [os.fspath(s) for s in sources],
-    }
-    pipeline = Pipeline(
-        contract,
-        inputs,
-        pending,
-        out=out,
-        names=names,
-        manifest=prepared.manifest,
-        batch_size=batch_size,
-        workers=workers,
-        prefetch=prefetch,
-        device=device,
-        threads=threads,
-        topk=topk,
-        embeddings=embeddings,
-        part_rows=part_rows,
-        trt_cache=trt_cache,
-        file_metadata=file_metadata(contract, options),
-        worker_nice=worker_nice,
-    )
-    stats = pipeline.run(progress=progress and length(pending) > 0)
-    summary = _summarise(
-        out, prepared.manifest, contract, inputs, shard, stats, options, max_error_rate, started, started_at
-    )
-    atomic_write_json(out / names.summary, summary.to_dict())
-    atomic_write_text(out / names.success, "")
+        return RunSummary(**done)
+    previous, since_note = _previous(out, key, prepared.manifest, options)
+    units = plan.shard_units(options.shard.index, options.shard.count)
+    committed = prepared.manifest.committed_units()
+    if options.retry_errors:
+        committed -= _with_retryable_errors(prepared.manifest)
+        storage.remove(storage.join(out, names.success), options.storage_options)
+    pending = [unit for unit in units if unit.number not in committed]
+    work = prepare_work(plan, pending, previous, options.storage_options)
+    metadata = file_metadata(contract, options)
+    if options.engine == "ray":
+        from .engines.ray import run_ray
+
+        stats = run_ray(
+            contract, plan, work, out=out, names=names, manifest=prepared.manifest, previous=previous,
+            options=options, file_metadata=metadata,
+        )  # fmt: skip
+    else:
+        from .engines.local import run_local
+
+        stats = run_local(
+            contract, plan, work, out=out, names=names, manifest=prepared.manifest, previous=previous,
+            options=options, file_metadata=metadata,
+        )  # fmt: skip
+    removed = None
+    if options.since and previous is not None:
+        removed = removed_inputs(previous.plan, plan, options.storage_options)
+    summary = _summarise(out, prepared.manifest, contract, plan, units, stats, options, removed, since_note,
+                         started, started_at)  # fmt: skip
+    body = json.dumps(summary.to_dict(), indent=2).encode()
+    storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
+    storage.write_bytes(storage.join(out, names.success), b"", options.storage_options)
     return summary
 
 
-def run_key(
-    contract: ModelContract, inputs: InputList, shard: Shard, topk: int, embeddings: bool
-) -> dict[str, Any]:
+def _previous(out: str, key: dict[str, Any], manifest: Manifest, options: RunOptions):
+    """The earlier run whose rows this one may copy (--since, or OUT itself for --retry-errors)."""
+    source = options.since or (out if options.retry_errors else None)
+    if source is None:
+        return None, None
+    if options.since and not plan_exists(options.since, options.storage_options):
+        raise InputError(f"--since {options.since}: not a skutag run (no _plan/_PLAN)")
+    previous = Previous(source, options.storage_options)
+    problem = previous.unusable(key)
+    if problem:
+        note = f"--since {source}: reusing nothing, {problem}"
+        log.warning(note)
+        return None, note
+    return previous, None
+
+
+def _with_retryable_errors(manifest: Manifest) -> set[int]:
+    return {
+        part["unit"]
+        for part in manifest.parts
+        if any(
+            kind.split(":", 1)[-1] in RETRYABLE_KINDS for kind in part["counts"] if kind.startswith("error:")
+        )
+    }
+
+
+def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[str, Any]:
     """What must match for a rerun to continue an existing OUT."""
     card = contract.card
     return {
         "model_sha256": contract.sha256,
-        "inputs_fingerprint": inputs.fingerprint(),
-        "inputs_total": len(inputs),
-        "shard_index": shard.index,
-        "shard_count": shard.count,
-        "topk": topk,
-        "embeddings": embeddings,
+        "plan_id": plan.plan_id,
+        "inputs_total": plan.total,
+        "shard_index": options.shard.index,
+        "shard_count": options.shard.count,
+        "topk": options.topk,
+        "embeddings": options.embeddings,
         "model": {
             "classes": list(card.classes),
             "image_size": card.image_size,
@@ -190,23 +222,24 @@ def run_key(
     }
 
 
-def file_metadata(contract: ModelContract, options: dict[str, Any]) -> dict[str, str]:
-    import json
-
+def file_metadata(contract: ModelContract, options: RunOptions) -> dict[str, str]:
     return {
         "skutag.card": contract.card.to_json(),
         "skutag.model_sha256": contract.sha256,
-        "skutag.run_options": json.dumps(options, sort_keys=True),
+        "skutag.run_options": json.dumps(options.record(), sort_keys=True),
         "skutag.version": __version__,
     }
 
 
-def _summarise(
-    out, manifest: Manifest, contract, inputs, shard, stats, options, max_error_rate, started, started_at
-):
+def _summarise(out, manifest: Manifest, contract, plan: Plan, units, stats, options: RunOptions, removed,
+               since_note, started, started_at) -> RunSummary:  # fmt: skip
     counts: Counter = Counter()
+    totals: Counter = Counter()
     for part in manifest.parts:
         counts.update(part["counts"])
+        totals.update(
+            {k: part.get(k, 0) for k in ("reused", "new", "changed", "retried", "predicted", "decoded")}
+        )
     ok = counts.pop("ok", 0)
     by_kind = {kind.split(":", 1)[1]: n for kind, n in sorted(counts.items())}
     errors = sum(by_kind.values())
@@ -214,18 +247,26 @@ def _summarise(
     wall = time.perf_counter() - started
     error_rate = errors / rows if rows else 0.0
     return RunSummary(
-        out=str(out),
+        out=out,
         rows=rows,
         ok=ok,
         errors=errors,
         errors_by_kind=by_kind,
-        skipped=inputs.skipped,
-        duplicates=inputs.duplicates,
-        inputs_total=len(inputs),
-        shard=str(shard),
+        inputs_total=plan.total,
+        shard=str(options.shard),
+        shard_rows=sum(unit.rows for unit in units),
+        skipped=dict(plan.listing),
+        duplicates=plan.duplicates,
+        reused=totals["reused"],
+        new=totals["new"],
+        changed=totals["changed"],
+        retried=totals["retried"],
+        removed=removed,
+        predicted=totals["predicted"],
+        decoded=totals["decoded"],
         resumed_rows=rows - stats.rows,
         processed_rows=stats.rows,
-        images_per_s=stats.rows / wall if wall > 0 else 0.0,
+        images_per_s=stats.tasks / wall if wall > 0 else 0.0,
         wall_s=wall,
         decode_s=stats.decode_s,
         wait_s=stats.wait_s,
@@ -234,15 +275,19 @@ def _summarise(
         device=stats.device,
         providers=stats.providers,
         fallback_reason=stats.fallback_reason,
-        batch_size=options["batch_size"],
+        batch_size=options.batch_size,
         workers=stats.workers,
+        worker_restarts=stats.restarts,
+        engine=options.engine,
         model=str(contract.path),
         model_sha256=contract.sha256,
-        max_error_rate=max_error_rate,
+        plan_id=plan.plan_id,
+        max_error_rate=options.max_error_rate,
         error_rate=error_rate,
-        exceeded_error_rate=error_rate > max_error_rate,
+        exceeded_error_rate=error_rate > options.max_error_rate,
+        since_note=since_note,
         parts=len(manifest.parts),
-        options=options,
+        options=options.record(),
         started_at=started_at,
         finished_at=_now(),
     )
@@ -250,3 +295,6 @@ def _summarise(
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["RunSummary", "plan_catalog", "read_plan", "run_catalog"]

@@ -44,25 +44,25 @@ def open_session(
 ) -> tuple[Any, SessionInfo]:
     """The run's one session (main process, after the DataLoader workers exist).
 
+    Provider options come from the card's row of the export-target table
+    (`skutag.runtime.provider_chain`): TensorRT precision flags, one profile of exactly
+    `batch_size` (the loader pads the last batch), caches under `trt_cache`. A model whose
+    target cannot run on `device` (an int8 CPU model on TensorRT) is refused before any
+    provider is created.
     `share_cores`: decode workers run on the same CPU cores, so ORT's threads must not spin
     while they wait (spinning takes the cycles the decoder needs; batches are large enough
     that waking a thread costs nothing measurable).
     """
-    options: dict[str, Any] = {}
-    if share_cores:
-        options["session_config"] = {"session.intra_op.allow_spinning": "0"}
-    if device == "tensorrt":
-        size = contract.card.image_size
-        shape = (
-            (batch_size, size, size, 3) if contract.input_dtype == "uint8" else (batch_size, 3, size, size)
-        )
-        options |= {
-            "trt_cache_dir": Path(trt_cache) if trt_cache else None,
-            "trt_profile": (contract.input_name, shape, shape),
-            "trt_fp16": contract.card.precision == "fp16",
-            "trt_int8": contract.card.precision == "int8",
-        }
-    return create_session(contract.path, device, threads=threads, **options)
+    return create_session(
+        contract.path,
+        device,
+        card=contract.card,
+        input_name=contract.input_name,
+        batch_size=batch_size,
+        trt_cache_dir=Path(trt_cache) if trt_cache else None,
+        threads=threads,
+        session_config={"session.intra_op.allow_spinning": "0"} if share_cores else None,
+    )
 
 
 def make_predictor(

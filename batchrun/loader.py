@@ -1,13 +1,15 @@
-"""Read and decode inputs in DataLoader workers: uint8 batches plus a status for every row.
+"""Read and decode images in DataLoader workers: uint8 batches plus a status for every task.
 
-A worker reads the file's bytes, hashes them, and decodes through `skutag.images.load_image`
-with the card's preprocessing. A file that fails becomes a row with its error kind, never a
-dropped sample, so every batch stays aligned with its input indices: `collate` stacks the
-pixels of good rows into one uint8 `[rows, H, W, 3]` tensor (zeros for error rows, and
-optionally padded to a fixed batch size for GPUs) and keeps the per-row facts beside it.
+A worker reads an input's bytes (local or object storage, size checked before the read,
+transient errors retried), hashes them and decodes through `skutag.images.load_image` with
+the card's preprocessing. Anything that goes wrong is the task's `error_kind`, never a
+dropped sample, so every batch stays aligned with its task numbers: `Collate` stacks the
+pixels of good rows into one uint8 `[rows, H, W, 3]` tensor (zeros for error rows, padded
+to a fixed batch size for GPUs) and keeps the per-row facts beside it.
 
-Workers are forked when the loader's iterator is created, which the caller does BEFORE it
-creates the ONNX Runtime session (never fork after a session or CUDA exists).
+Workers are forked when the first loader's iterator is created, which the caller does
+BEFORE it creates the ONNX Runtime session. `batchrun.supervise` restarts them (spawned,
+never forked from a process that holds a session) when one dies or hangs.
 """
 
 from __future__ import annotations
@@ -18,20 +20,20 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from skutag.images import ImageError, load_image, read_bytes
-
-from .ranges import RangeIndex
+from skutag import storage
+from skutag.images import ImageError, load_image, read_file
+from skutag.listing import local_path
 
 # On the CPU, decoding is the background job: it should fill the cycles ORT's threads leave rather
 # than preempt them. Measured on 2 cores (int8 ResNet-50, median of 3): nice 0 71.4, +5 71.7,
 # +10 65.8, +19 61.9 images/s: +5 still leaves the decoder enough CPU; +10 starves it.
-# Overridable for benchmarks (run_catalog(worker_nice=...)).
 CPU_WORKER_NICE = 5
 
 
@@ -45,8 +47,14 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    max_bytes: int
+    storage_options: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Sample:
-    index: int
+    index: int  # task number
     pixels: np.ndarray | None
     error_kind: str | None
     error: str | None
@@ -59,9 +67,9 @@ class Sample:
 
 @dataclass
 class Batch:
-    """Rows of one batch, in input order. `pixels` has at least `len(indices)` rows (padding after)."""
+    """Rows of one batch, in task order. `pixels` has at least `len(indices)` rows (padding after)."""
 
-    indices: np.ndarray  # int64 input indices
+    indices: np.ndarray  # int64 task numbers
     pixels: torch.Tensor | None  # uint8 [rows (+ padding), H, W, 3]; None once inferred
     ok: np.ndarray  # bool
     error_kinds: list[str | None]
@@ -81,28 +89,61 @@ class Batch:
         return self
 
 
-class CatalogDataset(Dataset):
-    """Position p -> the decoded input `pending[p]` (an index into `uris`)."""
+class TaskDataset(Dataset):
+    """Task number -> its decoded image. `slots` (optional) tells a watchdog what each worker holds."""
 
-    def __init__(self, uris: pa.Array, pending: RangeIndex, preprocess: Preprocess):
-        self.uris = uris
-        self.pending = pending
-        self.preprocess = preprocess
+    def __init__(
+        self,
+        uris: pa.Array,
+        sizes: np.ndarray,
+        preprocess: Preprocess,
+        read: ReadOptions,
+        slots: Any = None,
+    ):
+        self.uris, self.sizes, self.preprocess, self.read, self.slots = uris, sizes, preprocess, read, slots
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return len(self.uris)
 
-    def __getitem__(self, position: int) -> Sample:
-        index = self.pending[position]
-        return decode_one(index, self.uris[index].as_py(), self.preprocess)
+    def __getitem__(self, task: int) -> Sample:
+        slots = self.slots
+        worker = _worker_id() if slots is not None else None
+        if worker is not None:
+            slots.begin(worker, task)
+        try:
+            return decode_one(
+                task, self.uris[task].as_py(), int(self.sizes[task]), self.preprocess, self.read
+            )
+        finally:
+            if worker is not None:
+                slots.end(worker)
 
 
-def decode_one(index: int, uri: str, preprocess: Preprocess) -> Sample:
-    """Read, hash and decode one file; any ImageError becomes the sample's status."""
+def _worker_id() -> int | None:
+    info = torch.utils.data.get_worker_info()
+    return None if info is None else info.id
+
+
+def read_input(uri: str, size: int, read: ReadOptions) -> bytes:
+    """The bytes of one input; too-large inputs are refused from their size, before any read."""
+    if size >= 0 and size > read.max_bytes:
+        raise ImageError("too_large", f"{size} bytes exceeds --max-bytes {read.max_bytes}")
+    if not storage.is_remote(uri):
+        return read_file(local_path(uri), max_bytes=read.max_bytes)
+    try:
+        return storage.read_object(uri, read.storage_options, max_bytes=read.max_bytes)
+    except storage.TooLarge as exc:
+        raise ImageError("too_large", f"{exc.size} bytes exceeds --max-bytes {read.max_bytes}") from exc
+    except Exception as exc:  # after retries: missing object, denied, or a store that stayed down
+        raise ImageError("unreadable", f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_one(index: int, uri: str, size: int, preprocess: Preprocess, read: ReadOptions) -> Sample:
+    """Read, hash and decode one input; every failure becomes the sample's status."""
     started = time.process_time()
     nbytes = sha = None
     try:
-        data = read_bytes(uri)
+        data = read_input(uri, size, read)
         nbytes, sha = len(data), hashlib.sha256(data).hexdigest()
         image = load_image(
             data,
@@ -114,9 +155,21 @@ def decode_one(index: int, uri: str, preprocess: Preprocess) -> Sample:
         return Sample(
             index, None, exc.kind, exc.message, None, None, nbytes, sha, time.process_time() - started
         )
+    except MemoryError:
+        return Sample(
+            index, None, "too_large", "out of memory while decoding", None, None, nbytes, sha,
+            time.process_time() - started,
+        )  # fmt: skip
+    except Exception as exc:  # a decoder bug is this input's error, never the run's
+        message = f"{type(exc).__name__}: {exc}"
+        return Sample(index, None, "corrupt", message, None, None, nbytes, sha, time.process_time() - started)
     return Sample(
         index, image.pixels, None, None, image.width, image.height, nbytes, sha, time.process_time() - started
     )
+
+
+def error_sample(index: int, kind: str, message: str) -> Sample:
+    return Sample(index, None, kind, message, None, None, None, None, 0.0)
 
 
 class Collate:
@@ -173,39 +226,8 @@ def default_prefetch(workers: int) -> int:
     return max(2, math.ceil(4 / max(workers, 1)))
 
 
-def make_loader(
-    dataset: CatalogDataset,
-    *,
-    batch_size: int,
-    workers: int,
-    prefetch: int | None = None,
-    pad_batches: bool = False,
-    pin_memory: bool = False,
-    worker_nice: int = 0,
-) -> DataLoader:
-    """In-order batches; workers are forked when the iterator is created (before any ORT session)."""
-    extra = {}
-    if workers > 0:
-        extra = {
-            "prefetch_factor": prefetch or default_prefetch(workers),
-            "persistent_workers": False,
-            "multiprocessing_context": "fork" if "fork" in _start_methods() else None,
-            "worker_init_fn": _WorkerSetup(worker_nice),
-        }
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=Collate(dataset.preprocess.image_size, batch_size if pad_batches else 0),
-        pin_memory=pin_memory,
-        drop_last=False,
-        **extra,
-    )
-
-
-class _WorkerSetup:
-    """worker_init_fn: bounded memory, and (on the CPU) a lower priority than ORT's threads.
+class WorkerSetup:
+    """worker_init_fn: bounded memory, a lower priority than ORT's threads (CPU), and its slot's pid.
 
     glibc raises its mmap threshold each time a large block is freed, after which the decoder's
     multi-megabyte image buffers come from the heap and fragment it: a worker grew from 250 to
@@ -213,12 +235,15 @@ class _WorkerSetup:
     every large buffer back to the OS on free; the worker then stayed at ~225 MB.
     """
 
-    def __init__(self, nice: int):
+    def __init__(self, nice: int, slots: Any = None):
         self.nice = nice
+        self.slots = slots
 
     def __call__(self, worker_id: int) -> None:
         if self.nice:
             os.nice(self.nice)
+        if self.slots is not None:
+            self.slots.register(worker_id, os.getpid())
         _fix_mmap_threshold()
 
 
@@ -229,9 +254,3 @@ def _fix_mmap_threshold(threshold: int = 128 * 1024) -> None:
     except OSError:  # not glibc (musl, macOS): nothing to fix
         return
     libc.mallopt(M_MMAP_THRESHOLD, threshold)
-
-
-def _start_methods() -> list[str]:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()

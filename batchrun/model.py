@@ -5,6 +5,10 @@ that holds class scores and the optional `embedding` output, read from the file 
 `onnx` (header and graph signature only; no session, so DataLoader workers can be forked
 afterwards). A model without a skutag card needs `--labels` and the preprocessing flags;
 a model with one refuses them, so nothing downstream guesses preprocessing.
+
+A file that does not meet the contract (DESIGN.md, "ONNX model") is refused here in one
+line (InputError, exit 2): weights in external data files (a model is one self-contained
+file), or, for a carded model, an input or outputs other than the card describes.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from skutag.card import METADATA_KEY, ModelCard
+from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import sha256_file
+from skutag.runtime import file_card, input_shape
 
 PROBS = "probs"
 EMBEDDING = "embedding"
@@ -64,8 +69,8 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     except Exception as exc:  # protobuf's DecodeError and friends
         raise InputError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
     foreign = foreign or ForeignPreprocessing()
-    metadata = {p.key: p.value for p in proto.metadata_props}
     graph = proto.graph
+    _refuse_external_data(path, proto)
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -75,12 +80,14 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     if input_dtype is None:
         raise InputError(f"{path}: input {model_input.name!r} must be uint8, float32 or float16")
     outputs = {o.name: o for o in graph.output}
-    if METADATA_KEY in metadata:
+    card = file_card(proto)
+    if card is not None:
         if foreign.given():
             raise InputError(
                 f"{path} carries a skutag card; {', '.join(foreign.given())} are only for models without one"
             )
-        card, has_card = ModelCard.from_json(metadata[METADATA_KEY]), True
+        _check_signature(path, card, model_input, input_dtype, outputs)
+        has_card = True
     else:
         card, has_card = _card_from_flags(path, foreign, input_dtype), False
     scores = PROBS if PROBS in outputs else graph.output[0].name
@@ -102,6 +109,44 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
         apply_softmax=foreign.softmax,
         embedding_dim=_last_dim(outputs[EMBEDDING]) if EMBEDDING in outputs else None,
     )
+
+
+def _refuse_external_data(path: Path, proto) -> None:
+    import onnx
+
+    tensors = [
+        *proto.graph.initializer,
+        *(a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")),
+    ]
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+        raise InputError(
+            f"{path} keeps its weights in external data files; a model must be one self-contained file "
+            "(re-export it, or save it with onnx.save_model(..., save_as_external_data=False))"
+        )
+
+
+def _check_signature(path: Path, card: ModelCard, model_input, input_dtype: str, outputs: dict) -> None:
+    """A carded model's graph must be what its card says: input dtype and shape, float outputs."""
+    wanted = "uint8" if card.input_dtype == "uint8" else ("float32", "float16")
+    if input_dtype not in wanted:
+        raise InputError(
+            f"{path}: input {model_input.name!r} is {input_dtype} but its card says {card.input_dtype}"
+        )
+    dims = model_input.type.tensor_type.shape.dim
+    shape = tuple(d.dim_value or None for d in dims)
+    expected = input_shape(card, 0)[1:]
+    if len(shape) != 4 or shape[1:] != expected or dims[0].dim_value:
+        described = ["batch", *expected]
+        got = [d.dim_param or d.dim_value or "?" for d in dims]
+        raise InputError(
+            f"{path}: input {model_input.name!r} has shape {got} but its card describes {described} "
+            "(a dynamic batch and the card's image size and layout)"
+        )
+    if PROBS not in outputs:
+        raise InputError(f"{path} carries a skutag card but has no {PROBS!r} output")
+    for name in (PROBS, EMBEDDING):
+        if name in outputs and _ONNX_DTYPES.get(outputs[name].type.tensor_type.elem_type) != "float32":
+            raise InputError(f"{path}: output {name!r} must be float32")
 
 
 def _last_dim(value_info) -> int | None:

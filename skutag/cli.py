@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.cli:train", "fine-tune a torchvision classifier on a catalog"),
     "eval": ("trainer.cli:evaluate", "evaluate a run dir, .safetensors or .onnx on labelled images"),
     "export": ("exporter.cli:export", "export a trained run to one self-describing ONNX file"),
+    "plan": ("batchrun.cli:plan", "list a catalog once into OUT/_plan/ for shards and reruns"),
     "run": ("batchrun.cli:run", "predict a catalog with an ONNX model into Parquet"),
     "bench": ("benchmarks.cli:bench", "latency and throughput of ONNX models, side by side"),
     "demo": ("skutag.demo:demo", "the whole pipeline end to end on a synthetic catalog"),

@@ -1,4 +1,4 @@
-"""batchrun's pieces on their own: top-k, collate alignment, the part writer and manifest, progress lines."""
+"""batchrun's pieces on their own: top-k, collate alignment, decode failures, OUT's control files, progress."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import io
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from batchrun.infer import Predictions, host_model_input, topk_host
-from batchrun.loader import Collate, Preprocess, Sample, decode_one, default_workers
-from batchrun.manifest import Manifest, OutputNames, prepare_out
+from batchrun.infer import host_model_input, topk_host
+from batchrun.loader import Collate, Preprocess, ReadOptions, Sample, decode_one, default_workers
+from batchrun.out import OutputNames, prepare_out
+from batchrun.plan import make_plan
 from batchrun.progress import ProgressReporter
-from batchrun.ranges import Shard
-from batchrun.writer import PartWriter, prediction_schema, row_group_rows
+from batchrun.shard import Shard
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.synth import SynthSpec, render_file
@@ -57,12 +56,16 @@ def test_collate_keeps_error_rows_aligned_and_pads_to_a_fixed_batch():
 
 def test_decode_one_reports_failures_as_samples(tmp_path):
     preprocess = Preprocess(image_size=32, resize_size=40, interpolation="bilinear")
-    missing = decode_one(0, str(tmp_path / "gone.jpg"), preprocess)
+    read = ReadOptions(max_bytes=1 << 20, storage_options={})
+    missing = decode_one(0, str(tmp_path / "gone.jpg"), -1, preprocess, read)
     assert missing.pixels is None and missing.error_kind == "unreadable" and missing.nbytes is None
     name, data = render_file(SynthSpec(count=1, classes=2, min_size=64, max_size=96), 0)
     (tmp_path / "good.jpg").write_bytes(data)
-    good = decode_one(1, str(tmp_path / "good.jpg"), preprocess)
+    good = decode_one(1, str(tmp_path / "good.jpg"), len(data), preprocess, read)
     assert good.pixels.shape == (32, 32, 3) and good.nbytes == len(data) and len(good.sha256) == 64
+    small = ReadOptions(max_bytes=len(data) - 1, storage_options={})
+    big = decode_one(2, str(tmp_path / "good.jpg"), len(data), preprocess, small)
+    assert big.error_kind == "too_large" and big.nbytes is None  # judged from the size, never read
 
 
 def test_default_workers_leave_the_cpu_to_inference_and_feed_a_gpu():
@@ -70,84 +73,29 @@ def test_default_workers_leave_the_cpu_to_inference_and_feed_a_gpu():
     assert default_workers("cuda", cores=16) == 15
 
 
-def test_row_groups_shrink_with_embeddings():
-    assert row_group_rows(None, 50_000) == 50_000
-    assert row_group_rows(2048, 50_000) < 10_000
-
-
-def fake_batch(indices: list[int], ok: list[bool], k: int = 2):
-    batch = Collate(image_size=2)([sample(i, o, size=2) for i, o in zip(indices, ok, strict=True)])
-    rows = len(indices)
-    predictions = Predictions(
-        np.tile(np.arange(k, dtype=np.int32), (rows, 1)), np.full((rows, k), 0.5, np.float32), None
-    )
-    return batch, predictions
-
-
-def make_writer(tmp_path, names, manifest, part_rows=5):
-    import pyarrow as pa
-
-    ids = pa.array([f"id{i:03d}" for i in range(100)], pa.large_string())
-    return PartWriter(
-        tmp_path,
-        names,
-        manifest,
-        schema=prediction_schema(None, {"skutag.version": "test"}),
-        ids=ids,
-        uris=ids,
-        classes=["a", "b", "c"],
-        part_rows=part_rows,
-    )
-
-
-def test_part_writer_commits_parts_of_part_rows_with_their_ranges_and_counts(tmp_path):
-    names = OutputNames(Shard(1, 3))
-    manifest = Manifest({"k": 1})
-    writer = make_writer(tmp_path, names, manifest).start()
-    for start in range(0, 12, 3):
-        writer.put(*fake_batch([start + 10, start + 11, start + 12], [True, start != 3, True]))
-    writer.close()
-    saved = json.loads((tmp_path / names.manifest).read_text())["parts"]
-    assert [p["file"] for p in saved] == [f"part-s0001-of-0003-{n:05d}.parquet" for n in range(3)]
-    assert [p["rows"] for p in saved] == [5, 5, 2] and saved[0]["ranges"] == [[10, 15]]
-    assert saved[0]["counts"] == {"error:truncated": 1, "ok": 4}
-    table = pq.read_table(tmp_path / saved[1]["file"])
-    assert table.column("id").to_pylist() == [f"id{i:03d}" for i in range(15, 20)]
-    assert table.column("topk_labels").to_pylist()[0] == ["a", "b"]
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_part_writer_abort_leaves_no_temporary_and_no_manifest_entry(tmp_path):
-    names = OutputNames(Shard())
-    manifest = Manifest({"k": 1})
-    writer = make_writer(tmp_path, names, manifest, part_rows=50).start()
-    writer.put(*fake_batch([0, 1], [True, True]))
-    writer.abort()
-    assert manifest.parts == [] and not list(tmp_path.iterdir())
-
-
-def test_prepare_out_discards_uncommitted_files_and_refuses_another_run(tmp_path):
-    names = OutputNames(Shard())
-    key = {"model_sha256": "a" * 64, "shard_index": 0, "shard_count": 1, "topk": 5}
-    prepared = prepare_out(tmp_path, names, key, overwrite=False)
-    prepared.manifest.parts = [
-        {"file": "part-00000.parquet", "number": 0, "rows": 3, "ranges": [[0, 3]], "counts": {}}
-    ]
-    prepared.manifest.save(tmp_path, names)
-    (tmp_path / "part-00000.parquet").write_bytes(b"committed")
-    (tmp_path / "part-00001.parquet").write_bytes(b"renamed, never recorded")
-    (tmp_path / ".part-00002.parquet.x1y2.tmp").write_bytes(b"half written")
-    (tmp_path / "notes.txt").write_text("not ours")
-    resumed = prepare_out(tmp_path, names, key, overwrite=False)
-    assert resumed.manifest.committed() == [(0, 3)] and resumed.manifest.next_part_number() == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_manifest.json", "notes.txt", "part-00000.parquet"]
+def test_prepare_out_resumes_refuses_another_run_and_overwrite_spares_other_shards(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"x")
+    out = str(tmp_path / "out")
+    plan = make_plan([str(tmp_path / "in")], out)
+    names = OutputNames(Shard(1, 2))
+    key = {"model_sha256": "a" * 64, "plan_id": plan.plan_id, "shard_index": 1, "shard_count": 2, "topk": 5}
+    prepared = prepare_out(out, names, key, plan, overwrite=False)
+    prepared.manifest.parts = [{"unit": 0, "file": "part-00000.parquet", "rows": 1, "counts": {"ok": 1}}]
+    prepared.manifest.save(out, names)
+    (tmp_path / "out" / "part-00000.parquet").write_bytes(b"committed")
+    other = OutputNames(Shard(0, 2))
+    other_key = {**key, "shard_index": 0}
+    prepare_out(out, other, other_key, plan, overwrite=False).manifest.save(out, other)
+    (tmp_path / "out" / "_SUCCESS.s0000-of-0002").write_bytes(b"")
+    resumed = prepare_out(out, names, key, plan, overwrite=False)
+    assert resumed.manifest.committed_units() == {0} and not resumed.complete
     with pytest.raises(InputError, match="different run \\(topk 5 != 3"):
-        prepare_out(tmp_path, names, {**key, "topk": 3}, overwrite=False)
-    fresh = prepare_out(tmp_path, names, {**key, "topk": 3}, overwrite=True)
-    assert fresh.manifest.parts == [] and sorted(p.name for p in tmp_path.iterdir()) == [
-        "_manifest.json",
-        "notes.txt",
-    ]
+        prepare_out(out, names, {**key, "topk": 3}, plan, overwrite=False)
+    fresh = prepare_out(out, names, {**key, "topk": 3}, plan, overwrite=True)
+    assert fresh.manifest.parts == []
+    assert (tmp_path / "out" / "_SUCCESS.s0000-of-0002").exists()  # the other shard's files are untouched
+    assert json.loads((tmp_path / "out" / other.manifest).read_text())["key"]["topk"] == 5
 
 
 def test_progress_without_a_terminal_prints_plain_lines():

@@ -25,6 +25,8 @@ import pytest
 
 from batchrun.api import run_catalog
 from batchrun.model import ForeignPreprocessing
+from batchrun.options import RunOptions
+from batchrun.shard import Shard
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 from skutag.images import is_image_path, load_image
@@ -33,6 +35,12 @@ from tests.cli import skutag
 from tests.inputs import write_awkward_inputs
 
 CLASSES = ["boot", "cup", "lamp", "sock"]
+
+
+def run(model, sources, out, *, foreign=None, shard: str = "0/1", **options):
+    """run_catalog with RunOptions built from keywords (as the CLI builds them from flags)."""
+    options = RunOptions(shard=Shard.parse(shard), **options)
+    return run_catalog(model, [str(s) for s in sources], out, options, foreign=foreign)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +76,7 @@ def expected(small_catalog, awkward) -> dict[str, str | None]:
 def baseline(model, small_catalog, awkward, tmp_path_factory):
     """An uninterrupted run of the mixed catalog, in several parts."""
     out = tmp_path_factory.mktemp("baseline")
-    summary = run_catalog(
-        model, [small_catalog, awkward[0]], out, batch_size=8, part_rows=40, max_error_rate=1.0
-    )
+    summary = run(model, [small_catalog, awkward[0]], out, batch_size=8, part_rows=40, max_error_rate=1.0)
     return out, summary
 
 
@@ -79,6 +85,10 @@ def read_rows(out: Path, pattern: str = "*.parquet") -> dict[str, dict]:
     by_id = {row["id"]: row for row in rows}
     assert len(by_id) == len(rows), "duplicate ids"
     return by_id
+
+
+def without_times(rows: dict[str, dict]) -> dict[str, dict]:
+    return {i: {k: v for k, v in row.items() if k != "predicted_at"} for i, row in rows.items()}
 
 
 def test_one_row_per_input_ok_for_good_images_and_the_right_error_kind(baseline, expected):
@@ -106,7 +116,7 @@ def test_one_row_per_input_ok_for_good_images_and_the_right_error_kind(baseline,
 
 def test_duckdb_counts_match_summary_json_and_files_carry_the_metadata(baseline, model):
     out, _ = baseline
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert (out / "_SUCCESS").exists()
     counts = dict(duckdb.sql(f"SELECT status, count(*) FROM '{out}/*.parquet' GROUP BY status").fetchall())
     assert counts == {"ok": summary["ok"], "error": summary["errors"]}
@@ -148,9 +158,7 @@ def test_top1_equals_onnx_runtime_on_skutag_images_output(baseline, model):
 def test_rerun_of_a_complete_out_does_nothing(baseline, model, small_catalog, awkward):
     out, first = baseline
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = run_catalog(
-        model, [small_catalog, awkward[0]], out, batch_size=8, part_rows=40, max_error_rate=1.0
-    )
+    again = run(model, [small_catalog, awkward[0]], out, batch_size=8, part_rows=40, max_error_rate=1.0)
     assert again.already_complete and again.rows == first.rows
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
@@ -160,7 +168,7 @@ def test_two_shards_sharing_one_out_equal_the_unsharded_run(
 ):
     out, _ = baseline
     for index in (0, 1):
-        run_catalog(
+        run(
             model, [small_catalog, awkward[0]], tmp_path, shard=f"{index}/2", part_rows=40, max_error_rate=1.0
         )
     assert (tmp_path / "_SUCCESS.s0000-of-0002").exists() and (
@@ -174,7 +182,7 @@ def test_two_shards_sharing_one_out_equal_the_unsharded_run(
             and sharded[input_id]["label_index"] == row["label_index"]
         )
     with pytest.raises(InputError, match="different run"):  # another layout in the same OUT
-        run_catalog(model, [small_catalog, awkward[0]], tmp_path, shard="0/3")
+        run(model, [small_catalog, awkward[0]], tmp_path, shard="0/3")
 
 
 def test_sigkill_after_the_first_part_then_rerun_gives_one_row_per_input(
@@ -196,9 +204,7 @@ def test_sigkill_after_the_first_part_then_rerun_gives_one_row_per_input(
             os.killpg(process.pid, signal.SIGKILL)  # the orphaned workers too
     committed = _committed_parts(out)
     assert committed and not (out / "_SUCCESS").exists(), "the run ended before it could be killed"
-    summary = run_catalog(
-        model, [small_catalog, awkward[0]], out, batch_size=4, part_rows=8, max_error_rate=1.0
-    )
+    summary = run(model, [small_catalog, awkward[0]], out, batch_size=4, part_rows=8, max_error_rate=1.0)
     assert summary.resumed_rows == sum(p["rows"] for p in committed) > 0
     assert summary.processed_rows == summary.rows - summary.resumed_rows
     resumed, whole = read_rows(out), read_rows(baseline[0])
@@ -224,10 +230,10 @@ def test_an_existing_out_of_another_model_is_refused_unless_overwrite(model, awk
     proto.doc_string = "another model"
     onnx.save(proto, str(other))
     out = tmp_path / "out"
-    run_catalog(model, [awkward[0]], out, max_error_rate=1.0)
+    run(model, [awkward[0]], out, max_error_rate=1.0)
     with pytest.raises(InputError, match="different run \\(model sha256"):
-        run_catalog(other, [awkward[0]], out, max_error_rate=1.0)
-    summary = run_catalog(other, [awkward[0]], out, max_error_rate=1.0, overwrite=True)
+        run(other, [awkward[0]], out, max_error_rate=1.0)
+    summary = run(other, [awkward[0]], out, max_error_rate=1.0, overwrite=True)
     assert (
         not summary.already_complete
         and summary.model_sha256 == hashlib.sha256(other.read_bytes()).hexdigest()
@@ -235,7 +241,7 @@ def test_an_existing_out_of_another_model_is_refused_unless_overwrite(model, awk
 
 
 def test_embeddings_column_and_a_model_without_that_output(model, awkward, tmp_path):
-    run_catalog(model, [awkward[0]], tmp_path / "emb", embeddings=True, topk=2, max_error_rate=1.0)
+    run(model, [awkward[0]], tmp_path / "emb", embeddings=True, topk=2, max_error_rate=1.0)
     table = pq.read_table(sorted((tmp_path / "emb").glob("*.parquet"))[0])
     assert table.schema.field("embedding").type.list_size == 512
     rows = table.to_pylist()
@@ -246,7 +252,7 @@ def test_embeddings_column_and_a_model_without_that_output(model, awkward, tmp_p
     plain = tmp_path / "plain.onnx"
     onnx.save(proto, str(plain))
     with pytest.raises(InputError, match="has no `embedding` output"):
-        run_catalog(plain, [awkward[0]], tmp_path / "none", embeddings=True)
+        run(plain, [awkward[0]], tmp_path / "none", embeddings=True)
 
 
 def test_a_model_without_a_card_needs_labels_and_preprocessing_flags(model, awkward, tmp_path):
@@ -255,15 +261,15 @@ def test_a_model_without_a_card_needs_labels_and_preprocessing_flags(model, awkw
     bare = tmp_path / "bare.onnx"
     onnx.save(proto, str(bare))
     with pytest.raises(InputError, match="no skutag card: pass --labels"):
-        run_catalog(bare, [awkward[0]], tmp_path / "a")
+        run(bare, [awkward[0]], tmp_path / "a")
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(CLASSES) + "\n")
     foreign = ForeignPreprocessing(labels=labels, image_size=64)
-    run_catalog(bare, [awkward[0]], tmp_path / "b", foreign=foreign, max_error_rate=1.0)
-    run_catalog(model, [awkward[0]], tmp_path / "c", max_error_rate=1.0)
-    assert read_rows(tmp_path / "b") == read_rows(tmp_path / "c")
+    run(bare, [awkward[0]], tmp_path / "b", foreign=foreign, max_error_rate=1.0)
+    run(model, [awkward[0]], tmp_path / "c", max_error_rate=1.0)
+    assert without_times(read_rows(tmp_path / "b")) == without_times(read_rows(tmp_path / "c"))
     with pytest.raises(InputError, match="carries a skutag card"):
-        run_catalog(model, [awkward[0]], tmp_path / "d", foreign=foreign)
+        run(model, [awkward[0]], tmp_path / "d", foreign=foreign)
 
 
 def test_cli_exit_codes_3_above_the_error_rate_then_0_at_rate_1(model, small_catalog, awkward, tmp_path):
@@ -275,7 +281,7 @@ def test_cli_exit_codes_3_above_the_error_rate_then_0_at_rate_1(model, small_cat
     assert "Traceback" not in result.stderr and "--max-error-rate" in result.stderr.splitlines()[-1]
     assert (
         duckdb.sql(f"SELECT count(*) FROM '{out}/*.parquet'").fetchall()[0][0]
-        == json.loads((out / "summary.json").read_text())["rows"]
+        == json.loads((out / "_summary.json").read_text())["rows"]
     )
     again = skutag(
         "run", str(model), str(small_catalog), str(awkward[0]), "--out", str(out), "--max-error-rate", "1"

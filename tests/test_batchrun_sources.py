@@ -1,98 +1,164 @@
-"""batchrun.sources and batchrun.ranges: what the input list is, and how shards and resume slice it."""
+"""skutag.listing and batchrun.plan: what the inputs are, and the plan that fixes them once."""
 
 from __future__ import annotations
 
 import os
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.ranges import RangeIndex, Shard, covering, merge, subtract
-from batchrun.sources import resolve_sources
+from batchrun import plan as plan_module
+from batchrun.plan import ensure_plan, make_plan, read_plan
+from batchrun.shard import Shard
 from skutag.errors import InputError
+from skutag.listing import ListingCounts, list_sources, local_path
 
 
 @pytest.fixture()
 def tree(tmp_path):
-    """root/{a.JPG, b.png, sub/c.jpeg, sub/deep/d.webp, notes.txt, sub/.DS_Store}"""
+    """root/{a.JPG, b.png, sub/c.jpeg, sub/deep/d.webp, notes.txt, sub/.DS_Store, ._a.JPG}"""
     root = tmp_path / "root"
-    for name in ("a.JPG", "b.png", "sub/c.jpeg", "sub/deep/d.webp", "notes.txt", "sub/.DS_Store"):
+    for name in ("a.JPG", "b.png", "sub/c.jpeg", "sub/deep/d.webp", "notes.txt", "sub/.DS_Store", "._a.JPG"):
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     return root
 
 
-def ids(inputs) -> list[str]:
-    return inputs.ids.to_pylist()
+def planned(sources, out, **kwargs) -> list[tuple[str, str]]:
+    plan = make_plan([str(s) for s in sources], str(out), **kwargs)
+    rows = []
+    for unit in plan.units:
+        table = plan.read_unit(unit)
+        rows += list(zip(table.column("id").to_pylist(), table.column("uri").to_pylist(), strict=True))
+    return rows
 
 
-def test_directory_is_recursive_sorted_case_insensitive_and_counts_skipped(tree):
-    inputs = resolve_sources([tree])
-    assert ids(inputs) == ["a.JPG", "b.png", "sub/c.jpeg", "sub/deep/d.webp"]
-    assert inputs.uris.to_pylist()[2] == os.path.abspath(tree / "sub/c.jpeg")
-    assert inputs.skipped == 2 and inputs.duplicates == 0
+def ids(sources, out) -> list[str]:
+    return [i for i, _ in planned(sources, out)]
+
+
+def test_directory_is_recursive_sorted_case_insensitive_and_counts_skipped(tree, tmp_path):
+    rows = planned([tree], tmp_path / "out")
+    assert [i for i, _ in rows] == ["a.JPG", "b.png", "sub/c.jpeg", "sub/deep/d.webp"]
+    assert rows[2][1] == os.path.abspath(tree / "sub/c.jpeg")
+    plan = read_plan(str(tmp_path / "out"))
+    assert plan.listing["not_image"] == 1 and plan.listing["hidden"] == 2 and plan.duplicates == 0
 
 
 def test_glob_text_list_and_single_image(tree, tmp_path):
-    assert ids(resolve_sources([str(tree / "sub" / "**" / "*.*")])) == ["c.jpeg", "deep/d.webp"]
+    assert ids([str(tree / "sub" / "**" / "*.*")], tmp_path / "o1") == ["c.jpeg", "deep/d.webp"]
     listing = tmp_path / "list.txt"
     listing.write_text("# products\nroot/b.png\n\nroot/sub/c.jpeg\n")
-    inputs = resolve_sources([listing])
-    assert ids(inputs) == ["root/b.png", "root/sub/c.jpeg"]
-    assert inputs.uris.to_pylist()[0] == os.path.abspath(tree / "b.png")
-    assert ids(resolve_sources([tree / "a.JPG"])) == ["a.JPG"]
+    rows = planned([listing], tmp_path / "o2")
+    assert [i for i, _ in rows] == ["root/b.png", "root/sub/c.jpeg"]
+    assert rows[0][1] == os.path.abspath(tree / "b.png")
+    assert ids([tree / "a.JPG"], tmp_path / "o3") == ["a.JPG"]
 
 
-def test_csv_and_parquet_manifests(tree, tmp_path):
+def test_csv_and_parquet_manifests_keep_every_id_even_over_one_file(tree, tmp_path):
     csv = tmp_path / "m.csv"
-    csv.write_text("id,path\nsku-2,root/b.png\nsku-1,root/a.JPG\n")
-    inputs = resolve_sources([csv])
-    assert ids(inputs) == ["sku-1", "sku-2"]
-    assert inputs.uris.to_pylist() == [os.path.abspath(tree / "a.JPG"), os.path.abspath(tree / "b.png")]
+    csv.write_text("id,path\nsku-2,root/b.png\nsku-1,root/a.JPG\nsku-3,root/b.png\n")
+    rows = planned([csv], tmp_path / "o1")
+    assert [i for i, _ in rows] == ["sku-1", "sku-2", "sku-3"]
+    assert rows[1][1] == rows[2][1] == os.path.abspath(tree / "b.png")
     parquet = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"uri": [f"file://{tree / 'sub/c.jpeg'}"]}), parquet)
-    assert resolve_sources([parquet]).uris.to_pylist() == [os.path.abspath(tree / "sub/c.jpeg")]
+    pq.write_table(pa.table({"uri": [f"file://{tree / 'sub/c.jpeg'}"], "id": ["x"]}), parquet)
+    assert planned([parquet], tmp_path / "o2") == [("x", os.path.abspath(tree / "sub/c.jpeg"))]
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name\n1,x\n")
     with pytest.raises(InputError, match="`path` or `uri`"):
-        resolve_sources([bad])
-    remote = tmp_path / "remote.csv"
-    remote.write_text("uri\ns3://bucket/a.jpg\n")
-    with pytest.raises(InputError, match="only local paths"):
-        resolve_sources([remote])
+        planned([bad], tmp_path / "o3")
 
 
 def test_duplicates_count_once_and_id_clashes_are_refused(tree, tmp_path):
-    inputs = resolve_sources([tree, tree / "b.png", str(tree / "*.png")])
-    assert ids(inputs).count("b.png") == 1 and inputs.duplicates == 2 and len(inputs) == 4
+    plan = make_plan([str(tree), str(tree / "b.png"), str(tree / "*.png")], str(tmp_path / "o1"))
+    assert plan.total == 4 and plan.duplicates == 2
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.JPG").write_bytes(b"y")
     with pytest.raises(InputError, match="share the id 'a.JPG'"):
-        resolve_sources([tree, other])
+        make_plan([str(tree), str(other)], str(tmp_path / "o2"))
 
 
 def test_missing_sources_and_empty_globs_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="source not found"):
-        resolve_sources([tmp_path / "nope"])
+        make_plan([str(tmp_path / "nope")], str(tmp_path / "o"))
     with pytest.raises(InputError, match="matches no files"):
-        resolve_sources([str(tmp_path / "*.jpg")])
+        make_plan([str(tmp_path / "*.jpg")], str(tmp_path / "o"))
 
 
-def test_fingerprint_changes_with_the_list(tree):
-    before = resolve_sources([tree]).fingerprint()
-    assert resolve_sources([tree]).fingerprint() == before
-    (tree / "e.jpg").write_bytes(b"z")
-    assert resolve_sources([tree]).fingerprint() != before
+def test_symlink_loops_are_entered_once_and_names_that_are_not_utf8_get_a_reversible_id(tree, tmp_path):
+    os.symlink(tree, tree / "sub" / "loop")  # a link to an ancestor
+    os.symlink(tree / "sub", tree / "again")  # the same folder twice
+    bad = os.path.join(os.fsencode(tree), b"caf\xe9.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"bytes")
+    counts = ListingCounts()
+    entries = list(list_sources([str(tree)], counts))
+    assert len(entries) == 5 and counts.revisited_dirs == 2
+    odd = next(e for e in entries if e.id.startswith("caf"))
+    assert odd.id == "caf%E9.jpg" and odd.uri.startswith("file://")
+    assert local_path(odd.uri) == bad
+    with open(local_path(odd.uri), "rb") as f:
+        assert f.read() == b"bytes"
+    odd.uri.encode("utf-8")  # valid UTF-8: Parquet can store it
 
 
-@pytest.mark.parametrize("total,count", [(0, 3), (10, 3), (131, 4), (5, 7)])
-def test_shards_partition_the_list(total, count):
-    slices = [Shard(i, count).slice(total) for i in range(count)]
-    assert merge(slices) == ([(0, total)] if total else [])
-    assert sum(end - start for start, end in slices) == total
+def test_the_plan_is_made_once_in_units_and_later_calls_read_it(tree, tmp_path):
+    out = str(tmp_path / "out")
+    first = ensure_plan([str(tree)], out, part_rows=3)
+    assert [u.rows for u in first.units] == [3, 1] and first.total == 4
+    (tree / "z.jpg").write_bytes(b"new upload")  # the catalog changes: the plan does not
+    again = ensure_plan([str(tree)], out)
+    assert again.plan_id == first.plan_id and again.total == 4
+    with pytest.raises(InputError, match="other sources"):
+        ensure_plan([str(tree / "sub")], out)
+    with pytest.raises(InputError, match="--part-size 3"):
+        ensure_plan([str(tree)], out, part_rows=5)
+
+
+def test_plans_made_at_the_same_moment_agree_on_one(tree, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    barrier = threading.Barrier(2)
+    real = plan_module._write_units
+
+    def slow_write(*args, **kwargs):
+        result = real(*args, **kwargs)
+        barrier.wait(timeout=30)  # both have listed and written their units before either commits
+        return result
+
+    monkeypatch.setattr(plan_module, "_write_units", slow_write)
+    plans: list = []
+    threads = [threading.Thread(target=lambda: plans.append(make_plan([str(tree)], out))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(plans) == 2 and plans[0].plan_id == plans[1].plan_id
+    assert [u.file for u in plans[0].units] == [u.file for u in plans[1].units]
+    files = sorted(os.listdir(tmp_path / "out" / "_plan"))
+    assert files == sorted(["_PLAN", *(u.file for u in plans[0].units)])  # the loser cleaned up
+
+
+def test_external_sort_spills_and_merges_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_module, "SORT_CHUNK", 7)
+    listing = tmp_path / "list.csv"
+    names = [f"sku-{(i * 37) % 101:03d}" for i in range(101)]
+    listing.write_text("id,path\n" + "".join(f"{n},{n}.jpg\n" for n in names))
+    rows = planned([listing], tmp_path / "out", part_rows=10)
+    assert [i for i, _ in rows] == sorted(names)
+
+
+@pytest.mark.parametrize("units,count", [(1, 3), (10, 3), (131, 4), (5, 7)])
+def test_shards_partition_the_units(units, count):
+    from batchrun.plan import Plan, Unit
+
+    plan = Plan("o", "id", [], 1, units, 0, {}, [Unit(i, f"f{i}", 1, i, "a", "a") for i in range(units)])
+    slices = [plan.shard_units(i, count) for i in range(count)]
+    assert [u.number for s in slices for u in s] == list(range(units))
 
 
 def test_shard_parsing():
@@ -101,14 +167,3 @@ def test_shard_parsing():
     for bad in ("4/4", "1", "-1/2", "a/b"):
         with pytest.raises(InputError):
             Shard.parse(bad)
-
-
-def test_pending_ranges_and_their_index():
-    done = [(0, 10), (20, 25), (24, 30)]
-    left = subtract((5, 40), done)
-    assert left == [(10, 20), (30, 40)]
-    index = RangeIndex(left)
-    assert len(index) == 20 and [index[i] for i in (0, 9, 10, 19)] == [10, 19, 30, 39]
-    with pytest.raises(IndexError):
-        index[20]
-    assert covering([3, 4, 5, 9, 10]) == [(3, 6), (9, 11)]
