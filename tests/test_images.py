@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from skutag.images import ImageError, _draft, load_image, open_image
-from tests.inputs import awkward_inputs, encode, png_header_only, rotated_jpeg
+from skutag.formats import avif_available
+from skutag.images import (
+    DEFAULT_MAX_BYTES,
+    ERROR_KINDS,
+    ImageError,
+    _draft,
+    is_image_path,
+    load_image,
+    open_image,
+    read_file,
+)
+from tests.inputs import (
+    avif_bytes,
+    awkward_inputs,
+    encode,
+    heic_bytes,
+    hostile_inputs,
+    png_header_only,
+    rotated_jpeg,
+    smooth_image,
+    tiff_with_strip_offsets_type,
+)
 
 
 def exact(data: bytes, size: int = 256):
@@ -204,3 +229,255 @@ def test_every_awkward_input_has_its_expected_outcome():
             with pytest.raises(ImageError) as err:
                 load_image(data)
             assert err.value.kind == kind, name
+
+
+# -- any exception a decoder raises is an ImageError of a stable kind (issue 9) ------------------
+
+
+@pytest.mark.parametrize(
+    ("field_type", "exception", "words"),
+    [(5, "TypeError", "IFDRational"), (16, "OverflowError", "too large to convert")],
+)
+def test_damaged_tiff_tags_are_corrupt_and_name_the_exception(field_type, exception, words):
+    data = tiff_with_strip_offsets_type(field_type)
+    with pytest.raises(exception_type(exception)):  # what Pillow itself raises on these bytes
+        Image.open(io.BytesIO(data)).load()
+    with pytest.raises(ImageError) as err:
+        load_image(data)
+    assert err.value.kind == "corrupt"
+    assert exception in err.value.message and words in err.value.message
+
+
+def exception_type(name: str) -> type[BaseException]:
+    return {"TypeError": TypeError, "OverflowError": OverflowError}[name]
+
+
+RAISED = [
+    (OverflowError("Python int too large to convert to C ssize_t"), "corrupt"),
+    (TypeError("'IFDRational' object cannot be interpreted as an integer"), "corrupt"),
+    (RuntimeError("Failed to decode image"), "corrupt"),
+    (struct.error("unpack requires a buffer of 4 bytes"), "corrupt"),
+    (ValueError("invalid extents"), "corrupt"),
+    (IndexError("list index out of range"), "corrupt"),
+    (KeyError(34665), "corrupt"),
+    (ZeroDivisionError("division by zero"), "corrupt"),
+    (SyntaxError("not a TIFF file"), "corrupt"),
+    (OSError("image file is truncated (3 bytes not processed)"), "truncated"),
+    (EOFError(), "truncated"),
+    (Image.DecompressionBombError("Image size (1 pixels) exceeds limit"), "too_large"),
+    (MemoryError(), "too_large"),
+]
+
+
+@pytest.mark.parametrize(("exc", "kind"), RAISED, ids=[type(e).__name__ for e, _ in RAISED])
+@pytest.mark.parametrize("where", ["open", "load", "convert"])
+def test_every_exception_type_becomes_its_kind(monkeypatch, exc, kind, where):
+    def raiser(*args, **kwargs):
+        raise exc
+
+    target = (Image, "open") if where == "open" else (Image.Image, where)
+    data = encode(Image.new("L", (300, 300), 9), "PNG")  # L: needs convert to become RGB
+    monkeypatch.setattr(*target, raiser)
+    with pytest.raises(ImageError) as err:
+        load_image(data)
+    assert err.value.kind == kind
+    if kind != "too_large" or isinstance(exc, MemoryError):
+        assert type(exc).__name__ in err.value.message
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)])
+def test_interrupts_pass_through(monkeypatch, exc):
+    def raiser(*args, **kwargs):
+        raise exc
+
+    data = encode(Image.new("RGB", (300, 300)), "PNG")
+    monkeypatch.setattr(Image.Image, "load", raiser)
+    with pytest.raises(type(exc)):
+        load_image(data)
+
+
+def test_hostile_and_new_format_inputs_have_their_expected_outcome():
+    for name, (data, kind) in hostile_inputs().items():
+        if kind is None:
+            assert load_image(data).pixels.shape == (224, 224, 3), name
+        else:
+            with pytest.raises(ImageError) as err:
+                load_image(data)
+            assert err.value.kind == kind, (name, err.value.message)
+
+
+def test_image_error_pickles_and_its_message_is_valid_utf8():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ImageError("corrupt", "bad byte \udce9 in a name")))
+    assert error.kind == "corrupt" and isinstance(error, ImageError)
+    error.message.encode("utf-8")  # surrogates were escaped
+    assert set(ERROR_KINDS) >= {"timeout", "crashed"}
+
+
+# -- AVIF and HEIC ----------------------------------------------------------------------------
+
+
+def close_to_source(decoded, source: Image.Image) -> float:
+    expected = np.asarray(source.resize((decoded.pixels.shape[1], decoded.pixels.shape[0]))).astype(int)
+    return float(np.abs(decoded.pixels.astype(int) - expected).mean())
+
+
+@pytest.mark.skipif(not avif_available(), reason="this Pillow has no AVIF support")
+def test_avif_decodes_close_to_the_source():
+    source = smooth_image(320, 240)
+    out = load_image(avif_bytes(source), resize_size=None, image_size=None)
+    assert (out.format, out.width, out.height, out.pixels.shape) == ("AVIF", 320, 240, (240, 320, 3))
+    assert close_to_source(out, source) < 3.0
+
+
+def test_heic_decodes_close_to_the_source():
+    source = smooth_image(320, 240)
+    out = load_image(heic_bytes(source), resize_size=None, image_size=None)
+    assert (out.format, out.width, out.height, out.pixels.shape) == ("HEIF", 320, 240, (240, 320, 3))
+    assert close_to_source(out, source) < 3.0
+    assert load_image(heic_bytes(source)).pixels.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_truncated_avif_and_heic_are_truncated(cut):
+    for data in (avif_bytes(), heic_bytes()):
+        with pytest.raises(ImageError) as err:
+            load_image(data[: int(len(data) * cut)])
+        assert err.value.kind == "truncated", err.value.message
+
+
+def test_avif_without_a_decoder_is_unsupported_format(monkeypatch):
+    from skutag import formats
+
+    monkeypatch.setattr(formats, "avif_available", lambda: False)
+    with pytest.raises(ImageError) as err:
+        load_image(avif_bytes())
+    assert err.value.kind == "unsupported_format" and "AVIF" in err.value.message
+
+
+def test_heic_without_pillow_heif_is_unsupported_format_naming_it(tmp_path):
+    """In a fresh process where `import pillow_heif` fails (as on an install without it)."""
+    path = tmp_path / "phone.heic"
+    path.write_bytes(heic_bytes())
+    script = (
+        "import sys; sys.modules['pillow_heif'] = None\n"
+        "from skutag.images import ImageError, load_image\n"
+        "try:\n"
+        f"    load_image({str(path)!r})\n"
+        "except ImageError as exc:\n"
+        "    print(exc.kind, '|', exc.message)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    kind, _, message = result.stdout.strip().partition(" | ")
+    assert kind == "unsupported_format" and "pillow-heif" in message, result.stdout + result.stderr
+
+
+def test_extensions_include_new_and_refused_formats():
+    for name in ("a.avif", "b.HEIC", "c.heif", "d.jp2", "e.jxl", "f.psd", "g.ico", "h.tga", "i.svg"):
+        assert is_image_path(name), name
+    assert is_image_path(b"caf\xe9.jpg") and not is_image_path("notes.txt")
+
+
+# -- sized before read ------------------------------------------------------------------------
+
+
+def test_oversize_file_is_refused_from_its_size_without_being_read(tmp_path, monkeypatch):
+    import skutag.images as images
+
+    path = tmp_path / "huge.jpg"
+    with open(path, "wb") as f:
+        f.truncate(DEFAULT_MAX_BYTES + 1)  # sparse: nothing is written, nothing must be read
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(images, "_read_at_most", no_read)
+    for call in (lambda: read_file(path, max_bytes=DEFAULT_MAX_BYTES), lambda: load_image(path)):
+        with pytest.raises(ImageError) as err:
+            call()
+        assert err.value.kind == "too_large" and "max-bytes" in err.value.message
+
+
+def test_max_bytes_boundary_and_bytes_input(tmp_path):
+    data = encode(Image.new("RGB", (300, 300), (5, 6, 7)), "PNG")
+    path = tmp_path / "exact.png"
+    path.write_bytes(data)
+    assert read_file(path, max_bytes=len(data)) == data
+    assert read_file(path, max_bytes=None) == data
+    with pytest.raises(ImageError) as err:
+        read_file(path, max_bytes=len(data) - 1)
+    assert err.value.kind == "too_large"
+    with pytest.raises(ImageError) as err:
+        load_image(path, max_bytes=len(data) - 1)
+    assert err.value.kind == "too_large"
+    assert load_image(path, max_bytes=len(data)).pixels.shape == (224, 224, 3)
+    assert load_image(data, max_bytes=1).pixels.shape == (224, 224, 3)  # bytes in memory: already sized
+
+
+def test_a_file_that_grows_after_the_stat_is_read_up_to_the_limit_only(tmp_path):
+    from skutag.images import _read_at_most
+
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(bytes(200))
+    assert len(_read_at_most(path, 10, 100)) == 101  # the caller then refuses it as too_large
+    assert len(_read_at_most(path, 10, None)) == 200
+    assert len(_read_at_most(path, 200, 1000)) == 200
+
+
+def test_non_utf8_bytes_path_reads_and_fifo_is_unreadable_without_blocking(tmp_path):
+    name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
+    data = encode(Image.new("RGB", (300, 300)), "JPEG")
+    with open(name, "wb") as f:
+        f.write(data)
+    assert read_file(name) == data
+    assert load_image(read_file(name)).pixels.shape == (224, 224, 3)
+    with pytest.raises(ImageError) as err:
+        read_file(os.path.join(os.fsencode(tmp_path), b"missing\xff.jpg"))
+    assert err.value.kind == "unreadable" and "missing\\xff.jpg" in err.value.message
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError) as err:
+        read_file(fifo)
+    assert err.value.kind == "unreadable" and "not a regular file" in err.value.message
+
+
+def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch):
+    import skutag.images as images
+    import skutag.storage as storage
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    path = tmp_path / "nfs.jpg"
+    data = encode(Image.new("RGB", (300, 300)), "JPEG")
+    path.write_bytes(data)
+    real, calls = images._read_at_most, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(*args)
+
+    monkeypatch.setattr(images, "_read_at_most", flaky)
+    assert read_file(path) == data and len(calls) == 3
+
+    def broken(*args):
+        calls.append(1)
+        raise OSError(errno.EIO, "Input/output error")
+
+    calls.clear()
+    monkeypatch.setattr(images, "_read_at_most", broken)
+    with pytest.raises(ImageError) as err:
+        read_file(path)
+    assert err.value.kind == "unreadable" and "Input/output error" in err.value.message
+    assert len(calls) == storage.RETRIES
+
+    def denied(*args):
+        calls.append(1)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    calls.clear()
+    monkeypatch.setattr(images, "_read_at_most", denied)
+    with pytest.raises(ImageError) as err:
+        read_file(path)
+    assert err.value.kind == "unreadable" and len(calls) == 1  # not transient: no retry
