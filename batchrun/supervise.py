@@ -71,7 +71,7 @@ class _Watchdog(threading.Thread):
             for worker in range(self.slots.workers):
                 task, pid = self.slots.task[worker], self.slots.pid[worker]
                 overdue = now - self.slots.started[worker] > self.timeout_s
-                if task != IDLE and pid and worker not in self.killed and overdue:
+                if task != IDLE and pid and worker not in self.killed and overdue and _alive(pid):
                     self.killed[worker] = task
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
@@ -79,6 +79,19 @@ class _Watchdog(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie has died already: it crashed, it did not time out)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 class SupervisedLoader:

@@ -1,0 +1,145 @@
+"""A decoder that dies or hangs costs one row: the run finishes in one invocation, every other input ok.
+
+The inputs are served by a real HTTP server on 127.0.0.1 (as a CDN or image service would
+serve them). For one URL the server never answers (a read that hangs: NFS, a stalled
+store); for another it finds the decode worker that asked (its socket in /proc) and kills
+it with SIGKILL while that worker is reading the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.api import run_catalog
+from batchrun.options import RunOptions
+from skutag.synth import SynthSpec, render_file
+
+pytest.importorskip("aiohttp")  # fsspec's https:// reader
+
+CLASSES = ["boot", "cup", "lamp", "sock"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    import torch
+
+    from exporter.graph import export_fp32
+    from skutag.card import ModelCard
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    card = ModelCard.for_training("resnet18", CLASSES, image_size=32)
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    export_fp32(build_model("resnet18", len(CLASSES)).eval(), card, path)
+    return path
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    images: dict[str, bytes]
+    release: threading.Event
+    killed: list[int]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, body: bool) -> None:
+        name = self.path.rsplit("/", 1)[-1]
+        if name.startswith("kill"):
+            pid = _pid_of_client(self.client_address[1])
+            if pid and pid != os.getpid():
+                self.server.killed.append(pid)
+                os.kill(pid, signal.SIGKILL)
+        if name.startswith(("hang", "kill")):
+            self.server.release.wait(120)  # never answers while the run lasts
+            return
+        data = self.server.images[name]
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+
+def _pid_of_client(port: int) -> int | None:
+    """The process that owns the TCP connection from 127.0.0.1:port (Linux /proc)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return int(pid)
+    return None
+
+
+@pytest.fixture()
+def server():
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    httpd.images = {}
+    httpd.release = threading.Event()
+    httpd.killed = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def manifest(tmp_path: Path, server: _Server, names: list[str]) -> Path:
+    spec = SynthSpec(count=len(names), classes=4, min_size=48, max_size=64, seed=3)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    for i, name in enumerate(names):
+        server.images[name] = render_file(spec, i)[1]
+    path = tmp_path / "inputs.parquet"
+    pq.write_table(pa.table({"id": names, "uri": [f"{base}/{n}" for n in names]}), path)
+    return path
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("bad", ["hang-07.jpg", "kill-07.jpg"])
+def test_a_hung_or_killed_decoder_costs_one_row_in_the_same_invocation(model, server, tmp_path, bad):
+    names = [f"good-{i:02d}.jpg" for i in range(14)] + [bad]
+    listing = manifest(tmp_path, server, sorted(names))
+    options = RunOptions(batch_size=4, workers=2, decode_timeout_s=4.0, max_error_rate=1.0)
+    summary = run_catalog(model, [str(listing)], tmp_path / "out", options)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()}
+    assert sorted(rows) == sorted(names)
+    expected = "timeout" if bad.startswith("hang") else "crashed"
+    assert rows[bad]["status"] == "error" and rows[bad]["error_kind"] == expected, rows[bad]
+    assert all(rows[n]["status"] == "ok" for n in names if n != bad)
+    assert summary.worker_restarts == 1 and summary.rows == len(names)
+    if expected == "crashed":
+        assert server.killed, "the server never found the worker to kill"
