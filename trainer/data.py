@@ -1,18 +1,22 @@
 """Labelled images: find them (ImageFolder tree or CSV/Parquet manifest), split them, decode them.
 
 `find_splits` turns DATA into train and validation `Sample` lists with a sorted class
-list; `find_labelled` gives the evaluation set of `skutag eval`. `CatalogDataset`
-decodes through `skutag.images.load_image` (the one preprocessing path) and returns a
-status per sample, so a file that fails to load is reported and skipped by the loop
-instead of breaking the batch.
+list; `find_labelled` gives the evaluation set of `skutag eval`. Folders are listed by
+`skutag.listing.walk_images`, as every stage lists them: hidden and AppleDouble files
+skipped and counted, symlinked folders entered once, non-UTF-8 names kept (a sample's
+`path` is the listing's uri: valid UTF-8, so it can be written to CSV and JSON).
+`CatalogDataset` reads through `skutag.images.read_file` (sized before reading) and
+decodes through `load_image` (the one preprocessing path), and returns a status per
+sample, so a file that fails to load is reported and skipped by the loop instead of
+breaking the batch.
 """
 
 from __future__ import annotations
 
 import csv
-import os
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,10 @@ from torch.utils.data import Dataset
 
 from skutag.card import ModelCard
 from skutag.errors import InputError
-from skutag.images import ImageError, is_image_path, load_image
+from skutag.images import ImageError, load_image, read_file
+from skutag.listing import ListingCounts, local_path, walk_images
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 VAL_NAMES = ("val", "valid", "validation")
@@ -29,7 +36,7 @@ VAL_NAMES = ("val", "valid", "validation")
 
 @dataclass(frozen=True, order=True)
 class Sample:
-    path: str
+    path: str  # a path, or the listing's uri (a file:// URL for a non-UTF-8 name): `local_path` opens it
     label: str
 
 
@@ -38,6 +45,7 @@ class Splits:
     train: list[Sample]
     val: list[Sample]
     classes: list[str]  # sorted; index = model output column
+    hidden: int = field(default=0, compare=False)  # hidden/AppleDouble entries the listing skipped
 
 
 def find_splits(
@@ -47,6 +55,15 @@ def find_splits(
     data = Path(data)
     if val_dir is not None and val_split is not None:
         raise InputError("pass either --val DIR or --val-split F, not both")
+    counts = ListingCounts()
+    splits = _find_splits(data, val_dir, val_split, seed, counts)
+    report_listing(data, counts)
+    return replace(splits, hidden=counts.hidden)
+
+
+def _find_splits(
+    data: Path, val_dir: str | Path | None, val_split: float | None, seed: int, counts: ListingCounts
+) -> Splits:
     if data.is_file():
         samples, splits = read_manifest(data)
         if splits is not None and val_dir is None and val_split is None:
@@ -57,10 +74,10 @@ def find_splits(
     else:
         val_folder = next((data / name for name in VAL_NAMES if (data / name).is_dir()), None)
         if (data / "train").is_dir() and val_folder is not None and val_dir is None and val_split is None:
-            return _checked(scan_folder(data / "train"), scan_folder(val_folder), str(data))
-        train = scan_folder(data / "train" if (data / "train").is_dir() else data)
+            return _checked(scan_folder(data / "train", counts), scan_folder(val_folder, counts), str(data))
+        train = scan_folder(data / "train" if (data / "train").is_dir() else data, counts)
     if val_dir is not None:
-        return _checked(train, scan_folder(Path(val_dir)), str(data))
+        return _checked(train, scan_folder(Path(val_dir), counts), str(data))
     if val_split is None:
         raise InputError(
             f"{data} has no validation set: give it train/ and val/ folders (or a split column), "
@@ -79,28 +96,42 @@ def find_labelled(data: str | Path) -> list[Sample]:
             samples = [s for s, split in zip(samples, splits, strict=True) if split in VAL_NAMES]
     else:
         val_folder = next((data / name for name in VAL_NAMES if (data / name).is_dir()), None)
-        samples = scan_folder(val_folder or data)
+        counts = ListingCounts()
+        samples = scan_folder(val_folder or data, counts)
+        report_listing(data, counts)
     if not samples:
         raise InputError(f"no labelled images in {data}")
     return samples
 
 
-def scan_folder(root: Path) -> list[Sample]:
-    """ImageFolder: every image file under `root/<class>/`, label = the class folder's name."""
+def scan_folder(root: Path, counts: ListingCounts | None = None) -> list[Sample]:
+    """ImageFolder: every image file under `root/<class>/` (any depth), label = the class folder's name.
+
+    Listed by `walk_images` (one walk of `root`, so a symlink back to `root` or a parent is not
+    re-entered); files directly in `root` belong to no class and are left out. What the listing
+    skipped (hidden files, revisited folders) is added to `counts`.
+    """
     if not root.is_dir():
         raise InputError(f"not a directory: {root}")
     samples = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            samples += [
-                Sample(os.path.join(dirpath, f), class_dir.name)
-                for f in sorted(filenames)
-                if is_image_path(f) and not f.startswith(".")
-            ]
+    for entry in walk_images(root, counts):
+        label, sep, _ = entry.id.partition("/")
+        if sep:
+            samples.append(Sample(entry.uri, label))
     if not samples:
         raise InputError(f"no images in class folders under {root} (expected {root}/<class>/<image>)")
     return samples
+
+
+def report_listing(data: Path, counts: ListingCounts) -> None:
+    """Say what the listing of DATA skipped: hidden/AppleDouble files, folders reached again by a symlink."""
+    notes = []
+    if counts.hidden:
+        notes.append(f"{counts.hidden} hidden file(s) or folder(s) (dotfiles, AppleDouble ._*) skipped")
+    if counts.revisited_dirs:
+        notes.append(f"{counts.revisited_dirs} folder(s) reached again through a symlink not re-entered")
+    if notes:
+        log.warning("%s: %s", data, "; ".join(notes))
 
 
 def read_manifest(path: Path) -> tuple[list[Sample], list[str] | None]:
@@ -191,7 +222,7 @@ class CatalogDataset(Dataset):
         size = self.card.image_size
         try:
             decoded = load_image(
-                self.samples[index].path,
+                read_file(local_path(self.samples[index].path)),
                 resize_size=self.card.resize_size,
                 image_size=None if self.transform is not None else size,
                 interpolation=self.card.interpolation,

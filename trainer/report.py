@@ -3,7 +3,9 @@
 `write_report(REPORT, evaluation)` writes per_class.csv, confusion_matrix.csv/.png
 (PNG normalised per row), roc.png/roc.json (one-vs-rest, per-class and macro AUC),
 misclassified.csv (path, true, predicted, score, top-3), misclassified.png (a contact
-sheet of the most confident mistakes) and skipped.csv (files that failed to load).
+sheet of the most confident mistakes) and skipped.csv (files that failed to load). Paths
+are the samples' uris (valid UTF-8; `skutag.listing.local_path` opens them); a file that
+no longer decodes for the contact sheet is drawn as "unreadable", never an error.
 Training and `skutag eval` both call it, so their reports are the same.
 """
 
@@ -150,7 +152,8 @@ def _roc_png(path: Path, curves: dict[str, Any]) -> None:
 def _contact_sheet(path: Path, rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
-    from skutag.images import ImageError, load_image
+    from skutag.images import ImageError, load_image, read_file
+    from skutag.listing import local_path
 
     columns = 6
     grid_rows = max(1, math.ceil(len(rows) / columns))
@@ -161,7 +164,7 @@ def _contact_sheet(path: Path, rows: list[dict[str, Any]]) -> None:
         axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=11)
     for ax, row in zip(axes.flat, rows, strict=False):
         try:
-            ax.imshow(load_image(row["path"], resize_size=160, image_size=160).pixels)
+            ax.imshow(load_image(read_file(local_path(row["path"])), resize_size=160, image_size=160).pixels)
         except ImageError:
             ax.text(0.5, 0.5, "unreadable", ha="center")
         ax.set_title(
