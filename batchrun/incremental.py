@@ -97,8 +97,12 @@ class Previous:
         return table
 
 
-def match(unit_rows: pa.Table, previous: pa.Table | None) -> Match:
-    """Which rows of a unit (id, uri, version) the previous rows can stand for."""
+def match(unit_rows: pa.Table, previous: pa.Table | None, *, same_plan: bool = False) -> Match:
+    """Which rows of a unit (id, uri, version) the previous rows can stand for.
+
+    An input without a version (a URL whose listing said nothing) counts as changed, unless
+    the previous run read this very plan (`--retry-errors`): then nothing can have changed.
+    """
     rows = unit_rows.num_rows
     if previous is None or previous.num_rows == 0:
         return Match(np.zeros(rows, bool), rows, 0, 0, 0)
@@ -116,7 +120,7 @@ def match(unit_rows: pa.Table, previous: pa.Table | None) -> Match:
         old = before.get(input_id)
         if old is None:
             new += 1
-        elif version is None or old[0] != uri or old[1] != version:
+        elif old[0] != uri or old[1] != version or (version is None and not same_plan):
             changed += 1
         elif not old[2]:
             retried += 1

@@ -127,13 +127,15 @@ def _worker_id() -> int | None:
 def read_input(uri: str, size: int, read: ReadOptions) -> bytes:
     """The bytes of one input; too-large inputs are refused from their size, before any read."""
     if size >= 0 and size > read.max_bytes:
-        raise ImageError("too_large", f"{size} bytes exceeds --max-bytes {read.max_bytes}")
+        raise ImageError("too_large", f"{size:,} bytes exceeds --max-bytes {read.max_bytes:,} (not read)")
     if not storage.is_remote(uri):
         return read_file(local_path(uri), max_bytes=read.max_bytes)
     try:
         return storage.read_object(uri, read.storage_options, max_bytes=read.max_bytes)
     except storage.TooLarge as exc:
-        raise ImageError("too_large", f"{exc.size} bytes exceeds --max-bytes {read.max_bytes}") from exc
+        raise ImageError(
+            "too_large", f"{exc.size:,} bytes exceeds --max-bytes {read.max_bytes:,} (not read)"
+        ) from exc
     except Exception as exc:  # after retries: missing object, denied, or a store that stayed down
         raise ImageError("unreadable", f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
 

@@ -59,7 +59,8 @@ def prepare_work(
     next_task = 0
     for position, unit in enumerate(units):
         rows = plan.read_unit(unit, storage_options)
-        found = match(rows, previous.rows_for(rows.column("id").combine_chunks()) if previous else None)
+        old = previous.rows_for(rows.column("id").combine_chunks()) if previous else None
+        found = match(rows, old, same_plan=previous is not None and previous.plan.plan_id == plan.plan_id)
         todo = np.flatnonzero(~found.reuse)
         task_of_row = np.full(rows.num_rows, -1, np.int64)
         if len(todo):

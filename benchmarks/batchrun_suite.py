@@ -133,13 +133,13 @@ def resnet50_onnx(cache: Path) -> Path:
 
 def linked_catalog(images: Path, count: int, cache: Path) -> Path:
     """`count` distinct paths (symlinks) cycling over the benchmark images."""
-    from skutag.images import is_image_path
+    from benchmarks.baselines import image_files
 
     root = cache / f"links-{images.name}-{count}"
     if not (root / ".complete").exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        files = sorted(p for p in images.rglob("*") if is_image_path(p))
+        files = image_files(images)
         for i in range(count):
             source = files[i % len(files)]
             (root / f"{i:07d}{source.suffix}").symlink_to(source.resolve())
@@ -171,19 +171,18 @@ def _splits(text: str) -> list[tuple[int, int]]:
 
 def skutag_run(model: Path, images: Path, args, *, workers: int | None, threads: int | None):
     from batchrun.api import run_catalog
+    from batchrun.options import RunOptions
 
+    options = RunOptions(
+        batch_size=args.batch_size,
+        workers=workers,
+        threads=threads,
+        device=args.device,
+        max_error_rate=1.0,
+        worker_nice=args.worker_nice,
+    )
     with tempfile.TemporaryDirectory(dir=args.cache) as out:
-        return run_catalog(
-            model,
-            [images],
-            out,
-            batch_size=args.batch_size,
-            workers=workers,
-            threads=threads,
-            device=args.device,
-            max_error_rate=1.0,
-            worker_nice=args.worker_nice,
-        )
+        return run_catalog(model, [str(images)], out, options)
 
 
 def ort_model_only(model: Path, args, count: int) -> float:

@@ -1,9 +1,12 @@
 """`skutag bench`: every artifact, device and batch size side by side.
 
-Model-only latency and throughput come from `benchmarks.latency`; end-to-end throughput
-runs the real `skutag run` pipeline and reads its `summary.json`; accuracy runs
-`skutag eval` and reads its `metrics.json`. So bench measures exactly what users run,
-through the same public contracts, and never re-implements a stage.
+Model-only latency and throughput come from `benchmarks.latency` on the session `skutag
+run` would open (`batchrun.infer.open_session`: the same contract checks and the same
+provider options from the export-target table, TensorRT with a profile of the timed batch
+size); end-to-end throughput runs the real `skutag run` pipeline and reads its
+`_summary.json`; accuracy runs `skutag eval` and reads its `metrics.json`. So bench
+measures exactly what users run, through the same public contracts, and never
+re-implements a stage.
 """
 
 from __future__ import annotations
@@ -72,19 +75,25 @@ class Row:
 
 def run_bench(config: BenchConfig, progress=None) -> list[Row]:
     """Measure every (model, device, batch size); the torch baseline first when asked for."""
-    from skutag.runtime import create_session, session_card
+    from batchrun.infer import open_session
+    from batchrun.model import read_contract
+    from skutag.runtime import model_card, runtime_target
 
     rows: list[Row] = []
     if config.baseline_run is not None:
         rows.extend(_torch_baseline(config, progress))
     for model in config.models:
+        if model_card(model) is None:
+            raise InputError(f"{model} has no skutag card; bench needs the card's input size")
+        contract = read_contract(model)
+        card = contract.card
         accuracy = _accuracy(model, config) if config.data else None
         for device in config.devices:
-            session, info = create_session(model, device)
-            card = session_card(session)
-            if card is None:
-                raise InputError(f"{model} has no skutag card; bench needs the card's input size")
+            session = None
             for batch_size in config.batch_sizes:
+                if session is None or device == "tensorrt":  # TensorRT: one profile per batch size, as run
+                    session = None  # release the previous engine first
+                    session, info = open_session(contract, device, batch_size=batch_size)
                 _say(progress, f"{model.name} on {info.device}, batch {batch_size}")
                 timing = time_session(
                     session, card, batch_size, warmup=config.warmup, min_seconds=config.min_seconds
@@ -100,7 +109,7 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
                         timing,
                         accuracy,
                         end_to_end,
-                        {"providers": info.providers},
+                        {"providers": info.providers, "target": runtime_target(card).name},
                     )
                 )
             del session
@@ -136,7 +145,7 @@ def _torch_end_to_end(model, card, config: BenchConfig, device: str, batch_size:
 
 
 def _end_to_end(model: Path, config: BenchConfig, device: str, batch_size: int) -> float:
-    """images/s of the real `skutag run` over --images (from its summary.json)."""
+    """images/s of the real `skutag run` over --images (from its _summary.json)."""
     with tempfile.TemporaryDirectory(prefix="skutag-bench-") as tmp:
         args = [
             "run",
@@ -154,7 +163,7 @@ def _end_to_end(model: Path, config: BenchConfig, device: str, batch_size: int) 
         if config.workers is not None:
             args += ["--workers", str(config.workers)]
         _invoke(args)
-        summary = json.loads(Path(tmp, "out", "summary.json").read_text())
+        summary = json.loads(Path(tmp, "out", "_summary.json").read_text())
     return float(summary["images_per_s"])
 
 

@@ -155,7 +155,7 @@ def _summary(
     from rich.table import Table
 
     metrics = json.loads((run / "metrics.json").read_text())
-    summary = json.loads((predictions / "summary.json").read_text())
+    summary = json.loads((predictions / "_summary.json").read_text())
     bench = json.loads((root / "bench" / "results.json").read_text())["results"]
     table = Table(title=f"skutag demo: done in {seconds / 60:.1f} min", show_header=False)
     table.add_row("validation accuracy (ResNet-50)", f"{metrics['accuracy']:.3f}")

@@ -169,13 +169,21 @@ def open_input(uri: str, options: dict[str, Any] | None = None):
 
 
 def read_object(uri: str, options: dict[str, Any] | None = None, *, max_bytes: int | None = None) -> bytes:
-    """The bytes of a remote object, retried on transient errors; size checked before the read."""
+    """The bytes of a remote object, retried on transient errors; size checked before the read.
+
+    Over HTTP the size is judged after the read: fsspec turns a failed HEAD (a 503 too) into
+    FileNotFoundError, which would make a passing outage look permanent.
+    """
     fs = filesystem(uri, options)
-    if max_bytes is not None:
+    web = uri.lower().startswith(("http://", "https://"))
+    if max_bytes is not None and not web:
         size = retry(lambda: fs.size(uri))
         if size is not None and size > max_bytes:
             raise TooLarge(size)
-    return retry(lambda: fs.cat_file(uri))
+    data = retry(lambda: fs.cat_file(uri))
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLarge(len(data))
+    return data
 
 
 class TooLarge(Exception):

@@ -48,6 +48,7 @@ class _Server(ThreadingHTTPServer):
     images: dict[str, bytes]
     release: threading.Event
     killed: list[int]
+    failing: set[str]  # names answered with 503 Service Unavailable
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,6 +72,11 @@ class _Handler(BaseHTTPRequestHandler):
                 os.kill(pid, signal.SIGKILL)
         if name.startswith(("hang", "kill")):
             self.server.release.wait(120)  # never answers while the run lasts
+            return
+        if name in self.server.failing:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         data = self.server.images[name]
         self.send_response(200)
@@ -108,6 +114,7 @@ def server():
     httpd.images = {}
     httpd.release = threading.Event()
     httpd.killed = []
+    httpd.failing = set()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -143,3 +150,24 @@ def test_a_hung_or_killed_decoder_costs_one_row_in_the_same_invocation(model, se
     assert summary.worker_restarts == 1 and summary.rows == len(names)
     if expected == "crashed":
         assert server.killed, "the server never found the worker to kill"
+
+
+@pytest.mark.timeout(240)
+def test_a_store_that_fails_is_retried_then_an_unreadable_row_that_retry_errors_redoes(
+    model, server, tmp_path
+):
+    names = [f"good-{i:02d}.jpg" for i in range(6)]
+    listing = manifest(tmp_path, server, names)
+    server.failing = {"good-03.jpg"}
+    options = RunOptions(batch_size=4, workers=1, max_error_rate=1.0)
+    first = run_catalog(model, [str(listing)], tmp_path / "out", options)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()}
+    assert rows["good-03.jpg"]["error_kind"] == "unreadable" and "503" in rows["good-03.jpg"]["error"]
+    assert first.errors == 1
+    assert run_catalog(model, [str(listing)], tmp_path / "out", options).already_complete
+    server.failing = set()  # the store recovered
+    again = run_catalog(model, [str(listing)], tmp_path / "out", options.replace(retry_errors=True))
+    fixed = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()}
+    assert sorted(fixed) == names and all(r["status"] == "ok" for r in fixed.values())
+    assert again.errors == 0 and again.decoded == 1 and again.reused == 5
+    assert all(fixed[n]["predicted_at"] == rows[n]["predicted_at"] for n in names if n != "good-03.jpg")
