@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 from skutag.card import ModelCard
-from skutag.images import is_image_path
+from skutag.listing import local_path, walk_images
 
 
 def image_files(root: str | os.PathLike) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() and is_image_path(p))
+    """The image files under `root` as every stage lists them (`skutag.listing.walk_images`), sorted.
+
+    Broken symlinks (no size) are left out: the plain loop has no error rows.
+    """
+    return [Path(os.fsdecode(local_path(e.uri))) for e in walk_images(root) if e.size is not None]
 
 
 def plain_torch_loop(

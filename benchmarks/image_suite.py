@@ -4,11 +4,25 @@ Same process, same files (catalog JPEGs of 1000x1000 by default), rounds interle
 both methods see the same machine state; the best round of each is reported.
 
     python -m benchmarks.image_suite [--n 300] [--size 1000] [--rounds 5]
+
+`--real DIR` measures on real photos instead (every image file under each DIR, listed by
+`skutag.listing.walk_images`): `load_image` ms per image against Pillow's draft decode alone
+(`Image.open` + `draft` + `load`, no resize), and, with `--before TREE` (a checkout of an older
+release, e.g. `git worktree add /tmp/skutag-0.1.0 2c8ac00`), that release's `load_image` loaded
+from TREE/skutag/images.py in the same process. Rounds are interleaved (the order rotates each
+round); the median round per method and the median of the per-round ratios are reported.
+
+    python -m benchmarks.image_suite --real ../shared/data/catalog-photos --real ../shared/data/clothing \
+        --before /tmp/skutag-0.1.0 --rounds 9
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,12 +59,100 @@ def images_per_second(decode, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+# -- real photos: load_image against Pillow's draft decode alone, before and after ----------
+
+
+def pillow_draft_decode(resize_size: int = 256):
+    """Pillow alone: open, the same JPEG draft scale load_image asks for, decode. No resize, no crop."""
+
+    def decode(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            width, height = image.size
+            scale = resize_size / min(width, height)
+            if image.format == "JPEG" and scale < 1:
+                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+            image.load()
+            return image.size
+
+    return decode
+
+
+def release_load_image(tree: Path):
+    """`load_image` of another skutag source tree, imported under its own module name."""
+    spec = importlib.util.spec_from_file_location("skutag_before_images", tree / "skutag" / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return lambda path: module.load_image(path).pixels
+
+
+def interleaved_ms(methods: dict[str, object], paths: list[Path], rounds: int) -> dict[str, list[float]]:
+    """CPU ms per image of each method in each round, interleaved file by file.
+
+    Every file is decoded by every method in turn (the order rotates from file to file), so
+    the methods share the machine's state; process CPU time (`time.process_time`) leaves out the
+    time this process waited for a core on a shared machine.
+    """
+    names = list(methods)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        spent = dict.fromkeys(names, 0.0)
+        for i, path in enumerate(paths):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                start = time.process_time()
+                methods[name](path)
+                spent[name] += time.process_time() - start
+        for name in names:
+            per_round[name].append(1000 * spent[name] / len(paths))
+    return per_round
+
+
+def report_real(folders: list[Path], before: Path | None, rounds: int) -> str:
+    """A RESULTS.md section: ms per image of each method on each folder of real photos."""
+    from benchmarks.baselines import image_files
+
+    methods: dict[str, object] = {"Pillow draft decode alone (open + draft + load)": pillow_draft_decode()}
+    if before is not None:
+        methods[f"load_image before ({before})"] = release_load_image(before)
+    methods["load_image now"] = skutag_images
+    baseline = next(iter(methods))
+    info = machine_info("pillow", "numpy")
+    lines = [
+        f"### load_image on real photos vs Pillow's draft decode alone ({rounds} rounds, CPU ms, "
+        "interleaved file by file)\n",
+        markdown_header(info),
+        "| photos | method | ms/image (median round) | min | max | x Pillow draft (median of per-round ratios) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for folder in folders:
+        paths = image_files(folder)
+        for path in paths:  # warm the page cache: every method reads from memory
+            path.read_bytes()
+        times = interleaved_ms(methods, paths, rounds)
+        for name, values in times.items():
+            ratio = statistics.median(v / b for v, b in zip(values, times[baseline], strict=True))
+            lines.append(
+                f"| {folder.name} ({len(paths)}) | {name} | {statistics.median(values):.2f} | "
+                f"{min(values):.2f} | {max(values):.2f} | {ratio:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="number of JPEGs")
     parser.add_argument("--size", type=int, default=1000, help="side of the square catalog JPEGs")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--real", action="append", type=Path, help="measure on the photos under DIR (repeatable)"
+    )
+    parser.add_argument(
+        "--before", type=Path, help="a source tree of an older skutag to compare (with --real)"
+    )
     args = parser.parse_args()
+    if args.real:
+        print(report_real(args.real, args.before, args.rounds))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = SynthSpec(

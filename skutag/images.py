@@ -43,7 +43,7 @@ ERROR_KINDS = {
     "not_image": "the bytes are not an image Pillow recognises",
     "unsupported_format": "an image, but not JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF or HEIC/HEIF "
     "(or its decoder is not installed)",
-    "too_large": "more bytes than --max-bytes, more pixels than the decompression-bomb limit, "
+    "too_large": "more bytes than the size limit (--max-bytes), more pixels than the decompression-bomb limit, "
     "or out of memory while decoding it",
     "truncated": "the file ends before the image data does",
     "corrupt": "the image data is damaged (the decoder raised an error)",
@@ -112,24 +112,24 @@ def read_file(path: str | bytes | os.PathLike, *, max_bytes: int | None = DEFAUL
     """A file's bytes, sized first: more than `max_bytes` is `too_large` before anything is read.
 
     Reads at most `max_bytes + 1` bytes (a file that grows while it is read is refused too).
-    `path` may be str, bytes (a non-UTF-8 name) or PathLike. OS errors that may pass (EIO,
-    ESTALE, timeouts: `skutag.storage.is_transient`) are retried with backoff; what remains is
+    `path` may be str, bytes (a non-UTF-8 name) or PathLike. A directory, FIFO or device is
+    `unreadable` (opened non-blocking, never read). OS errors that may pass (EIO, ESTALE,
+    timeouts: `skutag.storage.is_transient`) are retried with backoff; what remains is
     `unreadable`. `max_bytes=None` means no limit.
     """
     from skutag.storage import retry
 
     try:
-        info = retry(lambda: os.stat(path))
-        if not stat.S_ISREG(info.st_mode):  # a directory, FIFO or device is never opened (a FIFO blocks)
-            raise ImageError("unreadable", f"cannot read {display_path(path)}: not a regular file")
-        size = info.st_size
-        if max_bytes is not None and size > max_bytes:
-            raise ImageError("too_large", f"{size:,} bytes exceeds --max-bytes {max_bytes:,} (not read)")
-        data = retry(lambda: _read_at_most(path, size, max_bytes))
-    except OSError as exc:
-        raise ImageError("unreadable", f"cannot read {display_path(path)}: {exc.strerror or exc}") from exc
+        data = retry(lambda: _read_sized(path, max_bytes))
+    except _Refused as refused:
+        raise refused.error from None
+    except (OSError, ValueError) as exc:  # ValueError: a name with a NUL byte
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ImageError("unreadable", f"cannot read {display_path(path)}: {detail}") from exc
     if max_bytes is not None and len(data) > max_bytes:
-        raise ImageError("too_large", f"more than --max-bytes {max_bytes:,} bytes (the file grew while read)")
+        raise ImageError(
+            "too_large", f"over the size limit of {max_bytes:,} bytes (max-bytes; the file grew while read)"
+        )
     return data
 
 
@@ -138,16 +138,52 @@ def read_bytes(path: str | bytes | os.PathLike, max_bytes: int | None = DEFAULT_
     return read_file(path, max_bytes=max_bytes)
 
 
-def _read_at_most(path: str | bytes | os.PathLike, size: int, max_bytes: int | None) -> bytes:
-    """The file's bytes, never more than `max_bytes + 1`; asks for `size + 1` first (no huge buffer)."""
+class _Refused(Exception):
+    """Carries a final ImageError out of `storage.retry` (no text, so never mistaken for a transient error)."""
+
+    def __init__(self, error: ImageError) -> None:
+        super().__init__()
+        self.error = error
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def _read_sized(path: str | bytes | os.PathLike, max_bytes: int | None) -> bytes:
+    """Open (non-blocking: a FIFO must not hang us), size from the open file, then read."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Refused(ImageError("unreadable", f"cannot read {display_path(path)}: not a regular file"))
+        if max_bytes is not None and info.st_size > max_bytes:
+            message = (
+                f"{info.st_size:,} bytes is over the size limit of {max_bytes:,} bytes (max-bytes); not read"
+            )
+            raise _Refused(ImageError("too_large", message))
+        return _read_at_most(fd, info.st_size, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, size: int, max_bytes: int | None) -> bytes:
+    """The file's bytes, never more than `max_bytes + 1`; asks for `size + 1` (no huge buffer), then
+    reads on until end of file or the limit (the file may have grown since it was sized)."""
     limit = None if max_bytes is None else max_bytes + 1
+    chunks, total = [], 0
     want = size + 1 if limit is None else min(size + 1, limit)
-    with open(path, "rb") as f:
-        data = f.read(want)
-        if len(data) == want and (limit is None or want < limit):  # the file grew since the stat
-            rest = f.read() if limit is None else f.read(limit - want)
-            data += rest
-    return data
+    while True:
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total >= limit:
+            break
+        want = max(1 << 20, size) if limit is None else min(max(1 << 20, size), limit - total)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def display_path(path: str | bytes | os.PathLike) -> str:

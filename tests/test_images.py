@@ -420,9 +420,12 @@ def test_a_file_that_grows_after_the_stat_is_read_up_to_the_limit_only(tmp_path)
 
     path = tmp_path / "growing.jpg"
     path.write_bytes(bytes(200))
-    assert len(_read_at_most(path, 10, 100)) == 101  # the caller then refuses it as too_large
-    assert len(_read_at_most(path, 10, None)) == 200
-    assert len(_read_at_most(path, 200, 1000)) == 200
+    for size, max_bytes, expected in ((10, 100, 101), (10, None, 200), (200, 1000, 200), (10, 1000, 200)):
+        fd = os.open(path, os.O_RDONLY)  # sized at `size` bytes, 200 by the time it is read
+        try:
+            assert len(_read_at_most(fd, size, max_bytes)) == expected  # 101: read_file refuses it
+        finally:
+            os.close(fd)
 
 
 def test_non_utf8_bytes_path_reads_and_fifo_is_unreadable_without_blocking(tmp_path):
