@@ -115,14 +115,17 @@ def report_real(folders: list[Path], before: Path | None, rounds: int) -> str:
     if before is not None:
         methods[f"load_image before ({before})"] = release_load_image(before)
     methods["load_image now"] = skutag_images
-    baseline = next(iter(methods))
+    baseline, release = (
+        next(iter(methods)),
+        next((m for m in methods if m.startswith("load_image before")), None),
+    )
     info = machine_info("pillow", "numpy")
     lines = [
         f"### load_image on real photos vs Pillow's draft decode alone ({rounds} rounds, CPU ms, "
         "interleaved file by file)\n",
         markdown_header(info),
-        "| photos | method | ms/image (median round) | min | max | x Pillow draft (median of per-round ratios) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| photos | method | ms/image (median round) | min | max | x Pillow draft | x before |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for folder in folders:
         paths = image_files(folder)
@@ -130,12 +133,17 @@ def report_real(folders: list[Path], before: Path | None, rounds: int) -> str:
             path.read_bytes()
         times = interleaved_ms(methods, paths, rounds)
         for name, values in times.items():
-            ratio = statistics.median(v / b for v, b in zip(values, times[baseline], strict=True))
+            versus = [_ratio(values, times[baseline]), _ratio(values, times[release]) if release else "-"]
             lines.append(
                 f"| {folder.name} ({len(paths)}) | {name} | {statistics.median(values):.2f} | "
-                f"{min(values):.2f} | {max(values):.2f} | {ratio:.3f} |"
+                f"{min(values):.2f} | {max(values):.2f} | {versus[0]} | {versus[1]} |"
             )
+    lines.append("\nRatios are medians of the per-round ratios (both methods timed in the same round).")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(values: list[float], reference: list[float]) -> str:
+    return f"{statistics.median(v / r for v, r in zip(values, reference, strict=True)):.3f}"
 
 
 def main() -> None:

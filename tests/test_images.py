@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -484,3 +485,28 @@ def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch
     with pytest.raises(ImageError) as err:
         read_file(path)
     assert err.value.kind == "unreadable" and len(calls) == 1  # not transient: no retry
+
+
+# -- real photos (../shared/data; a user's clone does not have them) ---------------------------
+
+REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not REAL_PHOTOS.is_dir(), reason="../shared/data (real photos) is absent")
+@pytest.mark.parametrize("folder", ["catalog-photos", "clothing"])
+def test_real_photos_are_listed_and_decode_as_before(folder):
+    """Every real photo is listed; a spread of them decodes to the pixels of a full decode + torchvision."""
+    from torchvision import transforms
+
+    from benchmarks.baselines import image_files
+
+    files = image_files(REAL_PHOTOS / folder)
+    on_disk = [p for p in (REAL_PHOTOS / folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    assert len(files) == len(on_disk) > 300
+    reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    for path in files[:: len(files) // 12]:
+        out = load_image(path)
+        assert out.format == "JPEG" and out.pixels.shape == (224, 224, 3)
+        with Image.open(path) as image:
+            expected = np.asarray(reference(image.convert("RGB"))).astype(int)
+        assert np.abs(out.pixels.astype(int) - expected).mean() < 3.0, path  # draft decode, one resampling
