@@ -340,6 +340,27 @@ def test_heic_decodes_close_to_the_source():
     assert load_image(heic_bytes(source)).pixels.shape == (224, 224, 3)
 
 
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_avif_and_heic_with_exif_orientation_come_out_upright(fmt):
+    import pillow_heif
+
+    if fmt == "AVIF" and not avif_available():
+        pytest.skip("this Pillow has no AVIF support")
+    stored = Image.new("RGB", (320, 256), (220, 0, 0))
+    stored.paste((0, 0, 220), (160, 0, 320, 256))  # left red, right blue; orientation 6: red on top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    if fmt == "AVIF":
+        stored.save(buffer, format="AVIF", quality=90, exif=exif)
+    else:
+        pillow_heif.from_pillow(stored).save(buffer, quality=90, exif=exif.tobytes())
+    out = load_image(buffer.getvalue(), resize_size=256, image_size=224)
+    assert (out.format, out.width, out.height) == (fmt, 256, 320)
+    np.testing.assert_allclose(out.pixels[:100].reshape(-1, 3).mean(axis=0), (220, 0, 0), atol=6)
+    np.testing.assert_allclose(out.pixels[124:].reshape(-1, 3).mean(axis=0), (0, 0, 220), atol=6)
+
+
 @pytest.mark.parametrize("cut", [0.5, 0.9])
 def test_truncated_avif_and_heic_are_truncated(cut):
     for data in (avif_bytes(), heic_bytes()):
