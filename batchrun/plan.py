@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 PLAN_DIR = "_plan"
 PLAN_FILE = "_PLAN"
 FORMAT = 1
-SORT_CHUNK = 200_000
+SORT_CHUNK = 100_000  # rows sorted in memory before a run is spilled to disk
+MERGE_ROWS = 65_536  # rows held in memory across all runs while they are merged
 PLAN_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -185,7 +186,8 @@ def _sorted_rows(entries: Iterable[Entry], scratch: str) -> Iterator[tuple[str, 
         return
     if chunk:
         runs.append(_spill(chunk, scratch, len(runs)))
-    yield from heapq.merge(*(_read_run(path) for path in runs))
+    batch = max(1024, MERGE_ROWS // len(runs))  # memory stays flat however many runs there are
+    yield from heapq.merge(*(_read_run(path, batch) for path in runs))
 
 
 def _table(chunk: list[Entry]) -> pa.Table:
@@ -206,12 +208,12 @@ def _sort(table: pa.Table) -> pa.Table:
 
 def _spill(chunk: list[Entry], scratch: str, number: int) -> str:
     path = os.path.join(scratch, f"run-{number:05d}.parquet")
-    pq.write_table(_sort(_table(chunk)), path, compression="lz4")
+    pq.write_table(_sort(_table(chunk)), path, compression="lz4", row_group_size=8192)
     return path
 
 
-def _read_run(path: str) -> Iterator[tuple[str, str, int | None, str | None]]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+def _read_run(path: str, rows: int) -> Iterator[tuple[str, str, int | None, str | None]]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
         yield from _rows(batch)
 
 

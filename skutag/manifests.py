@@ -17,7 +17,7 @@ from skutag import storage
 from skutag.errors import InputError
 from skutag.listing import Entry, entry_for_location
 
-BATCH_ROWS = 65_536
+BATCH_ROWS = 16_384
 
 
 def read_manifest_entries(location: str, storage_options: dict[str, str] | None = None) -> Iterator[Entry]:

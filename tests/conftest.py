@@ -21,6 +21,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A resnet18 at 32 px with 4 classes (random weights), exported to ONNX with its card: fast to run."""
+    import torch
+
+    from exporter.graph import export_fp32
+    from skutag.card import ModelCard
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    card = ModelCard.for_training("resnet18", ["boot", "cup", "lamp", "sock"], image_size=32)
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.onnx"
+    export_fp32(build_model("resnet18", 4).eval(), card, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_catalog(tmp_path_factory) -> Path:
     """120 images, 4 classes, 96-160 px (JPEG and some RGBA PNG), one ImageFolder tree."""
     root = tmp_path_factory.mktemp("catalog")

@@ -16,22 +16,10 @@ from batchrun.options import RunOptions
 from batchrun.plan import read_plan
 from skutag.synth import SynthSpec, make_catalog, render_file
 
-CLASSES = ["boot", "cup", "lamp", "sock"]
-
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-
-    from exporter.graph import export_fp32
-    from skutag.card import ModelCard
-    from trainer.model import build_model
-
-    torch.manual_seed(0)
-    card = ModelCard.for_training("resnet18", CLASSES, image_size=32)
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_fp32(build_model("resnet18", len(CLASSES)).eval(), card, path)
-    return path
+def model(tiny_model) -> Path:
+    return tiny_model
 
 
 def rows(out: Path) -> dict[str, dict]:

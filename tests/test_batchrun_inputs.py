@@ -17,22 +17,10 @@ from skutag.listing import local_path
 from tests.cli import skutag
 from tests.inputs import noise_jpeg, write_hostile_inputs
 
-CLASSES = ["boot", "cup", "lamp", "sock"]
-
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-
-    from exporter.graph import export_fp32
-    from skutag.card import ModelCard
-    from trainer.model import build_model
-
-    torch.manual_seed(0)
-    card = ModelCard.for_training("resnet18", CLASSES, image_size=32)
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_fp32(build_model("resnet18", len(CLASSES)).eval(), card, path)
-    return path
+def model(tiny_model) -> Path:
+    return tiny_model
 
 
 def test_awkward_names_layouts_and_formats_each_get_one_row(model, tmp_path):

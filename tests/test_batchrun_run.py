@@ -128,6 +128,7 @@ def test_duckdb_counts_match_summary_json_and_files_carry_the_metadata(baseline,
     assert kinds == summary["errors_by_kind"]
     manifest = json.loads((out / "_manifest.json").read_text())
     assert sorted(p.name for p in out.glob("*.parquet")) == [part["file"] for part in manifest["parts"]]
+    assert pq.read_table(out).num_rows == summary["rows"]  # OUT reads as one table (`_` files ignored)
     metadata = pq.read_schema(out / manifest["parts"][0]["file"]).metadata
     assert ModelCard.from_json(metadata[b"skutag.card"]).classes == tuple(CLASSES)
     assert metadata[b"skutag.model_sha256"].decode() == hashlib.sha256(model.read_bytes()).hexdigest()

@@ -1,0 +1,87 @@
+"""Whole-process `skutag run` against the previous release and the plain PyTorch loop, on real photos.
+
+    git worktree add /tmp/skutag-0.1.0 2c8ac00
+    python -m benchmarks.release_compare --model int8.onnx --images ../shared/data --old /tmp/skutag-0.1.0
+
+Each round runs, as separate processes over the same files: the previous release's
+`skutag run` (its own source tree on PYTHONPATH), this tree's `skutag run`, and the plain
+PyTorch loop (torchvision transforms + DataLoader + eager ResNet-50 of the card's classes).
+Rounds interleave, so a busy machine slows all three alike; the table gives the median
+images/s of each (files / whole-process wall time, start-up included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.machine import machine_info, markdown_header
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(command: list[str], *, cwd: Path, pythonpath: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def plain_loop(model_path: str, images: str, batch_size: int) -> None:
+    """The eager loop as a process of its own (called with --plain)."""
+    import onnxruntime
+
+    from benchmarks.baselines import plain_torch_loop
+    from skutag.card import METADATA_KEY, ModelCard
+    from trainer.model import build_model
+
+    meta = onnxruntime.InferenceSession(model_path, providers=["CPUExecutionProvider"]).get_modelmeta()
+    card = ModelCard.from_json(meta.custom_metadata_map[METADATA_KEY])
+    plain_torch_loop(build_model(card.arch, card.num_classes), card, images, batch_size=batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--old", type=Path, required=True, help="source tree of the previous release")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain:
+        plain_loop(args.model, args.images, args.batch_size)
+        return
+    from benchmarks.baselines import image_files
+
+    files = len(image_files(args.images))
+    model, images = str(Path(args.model).resolve()), str(Path(args.images).resolve())
+    walls: dict[str, list[float]] = {"previous release": [], "this tree": [], "plain PyTorch loop": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_number in range(args.rounds):
+            run = [sys.executable, "-m", "skutag", "run", model, images, "--no-progress", "--max-error-rate", "1",
+                   "--batch-size", str(args.batch_size)]  # fmt: skip
+            old_out, new_out = Path(scratch, f"old-{round_number}"), Path(scratch, f"new-{round_number}")
+            walls["previous release"].append(timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old))
+            walls["this tree"].append(timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT))
+            plain = [sys.executable, "-m", "benchmarks.release_compare", "--plain", "--model", model,
+                     "--images", images, "--old", str(args.old), "--batch-size", str(args.batch_size)]  # fmt: skip
+            walls["plain PyTorch loop"].append(timed(plain, cwd=ROOT, pythonpath=ROOT))
+    print(markdown_header(machine_info("onnxruntime", "onnxruntime-gpu", "torch", "pillow")) + "\n")
+    baseline = files / statistics.median(walls["plain PyTorch loop"])
+    print(f"{files} photos, {args.rounds} interleaved rounds, whole process (start-up included)\n")
+    print("| | images/s (median) | vs plain loop | walls s |")
+    print("|---|---:|---:|---|")
+    for name, values in walls.items():
+        rate = files / statistics.median(values)
+        print(f"| {name} | {rate:.1f} | {rate / baseline:.2f}x | {', '.join(f'{v:.1f}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()
