@@ -59,10 +59,11 @@ def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[
                         "version": pa.string(),
                     }
                 )
-                reader = csv.open_csv(
-                    handle, convert_options=convert, read_options=csv.ReadOptions(block_size=8 << 20)
-                )
-                yield from reader
+                # A local file is opened by Arrow itself: through a Python file object its reader
+                # buffered far ahead (RSS grew with the manifest's size).
+                source = handle if storage.is_remote(location) else location
+                read = csv.ReadOptions(block_size=1 << 20, use_threads=False)
+                yield from csv.open_csv(source, convert_options=convert, read_options=read)
             else:
                 import pyarrow.parquet as pq
 

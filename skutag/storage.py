@@ -198,8 +198,8 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
-    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
-        return True
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in TRANSIENT_ERRNOS  # a local error: its errno says it all (not a `500.jpg` name)
     name = type(exc).__name__
     text = str(exc)
     if any(word in name for word in ("Timeout", "Connect", "EndpointConnection", "ServerDisconnected")):
