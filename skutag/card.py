@@ -30,6 +30,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 INPUT_LAYOUTS = {"uint8": "NHWC", "float32": "NCHW"}
 PRECISIONS = ("fp32", "fp16", "int8")
+# Which int8: `cpu` is U8S8 asymmetric QDQ (uint8 activations), `tensorrt` S8S8 symmetric QDQ.
+INT8_TARGETS = ("cpu", "tensorrt")
 
 
 class CardError(InputError):
@@ -55,6 +57,9 @@ class ModelCard:
     input_dtype: str = "uint8"
     input_layout: str = "NHWC"
     precision: str = "fp32"
+    # int8 only: the export target (INT8_TARGETS). None for fp32/fp16, and in int8 cards written
+    # before the target was recorded (skutag.runtime.file_card reads it from the graph then).
+    int8_target: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     source_sha256: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +144,10 @@ class ModelCard:
             problems.append(f"input dtype/layout must be one of {sorted(INPUT_LAYOUTS.items())}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}")
+        elif self.precision == "int8" and self.int8_target not in (None, *INT8_TARGETS):
+            problems.append(f"int8_target must be one of {INT8_TARGETS}")
+        elif self.precision != "int8" and self.int8_target is not None:
+            problems.append("int8_target is only for int8 models")
         if problems:
             raise CardError("invalid model card: " + "; ".join(problems))
 
@@ -148,6 +157,8 @@ class ModelCard:
         data = dataclasses.asdict(self)
         for key in ("classes", "mean", "std"):
             data[key] = list(data[key])
+        if data["int8_target"] is None:  # fp32/fp16 cards stay what earlier skutag versions read
+            del data["int8_target"]
         return data
 
     def to_json(self, indent: int | None = None) -> str:

@@ -1,10 +1,16 @@
-"""ONNX Runtime sessions on a named device, and the card inside an ONNX file.
+"""ONNX Runtime sessions on a named device, the card inside an ONNX file, and how each target runs.
 
 One place applies DESIGN.md's rules: ORT lists CUDA as available even when its
 libraries are missing and then silently runs on the CPU, so we check the provider
 that is actually active; `cuda` and `tensorrt` fail loudly, `auto` falls back and
 says so. GPU sessions use one intra-op thread. Sessions are created in the main
 process only (callers must not create them in DataLoader workers or before a fork).
+
+Provider options come from one table: `RUNTIME_TARGETS` holds the runtime columns of
+the export-target table (`exporter.targets.TARGETS` points each of its rows here; the
+table lives here because batchrun may import only `skutag`). A file's card names its
+target; `create_session` refuses a target that cannot run on the requested device
+before any provider is created, and sets TensorRT's precision flags from the row.
 """
 
 from __future__ import annotations
@@ -25,6 +31,48 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+# Heuristic conv search: no exhaustive cuDNN benchmark per new input shape.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
+DEFAULT_TRT_CACHE = Path.home() / ".cache" / "skutag" / "tensorrt"
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    """How ONNX Runtime runs the files of one export target (a row of the export-target table)."""
+
+    name: str  # the export target: fp32 | fp16 | int8-cpu | int8-tensorrt
+    trt_fp16: bool = False  # TensorRT may build fp16 kernels
+    trt_int8: bool = False  # TensorRT reads the file's explicit QDQ int8
+    tensorrt_refusal: str | None = None  # why TensorRT cannot run such a file (None: it can)
+
+
+RUNTIME_TARGETS: dict[str, RuntimeTarget] = {
+    "fp32": RuntimeTarget("fp32"),
+    "fp16": RuntimeTarget("fp16", trt_fp16=True),
+    "int8-cpu": RuntimeTarget(
+        "int8-cpu",
+        tensorrt_refusal="is an int8 model for CPUs (U8S8 QDQ: uint8 activations), which TensorRT cannot "
+        "build; export it with `skutag export RUN --precision int8 --int8-target tensorrt`, "
+        "or run this one with --device cpu",
+    ),
+    # The float head (everything after the pooled features) stays fp32 in TensorRT too.
+    "int8-tensorrt": RuntimeTarget("int8-tensorrt", trt_int8=True),
+}
+
+
+def runtime_target(card: ModelCard) -> RuntimeTarget:
+    """The table row of a card's export target (an int8 card without a target counts as `cpu`)."""
+    name = f"int8-{card.int8_target or 'cpu'}" if card.precision == "int8" else card.precision
+    return RUNTIME_TARGETS[name]
+
+
+def check_device(card: ModelCard | None, device: str, model: object = "the model") -> None:
+    """Refuse (InputError, exit 2) a file whose export target cannot run on `device`; no provider work."""
+    if card is None or device != "tensorrt":
+        return
+    refusal = runtime_target(card).tensorrt_refusal
+    if refusal:
+        raise InputError(f"--device tensorrt: {model} {refusal}")
 
 
 @dataclass
@@ -38,43 +86,47 @@ class SessionInfo:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def input_shape(card: ModelCard, batch_size: int) -> tuple[int, ...]:
+    """The model input's shape at `batch_size`: uint8 NHWC or float NCHW, as the card says."""
+    size = card.image_size
+    return (batch_size, size, size, 3) if card.input_layout == "NHWC" else (batch_size, 3, size, size)
+
+
 def provider_chain(
     device: str,
+    card: ModelCard | None = None,
     *,
+    input_name: str = "image",
+    batch_size: int | None = None,
     trt_cache_dir: str | os.PathLike | None = None,
-    trt_fp16: bool = False,
-    trt_int8: bool = False,
-    trt_profile: tuple[str, tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> list[Any]:
-    """ORT's provider list for `device`, most preferred first, always ending in the CPU."""
-    cuda = (
-        "CUDAExecutionProvider",
-        {
-            # Heuristic conv search: no exhaustive cuDNN benchmark per new input shape.
-            "cudnn_conv_algo_search": "HEURISTIC",
-            "do_copy_in_default_stream": "1",
-        },
-    )
+    """ORT's provider list for `device`, most preferred first, always ending in the CPU.
+
+    TensorRT: precision flags from the card's row of `RUNTIME_TARGETS` (fp32 for a model
+    without a card), engine and timing caches under `trt_cache_dir`, and with `batch_size`
+    one optimisation profile of exactly that input shape (the shape `skutag run` feeds).
+    """
+    cuda = ("CUDAExecutionProvider", dict(CUDA_OPTIONS))
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
         return [cuda, "CPUExecutionProvider"]
     if device == "tensorrt":
-        cache = str(Path(trt_cache_dir or Path.home() / ".cache" / "skutag" / "tensorrt"))
+        target = runtime_target(card) if card is not None else RUNTIME_TARGETS["fp32"]
+        cache = str(Path(trt_cache_dir or DEFAULT_TRT_CACHE))
         Path(cache).mkdir(parents=True, exist_ok=True)
         trt: dict[str, Any] = {
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": cache,
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": cache,
-            "trt_fp16_enable": trt_fp16,
-            "trt_int8_enable": trt_int8,
+            "trt_fp16_enable": target.trt_fp16,
+            "trt_int8_enable": target.trt_int8,
         }
-        if trt_profile is not None:
-            name, low, high = trt_profile
-            trt["trt_profile_min_shapes"] = f"{name}:{'x'.join(map(str, low))}"
-            trt["trt_profile_opt_shapes"] = f"{name}:{'x'.join(map(str, high))}"
-            trt["trt_profile_max_shapes"] = f"{name}:{'x'.join(map(str, high))}"
+        if batch_size is not None and card is not None:
+            shape = f"{input_name}:{'x'.join(map(str, input_shape(card, batch_size)))}"
+            for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+                trt[key] = shape
         return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
     raise ValueError(f"unknown device {device!r}")
 
@@ -83,32 +135,42 @@ def create_session(
     model: str | os.PathLike | bytes,
     device: str = "auto",
     *,
+    card: ModelCard | None = None,
+    input_name: str = "image",
+    batch_size: int | None = None,
+    trt_cache_dir: str | os.PathLike | None = None,
     threads: int | None = None,
     session_config: dict[str, str] | None = None,
-    **provider_options: Any,
 ):
     """An `onnxruntime.InferenceSession` on `device`, and a `SessionInfo` saying what is active.
 
-    Raises `DeviceError` when an explicitly requested GPU provider is not active, and
-    `InputError` when the file is missing or not a loadable ONNX model. `session_config` adds
+    Provider options come from `provider_chain` (the card's target row; `batch_size` fixes the
+    TensorRT profile). For TensorRT the card (read from the file when not given) must name a
+    target TensorRT can build, checked before any provider exists. Raises `DeviceError` when an
+    explicitly requested GPU provider is not active, and `InputError` when the file is missing,
+    not a loadable ONNX model, or of a target that cannot run on `device`. `session_config` adds
     ORT session config entries (e.g. `session.intra_op.allow_spinning`).
     """
     import onnxruntime as ort
 
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise InputError(f"model file not found: {model}")
+    if device == "tensorrt" and card is None and not isinstance(model, bytes):
+        card = model_card(model)
+    check_device(card, device, model if not isinstance(model, bytes) else "the model")
     if device in ("cuda", "tensorrt") and not gpu_present():  # fail before ORT logs library-load noise
         raise DeviceError(
             f"--device {device} was requested but there is no NVIDIA GPU on this machine; pass --device cpu or auto"
         )
     _preload_gpu_libraries(device)
     available = ort.get_available_providers()
+    chain = {"card": card, "input_name": input_name, "batch_size": batch_size, "trt_cache_dir": trt_cache_dir}
     if device == "auto":
         if not gpu_present():
             reason = "no NVIDIA GPU on this machine"
         elif PROVIDERS["cuda"] in available:
             try:
-                session, info = _make(ort, model, "cuda", threads, provider_options, session_config)
+                session, info = _make(ort, model, "cuda", threads, chain, session_config)
                 if info.device == "cuda":
                     return session, info
                 reason = "CUDA is listed but did not activate (missing CUDA/cuDNN/curand libraries?)"
@@ -117,10 +179,10 @@ def create_session(
         else:
             reason = "this onnxruntime has no CUDA provider"
         log.warning("device auto: using the CPU (%s)", reason)
-        session, info = _make(ort, model, "cpu", threads, provider_options, session_config)
+        session, info = _make(ort, model, "cpu", threads, chain, session_config)
         info.requested, info.fallback_reason = "auto", reason
         return session, info
-    session, info = _make(ort, model, device, threads, provider_options, session_config)
+    session, info = _make(ort, model, device, threads, chain, session_config)
     if info.device != device:
         where = "" if gpu_present() else " (no NVIDIA GPU on this machine)"
         raise DeviceError(
@@ -136,9 +198,7 @@ def gpu_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def _make(
-    ort, model, device: str, threads: int | None, provider_options: dict[str, Any], session_config=None
-):
+def _make(ort, model, device: str, threads: int | None, chain: dict[str, Any], session_config=None):
     options = ort.SessionOptions()
     for key, value in (session_config or {}).items():
         options.add_session_config_entry(key, value)
@@ -148,7 +208,7 @@ def _make(
     elif threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only; we report fallbacks ourselves
-    providers = provider_chain(device, **provider_options)
+    providers = provider_chain(device, **chain)
     try:
         source = model if isinstance(model, bytes) else os.fspath(model)
         session = ort.InferenceSession(source, sess_options=options, providers=providers)
@@ -161,7 +221,8 @@ def _make(
         ) from exc
     active = session.get_providers()
     active_device = next((name for name, provider in PROVIDERS.items() if provider == active[0]), active[0])
-    return session, SessionInfo(device=active_device, requested=device, providers=active)
+    options = dict(providers[0][1]) if isinstance(providers[0], tuple) else {}
+    return session, SessionInfo(device=active_device, requested=device, providers=active, options=options)
 
 
 def _preload_gpu_libraries(device: str) -> None:
@@ -183,3 +244,40 @@ def session_card(session) -> ModelCard | None:
     metadata = session.get_modelmeta().custom_metadata_map
     text = metadata.get(METADATA_KEY)
     return ModelCard.from_json(text) if text else None
+
+
+def model_card(path: str | os.PathLike) -> ModelCard | None:
+    """The card of the ONNX file at `path` (see `file_card`), without creating a session."""
+    import onnx
+
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
+    return file_card(proto)
+
+
+def file_card(proto) -> ModelCard | None:
+    """The card in an ONNX ModelProto's metadata, or None. An int8 card written before the card
+    recorded its target gets it from the graph: uint8 activations are `cpu`, int8 `tensorrt`."""
+    text = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    if not text:
+        return None
+    card = ModelCard.from_json(text)
+    if card.precision == "int8" and card.int8_target is None:
+        card = card.replace(int8_target=graph_int8_target(proto.graph))
+    return card
+
+
+def graph_int8_target(graph) -> str:
+    """`cpu` (U8S8) or `tensorrt` (S8S8), from the zero-point type of the graph's QuantizeLinear nodes."""
+    import onnx
+
+    zero_point_types = {i.name: i.data_type for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            if zero_point_types.get(node.input[2]) == onnx.TensorProto.INT8:
+                return "tensorrt"
+            if zero_point_types.get(node.input[2]) == onnx.TensorProto.UINT8:
+                return "cpu"
+    return "cpu"

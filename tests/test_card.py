@@ -41,6 +41,8 @@ def test_defaults_follow_torchvision_and_normalization():
         (lambda d: d.update(std=[0.2, 0.0, 0.2]), "std must be positive"),
         (lambda d: d.update(precision="int4"), "precision"),
         (lambda d: d.update(input_dtype="uint8", input_layout="NCHW"), "layout"),
+        (lambda d: d.update(precision="int8", int8_target="gpu"), "int8_target must be one of"),
+        (lambda d: d.update(precision="fp16", int8_target="cpu"), "only for int8"),
     ],
 )
 def test_malformed_cards_are_refused_with_a_reason(mutate, message):
@@ -59,3 +61,15 @@ def test_not_json_is_a_card_error(tmp_path):
 
 def test_card_errors_exit_with_code_2():
     assert CardError.exit_code == 2
+
+
+def test_int8_target_round_trips_and_old_cards_still_read():
+    card = make_card(precision="int8", int8_target="tensorrt")
+    assert ModelCard.from_json(card.to_json()) == card
+    assert json.loads(card.to_json())["int8_target"] == "tensorrt"
+    # fp32/fp16 cards serialise exactly as before the field existed (earlier skutag reads them)
+    assert "int8_target" not in make_card().to_dict()
+    # an int8 card written before the target was recorded: read, target unknown
+    old = card.to_dict()
+    del old["int8_target"]
+    assert ModelCard.from_dict(old).int8_target is None

@@ -6,7 +6,15 @@ import pytest
 
 from skutag.card import ModelCard
 from skutag.errors import DeviceError, InputError
-from skutag.runtime import create_session, gpu_present, provider_chain, session_card
+from skutag.runtime import (
+    RUNTIME_TARGETS,
+    check_device,
+    create_session,
+    gpu_present,
+    provider_chain,
+    runtime_target,
+    session_card,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +57,56 @@ def test_missing_and_corrupt_models_are_input_errors(tmp_path):
 
 
 def test_gpu_provider_chains_end_on_the_cpu(tmp_path):
+    card = ModelCard.for_training("resnet18", ["a", "b"], image_size=224)
     assert provider_chain("cpu") == ["CPUExecutionProvider"]
     cuda = provider_chain("cuda")
     assert cuda[0][0] == "CUDAExecutionProvider" and cuda[0][1]["cudnn_conv_algo_search"] == "HEURISTIC"
-    trt = provider_chain(
-        "tensorrt", trt_cache_dir=tmp_path, trt_profile=("image", (1, 224, 224, 3), (32, 224, 224, 3))
-    )
+    trt = provider_chain("tensorrt", card, trt_cache_dir=tmp_path, batch_size=32)
     name, options = trt[0]
     assert name == "TensorrtExecutionProvider" and options["trt_engine_cache_path"] == str(tmp_path)
-    assert options["trt_profile_max_shapes"] == "image:32x224x224x3"
+    for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+        assert options[key] == "image:32x224x224x3"
     assert trt[-1] == "CPUExecutionProvider"
+    float_input = card.replace(input_dtype="float32", input_layout="NCHW")
+    float_options = provider_chain("tensorrt", float_input, batch_size=8, trt_cache_dir=tmp_path)[0][1]
+    assert float_options["trt_profile_max_shapes"] == "image:8x3x224x224"
+
+
+@pytest.mark.parametrize(
+    "precision, int8_target, fp16, int8",
+    [("fp32", None, False, False), ("fp16", None, True, False), ("int8", "tensorrt", False, True)],
+)
+def test_tensorrt_precision_flags_come_from_the_card_s_target(tmp_path, precision, int8_target, fp16, int8):
+    card = ModelCard.for_training("resnet18", ["a", "b"], precision=precision, int8_target=int8_target)
+    options = provider_chain("tensorrt", card, trt_cache_dir=tmp_path)[0][1]
+    assert (options["trt_fp16_enable"], options["trt_int8_enable"]) == (fp16, int8)
+    assert "trt_profile_min_shapes" not in options  # no batch size: no profile
+
+
+def test_an_int8_cpu_model_is_refused_on_tensorrt_only():
+    cpu = ModelCard.for_training("resnet18", ["a", "b"], precision="int8", int8_target="cpu")
+    with pytest.raises(InputError, match="--int8-target tensorrt"):
+        check_device(cpu, "tensorrt", "m.onnx")
+    for device in ("cpu", "cuda", "auto"):
+        check_device(cpu, device, "m.onnx")
+    legacy = cpu.replace(int8_target=None)  # an int8 card written before the target was recorded
+    assert runtime_target(legacy) is RUNTIME_TARGETS["int8-cpu"]
+    check_device(cpu.replace(int8_target="tensorrt"), "tensorrt", "m.onnx")
+
+
+@pytest.mark.skipif(gpu_present(), reason="checks the order of checks on a machine without a GPU")
+def test_the_target_refusal_comes_before_the_gpu_check(tiny_onnx, tmp_path):
+    import onnx
+
+    from exporter.graph import set_metadata
+
+    path, card = tiny_onnx
+    proto = onnx.load(str(path))
+    set_metadata(proto, card.replace(precision="int8", int8_target="cpu"))
+    relabelled = tmp_path / "int8-cpu.onnx"
+    onnx.save(proto, str(relabelled))
+    with pytest.raises(InputError, match="--int8-target tensorrt"):
+        create_session(relabelled, "tensorrt", trt_cache_dir=tmp_path / "trt")
+    assert not (tmp_path / "trt").exists()
+    with pytest.raises(DeviceError):  # the same file as fp32: past the card, on to the GPU check
+        create_session(path, "tensorrt", trt_cache_dir=tmp_path / "trt")
