@@ -80,7 +80,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     "check_dir",
     type=_DIR,
     default=None,
-    help="Images for the parity check (default: the --calib images, else synthetic ones).",
+    help="Images for the parity check. int8: never the calibration images; by default the --calib "
+    "images that calibration did not use. fp32/fp16: default synthetic ones.",
 )
 @click.option(
     "--check-size",
@@ -136,12 +137,26 @@ def export(
 def _print_summary(summary: dict, ort_model: Path | None) -> None:
     size_mb = summary["file_bytes"] / 1e6
     click.echo(f"wrote {summary['model']} ({summary['target']}, {size_mb:.1f} MB, opset {summary['opset']})")
+    calibration = summary["calibration"]
+    if calibration:
+        click.echo(
+            f"calibrated on {calibration['count']} images ({calibration['method']}), "
+            f"int8 target {calibration['int8_target']}; head after the pooled features in float"
+        )
     parity = summary["parity"]
     if parity:
+        disjoint = (
+            ", none used for calibration" if calibration and not parity["shared_with_calibration"] else ""
+        )
+        embedding = (
+            f", embedding error max {parity['max_embedding_error']:.2e}"
+            if parity["max_embedding_error"] is not None
+            else ""
+        )
         click.echo(
-            f"parity vs PyTorch on {parity['images']} images: max |dprob| {parity['max_abs_dprob']:.2e}, "
-            f"top-1 agreement {parity['top1_agreement']:.1%}, top-{parity['k']} overlap "
-            f"{parity['top5_overlap']:.1%}"
+            f"parity vs PyTorch on {parity['images']} check images{disjoint}: per-image TV max "
+            f"{parity['max_tv']:.2e}, p99 {parity['p99_tv']:.2e}; top-1 agreement {parity['top1_agreement']:.1%}, "
+            f"top-{parity['k']} overlap {parity['top5_overlap']:.1%}{embedding}"
         )
     else:
         click.echo("parity check skipped (--no-check)")

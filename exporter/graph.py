@@ -2,8 +2,8 @@
 
 `ExportModule` wraps a trained torchvision classifier so the ONNX file takes what
 batchrun feeds it: by default uint8 `[batch, H, W, 3]` RGB, already resized and
-centre-cropped by the host, with cast, normalisation and layout change inside the
-graph; `probs` float32 `[batch, classes]` out, and optionally `embedding` (the pooled
+centre-cropped by the host, cast to float first (TensorRT handles uint8 layout changes
+poorly), then layout change and normalisation inside the graph; `probs` float32 `[batch, classes]` out, and optionally `embedding` (the pooled
 penultimate features). `export_fp32` writes one self-contained file with the pinned
 opset and a dynamic batch dimension named `batch`.
 """
@@ -48,8 +48,10 @@ class ExportModule(nn.Module):
 
     def forward(self, image: torch.Tensor):
         if self.input_kind == "uint8":
+            # Cast before any layout change: the first node on the uint8 input is the Cast.
             # contiguous(): a channels-last tensor would make the exporter turn flatten into as_strided + Gather
-            x = (image.permute(0, 3, 1, 2).contiguous().to(self.mean.dtype) - self.mean) / self.std
+            pixels = image.to(self.mean.dtype)
+            x = (pixels.permute(0, 3, 1, 2).contiguous() - self.mean) / self.std
         else:
             x = image
         features = self.body(x)
@@ -74,12 +76,15 @@ def export_fp32(
     return proto
 
 
-def exported_card(card: ModelCard, input_kind: str, precision: str = "fp32") -> ModelCard:
-    """The run's card as the exported file describes itself: its input and its precision."""
+def exported_card(
+    card: ModelCard, input_kind: str, precision: str = "fp32", int8_target: str | None = None
+) -> ModelCard:
+    """The run's card as the exported file describes itself: its input, precision and int8 target."""
     return card.replace(
         input_dtype="uint8" if input_kind == "uint8" else "float32",
         input_layout="NHWC" if input_kind == "uint8" else "NCHW",
         precision=precision,
+        int8_target=int8_target,
     )
 
 
@@ -122,7 +127,9 @@ def set_metadata(proto: onnx.ModelProto, card: ModelCard) -> None:
         ),
         "skutag.precision": card.precision,
     }
-    kept = [p for p in proto.metadata_props if p.key not in values]
+    if card.int8_target is not None:
+        values["skutag.int8_target"] = card.int8_target
+    kept = [p for p in proto.metadata_props if p.key not in values and p.key != "skutag.int8_target"]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     for key, value in values.items():

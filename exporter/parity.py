@@ -1,8 +1,12 @@
 """The parity check: the exported file in ONNX Runtime (CPU) against the PyTorch model.
 
-Both see the same uint8 images (or the same float tensors for `--input float`).
-The figures are max |dprob|, top-1 agreement and mean top-5 overlap; a target's
-`Limits` (exporter.targets) decide pass or fail.
+Both see the same uint8 images (or the same float tensors for `--input float`). The
+figures are per image, so they mean the same at 2 classes and at 1,000: the total
+variation distance between the two probability vectors of each image (TV, half the
+sum of |dprob| over its classes, in [0, 1]) with its max, p99 and mean over the
+images; top-1 agreement; mean top-k overlap; and, when the model has an `embedding`
+output, each image's relative L2 error of the embedding. A target's `Limits`
+(exporter.targets) decide pass or fail (`Parity.failures`, the gate).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.graph import INPUT_NAME, PROBS
+from exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 from exporter.samples import SampleSet, batches, model_input
 from exporter.targets import Limits
 from skutag.card import ModelCard
@@ -28,74 +32,124 @@ class ParityError(SkutagError):
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """A model's outputs on the check images: probabilities, and the embedding when it has one."""
+
+    probs: np.ndarray  # [N, classes]
+    embedding: np.ndarray | None = None  # [N, D]
+
+
+@dataclass(frozen=True)
 class Parity:
     images: int
-    max_abs_dprob: float
-    mean_abs_dprob: float
+    max_tv: float  # per-image total variation distance: its max over the images
+    p99_tv: float
+    mean_tv: float
     top1_agreement: float
     top5_overlap: float
     k: int  # the "top-5" k: min(5, classes)
+    max_embedding_error: float | None = None  # per-image ||e - e_ref|| / ||e_ref||: its max
+    p99_embedding_error: float | None = None
 
     def failures(self, limits: Limits) -> list[str]:
+        """What falls outside `limits`, one phrase each (empty: the gate passes)."""
         problems = []
-        if not self.max_abs_dprob < limits.max_abs_dprob:
-            problems.append(f"max |dprob| {self.max_abs_dprob:.3g} >= {limits.max_abs_dprob:g}")
-        if not self.mean_abs_dprob < limits.max_mean_abs_dprob:
-            problems.append(f"mean |dprob| {self.mean_abs_dprob:.3g} >= {limits.max_mean_abs_dprob:g}")
+        if not self.max_tv < limits.max_tv:
+            problems.append(f"max per-image TV {self.max_tv:.3g} >= {limits.max_tv:g}")
+        if not self.p99_tv < limits.p99_tv:
+            problems.append(f"p99 per-image TV {self.p99_tv:.3g} >= {limits.p99_tv:g}")
         if self.top1_agreement < limits.min_top1_agreement:
             problems.append(f"top-1 agreement {self.top1_agreement:.3f} < {limits.min_top1_agreement:g}")
         if self.top5_overlap < limits.min_top5_overlap:
             problems.append(f"top-{self.k} overlap {self.top5_overlap:.3f} < {limits.min_top5_overlap:g}")
+        if self.max_embedding_error is not None and not self.max_embedding_error < limits.max_embedding_error:
+            problems.append(
+                f"max embedding error {self.max_embedding_error:.3g} >= {limits.max_embedding_error:g}"
+            )
         return problems
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
 
 
-def compare(reference: np.ndarray, exported: np.ndarray) -> Parity:
-    """Parity figures of two `[N, classes]` probability arrays."""
+def total_variation(reference: np.ndarray, exported: np.ndarray) -> np.ndarray:
+    """Per-image total variation distance of two `[N, classes]` probability arrays, in [0, 1]."""
+    delta = np.abs(reference.astype(np.float64) - exported.astype(np.float64))
+    return 0.5 * delta.sum(axis=1)
+
+
+def relative_error(reference: np.ndarray, exported: np.ndarray) -> np.ndarray:
+    """Per-row ||exported - reference|| / ||reference|| (L2) of two `[N, D]` arrays."""
+    reference, exported = reference.astype(np.float64), exported.astype(np.float64)
+    norms = np.maximum(np.linalg.norm(reference, axis=1), 1e-12)
+    return np.linalg.norm(exported - reference, axis=1) / norms
+
+
+def compare(
+    reference: np.ndarray,
+    exported: np.ndarray,
+    reference_embedding: np.ndarray | None = None,
+    exported_embedding: np.ndarray | None = None,
+) -> Parity:
+    """Parity figures of two `[N, classes]` probability arrays (and of two `[N, D]` embeddings)."""
     if reference.shape != exported.shape:
         raise SkutagError(f"parity check: output shapes differ ({reference.shape} vs {exported.shape})")
     k = min(5, reference.shape[1])
     top_ref = np.argsort(-reference, axis=1, kind="stable")[:, :k]
     top_exp = np.argsort(-exported, axis=1, kind="stable")[:, :k]
     overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_exp, strict=True)]
-    delta = np.abs(reference.astype(np.float64) - exported.astype(np.float64))
+    tv = total_variation(reference, exported)
+    embedding: dict[str, float] = {}
+    if reference_embedding is not None and exported_embedding is not None:
+        errors = relative_error(reference_embedding, exported_embedding)
+        embedding = {
+            "max_embedding_error": float(errors.max()),
+            "p99_embedding_error": float(np.percentile(errors, 99)),
+        }
     return Parity(
         images=len(reference),
-        max_abs_dprob=float(delta.max()),
-        mean_abs_dprob=float(delta.mean()),
+        max_tv=float(tv.max()),
+        p99_tv=float(np.percentile(tv, 99)),
+        mean_tv=float(tv.mean()),
         top1_agreement=float(np.mean(top_ref[:, 0] == top_exp[:, 0])),
         top5_overlap=float(np.mean(overlap)),
         k=k,
+        **embedding,
     )
 
 
-def torch_probs(module: nn.Module, samples: SampleSet, card: ModelCard, input_kind: str) -> np.ndarray:
-    """Probabilities of the PyTorch `ExportModule` (fp32, CPU) on the samples."""
-    outputs = []
+def torch_outputs(module: nn.Module, samples: SampleSet, card: ModelCard, input_kind: str) -> Outputs:
+    """Outputs of the PyTorch `ExportModule` (fp32, CPU) on the samples."""
+    probs, embedding = [], []
     with torch.inference_mode():
         for batch in batches(samples.pixels, CHECK_BATCH):
             result = module(torch.from_numpy(model_input(batch, card, input_kind)))
-            outputs.append((result[0] if isinstance(result, tuple) else result).numpy())
-    return np.concatenate(outputs)
+            if isinstance(result, tuple):
+                probs.append(result[0].numpy())
+                embedding.append(result[1].numpy())
+            else:
+                probs.append(result.numpy())
+    return Outputs(np.concatenate(probs), np.concatenate(embedding) if embedding else None)
 
 
-def ort_probs(path: str | Path, samples: SampleSet, card: ModelCard, input_kind: str) -> np.ndarray:
-    """Probabilities of the exported file in ONNX Runtime on the CPU."""
+def ort_outputs(path: str | Path, samples: SampleSet, card: ModelCard, input_kind: str) -> Outputs:
+    """Outputs of the exported file in ONNX Runtime on the CPU."""
     from skutag.runtime import create_session
 
     session, _ = create_session(path, "cpu")
-    outputs = [
-        session.run([PROBS], {INPUT_NAME: model_input(batch, card, input_kind)})[0]
+    names = [PROBS] + [o.name for o in session.get_outputs() if o.name == EMBEDDING]
+    results = [
+        session.run(names, {INPUT_NAME: model_input(batch, card, input_kind)})
         for batch in batches(samples.pixels, CHECK_BATCH)
     ]
-    return np.concatenate(outputs)
+    probs = np.concatenate([r[0] for r in results])
+    embedding = np.concatenate([r[1] for r in results]) if len(names) > 1 else None
+    return Outputs(probs, embedding)
 
 
 def check(
     path: str | Path,
-    reference: np.ndarray,
+    reference: Outputs,
     samples: SampleSet,
     card: ModelCard,
     input_kind: str,
@@ -103,11 +157,12 @@ def check(
     label: str,
 ) -> Parity:
     """Run the exported file and compare with `reference`; raise `ParityError` outside `limits`."""
-    parity = compare(reference, ort_probs(path, samples, card, input_kind))
+    exported = ort_outputs(path, samples, card, input_kind)
+    parity = compare(reference.probs, exported.probs, reference.embedding, exported.embedding)
     problems = parity.failures(limits)
     if problems:
         raise ParityError(
-            f"{label} export failed its parity check against PyTorch on {parity.images} images: "
+            f"{label} export failed its parity check against PyTorch on {parity.images} check images: "
             + "; ".join(problems)
             + " (nothing written; --no-check skips the check)"
         )

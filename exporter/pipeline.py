@@ -1,9 +1,10 @@
 """`skutag export` end to end: trained weights -> checked ONNX file, its report, optionally an .ort file.
 
 Steps: validate the request (before any heavy work), load the trained model and
-card (trainer.weights), export fp32, convert to the target's precision (table in
-exporter.targets), run the parity check on the final bytes, and only then rename the
-file onto `--out`. A failed step leaves nothing at `--out`. The report
+card (trainer.weights), choose calibration and check images (disjoint by default,
+exporter.samples.plan), export fp32, convert to the target's precision (table in
+exporter.targets; int8 keeps its head in float, which is verified on the result), run
+the parity check on the final bytes, and only then rename the file onto `--out`. A failed step leaves nothing at `--out`. The report
 `MODEL.onnx.json` and the optional `MODEL.ort` are written after the model.
 """
 
@@ -19,10 +20,10 @@ from typing import Any
 import onnx
 
 from exporter import graph, quantize, samples
-from exporter.parity import Parity, check, torch_probs
+from exporter.parity import Parity, check, torch_outputs
 from exporter.targets import Target, resolve
 from skutag.card import ModelCard
-from skutag.errors import InputError
+from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_path, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,8 @@ def run_export(request: ExportRequest) -> ExportResult:
     model, run_card = load_trained(request.source)
     module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=request.embeddings)
     module.eval()
-    card = graph.exported_card(run_card, request.input_kind, target.precision)
-    calibration = (
-        samples.load_directory(request.calib_dir, run_card, request.calib_size) if request.calib_dir else None
-    )
-    check_set = _check_samples(request, run_card) if request.check else None
+    card = graph.exported_card(run_card, request.input_kind, target.precision, target.int8_target)
+    calibration, check_set = _samples(request, target, run_card)
 
     parity = None
     with tempfile.TemporaryDirectory(prefix="skutag-export-") as work:
@@ -102,7 +100,7 @@ def run_export(request: ExportRequest) -> ExportResult:
         with atomic_path(request.out) as staged:
             graph.save(final, staged)
             if check_set is not None:
-                reference = torch_probs(module, check_set, run_card, request.input_kind)
+                reference = torch_outputs(module, check_set, run_card, request.input_kind)
                 parity = check(
                     staged, reference, check_set, run_card, request.input_kind, target.limits, target.name
                 )
@@ -115,13 +113,29 @@ def run_export(request: ExportRequest) -> ExportResult:
     return ExportResult(request.out, report, ort_model, card, parity, summary)
 
 
-def _check_samples(request: ExportRequest, card: ModelCard) -> samples.SampleSet:
-    """--check-images, else the calibration images, else synthetic ones."""
+def _samples(
+    request: ExportRequest, target: Target, card: ModelCard
+) -> tuple[samples.SampleSet | None, samples.SampleSet | None]:
+    """Calibration images (int8 only) and parity-check images (None with --no-check).
+
+    int8: disjoint sets (exporter.samples.plan): --check-images minus the calibration files,
+    else the --calib files calibration did not take. Otherwise --check-images, else synthetic.
+    """
+    if target.quantisation is not None:
+        assert request.calib_dir is not None  # validate() refused int8 without --calib
+        calib_files, check_files = samples.plan(
+            request.calib_dir, request.calib_size, request.check_dir, request.check_size
+        )
+        calibration = samples.load_files(calib_files, card, str(request.calib_dir))
+        if not request.check:
+            return calibration, None
+        source = str(request.check_dir or request.calib_dir)
+        return calibration, samples.load_files(check_files, card, source)
+    if not request.check:
+        return None, None
     if request.check_dir is not None:
-        return samples.load_directory(request.check_dir, card, request.check_size)
-    if request.calib_dir is not None:
-        return samples.load_directory(request.calib_dir, card, request.check_size)
-    return samples.synthetic(card, request.check_size)
+        return None, samples.load_directory(request.check_dir, card, request.check_size)
+    return None, samples.synthetic(card, request.check_size)
 
 
 def _convert(
@@ -147,6 +161,11 @@ def _convert(
             method=request.calib_method,
         )
         proto = onnx.load(str(int8_path))
+        touched = quantize.eight_bit_tail(proto)
+        if touched:  # the quantiser did not honour the exclusions: refuse rather than ship it
+            raise SkutagError(
+                f"int8: nodes after the pooled features use 8-bit tensors: {', '.join(touched)}"
+            )
     elif target.precision == "fp16":
         proto = quantize.to_fp16(onnx.load(str(fp32_path)))
     else:
@@ -225,6 +244,7 @@ def _summary(
         else {
             **parity.to_dict(),
             "sample": check_set.describe() if check_set else None,
+            "shared_with_calibration": _shared(check_set, calibration),
             "limits": asdict(target.limits),
             "reference": "PyTorch fp32 on the CPU",
         },
@@ -250,6 +270,13 @@ def _summary(
             "onnxruntime": onnxruntime.__version__,
         },
     }
+
+
+def _shared(check_set: samples.SampleSet | None, calibration: samples.SampleSet | None) -> int:
+    """How many check images are also calibration images (0 unless the user asked for it)."""
+    if check_set is None or calibration is None:
+        return 0
+    return len({p.resolve() for p in check_set.files} & {p.resolve() for p in calibration.files})
 
 
 def _weights_path(source: Path) -> Path:

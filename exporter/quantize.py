@@ -6,10 +6,16 @@ input stays uint8 and the outputs stay float32.
 
 int8: `quant_pre_process` (shape inference and optimisation, e.g. BatchNorm folded
 into Conv) and then `quantize_static` in QDQ format, calibrated on real images fed
-exactly as batchrun feeds them. The uint8 input needs no special handling: the
-quantiser only quantises float tensors, so the Cast and normalisation at the start
-stay float and the first QuantizeLinear sits before the first Conv. Softmax is
-excluded so `probs` keeps full float resolution instead of 256 levels.
+exactly as batchrun feeds them. Two parts of the graph stay float, excluded from
+quantisation by node name (`float_nodes`, ORT's `nodes_to_exclude`), for both int8
+targets:
+- the input's preprocessing (Cast, layout change, normalisation: every node between
+  the input and the first Conv), so the first QuantizeLinear sits before the first Conv
+  and the pixels are never requantised (a symmetric S8 quantiser would halve their
+  resolution);
+- the tail: the pooling that makes the pooled features and every node after it (the
+  classifier Gemm and its weights, Softmax, the `embedding` output), so `probs` and
+  `embedding` are never computed from 8-bit values. `eight_bit_tail` checks the result.
 """
 
 from __future__ import annotations
@@ -26,12 +32,18 @@ import onnx
 from exporter.samples import SampleSet, batches, model_input
 from exporter.targets import Quantisation
 from skutag.card import ModelCard
+from skutag.errors import SkutagError
 
 log = logging.getLogger(__name__)
 
 CALIB_BATCH = 16
-# Ops whose outputs must stay float: probabilities must not collapse to 256 levels.
-NEVER_QUANTISED = ("Softmax",)
+# The ops that make the pooled features: walking back from the outputs, the tail ends at the first one.
+POOLING_OPS = frozenset(
+    {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "MaxPool"}
+)
+# Walking forward from the input, the preprocessing ends at the first op with weights.
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+EIGHT_BIT_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 # Conv ops in ORT's optimised CPU graph: quantised kernels, and float ones (a conv the QDQ fusion missed).
 QUANTISED_CONV_OPS = frozenset({"QLinearConv", "ConvInteger", "NhwcQLinearConv"})
 FLOAT_CONV_OPS = frozenset({"Conv", "FusedConv", "NchwcConv"})
@@ -99,9 +111,7 @@ def to_int8(
     with tempfile.TemporaryDirectory(prefix="skutag-int8-") as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        excluded = [
-            node.name for node in onnx.load(str(prepared)).graph.node if node.op_type in NEVER_QUANTISED
-        ]
+        excluded = float_nodes(onnx.load(str(prepared)))
         chatter = io.StringIO()  # ORT's calibrators print progress to stdout; keep it for --verbose
         with contextlib.redirect_stdout(chatter):
             quantize_static(
@@ -118,6 +128,79 @@ def to_int8(
                 calibration_providers=["CPUExecutionProvider"],
             )
         log.debug("onnxruntime.quantization: %s", chatter.getvalue().strip())
+
+
+def float_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that stay float: the input's preprocessing and the tail (see the module doc)."""
+    graph = proto.graph
+    nodes = list(graph.node)
+    if not all(node.name for node in nodes):
+        raise SkutagError("int8: the prepared graph has unnamed nodes; they cannot be excluded by name")
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    keep: dict[str, None] = {}  # ordered set
+    frontier = [i.name for i in graph.input]
+    while frontier:  # forward from the input up to (not into) the first weighted op
+        for node in consumers.get(frontier.pop(), []):
+            if node.op_type not in WEIGHTED_OPS and node.name not in keep:
+                keep[node.name] = None
+                frontier.extend(node.output)
+    tail = tail_nodes(proto)
+    if not any(node.op_type in POOLING_OPS for node in tail):
+        raise SkutagError(
+            "int8: cannot find the pooled features (no pooling op before the outputs) to keep the head in float"
+        )
+    keep.update((node.name, None) for node in tail)
+    return list(keep)
+
+
+def tail_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes between the pooled features and the outputs: walking back from every output along
+    float tensors (and 8-bit ones, so Q/DQ pairs count), up to and including the first pooling op."""
+    graph = proto.graph
+    producers = {name: node for node in graph.node for name in node.output}
+    types = tensor_types(proto)
+    seen: dict[str, onnx.NodeProto] = {}  # by first output name (unique in a graph)
+    frontier = [o.name for o in graph.output]
+    while frontier:
+        node = producers.get(frontier.pop())
+        if node is None or node.output[0] in seen or node.op_type in ("Shape", "Constant"):
+            continue
+        seen[node.output[0]] = node
+        if node.op_type in POOLING_OPS:
+            continue
+        frontier.extend(
+            name for name in node.input if name and types.get(name, onnx.TensorProto.FLOAT) in _DATA_TYPES
+        )
+    return list(seen.values())
+
+
+def eight_bit_tail(proto: onnx.ModelProto) -> list[str]:
+    """Tail nodes (see `tail_nodes`) that consume or produce 8-bit tensors, as `op_type name`; [] is right."""
+    types = tensor_types(proto)
+    return [
+        f"{node.op_type} {node.name}"
+        for node in tail_nodes(proto)
+        if any(types.get(name) in EIGHT_BIT_TYPES for name in [*node.input, *node.output] if name)
+    ]
+
+
+def tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor whose type ONNX shape inference knows (inputs, outputs, initialisers)."""
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.value_info, *inferred.input, *inferred.output]
+    }
+    types.update((init.name, init.data_type) for init in inferred.initializer)
+    return types
+
+
+_DATA_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16} | EIGHT_BIT_TYPES
+)
 
 
 def optimised_op_types(path: str | Path, level: str = "extended") -> dict[str, int]:

@@ -9,7 +9,7 @@ import pytest
 
 from exporter import cli, targets
 from exporter.parity import compare
-from exporter.samples import load_directory, select_files, synthetic
+from exporter.samples import load_directory, plan, select_files, synthetic
 from skutag.card import ModelCard
 from skutag.cli import main
 from tests.inputs import write_awkward_inputs
@@ -134,24 +134,59 @@ def test_synthetic_check_images_are_model_sized_and_reproducible():
 def test_parity_figures():
     reference = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32)
     same = compare(reference, reference)
-    assert same.max_abs_dprob == 0 and same.top1_agreement == 1 and same.top5_overlap == 1 and same.k == 3
+    assert same.max_tv == 0 and same.top1_agreement == 1 and same.top5_overlap == 1 and same.k == 3
+    assert same.max_embedding_error is None
     flipped = compare(reference, np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32))
-    assert flipped.top1_agreement == 0.5 and flipped.max_abs_dprob == pytest.approx(0.5)
+    # image 0: |dprob| 0.5 + 0.5 + 0 -> TV 0.5; image 1: 0
+    assert flipped.top1_agreement == 0.5 and flipped.max_tv == pytest.approx(0.5)
+    assert flipped.mean_tv == pytest.approx(0.25)
     assert flipped.failures(targets.TARGETS["fp32"].limits)
     assert not same.failures(targets.TARGETS["int8-cpu"].limits)
 
 
-def test_int8_gate_refuses_a_broken_graph_by_its_mean_but_tolerates_one_near_tie():
-    rng = np.random.default_rng(0)
-    reference = rng.dirichlet(np.full(6, 0.3), size=64).astype(np.float32)
-    limits = targets.TARGETS["int8-cpu"].limits
-    near_tie = reference.copy()
-    near_tie[0] = [0.36, 0.34, 0.1, 0.1, 0.05, 0.05]  # torch: class 0 just ahead
-    reference[0] = [0.36, 0.34, 0.1, 0.1, 0.05, 0.05]
-    near_tie[0] = [0.05, 0.66, 0.1, 0.1, 0.05, 0.04]  # int8: class 1 well ahead, |dprob| 0.32
-    tolerated = compare(reference, near_tie)
-    assert tolerated.max_abs_dprob > 0.3 and not tolerated.failures(limits)
-    # a broken graph: every image's probabilities pulled towards uniform, top-1 mostly kept
-    broken = compare(reference, (0.7 * reference + 0.3 / 6).astype(np.float32))
-    assert broken.top1_agreement == 1.0 and broken.max_abs_dprob < 0.3
-    assert any("mean |dprob|" in problem for problem in broken.failures(limits))
+def test_embedding_error_is_relative_per_image():
+    probs = np.full((2, 3), 1 / 3, dtype=np.float32)
+    embedding = np.array([[3.0, 4.0], [30.0, 40.0]], dtype=np.float32)
+    moved = embedding + np.array([[0.5, 0.0], [0.5, 0.0]], dtype=np.float32)
+    parity = compare(probs, probs, embedding, moved)
+    assert parity.max_embedding_error == pytest.approx(0.1) and parity.p99_embedding_error < 0.1
+    limits = targets.TARGETS["fp32"].limits
+    assert any("embedding" in problem for problem in parity.failures(limits))
+
+
+def write_images(root: Path, n: int) -> list[Path]:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(root / f"{i:03d}.png")
+    return sorted(root.iterdir())
+
+
+def test_check_images_are_the_calibration_directory_s_other_files(tmp_path):
+    files = write_images(tmp_path / "calib", 100)
+    calibration, check = plan(tmp_path / "calib", 64, None, 30)
+    assert len(calibration) == 64 and len(check) == 30 and not set(calibration) & set(check)
+    assert plan(tmp_path / "calib", 64, None, 30) == (calibration, check)  # deterministic
+    # too few files for both: calibration leaves min(check_size, N // 2) for the check
+    calibration, check = plan(tmp_path / "calib", 256, None, 64)
+    assert (len(calibration), len(check)) == (50, 50) and set(calibration) | set(check) == set(files)
+    calibration, check = plan(tmp_path / "calib", 256, None, 20)
+    assert (len(calibration), len(check)) == (80, 20) and not set(calibration) & set(check)
+
+
+def test_explicit_check_images_drop_the_calibration_files(tmp_path):
+    write_images(tmp_path / "calib", 40)
+    write_images(tmp_path / "other", 10)
+    calibration, check = plan(tmp_path / "calib", 16, tmp_path / "other", 64)
+    assert len(calibration) == 16 and len(check) == 10
+    calibration, check = plan(tmp_path / "calib", 16, tmp_path / "calib" / ".." / "calib", 64)
+    assert not {p.resolve() for p in calibration} & {p.resolve() for p in check} and check
+
+
+def test_no_check_image_left_is_an_input_error(tmp_path):
+    from skutag.errors import InputError
+
+    write_images(tmp_path / "one", 1)
+    with pytest.raises(InputError, match="too few to calibrate and check"):
+        plan(tmp_path / "one", 16, None, 64)
