@@ -1,0 +1,278 @@
+"""The Ray engine: CPU decode tasks -> inference actors (one ORT session each) -> commits in the driver.
+
+`--engine ray` runs the same WorkList as the local engine on Ray Data: the decode tasks of
+the shard (`work.task_uris`) become blocks of `--batch-size` rows, `ray_stages.decode_block`
+decodes them in CPU tasks through the local engine's `decode_one`, and `ray_stages.Predictor`
+actors predict them. The driver iterates the results and hands them to the same
+`writer.UnitWriter` as the local engine, which commits each unit of the plan once all its
+tasks are back: one part under its deterministic name (`out.part_name`), written in one
+step, then the manifest. So a decode task or actor lost mid-run is retried by Ray and its
+rows arrive once (the driver also drops any task it has already seen), and a driver killed
+mid-run leaves only committed units, which the rerun skips after `api.py` has checked the
+run key.
+
+Without `--ray-address` a local Ray is started for the run and shut down after it (no
+`ray::` process outlives the run); with `auto` or an address the run joins that cluster.
+A job that stops making progress fails after `SKUTAG_RAY_NO_PROGRESS_S` seconds (default
+600) with one line, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from skutag.errors import SkutagError
+from skutag.runtime import gpu_present
+
+from ..incremental import Previous
+from ..loader import Preprocess, ReadOptions
+from ..model import ModelContract
+from ..options import RunOptions
+from ..out import Manifest, OutputNames
+from ..plan import Plan
+from ..progress import ProgressReporter
+from ..work import WorkList
+from ..writer import UnitWriter, prediction_schema
+from .local import Stats
+from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
+from .ray_stages import Predictor, PredictorConfig, decode_block, select, to_batch, to_predictions
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'skutag[ray]' (or pass --engine local)"
+NO_PROGRESS_ENV = "SKUTAG_RAY_NO_PROGRESS_S"
+DEFAULT_NO_PROGRESS_S = 600.0
+# What one decode task may hold at its peak (a 50-megapixel photo decoded, then resized), so Ray
+# never schedules more decode tasks on a node than its memory holds.
+DECODE_TASK_MEMORY = 512 << 20
+
+
+def import_ray():
+    """The `ray` module, or a one-line SkutagError (exit 1: the environment lacks an optional extra)."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the `data` extra)
+    except ImportError as exc:
+        raise SkutagError(INSTALL_HINT) from exc
+    return ray
+
+
+def run_ray(
+    contract: ModelContract,
+    plan: Plan,
+    work: WorkList,
+    *,
+    out: str,
+    names: OutputNames,
+    manifest: Manifest,
+    previous: Previous | None,
+    options: RunOptions,
+    file_metadata: dict[str, str],
+) -> Stats:
+    """Decode, predict and commit every unit of `work` on Ray Data (see the module docstring)."""
+    ray = import_ray()
+    stats = Stats()
+    schema = prediction_schema(contract.embedding_dim if options.embeddings else None, file_metadata)
+    writer = UnitWriter(
+        out, names, manifest, plan, work, schema=schema, classes=list(contract.card.classes),
+        previous=previous, storage_options=options.storage_options,
+    ).start()  # fmt: skip
+    try:
+        if work.tasks:  # units made only of reused rows need no cluster
+            with connect(ray, options) as resources:
+                log.info("ray: %s", resources.describe())
+                stats.workers = resources.decode_tasks
+                blocks = _pipeline(ray, contract, work, options, resources)
+                _stream(blocks, writer, stats, options, work.tasks)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        stats.write_s = writer.seconds
+        stats.rows = writer.committed_rows
+    return stats
+
+
+@contextlib.contextmanager
+def connect(ray, options: RunOptions) -> Iterator[RayResources]:
+    """Join the cluster at `--ray-address`, or start a local Ray sized for this run and stop it after."""
+    started = False
+    if ray.is_initialized():  # a caller of the Python API that set Ray up itself
+        resources = _cluster_plan(ray, options)
+    elif options.ray_address:
+        _init(ray, address=options.ray_address)
+        resources = _cluster_plan(ray, options)
+    else:
+        gpus = _local_gpus() if options.device != "cpu" else 0
+        resources = local_resources(options.device, gpus, options.workers, options.threads)
+        _init(ray, address="local", num_cpus=resources.local_cpus(), num_gpus=gpus)
+        started = True
+    try:
+        yield resources
+    finally:
+        if started or options.ray_address:
+            ray.shutdown()  # a local Ray: stops every process it started
+
+
+def _init(ray, **kwargs: Any) -> None:
+    try:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = kwargs.get("address")
+        raise SkutagError(f"--engine ray: cannot start or join Ray at {where!r}: {_first_line(exc)}") from exc
+
+
+def _cluster_plan(ray, options: RunOptions) -> RayResources:
+    nodes = alive_nodes(ray.nodes())
+    if not nodes:
+        raise SkutagError("--engine ray: the Ray cluster has no live node")
+    return cluster_resources(nodes, options.device, options.workers, options.threads)
+
+
+def _local_gpus() -> int:
+    if not gpu_present():
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions, resources: RayResources):
+    """The Ray Dataset of predicted rows (facts + top-k), in blocks of about `--batch-size` rows."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.execution_no_progress_timeout_s = _no_progress_s()
+    context.wait_for_min_actors_s = -1  # actors start asynchronously, under the no-progress guard
+    context.enable_progress_bars = False
+    context.max_errored_blocks = 0  # never drop rows: the stages turn failures into error rows
+    context.execution_options.preserve_order = False  # the writer completes units in any order
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    card = contract.card
+    tasks = pa.table(
+        {
+            "task": pa.array(np.arange(work.tasks, dtype=np.int64)),
+            "uri": work.task_uris.cast(pa.string()),
+            "size": pa.array(work.task_sizes, pa.int64()),
+        }
+    )
+    step = max(1, options.batch_size)
+    # from_blocks puts the blocks from here; from_arrow would run remote tasks outside the no-progress guard
+    dataset = ray.data.from_blocks([tasks.slice(start, step) for start in range(0, work.tasks, step)])
+    dataset = dataset.map_batches(
+        decode_block,
+        batch_size=None,  # one task per block
+        batch_format="numpy",
+        fn_kwargs={
+            "preprocess": Preprocess(card.image_size, card.resize_size, card.interpolation),
+            "read": ReadOptions(options.max_bytes, options.storage_options),
+        },
+        num_cpus=resources.decode_cpus,
+        # Also keeps Ray Data from fusing the decode tasks into the actors (it fuses a task stage into
+        # the next actor stage when their remote arguments are equal): decode must not wait on inference.
+        memory=DECODE_TASK_MEMORY,
+        compute=ray.data.TaskPoolStrategy(size=resources.decode_tasks),
+    )
+    with open(contract.path, "rb") as f:
+        model = ray.put(f.read())  # worker nodes need no copy of the file
+    config = PredictorConfig(
+        device=options.device,
+        batch_size=options.batch_size,
+        threads=resources.threads,
+        topk=options.topk,
+        embeddings=options.embeddings,
+        trt_cache=options.trt_cache,
+        share_cores=not resources.gpu,
+    )
+    return dataset.map_batches(
+        Predictor,
+        fn_constructor_args=(contract, [model], config),  # nested: the actor fetches the bytes
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        num_cpus=resources.actor_cpus,
+        num_gpus=resources.actor_gpus or None,
+        compute=ray.data.ActorPoolStrategy(size=resources.actors),
+    ).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+
+
+def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> None:
+    """Blocks of predicted rows -> the writer; a task seen twice (a retried block) is written once."""
+    seen = np.zeros(tasks, bool)
+    with ProgressReporter(tasks, enabled=options.progress) as reporter, _ray_errors():
+        waited = time.perf_counter()
+        for block in blocks:
+            stats.wait_s += time.perf_counter() - waited
+            fresh = ~seen[block["task"]]
+            if not fresh.all():
+                log.warning("ray: dropped %d row(s) of a retried block seen before", int((~fresh).sum()))
+                block = select(block, fresh)
+            if len(block["task"]) == 0:
+                continue
+            seen[block["task"]] = True
+            if stats.device == "none":
+                stats.device = str(block["device"][0])
+                stats.providers = str(block["providers"][0]).split(",")
+                stats.fallback_reason = str(block["fallback"][0]) or None
+            stats.inference_s += float(np.sum(block["infer_s"]))
+            batch = to_batch(block)
+            writer.put(batch, to_predictions(block, options.embeddings))
+            stats.tasks += len(batch)
+            stats.decode_s += batch.decode_seconds
+            reporter.advance(len(batch))
+            waited = time.perf_counter()
+    if stats.tasks != tasks:
+        raise SkutagError(
+            f"--engine ray: {tasks - stats.tasks} decode task(s) never came back; rerun to redo them"
+        )
+
+
+@contextlib.contextmanager
+def _ray_errors() -> Iterator[None]:
+    """Ray's failures as one line (exit 1); a SkutagError raised inside an actor keeps its own."""
+    from ray.data.exceptions import ExecutionTimeoutError
+    from ray.exceptions import RayError
+
+    try:
+        yield
+    except ExecutionTimeoutError as exc:
+        raise SkutagError(
+            f"--engine ray: no progress for {_no_progress_s():.0f} s (stalled: not enough resources "
+            f"for the decode tasks and inference actors, or a hung task); committed parts are kept, "
+            f"rerun to resume ({NO_PROGRESS_ENV} sets the limit)"
+        ) from exc
+    except RayError as exc:
+        cause = _skutag_cause(exc)
+        if cause is not None:
+            raise cause from exc
+        raise SkutagError(f"--engine ray: the Ray job failed: {_first_line(exc)}") from exc
+
+
+def _skutag_cause(exc: BaseException) -> SkutagError | None:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, SkutagError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _no_progress_s() -> float:
+    try:
+        return float(os.environ.get(NO_PROGRESS_ENV, DEFAULT_NO_PROGRESS_S))
+    except ValueError:
+        return DEFAULT_NO_PROGRESS_S

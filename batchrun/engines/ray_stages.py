@@ -1,0 +1,182 @@
+"""The two Ray Data stages of `--engine ray` and the columns that travel between them.
+
+`decode_block` (CPU tasks) reads and decodes a block of decode tasks through
+`batchrun.loader.decode_one`, the local engine's one decode path. `Predictor` (actors)
+holds one ONNX Runtime session, opened from the model's bytes (shipped through the
+object store, so worker nodes need no copy of the file) and predicts through
+`batchrun.infer`'s predictors. Neither stage lets an exception escape: Ray Data fails the
+whole job on a UDF exception, and its `max_errored_blocks` would drop a block's good rows
+with it. A row that cannot be processed becomes an error row instead (`crashed`, which
+`--retry-errors` retries).
+
+Columns carry no nulls (Ray Data infers each block's schema): "" and -1 stand for "none"
+and `to_batch` turns them back into `loader.Batch`, which the writer takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..infer import Predictions, make_predictor, open_session
+from ..loader import Batch, Preprocess, ReadOptions, Sample, decode_one, error_sample
+from ..model import ModelContract
+from ..writer import empty_predictions
+
+FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
+
+
+def decode_block(block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions) -> dict[str, Any]:
+    """Decode tasks -> pixels (zeros for error rows) and the facts of every row."""
+    samples = []
+    for task, uri, size in zip(block["task"], block["uri"], block["size"], strict=True):
+        try:
+            samples.append(decode_one(int(task), str(uri), int(size), preprocess, read))
+        except Exception as exc:  # decode_one contains decoder errors; this is anything else
+            samples.append(
+                error_sample(int(task), "crashed", f"decode task failed: {type(exc).__name__}: {exc}")
+            )
+    size = preprocess.image_size
+    pixels = np.zeros((len(samples), size, size, 3), np.uint8)
+    for row, sample in enumerate(samples):
+        if sample.pixels is not None:
+            pixels[row] = sample.pixels
+    return {"pixels": pixels, **_facts(samples)}
+
+
+def _facts(samples: list[Sample]) -> dict[str, np.ndarray]:
+    def ints(values, dtype) -> np.ndarray:
+        return np.array([-1 if v is None else v for v in values], dtype)
+
+    def texts(values) -> np.ndarray:
+        return np.array(["" if v is None else v for v in values], dtype=object)
+
+    return {
+        "task": ints([s.index for s in samples], np.int64),
+        "ok": np.array([s.pixels is not None for s in samples], bool),
+        "error_kind": texts([s.error_kind for s in samples]),
+        "error": texts([s.error for s in samples]),
+        "width": ints([s.width for s in samples], np.int32),
+        "height": ints([s.height for s in samples], np.int32),
+        "nbytes": ints([s.nbytes for s in samples], np.int64),
+        "sha256": texts([s.sha256 for s in samples]),
+        "decode_s": np.array([s.seconds for s in samples], np.float64),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorConfig:
+    device: str
+    batch_size: int
+    threads: int
+    topk: int
+    embeddings: bool
+    trt_cache: str | None
+    share_cores: bool  # decode tasks run on the same cores: ORT threads must not spin
+
+
+class Predictor:
+    """A Ray Data actor: one ORT session, uint8 batches in, top-k (and embeddings) out."""
+
+    def __init__(self, contract: ModelContract, model: list[Any], config: PredictorConfig):
+        import ray
+
+        data = ray.get(model[0])
+        fd, path = tempfile.mkstemp(prefix="skutag-model-", suffix=".onnx")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            self.contract = dataclasses.replace(contract, path=path)
+            session, info = open_session(
+                self.contract, config.device, batch_size=config.batch_size, threads=config.threads,
+                trt_cache=config.trt_cache, share_cores=config.share_cores,
+            )  # fmt: skip
+        finally:
+            os.unlink(path)  # the session holds the model; the file is not needed again
+        self.info = info
+        self.config = config
+        self.dim = contract.embedding_dim if config.embeddings else None
+        self.pad = config.batch_size if info.device in ("cuda", "tensorrt") else 0
+        self.predict = make_predictor(
+            session, info, self.contract, topk=config.topk, embeddings=config.embeddings,
+            batch_size=config.batch_size,
+        )  # fmt: skip
+
+    def __call__(self, block: dict[str, np.ndarray]) -> dict[str, Any]:
+        started = time.perf_counter()
+        rows = len(block["task"])
+        facts = {name: block[name] for name in FACTS}
+        try:
+            predictions = self._predict(block)
+        except Exception as exc:  # the batch's rows become error rows; the job goes on
+            message = f"inference failed: {type(exc).__name__}: {exc}"
+            ok = facts["ok"]
+            facts["error_kind"] = np.where(ok, "crashed", facts["error_kind"]).astype(object)
+            facts["error"] = np.where(ok, message, facts["error"]).astype(object)
+            facts["ok"] = np.zeros(rows, bool)
+            predictions = empty_predictions(rows, self.config.topk, self.dim)
+        out = {
+            **facts,
+            "topk_indices": predictions.topk_indices[:rows],
+            "topk_scores": predictions.topk_scores[:rows],
+            "infer_s": np.full(rows, (time.perf_counter() - started) / max(rows, 1)),
+            "device": np.array([self.info.device] * rows, dtype=object),
+            "providers": np.array([",".join(self.info.providers)] * rows, dtype=object),
+            "fallback": np.array([self.info.fallback_reason or ""] * rows, dtype=object),
+        }
+        if self.dim is not None:
+            out["embedding"] = np.ascontiguousarray(predictions.embedding[:rows], np.float32)
+        return out
+
+    def _predict(self, block: dict[str, np.ndarray]) -> Predictions:
+        import torch
+
+        rows = len(block["task"])
+        if not block["ok"].any():
+            return empty_predictions(rows, self.config.topk, self.dim)
+        pixels = np.ascontiguousarray(block["pixels"], np.uint8)
+        if self.pad > rows:  # one batch shape on CUDA / TensorRT
+            pixels = np.concatenate([pixels, np.zeros((self.pad - rows, *pixels.shape[1:]), np.uint8)])
+        batch = to_batch(block)
+        with warnings.catch_warnings():  # Ray's zero-copy blocks are read-only; ORT only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            batch.pixels = torch.from_numpy(pixels)
+        return self.predict(batch)
+
+
+def to_batch(block: dict[str, np.ndarray]) -> Batch:
+    """Facts columns -> `loader.Batch` (without pixels), as the writer takes it."""
+
+    def texts(values) -> list[str | None]:
+        return [str(v) if v else None for v in values]
+
+    return Batch(
+        indices=np.asarray(block["task"], np.int64),
+        pixels=None,
+        ok=np.asarray(block["ok"], bool),
+        error_kinds=texts(block["error_kind"]),
+        errors=texts(block["error"]),
+        widths=np.asarray(block["width"], np.int32),
+        heights=np.asarray(block["height"], np.int32),
+        nbytes=np.asarray(block["nbytes"], np.int64),
+        sha256=texts(block["sha256"]),
+        decode_seconds=float(np.sum(block["decode_s"])),
+    )
+
+
+def to_predictions(block: dict[str, np.ndarray], embeddings: bool) -> Predictions:
+    embedding = np.asarray(block["embedding"], np.float32) if embeddings else None
+    return Predictions(
+        np.asarray(block["topk_indices"], np.int32), np.asarray(block["topk_scores"], np.float32), embedding
+    )
+
+
+def select(block: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of `block` where the boolean mask `rows` is true."""
+    return {name: values[rows] for name, values in block.items()}
