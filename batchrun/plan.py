@@ -42,7 +42,7 @@ PLAN_DIR = "_plan"
 PLAN_FILE = "_PLAN"
 FORMAT = 1
 SORT_CHUNK = 100_000  # rows sorted in memory before a run is spilled to disk
-MERGE_ROWS = 65_536  # rows held in memory across all runs while they are merged
+MERGE_ROWS = 32_768  # rows held in memory across all runs while they are merged
 PLAN_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -208,7 +208,7 @@ def _sort(table: pa.Table) -> pa.Table:
 
 def _spill(chunk: list[Entry], scratch: str, number: int) -> str:
     path = os.path.join(scratch, f"run-{number:05d}.parquet")
-    pq.write_table(_sort(_table(chunk)), path, compression="lz4", row_group_size=8192)
+    pq.write_table(_sort(_table(chunk)), path, compression="lz4", row_group_size=2048)
     return path
 
 
