@@ -176,7 +176,9 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
             "preprocess": Preprocess(card.image_size, card.resize_size, card.interpolation),
             "read": ReadOptions(options.max_bytes, options.storage_options),
         },
-        num_cpus=resources.decode_cpus,
+        # No CPUs asked: the pool size bounds the decode tasks, so no placement of actors (not even
+        # actors Ray restarts on the surviving nodes after a node loss) can starve them (ray#44687).
+        num_cpus=0,
         # Also keeps Ray Data from fusing the decode tasks into the actors (it fuses a task stage into
         # the next actor stage when their remote arguments are equal): decode must not wait on inference.
         memory=DECODE_TASK_MEMORY,

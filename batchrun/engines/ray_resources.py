@@ -5,9 +5,11 @@ overridable: `--workers` is the number of concurrent decode tasks, `--threads` t
 intra-op threads (and logical CPUs) of each CPU inference actor, so on a CPU cluster it
 also sets how many actors fit on a node.
 
-The one rule that keeps a small machine from deadlocking (ray-project/ray#44687: actors
-that take every CPU starve the tasks that feed them): on every node, the inference actors
-leave at least one logical CPU to decoding. A local Ray is started with exactly the
+Two rules keep a small machine from deadlocking (ray-project/ray#44687: actors that take
+every CPU starve the tasks that feed them): decode tasks ask Ray for no CPU (their pool
+size bounds them, so actors, even ones Ray restarts elsewhere after a node loss, can never
+starve them), and on every node the inference actors leave at least one CPU's worth of
+capacity to decoding, counted here. A local Ray is started with exactly the
 logical CPUs the plan asks for (one actor with every core for its ORT threads, plus one
 per decode task), more than the machine's cores: decode tasks and ORT's threads share
 the cores as in the local engine, where ORT's threads do not spin.
