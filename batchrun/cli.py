@@ -96,6 +96,15 @@ def plan(sources, out, part_size, storage_options, overwrite) -> None:
 @click.option("--prefetch", type=click.IntRange(min=1), default=None, help="Batches each worker keeps ready.")
 @device_option(ORT_DEVICES)
 @click.option(
+    "--decode",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    show_default=True,
+    help="Where JPEGs are decoded, resized and cropped: gpu (nvJPEG through torchvision; other formats "
+    "and files it refuses go through the CPU path), cpu, or auto (gpu when the run predicts on CUDA or "
+    "TensorRT and torchvision can decode there). gpu when that is not possible fails in one line.",
+)
+@click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads on the CPU."
 )
 @click.option(
@@ -187,7 +196,7 @@ def plan(sources, out, part_size, storage_options, overwrite) -> None:
 )
 @click.option("--softmax", is_flag=True, help="Models without a card whose output is logits: apply softmax.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress on stderr.")
-def run(model, sources, out, batch_size, workers, prefetch, device, threads, topk, embeddings, shard,
+def run(model, sources, out, batch_size, workers, prefetch, device, decode, threads, topk, embeddings, shard,
         max_error_rate, part_size, since, retry_errors, decode_timeout, max_bytes, engine, ray_address,
         storage_options, overwrite, trt_cache, labels, image_size, resize_size, mean, std, interpolation,
         softmax, progress) -> None:  # fmt: skip
@@ -222,6 +231,7 @@ def run(model, sources, out, batch_size, workers, prefetch, device, threads, top
         workers=workers,
         prefetch=prefetch,
         device=device,
+        decode=decode,
         threads=threads,
         topk=topk,
         embeddings=embeddings,

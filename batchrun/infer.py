@@ -188,3 +188,38 @@ class BoundPredictor:
         return Predictions(
             indices.to(torch.int32).cpu().numpy(), values.cpu().numpy().astype(np.float32), embedding
         )
+
+
+class DevicePredictor(BoundPredictor):
+    """Pixels already on the GPU (decoded there, `batchrun.gpu_decode`): the batch's own device
+    memory is bound as the model input, no copy at all. The decoder synchronised its stream
+    before handing the batch over; ORT's `run` returns when its own stream is done.
+    Host pixels, float-input models and other shapes take `BoundPredictor`'s path."""
+
+    def __call__(self, batch: Batch) -> Predictions:
+        torch = self.torch
+        pixels = batch.pixels
+        direct = (
+            pixels is not None
+            and pixels.is_cuda
+            and pixels.is_contiguous()
+            and pixels.dtype == torch.uint8
+            and self.contract.input_dtype == "uint8"
+            and pixels.shape == self.input.shape
+        )
+        self._bind(self.binding.bind_input, self.contract.input_name, pixels if direct else self.input)
+        if not direct:
+            return super().__call__(batch)
+        rows = len(batch)
+        self.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+        scores = self.scores[:rows].float()
+        if self.contract.apply_softmax:
+            scores = torch.softmax(scores, dim=1)
+        values, indices = torch.topk(scores, self.topk, dim=1)  # sorted, best first
+        embedding = None
+        if self.embedding is not None:
+            embedding = self.embedding[:rows].float().cpu().numpy()
+        return Predictions(
+            indices.to(torch.int32).cpu().numpy(), values.cpu().numpy().astype(np.float32), embedding
+        )

@@ -7,6 +7,11 @@ dropped sample, so every batch stays aligned with its task numbers: `Collate` st
 pixels of good rows into one uint8 `[rows, H, W, 3]` tensor (zeros for error rows, padded
 to a fixed batch size for GPUs) and keeps the per-row facts beside it.
 
+In `read_only` mode (the GPU decodes) a worker reads, sizes and hashes an input and checks
+its header (`batchrun.jpeg_probe`): a JPEG the GPU can take comes back as its bytes (all
+of a batch's files back to back in one uint8 tensor, `EncodedRows`), with its EXIF
+orientation; anything else is decoded right there, as above, so its row is the CPU path's.
+
 Workers are forked when the first loader's iterator is created, which the caller does
 BEFORE it creates the ONNX Runtime session. `batchrun.supervise` restarts them (spawned,
 never forked from a process that holds a session) when one dies or hangs.
@@ -19,6 +24,7 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +36,8 @@ from torch.utils.data import Dataset
 from skutag import storage
 from skutag.images import ImageError, load_image, read_file
 from skutag.listing import local_path
+
+from .jpeg_probe import gpu_job
 
 # On the CPU, decoding is the background job: it should fill the cycles ORT's threads leave rather
 # than preempt them. Measured on 2 cores (int8 ResNet-50, median of 3): nice 0 71.4, +5 71.7,
@@ -63,6 +71,24 @@ class Sample:
     nbytes: int | None
     sha256: str | None
     seconds: float  # CPU seconds of the worker spent on this input
+    encoded: bytes | None = None  # read_only mode: the file's bytes, for the GPU to decode
+    orientation: int = 1  # EXIF orientation of `encoded` (1 = upright)
+
+
+@dataclass
+class EncodedRows:
+    """The JPEGs of a batch that the GPU decodes: their bytes back to back, one slice per row."""
+
+    data: torch.Tensor  # uint8 [total bytes] (crosses from the worker in shared memory)
+    offsets: np.ndarray  # int64 [rows + 1]: row i is data[offsets[i]:offsets[i + 1]]; empty: not for the GPU
+    orientations: np.ndarray  # int8 [rows]: EXIF orientation, applied after decoding
+
+    def rows(self) -> list[int]:
+        """The rows that hold bytes to decode."""
+        return np.flatnonzero(np.diff(self.offsets) > 0).tolist()
+
+    def row(self, row: int) -> torch.Tensor:
+        return self.data[int(self.offsets[row]) : int(self.offsets[row + 1])]
 
 
 @dataclass
@@ -79,18 +105,25 @@ class Batch:
     nbytes: np.ndarray  # int64, -1 when unknown
     sha256: list[str | None]
     decode_seconds: float  # worker CPU seconds spent reading, hashing and decoding
+    # read_only mode: rows still to decode on the GPU (`ok` already; `pixels` holds only the rows the
+    # worker decoded, or is None when it decoded none). None once decoded, and in CPU decode mode.
+    encoded: EncodedRows | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pin-memory thread (CUDA): page-locked pixels for async copies."""
-        self.pixels = self.pixels.pin_memory()
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
         return self
 
 
 class TaskDataset(Dataset):
-    """Task number -> its decoded image. `slots` (optional) tells a watchdog what each worker holds."""
+    """Task number -> its decoded image (or, `read_only`, the bytes of a JPEG the GPU decodes).
+
+    `slots` (optional) tells a watchdog what each worker holds.
+    """
 
     def __init__(
         self,
@@ -99,8 +132,11 @@ class TaskDataset(Dataset):
         preprocess: Preprocess,
         read: ReadOptions,
         slots: Any = None,
+        *,
+        read_only: bool = False,
     ):
         self.uris, self.sizes, self.preprocess, self.read, self.slots = uris, sizes, preprocess, read, slots
+        self.read_only = read_only
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -112,7 +148,12 @@ class TaskDataset(Dataset):
             slots.begin(worker, task)
         try:
             return decode_one(
-                task, self.uris[task].as_py(), int(self.sizes[task]), self.preprocess, self.read
+                task,
+                self.uris[task].as_py(),
+                int(self.sizes[task]),
+                self.preprocess,
+                self.read,
+                read_only=self.read_only,
             )
         finally:
             if worker is not None:
@@ -140,13 +181,35 @@ def read_input(uri: str, size: int, read: ReadOptions) -> bytes:
         raise ImageError("unreadable", f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_one(index: int, uri: str, size: int, preprocess: Preprocess, read: ReadOptions) -> Sample:
-    """Read, hash and decode one input; every failure becomes the sample's status."""
+def decode_one(
+    index: int, uri: str, size: int, preprocess: Preprocess, read: ReadOptions, *, read_only: bool = False
+) -> Sample:
+    """Read, hash and decode one input; every failure becomes the sample's status.
+
+    `read_only`: a JPEG the GPU can decode (`batchrun.jpeg_probe.gpu_job`) is not decoded here;
+    the sample carries its bytes (`encoded`) and orientation, and its upright width and height.
+    """
+    return _sample(index, lambda: read_input(uri, size, read), preprocess, read_only)
+
+
+def decode_bytes(index: int, data: bytes, preprocess: Preprocess) -> Sample:
+    """Decode bytes already read (a JPEG the GPU could not decode) exactly as `decode_one` would."""
+    return _sample(index, lambda: data, preprocess, False)
+
+
+def _sample(index: int, read: Callable[[], bytes], preprocess: Preprocess, read_only: bool) -> Sample:
     started = time.process_time()
     nbytes = sha = None
     try:
-        data = read_input(uri, size, read)
+        data = read()
         nbytes, sha = len(data), hashlib.sha256(data).hexdigest()
+        job = gpu_job(data) if read_only else None
+        if job is not None:
+            seconds = time.process_time() - started
+            return Sample(
+                index, None, None, None, job.width, job.height, nbytes, sha, seconds,
+                encoded=data, orientation=job.orientation,
+            )  # fmt: skip
         image = load_image(
             data,
             resize_size=preprocess.resize_size,
@@ -175,7 +238,11 @@ def error_sample(index: int, kind: str, message: str) -> Sample:
 
 
 class Collate:
-    """Samples -> Batch, pixels padded to `pad_to` rows (a fixed shape for GPU providers)."""
+    """Samples -> Batch, pixels padded to `pad_to` rows (a fixed shape for GPU providers).
+
+    A batch with rows for the GPU (read_only workers) gets their bytes as `EncodedRows`, and
+    pixels only for the rows its worker decoded (no padding: the GPU decoder pads).
+    """
 
     def __init__(self, image_size: int, pad_to: int = 0):
         self.image_size = image_size
@@ -184,15 +251,20 @@ class Collate:
     def __call__(self, samples: list[Sample]) -> Batch:
         rows = len(samples)
         size = self.image_size
-        pixels = torch.zeros((max(rows, self.pad_to), size, size, 3), dtype=torch.uint8)
-        target = pixels.numpy()
-        for row, sample in enumerate(samples):
-            if sample.pixels is not None:
-                target[row] = sample.pixels
+        encoded = _encoded_rows(samples)
+        decoded = any(s.pixels is not None for s in samples)
+        pixels = None
+        if encoded is None or decoded:
+            padded = rows if encoded is not None else max(rows, self.pad_to)
+            pixels = torch.zeros((padded, size, size, 3), dtype=torch.uint8)
+            target = pixels.numpy()
+            for row, sample in enumerate(samples):
+                if sample.pixels is not None:
+                    target[row] = sample.pixels
         return Batch(
             indices=np.fromiter((s.index for s in samples), np.int64, rows),
             pixels=pixels,
-            ok=np.fromiter((s.pixels is not None for s in samples), bool, rows),
+            ok=np.fromiter((s.pixels is not None or s.encoded is not None for s in samples), bool, rows),
             error_kinds=[s.error_kind for s in samples],
             errors=[s.error for s in samples],
             widths=_ints([s.width for s in samples], np.int32),
@@ -200,7 +272,23 @@ class Collate:
             nbytes=_ints([s.nbytes for s in samples], np.int64),
             sha256=[s.sha256 for s in samples],
             decode_seconds=sum(s.seconds for s in samples),
+            encoded=encoded,
         )
+
+
+def _encoded_rows(samples: list[Sample]) -> EncodedRows | None:
+    lengths = [0 if s.encoded is None else len(s.encoded) for s in samples]
+    if not any(lengths):
+        return None
+    offsets = np.zeros(len(samples) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+    target = data.numpy()
+    for row, sample in enumerate(samples):
+        if sample.encoded is not None:
+            target[offsets[row] : offsets[row + 1]] = np.frombuffer(sample.encoded, np.uint8)
+    orientations = np.fromiter((s.orientation for s in samples), np.int8, len(samples))
+    return EncodedRows(data, offsets, orientations)
 
 
 def _ints(values: list[int | None], dtype) -> np.ndarray:

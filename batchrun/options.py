@@ -31,6 +31,7 @@ class RunOptions:
     workers: int | None = None
     prefetch: int | None = None
     device: str = "auto"
+    decode: str = "auto"  # where JPEGs are decoded: auto | cpu | gpu (batchrun.gpu_decode.resolve_decode)
     threads: int | None = None
     topk: int = 5
     embeddings: bool = False

@@ -1,9 +1,12 @@
-"""The local engine: supervised DataLoader workers -> one ORT session -> the writer thread.
+"""The local engine: supervised DataLoader workers -> [GPU decode] -> one ORT session -> the writer thread.
 
-Decoding (worker processes), inference (main thread; ORT releases the GIL) and writing
-(a thread behind a bounded queue) overlap, and every stage holds a bounded number of
-batches. Workers are forked before the session is created (DESIGN.md); after a worker
-dies or hangs, `batchrun.supervise` contains it and spawns fresh ones.
+Reading and decoding (worker processes, iterated on the main thread), GPU decoding (a
+thread, `--decode gpu`), inference and top-k (a thread; ORT releases the GIL) and writing
+(a thread behind a bounded queue) overlap through `batchrun.pipeline`, and every stage
+holds a bounded number of batches. Workers are forked before the session is created
+(DESIGN.md); after a worker dies or hangs, `batchrun.supervise` contains it and spawns
+fresh ones. With GPU decoding the workers only read, size, hash and header-check JPEGs
+(`TaskDataset(read_only=True)`) and decode the other inputs themselves.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from dataclasses import dataclass, field
 from skutag.runtime import gpu_present
 
 from ..incremental import Previous
-from ..infer import make_predictor, open_session
-from ..loader import CPU_WORKER_NICE, Preprocess, ReadOptions, TaskDataset, default_workers
+from ..infer import DevicePredictor, make_predictor, open_session
+from ..loader import CPU_WORKER_NICE, Batch, Preprocess, ReadOptions, TaskDataset, default_workers
 from ..model import ModelContract
 from ..options import RunOptions
 from ..out import Manifest, OutputNames
+from ..pipeline import run_pipeline
 from ..plan import Plan
 from ..progress import ProgressReporter
 from ..supervise import SupervisedLoader, batches_of
@@ -40,6 +44,10 @@ class Stats:
     write_s: float = 0.0
     workers: int = 0
     restarts: int = 0  # times the decode workers were replaced after one died or hung
+    decode: str = "cpu"  # where JPEGs were decoded: cpu | cuda
+    gpu_decode_s: float = 0.0  # wall seconds of the GPU decode stage
+    gpu_decoded: int = 0  # images decoded on the GPU
+    cpu_fallbacks: int = 0  # JPEGs the GPU handed back to the CPU path
     device: str = "none"
     providers: list[str] = field(default_factory=list)
     fallback_reason: str | None = None
@@ -58,28 +66,36 @@ def run_local(
     file_metadata: dict[str, str],
 ) -> Stats:
     """Decode, predict and commit every unit of `work`."""
+    card = contract.card
+    preprocess = Preprocess(card.image_size, card.resize_size, card.interpolation)
+    decode = "cpu"
+    if options.decode != "cpu":
+        from ..gpu_decode import resolve_decode  # torchvision and CUDA only when asked for
+
+        decode = resolve_decode(options.decode, options.device, card.interpolation)  # before the fork
     gpu = options.device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
     workers = options.workers if options.workers is not None else default_workers("cuda" if gpu else "cpu")
     workers = workers if work.tasks else 0
     nice = (0 if gpu else CPU_WORKER_NICE) if options.worker_nice is None else options.worker_nice
-    card = contract.card
     dataset = TaskDataset(
         work.task_uris,
         work.task_sizes,
-        Preprocess(card.image_size, card.resize_size, card.interpolation),
+        preprocess,
         ReadOptions(options.max_bytes, options.storage_options),
+        read_only=decode == "cuda",
     )
     loader = SupervisedLoader(
         dataset,
         batches_of(work.tasks, options.batch_size),
         workers=workers,
         prefetch=options.prefetch,
-        pad_to=options.batch_size if gpu else 0,
-        pin_memory=gpu,
+        pad_to=options.batch_size if gpu and decode == "cpu" else 0,  # the GPU decoder pads
+        pin_memory=gpu and decode == "cpu",
         nice=nice,
         timeout_s=options.decode_timeout_s,
     )
-    stats = Stats(workers=workers)
+    stats = Stats(workers=workers, decode=decode)
+    decoder = None
     gc.freeze()  # the workers' collections then never touch (and copy) the inherited heap
     try:
         batches = loader.start()  # forks the workers: before the session exists
@@ -101,14 +117,34 @@ def run_local(
         )
         if gpu and info.device == "cpu":
             log.warning("running on the CPU: %s", info.fallback_reason)
-        predict = make_predictor(
-            session,
-            info,
-            contract,
-            topk=options.topk,
-            embeddings=options.embeddings,
-            batch_size=options.batch_size,
-        )
+        on_gpu = info.device in ("cuda", "tensorrt")
+        if decode == "cuda":
+            from ..fallback import CpuFallback
+            from ..gpu_decode import GpuDecoder
+
+            decoder = GpuDecoder(
+                preprocess,
+                device="cuda",
+                batch_size=options.batch_size,
+                fallback=CpuFallback(preprocess, options.decode_timeout_s),
+                host_output=not on_gpu,
+            )
+            if not on_gpu:
+                log.warning("decoding JPEGs on the GPU, predicting on the CPU (%s)", info.fallback_reason)
+        if decode == "cuda" and on_gpu:
+            predict = DevicePredictor(
+                session, contract, topk=options.topk, embeddings=options.embeddings,
+                batch_size=options.batch_size,
+            )  # fmt: skip
+        else:
+            predict = make_predictor(
+                session,
+                info,
+                contract,
+                topk=options.topk,
+                embeddings=options.embeddings,
+                batch_size=options.batch_size,
+            )
         schema = prediction_schema(contract.embedding_dim if options.embeddings else None, file_metadata)
         writer = UnitWriter(
             out,
@@ -122,7 +158,7 @@ def run_local(
             storage_options=options.storage_options,
         ).start()
         try:
-            _stream(batches, predict, writer, stats, options, contract, work.tasks)
+            _predict_all(batches, decoder, predict, writer, stats, options, contract, work.tasks)
             writer.close()
         except BaseException:
             writer.abort()
@@ -132,27 +168,44 @@ def run_local(
             stats.rows = writer.committed_rows
     finally:
         batches.close()
+        if decoder is not None:
+            decoder.fallback.close()
+            stats.gpu_decode_s = decoder.seconds
+            stats.gpu_decoded, stats.cpu_fallbacks = decoder.decoded, decoder.fell_back
+            log.info(
+                "GPU decode: %d images in %.1f s, %d handed to the CPU path",
+                decoder.decoded, decoder.seconds, decoder.fell_back,
+            )  # fmt: skip
     stats.restarts = loader.restarts
     return stats
 
 
-def _stream(
-    batches, predict, writer: UnitWriter, stats: Stats, options: RunOptions, contract, tasks: int
+def _predict_all(
+    batches, decoder, predict, writer: UnitWriter, stats: Stats, options: RunOptions, contract, tasks: int
 ) -> None:
+    """The pipeline: loader (this thread) -> GPU decode (when on) -> inference, top-k and writing."""
     dim = contract.embedding_dim if options.embeddings else None
-    with ProgressReporter(tasks, enabled=options.progress and tasks > 0) as reporter:
+
+    def timed(source):
         waited = time.perf_counter()
-        for batch in batches:
+        for batch in source:
+            stats.wait_s += time.perf_counter() - waited
+            yield batch
+            waited = time.perf_counter()
+
+    with ProgressReporter(tasks, enabled=options.progress and tasks > 0) as reporter:
+
+        def infer(batch: Batch) -> None:
             started = time.perf_counter()
-            stats.wait_s += started - waited
             if batch.ok.any():
                 predictions = predict(batch)
             else:
                 predictions = empty_predictions(len(batch), options.topk, dim)
             stats.inference_s += time.perf_counter() - started
-            batch.pixels = None  # the writer needs the row facts only: free the pixels now
+            batch.pixels = batch.encoded = None  # the writer needs the row facts only: free the pixels now
             writer.put(batch, predictions)
             stats.tasks += len(batch)
             stats.decode_s += batch.decode_seconds
             reporter.advance(len(batch))
-            waited = time.perf_counter()
+
+        run_pipeline(timed(batches), [decoder, infer] if decoder is not None else [infer])
