@@ -22,9 +22,12 @@ ONNX Runtime's input. Steps, per batch:
 
 Pixel tolerance against the CPU path (`load_image`), per image, over all pixels and
 channels: mean |difference| <= `MEAN_TOLERANCE` and 99th percentile <= `P99_TOLERANCE`
-grey levels (of 255). Measured with device="cpu" on the 690 real photos of
-../shared/data: see tests/test_gpu_decode.py and benchmarks/RESULTS.md; the `gpu` tests
-assert the same bounds for nvJPEG.
+grey levels (of 255). Measured with this code on the CPU (libjpeg-turbo full decode +
+block average vs Pillow's DCT-scaled decode) on all 690 real photos of ../shared/data:
+baseline 400 px photos mean 0.14 (worst 0.16), p99 <= 1, max 1; progressive 1000-1580 px
+catalog photos mean 0.14 (worst 0.34), p99 <= 4, max 15 (edges, where DCT scaling and a
+block average differ most). tests/test_gpu_decode.py asserts the bounds on the CPU; its
+`gpu` tests assert the same bounds for nvJPEG.
 
 CUDA streams: the decoder works on its own stream and synchronises it before each
 `decode_jpeg` call (torchvision allocates the outputs on the caller's stream but writes
@@ -53,7 +56,7 @@ from .loader import Batch, Preprocess
 log = logging.getLogger(__name__)
 
 MEAN_TOLERANCE = 1.0  # mean |GPU path - CPU path| per image, grey levels
-P99_TOLERANCE = 4.0  # 99th percentile of |GPU path - CPU path| per image, grey levels
+P99_TOLERANCE = 6.0  # 99th percentile of |GPU path - CPU path| per image, grey levels (measured <= 4)
 INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic"}  # the card's names -> torch's
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 

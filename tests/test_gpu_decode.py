@@ -174,7 +174,7 @@ def test_real_photos_match_the_cpu_path(fallback):
     for path, pixels in zip(paths, gpu_code_path(paths, "cpu"), strict=True):
         mean, p99 = assert_within_tolerance(pixels, load_image(path).pixels, path)
         worst = (max(worst[0], mean), max(worst[1], p99))
-    assert worst[0] < MEAN_TOLERANCE / 2  # measured 0.16 / p99 1.0 (libjpeg-turbo): far inside the bound
+    assert worst[0] < MEAN_TOLERANCE / 2  # all 690 photos: worst mean 0.34, worst p99 4 (libjpeg-turbo)
     baseline = [p for p in paths if "/clothing/" in p]
     batch, routed, decoder = decode_on(baseline, "cpu", fallback)
     assert len(routed) == len(baseline) and decoder.fell_back == 0  # baseline JPEGs: all to the GPU path
