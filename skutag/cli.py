@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("batchrun.cli:plan", "list a catalog once into OUT/_plan/ for shards and reruns"),
     "run": ("batchrun.cli:run", "predict a catalog with an ONNX model into Parquet"),
     "bench": ("benchmarks.cli:bench", "latency and throughput of ONNX models, side by side"),
+    "index": ("insight.cli:index", "a nearest-neighbour index over the embeddings of batch runs"),
+    "similar": ("insight.cli:similar", "similar listings of ids or images, or near-duplicate groups"),
+    "explain": ("insight.cli:explain", "Grad-CAM heatmaps: where a trained model looked"),
     "demo": ("skutag.demo:demo", "the whole pipeline end to end on a synthetic catalog"),
 }
 

@@ -1,0 +1,194 @@
+"""Grad-CAM heatmaps of a trained model (run dir or .safetensors): where it looked for a class.
+
+`explain_images` writes, per image, `<stem>-gradcam.png` (the heatmap over the model's own
+input pixels, decoded by `load_image` with the card's preprocessing) and `<stem>-gradcam.npy`
+(the heatmap itself, image_size x image_size in [0, 1]), plus `explanations.csv`.
+`explain_mistakes` does it for the worst mistakes of a report directory (its
+misclassified.csv, most confident first, as the report's contact sheet) and draws
+`misclassified-gradcam.png`: each mistake with the heatmap of the predicted class.
+The layer is the last block of the backbone (`layer4[-1]` for ResNets, else the last conv).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from insight import require
+from skutag.errors import InputError
+
+
+@dataclass(frozen=True)
+class Explanation:
+    image: str
+    target: str  # the class the heatmap is for
+    predicted: str
+    score: float  # probability of `predicted`
+    heatmap: str  # the PNG written
+
+
+def target_layer(model):
+    """The layer Grad-CAM reads: ResNet's last block, else the last Conv2d."""
+    from torch import nn
+
+    if hasattr(model, "layer4"):
+        return model.layer4[-1]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise InputError("Grad-CAM needs a convolutional model")
+    return convs[-1]
+
+
+class Explainer:
+    """A trained model and its Grad-CAM, on the CPU (heatmaps are a few images, not a catalog)."""
+
+    def __init__(self, run: str | Path) -> None:
+        cam = require("pytorch_grad_cam")
+        from trainer.augment import Normalizer
+        from trainer.weights import load_trained
+
+        self.model, self.card = load_trained(run, "cpu")
+        self.normalizer = Normalizer(self.card)
+        self.cam = cam.GradCAM(model=self.model, target_layers=[target_layer(self.model)])
+
+    def pixels(self, image: str | Path) -> np.ndarray:
+        from skutag.images import ImageError, load_image
+
+        c = self.card
+        try:
+            return load_image(
+                image, resize_size=c.resize_size, image_size=c.image_size, interpolation=c.interpolation
+            ).pixels
+        except ImageError as exc:
+            raise InputError(f"{image}: {exc}") from exc
+
+    def heatmap(self, pixels: np.ndarray, target: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(heatmap [H, W] in [0, 1] for class `target` (None: the predicted one), probabilities [K])."""
+        import torch
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        x = self.normalizer(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous())
+        with torch.no_grad():
+            probs = torch.softmax(self.model(x), dim=1)[0].numpy()
+        target = int(probs.argmax()) if target is None else target
+        return self.cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0], probs
+
+    def class_index(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        if name not in self.card.classes:
+            raise InputError(
+                f"--class {name!r} is not a class of this model ({', '.join(self.card.classes)})"
+            )
+        return self.card.classes.index(name)
+
+
+def overlay(pixels: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(pixels.astype(np.float32) / 255.0, heatmap, use_rgb=True)
+
+
+def explain_images(
+    run: str | Path, images: list[str], out: str | Path, *, target: str | None = None
+) -> list[Explanation]:
+    """Heatmaps of `images` for class `target` (default: each image's predicted class) into `out`."""
+    from PIL import Image
+
+    from skutag.fsio import atomic_path
+
+    explainer = Explainer(run)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = explainer.class_index(target)
+    classes = explainer.card.classes
+    results, stems = [], set()
+    for image in images:
+        pixels = explainer.pixels(image)
+        heatmap, probs = explainer.heatmap(pixels, wanted)
+        stem = _unique(Path(image).stem, stems)
+        png = out / f"{stem}-gradcam.png"
+        with atomic_path(png) as tmp:
+            Image.fromarray(overlay(pixels, heatmap)).save(tmp, format="PNG")
+        with atomic_path(out / f"{stem}-gradcam.npy") as tmp, open(tmp, "wb") as handle:
+            np.save(handle, heatmap.astype(np.float32))
+        predicted = int(probs.argmax())
+        results.append(
+            Explanation(
+                str(image),
+                classes[predicted if wanted is None else wanted],
+                classes[predicted],
+                float(probs[predicted]),
+                str(png),
+            )
+        )
+    _write_csv(out / "explanations.csv", results)
+    return results
+
+
+def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit: int = 24) -> Path:
+    """Heatmaps of the predicted class over the `limit` worst mistakes of `report`; returns the sheet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skutag.fsio import atomic_path
+    from skutag.listing import local_path
+
+    listed = Path(report) / "misclassified.csv"
+    if not listed.is_file():
+        raise InputError(f"{report} has no misclassified.csv (is it a skutag report directory?)")
+    with open(listed, newline="") as handle:
+        rows = list(csv.DictReader(handle))[:limit]
+    explainer = Explainer(run)
+    columns = 6
+    grid = max(1, math.ceil(len(rows) / columns))
+    fig, axes = plt.subplots(grid, columns, figsize=(columns * 2.2, grid * 2.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not rows:
+        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=11)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        try:
+            pixels = explainer.pixels(local_path(row["path"]))
+        except InputError:
+            ax.text(0.5, 0.5, "unreadable", ha="center")
+            continue
+        heatmap, _ = explainer.heatmap(pixels, explainer.class_index(row["predicted_label"]))
+        ax.imshow(overlay(pixels, heatmap))
+        ax.set_title(f"true {row['true_label']}\npred {row['predicted_label']}", fontsize=7, color="darkred")
+    fig.suptitle("Most confident mistakes: where the model looked for the class it predicted")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sheet = out / "misclassified-gradcam.png"
+    with atomic_path(sheet) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return sheet
+
+
+def _unique(stem: str, seen: set[str]) -> str:
+    name, n = stem, 1
+    while name in seen:
+        n += 1
+        name = f"{stem}-{n}"
+    seen.add(name)
+    return name
+
+
+def _write_csv(path: Path, rows: list[Explanation]) -> None:
+    from skutag.fsio import atomic_write_text
+
+    fields = list(Explanation.__dataclass_fields__)
+    lines = [",".join(fields)] + [",".join(_cell(v) for v in asdict(r).values()) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _cell(value: object) -> str:
+    text = f"{value:.6f}" if isinstance(value, float) else str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
