@@ -1,14 +1,22 @@
-"""Exporter benchmark: model-only ONNX Runtime CPU throughput and file size of fp32, fp16 and int8.
+"""Exporter benchmark: model-only ONNX Runtime throughput, file size and agreement of fp32, fp16 and int8.
 
-Each precision is exported by the real `skutag export` pipeline (int8 calibrated on
-synthetic catalog images, decoded by skutag.images), then timed in one ORT CPU
-session per file on a fixed uint8 batch: warm-up runs, then `--reps` rounds in which
-each precision runs once in turn (so a shared machine's changing load hits them
-alike), median reported. Weights are random (speed and size do not depend on training),
-so the parity check is skipped here; accuracy belongs to `skutag eval`.
+Each precision is exported by the real `skutag export` pipeline, then timed in the
+session `skutag run` would open (`batchrun.infer.open_session`) on a fixed uint8 batch:
+warm-up runs, then `--reps` rounds in which each artifact runs once in turn (so a shared
+machine's changing load hits them alike), median reported.
+
+Two modes:
+- default: random weights (speed and size do not depend on them), int8 calibrated on
+  synthetic catalog images, parity check skipped.
+- `--run RUN --calib DIR`: a trained run, calibrated on real images; the exports are
+  parity-checked, and every artifact (plus `--compare` files, e.g. the previous release's
+  int8 export of the same run) is compared with the fp32 file on the images of DIR that
+  calibration did not use: top-1 agreement, top-k overlap, per-image total variation
+  (max, p99) and the embedding's per-image relative error.
 
     python -m benchmarks.export_suite                          # quick: resnet18, 64 px, batch 1 and 8
     python -m benchmarks.export_suite --arch resnet50 --image-size 224 --batch-sizes 1,32
+    python -m benchmarks.export_suite --run runs/shop --calib photos/ --batch-sizes 1,32 --compare old-int8.onnx
     python -m benchmarks.export_suite --arch resnet50 --image-size 224 --batch-sizes 1,32,256 --device cuda
 """
 
@@ -20,13 +28,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from benchmarks.machine import machine_info, markdown_header
 
-PRECISIONS = ("fp32", "fp16", "int8")
+if TYPE_CHECKING:
+    from exporter.parity import Parity
 
 
 def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
@@ -43,52 +53,45 @@ def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
 
 
 def export_all(
-    run: Path, work: Path, calib: Path, calib_size: int, int8_target: str
+    run: Path, work: Path, calib: Path, calib_size: int, int8_targets: list[str], *, embeddings: bool
 ) -> tuple[dict[str, Path], dict]:
-    """Each precision's file, and the int8 export's count of quantised vs float convs in ORT's CPU graph."""
+    """Each artifact's file (fp32, fp16, one int8 per target), and the int8 exports' counts of quantised
+    vs float convs in ORT's CPU graph. Unchecked: `agreement` measures them against fp32 instead."""
     from exporter.pipeline import ExportRequest, run_export
 
     paths, convs = {}, {}
-    for precision in PRECISIONS:
-        out = work / f"model-{precision}.onnx"
+    for name in ["fp32", "fp16", *(f"int8-{t}" for t in int8_targets)]:
+        out = work / f"model-{name}.onnx"
         result = run_export(
             ExportRequest(
                 source=run,
                 out=out,
-                precision=precision,
-                int8_target=int8_target,
-                calib_dir=calib if precision == "int8" else None,
+                precision=name.split("-")[0],
+                int8_target=name.split("-")[-1],
+                embeddings=embeddings,
+                calib_dir=calib if name.startswith("int8") else None,
                 calib_size=calib_size,
                 check=False,
             )
         )
-        paths[precision] = out
+        paths[name] = out
         if result.summary["calibration"]:
-            convs = result.summary["calibration"]["ort_cpu_graph"]
+            convs[name] = result.summary["calibration"]["ort_cpu_graph"]
     return paths, convs
 
 
-def open_session(path: Path, precision: str, device: str, threads: int, batch: int, image_size: int):
-    from skutag.runtime import create_session
+def open_session(path: Path, device: str, threads: int, batch: int):
+    """The session `skutag run` would open for this file (provider options from the export-target table)."""
+    from batchrun.infer import open_session as run_session
+    from batchrun.model import read_contract
 
-    if device == "cpu":
-        return create_session(path, "cpu", threads=threads)[0]
-    options = {}
-    if device == "tensorrt":
-        shape = (batch, image_size, image_size, 3)
-        options = {
-            "trt_fp16": precision == "fp16",
-            "trt_int8": precision == "int8",
-            "trt_profile": ("image", shape, shape),
-        }
-    return create_session(path, device, **options)[0]
+    cpu_threads = threads if device == "cpu" else None
+    return run_session(read_contract(path), device, batch_size=batch, threads=cpu_threads)[0]
 
 
-def runner(
-    path: Path, precision: str, device: str, batch: int, image_size: int, threads: int
-) -> Callable[[], None]:
+def runner(path: Path, device: str, batch: int, image_size: int, threads: int) -> Callable[[], None]:
     """One inference on a fixed uint8 batch; on a GPU with IO binding (input and outputs on the device)."""
-    session = open_session(path, precision, device, threads, batch, image_size)
+    session = open_session(path, device, threads, batch)
     name = session.get_inputs()[0].name
     pixels = np.random.default_rng(0).integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
     if device == "cpu":
@@ -111,7 +114,7 @@ def runner(
 def images_per_second(
     runs: dict[str, Callable[[], None]], batch: int, warmup: int, reps: int
 ) -> dict[str, float]:
-    """Median throughput of each runner, timed round-robin so that load changes hit every precision alike."""
+    """Median throughput of each runner, timed round-robin so that load changes hit every artifact alike."""
     for run in runs.values():
         for _ in range(warmup):
             run()
@@ -122,6 +125,37 @@ def images_per_second(
             run()
             times[name].append(time.perf_counter() - start)
     return {name: batch / statistics.median(values) for name, values in times.items()}
+
+
+def agreement(
+    paths: dict[str, Path], calib: Path, calib_size: int, check_size: int
+) -> tuple[dict[str, tuple[Parity, list[str]]], int]:
+    """Every artifact against the fp32 file on the images of `calib` that calibration did not use
+    (the fp32 file is PyTorch within 1e-4 per image; `skutag export` gates against PyTorch), with
+    what the export gate of each file's target says about these figures."""
+    from exporter.parity import compare
+    from exporter.samples import load_files, plan
+    from exporter.targets import TARGETS
+    from skutag.runtime import create_session, model_card, runtime_target
+
+    card = model_card(paths["fp32"])
+    _, check_files = plan(calib, calib_size, None, check_size)
+    pixels = load_files(check_files, card, str(calib)).pixels
+    outputs = {}
+    for name, path in paths.items():
+        session, _ = create_session(path, "cpu")
+        names = [o.name for o in session.get_outputs()]
+        chunks = [session.run(names, {"image": pixels[i : i + 16]}) for i in range(0, len(pixels), 16)]
+        outputs[name] = [np.concatenate([c[j] for c in chunks]) for j in range(len(names))]
+    probs, embedding = outputs["fp32"][0], outputs["fp32"][1] if len(outputs["fp32"]) > 1 else None
+    figures = {}
+    for name, values in outputs.items():
+        if name != "fp32":
+            other = values[1] if len(values) > 1 and embedding is not None else None
+            parity = compare(probs, values[0], embedding if other is not None else None, other)
+            limits = TARGETS[runtime_target(model_card(paths[name])).name].limits
+            figures[name] = (parity, parity.failures(limits))
+    return figures, len(pixels)
 
 
 @click.command()
@@ -140,6 +174,32 @@ def images_per_second(
     show_default=True,
     help="ORT provider; GPUs are timed with IO binding (input and outputs stay on the device).",
 )
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A trained run (--arch, --image-size, --classes then come from its card). Needs --calib.",
+)
+@click.option(
+    "--calib",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Real calibration images; the agreement check uses the others under it.",
+)
+@click.option("--check-size", type=int, default=200, show_default=True, help="Agreement images (with --run).")
+@click.option(
+    "--int8-targets",
+    default=None,
+    help="Comma-separated int8 targets to export (default: tensorrt with --device tensorrt, else cpu).",
+)
+@click.option(
+    "--compare",
+    "extra",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="More ONNX files of the same run to time and compare with fp32 (e.g. an earlier release's int8).",
+)
 def main(
     arch: str,
     image_size: int,
@@ -150,55 +210,91 @@ def main(
     threads: int,
     calib_size: int,
     device: str,
+    run_dir: Path | None,
+    calib: Path | None,
+    check_size: int,
+    int8_targets: str | None,
+    extra: tuple[Path, ...],
 ) -> None:
 
+    from skutag.card import ModelCard
     from skutag.runtime import gpu_present
     from skutag.synth import SynthSpec, make_catalog
 
     if device != "cpu" and not gpu_present():
         raise click.ClickException(f"--device {device}: no NVIDIA GPU on this machine")
+    if (run_dir is None) != (calib is None):
+        raise click.UsageError("--run and --calib go together")
     sizes = [int(b) for b in batch_sizes.split(",")]
+    targets = (int8_targets or ("tensorrt" if device == "tensorrt" else "cpu")).split(",")
     with tempfile.TemporaryDirectory(prefix="skutag-bench-export-") as tmp:
         work = Path(tmp)
-        calib = work / "calib"
-        make_catalog(
-            calib, SynthSpec(count=calib_size, classes=classes, min_size=image_size + 40, max_size=400)
-        )
         started = time.perf_counter()
-        int8_target = "tensorrt" if device == "tensorrt" else "cpu"
-        run = make_run(work, arch, image_size, classes)
-        paths, convs = export_all(run, work, calib, calib_size, int8_target)
+        if run_dir is None:
+            calib = work / "calib"
+            make_catalog(
+                calib, SynthSpec(count=calib_size, classes=classes, min_size=image_size + 40, max_size=400)
+            )
+            run = make_run(work, arch, image_size, classes)
+        else:
+            run = run_dir
+            card = ModelCard.load(run_dir / "card.json")
+            arch, image_size = card.arch, card.image_size
+        paths, convs = export_all(run, work, calib, calib_size, targets, embeddings=run_dir is not None)
         export_s = time.perf_counter() - started
+        paths |= {p.name: p for p in extra}
+        figures, checked = agreement(paths, calib, calib_size, check_size) if run_dir else ({}, 0)
+        names = list(paths)
         by_batch = {
             b: images_per_second(
-                {p: runner(paths[p], p, device, b, image_size, threads) for p in PRECISIONS}, b, warmup, reps
+                {n: runner(paths[n], device, b, image_size, threads) for n in names}, b, warmup, reps
             )
             for b in sizes
         }
-        rows = {p: {b: by_batch[b][p] for b in sizes} for p in PRECISIONS}
-        megabytes = {p: paths[p].stat().st_size / 1e6 for p in PRECISIONS}
+        rows = {n: {b: by_batch[b][n] for b in sizes} for n in names}
+        megabytes = {n: paths[n].stat().st_size / 1e6 for n in names}
 
     header = " | ".join(f"batch {b} img/s" for b in sizes)
     ratios = " | ".join(f"x fp32 @{b}" for b in sizes)
     print(f"## Exporter: {arch} {image_size}px, ONNX Runtime {device}, model-only\n")
-    print(f"| precision | file MB | size vs fp32 | {header} | {ratios} |")
+    print(f"| artifact | file MB | size vs fp32 | {header} | {ratios} |")
     print("|---|---:|---:|" + "---:|" * (2 * len(sizes)))
-    for p in PRECISIONS:
-        speeds = " | ".join(f"{rows[p][b]:.1f}" for b in sizes)
-        speedups = " | ".join(f"{rows[p][b] / rows['fp32'][b]:.2f}" for b in sizes)
+    for n in names:
+        speeds = " | ".join(f"{rows[n][b]:.1f}" for b in sizes)
+        speedups = " | ".join(f"{rows[n][b] / rows['fp32'][b]:.2f}" for b in sizes)
         print(
-            f"| {p} | {megabytes[p]:.1f} | {megabytes[p] / megabytes['fp32']:.2f} | {speeds} | {speedups} |"
+            f"| {n} | {megabytes[n]:.1f} | {megabytes[n] / megabytes['fp32']:.2f} | {speeds} | {speedups} |"
         )
     print(
-        "\nTimed round-robin (fp32, fp16, int8 in turn, each run) so ratios survive changing load; "
+        "\nTimed round-robin (every artifact in turn, each run) so ratios survive changing load; "
         f"ORT intra-op threads {threads if device == 'cpu' else 1}; median of {reps} runs after {warmup} "
         f"warm-up; exports took {export_s:.0f} s.\n"
     )
+    if figures:
+        print(f"Agreement with the fp32 file on {checked} images of {calib} that calibration did not use:\n")
+        print(
+            "| artifact | top-1 | top-k overlap | TV p99 | TV max | TV mean | embedding error p99 | max "
+            "| export gate |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for n, (f, problems) in figures.items():
+            emb = (
+                f"{f.p99_embedding_error:.3f} | {f.max_embedding_error:.3f}"
+                if f.max_embedding_error is not None
+                else "- | -"
+            )
+            print(
+                f"| {n} | {f.top1_agreement:.1%} | {f.top5_overlap:.1%} | {f.p99_tv:.3f} | {f.max_tv:.3f} "
+                f"| {f.mean_tv:.4f} | {emb} | {'fail: ' + '; '.join(problems) if problems else 'pass'} |"
+            )
+        print()
     print(markdown_header(machine_info("torch", "onnx", "onnxruntime-gpu", "onnxruntime")))
-    print(
-        f"int8: --int8-target {int8_target} QDQ, minmax calibration on synthetic catalog images; "
-        f"ORT's optimised CPU graph has {convs['quantised_convs']} quantised and {convs['float_convs']} float convs."
-    )
+    source = f"{calib_size} images of {calib}" if run_dir else "synthetic catalog images"
+    for name, count in convs.items():
+        print(
+            f"{name}: QDQ, minmax calibration on {source}, head after the pooled features in float; ORT's "
+            f"optimised CPU graph has {count['quantised_convs']} quantised and {count['float_convs']} float convs."
+        )
 
 
 if __name__ == "__main__":

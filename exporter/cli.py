@@ -81,7 +81,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     type=_DIR,
     default=None,
     help="Images for the parity check. int8: never the calibration images; by default the --calib "
-    "images that calibration did not use. fp32/fp16: default synthetic ones.",
+    "images that calibration did not use. fp32/fp16: default the --calib images if given, else synthetic ones.",
 )
 @click.option(
     "--check-size",

@@ -119,7 +119,8 @@ def _samples(
     """Calibration images (int8 only) and parity-check images (None with --no-check).
 
     int8: disjoint sets (exporter.samples.plan): --check-images minus the calibration files,
-    else the --calib files calibration did not take. Otherwise --check-images, else synthetic.
+    else the --calib files calibration did not take. Otherwise --check-images, else --calib,
+    else synthetic images.
     """
     if target.quantisation is not None:
         assert request.calib_dir is not None  # validate() refused int8 without --calib
@@ -133,8 +134,9 @@ def _samples(
         return calibration, samples.load_files(check_files, card, source)
     if not request.check:
         return None, None
-    if request.check_dir is not None:
-        return None, samples.load_directory(request.check_dir, card, request.check_size)
+    real = request.check_dir or request.calib_dir  # nothing is calibrated: any real images will do
+    if real is not None:
+        return None, samples.load_directory(real, card, request.check_size)
     return None, samples.synthetic(card, request.check_size)
 
 
