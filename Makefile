@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skutag-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: venv test test-slow lint demo bench-cpu clean
+.PHONY: venv test test-slow lint demo bench-cpu clean device-bundle
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ bench-cpu: venv
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info
+
+# What a GPU session carries to the device machine (see benchmarks/device/README.md).
+device-bundle:
+	bash benchmarks/device/prepare.sh --ort-gpu

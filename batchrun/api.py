@@ -20,6 +20,7 @@ from typing import Any
 
 from skutag import __version__, storage
 from skutag.errors import InputError
+from skutag.runtime import check_device
 
 from .incremental import Previous, removed_inputs
 from .model import ForeignPreprocessing, ModelContract, read_contract
@@ -66,6 +67,10 @@ class RunSummary:
     batch_size: int
     workers: int
     worker_restarts: int
+    decode: str  # where JPEGs were decoded: cpu | cuda
+    gpu_decoded: int  # images decoded on the GPU
+    gpu_decode_s: float
+    cpu_fallbacks: int  # JPEGs the GPU handed back to the CPU path
     engine: str
     model: str
     model_sha256: str
@@ -117,6 +122,9 @@ def run_catalog(
     if options.topk < 1:
         raise InputError("--topk must be at least 1")
     contract = read_contract(model, foreign)
+    check_device(contract.card, options.device, contract.path)  # before OUT is touched
+    if options.engine == "ray" and options.decode == "gpu":
+        raise InputError("--decode gpu is for --engine local; Ray's decode tasks run on the CPU")
     if options.embeddings and contract.embedding_dim is None:
         raise InputError(
             f"--embeddings: {contract.path} has no `embedding` output (export it with --embeddings)"
@@ -278,6 +286,10 @@ def _summarise(out, manifest: Manifest, contract, plan: Plan, units, stats, opti
         batch_size=options.batch_size,
         workers=stats.workers,
         worker_restarts=stats.restarts,
+        decode=stats.decode,
+        gpu_decoded=stats.gpu_decoded,
+        gpu_decode_s=stats.gpu_decode_s,
+        cpu_fallbacks=stats.cpu_fallbacks,
         engine=options.engine,
         model=str(contract.path),
         model_sha256=contract.sha256,

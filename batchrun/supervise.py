@@ -163,10 +163,15 @@ class SupervisedLoader:
                     delivered += 1
                     yield batch
                 remaining = []
-            except RuntimeError as exc:
-                if "DataLoader worker" not in str(exc):
+            except (RuntimeError, ConnectionError, EOFError) as exc:
+                # A dead worker shows as torch's RuntimeError, or, when it died just after sending a
+                # batch whose tensors travel as file descriptors, as a reset connection to its
+                # resource sharer: that batch is lost with it and is decoded again.
+                if isinstance(exc, RuntimeError) and "DataLoader worker" not in str(exc):
                     raise
                 culprits = self._culprits(iterator, slots, watchdog)
+                if not isinstance(exc, RuntimeError) and not culprits and not _any_dead(iterator):
+                    raise
                 remaining = remaining[delivered:]
                 if not culprits:
                     blind += 1
@@ -198,6 +203,10 @@ class SupervisedLoader:
             if task != IDLE and not process.is_alive() and task not in found:
                 found[task] = "crashed"
         return sorted(found.items())
+
+
+def _any_dead(iterator) -> bool:
+    return any(not process.is_alive() for process in getattr(iterator, "_workers", []))
 
 
 def _without(batches: list, tasks: set[int]) -> tuple[list, int]:

@@ -183,6 +183,7 @@ def test_tensorrt_refuses_a_cpu_int8_model_in_one_line_before_any_tensorrt_work(
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert "--int8-target tensorrt" in lines[0] and "int8 model for CPUs" in lines[0]
     assert not cache.exists()  # provider_chain creates the cache: no TensorRT work was started
+    assert not (tmp_path / "out").exists()  # refused before OUT (its plan, its manifest) was touched
     if not gpu_present():  # the TensorRT-target file gets past the card check, to the GPU check (exit 1)
         other = skutag(
             "run", exports["int8-tensorrt"], small_catalog, "--out", tmp_path / "out2", "--device", "tensorrt",
