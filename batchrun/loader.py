@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -221,6 +222,8 @@ def _sample(index: int, read: Callable[[], bytes], preprocess: Preprocess, read_
             index, None, exc.kind, exc.message, None, None, nbytes, sha, time.process_time() - started
         )
     except MemoryError:
+        if multiprocessing.parent_process() is None:
+            raise  # the run itself is short of memory: no permanent row for this input
         return Sample(
             index, None, "too_large", "out of memory while decoding", None, None, nbytes, sha,
             time.process_time() - started,

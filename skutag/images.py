@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import multiprocessing
 import os
 import stat
 import warnings
@@ -297,6 +298,8 @@ def classify(exc: Exception, what: str) -> ImageError:
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return ImageError("too_large", f"decompression bomb refused: {exc}")
     if isinstance(exc, MemoryError):
+        if multiprocessing.parent_process() is None:
+            raise exc  # the main process is short of memory: that is no fact about this image
         return ImageError("too_large", f"{what}: out of memory while decoding ({detail})")
     if isinstance(exc, EOFError) or any(word in text.lower() for word in _TRUNCATION_WORDS):
         return ImageError("truncated", f"truncated image data ({detail})")

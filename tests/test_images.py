@@ -266,7 +266,6 @@ RAISED = [
     (OSError("image file is truncated (3 bytes not processed)"), "truncated"),
     (EOFError(), "truncated"),
     (Image.DecompressionBombError("Image size (1 pixels) exceeds limit"), "too_large"),
-    (MemoryError(), "too_large"),
 ]
 
 
@@ -284,6 +283,28 @@ def test_every_exception_type_becomes_its_kind(monkeypatch, exc, kind, where):
     assert err.value.kind == kind
     if kind != "too_large" or isinstance(exc, MemoryError):
         assert type(exc).__name__ in err.value.message
+
+
+def _kind_of(data: bytes) -> str:
+    try:
+        load_image(data)
+    except ImageError as exc:
+        return exc.kind
+    return "ok"
+
+
+def test_memory_error_is_too_large_in_a_worker_and_propagates_in_the_main_process(monkeypatch):
+    import multiprocessing
+
+    def raiser(*args, **kwargs):
+        raise MemoryError()
+
+    data = encode(Image.new("RGB", (300, 300)), "PNG")
+    monkeypatch.setattr(Image.Image, "load", raiser)
+    with pytest.raises(MemoryError):  # never a permanent row for a shortage of the whole run
+        load_image(data)
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # a decode worker inherits the patch
+        assert pool.apply(_kind_of, (data,)) == "too_large"
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)])
