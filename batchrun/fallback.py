@@ -14,7 +14,7 @@ import contextlib
 import multiprocessing
 from multiprocessing.connection import Connection
 
-from .loader import Preprocess, Sample, decode_bytes, error_sample
+from .loader import Preprocess, ReadOptions, Sample, decode_bytes, decode_one, error_sample
 
 STARTUP_TIMEOUT_S = 300.0  # a spawned child imports torch before it answers
 
@@ -29,9 +29,17 @@ class CpuFallback:
         self._conn: Connection | None = None
 
     def decode(self, index: int, data: bytes) -> Sample:
+        """The CPU path's Sample for bytes the GPU handed back."""
+        return self._run(index, (index, bytes(data)), gpu_first=True)
+
+    def decode_input(self, index: int, uri: str, size: int, read: ReadOptions) -> Sample:
+        """`loader.decode_one` (read and decode) in the child: for callers with no supervised workers (Ray)."""
+        return self._run(index, (index, uri, size, read), gpu_first=False)
+
+    def _run(self, index: int, job: tuple, *, gpu_first: bool) -> Sample:
         conn = self._start()
         try:
-            conn.send((index, bytes(data)))
+            conn.send(job)
             if conn.poll(self.timeout_s):
                 return conn.recv()
         except (EOFError, OSError):  # the child died: its end of the pipe closed
@@ -39,7 +47,7 @@ class CpuFallback:
         kind = "timeout" if self._process is not None and self._process.is_alive() else "crashed"
         self.close()
         self.restarts += 1
-        return error_sample(index, kind, _message(kind, self.timeout_s))
+        return error_sample(index, kind, _message(kind, self.timeout_s, gpu_first))
 
     def close(self) -> None:
         if self._process is not None:
@@ -78,16 +86,18 @@ def _serve(conn: Connection, preprocess: Preprocess) -> None:
             return
         if job is None:
             return
-        index, data = job
-        conn.send(decode_bytes(index, data, preprocess))
+        if len(job) == 2:
+            index, data = job
+            conn.send(decode_bytes(index, data, preprocess))
+        else:
+            index, uri, size, read = job
+            conn.send(decode_one(index, uri, size, preprocess, read))
 
 
-def _message(kind: str, timeout_s: float) -> str:
+def _message(kind: str, timeout_s: float, gpu_first: bool = True) -> str:
+    before = "the GPU could not decode it, and " if gpu_first else ""
     if kind == "timeout":
         return (
-            f"the GPU could not decode it, and the CPU decoder took longer than --decode-timeout "
-            f"{timeout_s:g} s; it was killed"
+            f"{before}reading and decoding took longer than --decode-timeout {timeout_s:g} s; it was killed"
         )
-    return (
-        "the GPU could not decode it, and the CPU decoder process died on it (killed by a signal or crashed)"
-    )
+    return f"{before}the decoder process died on it (killed by a signal or crashed); other inputs went on"

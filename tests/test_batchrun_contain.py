@@ -159,3 +159,17 @@ def test_a_store_that_fails_is_retried_then_an_unreadable_row_that_retry_errors_
     assert sorted(fixed) == names and all(r["status"] == "ok" for r in fixed.values())
     assert again.errors == 0 and again.decoded == 1 and again.reused == 5
     assert all(fixed[n]["predicted_at"] == rows[n]["predicted_at"] for n in names if n != "good-03.jpg")
+
+
+@pytest.mark.timeout(400)
+def test_the_ray_engine_contains_a_hung_and_a_killed_decoder_too(model, server, tmp_path):
+    pytest.importorskip("ray")
+    names = [f"good-{i:02d}.jpg" for i in range(10)] + ["hang-03.jpg", "kill-06.jpg"]
+    listing = manifest(tmp_path, server, sorted(names))
+    options = RunOptions(batch_size=4, engine="ray", decode_timeout_s=4.0, max_error_rate=1.0)
+    summary = run_catalog(model, [str(listing)], tmp_path / "out", options)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()}
+    assert sorted(rows) == sorted(names) and summary.rows == len(names)
+    assert (rows["hang-03.jpg"]["error_kind"], rows["kill-06.jpg"]["error_kind"]) == ("timeout", "crashed")
+    assert all(rows[n]["status"] == "ok" for n in names if n.startswith("good"))
+    assert server.killed

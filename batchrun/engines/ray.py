@@ -175,6 +175,7 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
         fn_kwargs={
             "preprocess": Preprocess(card.image_size, card.resize_size, card.interpolation),
             "read": ReadOptions(options.max_bytes, options.storage_options),
+            "timeout_s": options.decode_timeout_s,
         },
         # No CPUs asked: the pool size bounds the decode tasks, so no placement of actors (not even
         # actors Ray restarts on the surviving nodes after a node loss) can starve them (ray#44687).

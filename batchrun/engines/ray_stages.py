@@ -1,13 +1,13 @@
 """The two Ray Data stages of `--engine ray` and the columns that travel between them.
 
 `decode_block` (CPU tasks) reads and decodes a block of decode tasks through
-`batchrun.loader.decode_one`, the local engine's one decode path. `Predictor` (actors)
-holds one ONNX Runtime session, opened from the model's bytes (shipped through the
+`batchrun.loader.decode_one`, the local engine's one decode path, in a child process with a
+time limit (`batchrun.fallback`). `Predictor` (actors) holds one ONNX Runtime session, opened from the model's bytes (shipped through the
 object store, so worker nodes need no copy of the file) and predicts through
 `batchrun.infer`'s predictors. Neither stage lets an exception escape: Ray Data fails the
 whole job on a UDF exception, and its `max_errored_blocks` would drop a block's good rows
-with it. A row that cannot be processed becomes an error row instead (`crashed`, which
-`--retry-errors` retries).
+with it. A row that cannot be processed becomes an error row instead (`crashed` or
+`timeout`, which `--retry-errors` retries).
 
 Columns carry no nulls (Ray Data infers each block's schema): "" and -1 stand for "none"
 and `to_batch` turns them back into `loader.Batch`, which the writer takes.
@@ -24,20 +24,33 @@ from typing import Any
 
 import numpy as np
 
+from ..fallback import CpuFallback
 from ..infer import Predictions, make_predictor, open_session
-from ..loader import Batch, Preprocess, ReadOptions, Sample, decode_one, error_sample
+from ..loader import Batch, Preprocess, ReadOptions, Sample, error_sample
 from ..model import ModelContract
 from ..writer import empty_predictions
 
 FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
 
 
-def decode_block(block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions) -> dict[str, Any]:
-    """Decode tasks -> pixels (zeros for error rows) and the facts of every row."""
+_DECODERS: dict[tuple, CpuFallback] = {}  # per Ray worker process: one contained decoder child
+
+
+def decode_block(
+    block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions, timeout_s: float
+) -> dict[str, Any]:
+    """Decode tasks -> pixels (zeros for error rows) and the facts of every row.
+
+    Each input is read and decoded in a child process of this Ray worker with a time limit,
+    as the local engine's supervised workers do: a decoder that hangs or kills its process
+    costs that input a `timeout` or `crashed` row, and a fresh child takes the next input.
+    """
+    key = (preprocess, timeout_s)
+    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s))
     samples = []
     for task, uri, size in zip(block["task"], block["uri"], block["size"], strict=True):
         try:
-            samples.append(decode_one(int(task), str(uri), int(size), preprocess, read))
+            samples.append(decoder.decode_input(int(task), str(uri), int(size), read))
         except Exception as exc:  # decode_one contains decoder errors; this is anything else
             samples.append(
                 error_sample(int(task), "crashed", f"decode task failed: {type(exc).__name__}: {exc}")
