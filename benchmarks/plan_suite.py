@@ -31,7 +31,17 @@ def write_manifest(path: Path, rows: int, files: list[str]) -> None:
 
 def plan_once(manifest: Path, out: Path) -> tuple[float, int]:
     """(wall seconds, peak RSS in bytes) of one `skutag plan` process."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "skutag", "plan", str(manifest), "--out", str(out)]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "skutag",
+        "plan",
+        str(manifest),
+        "--out",
+        str(out),
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - started

@@ -68,7 +68,9 @@ def main() -> None:
             run = [sys.executable, "-m", "skutag", "run", model, images, "--no-progress", "--max-error-rate", "1",
                    "--batch-size", str(args.batch_size)]  # fmt: skip
             old_out, new_out = Path(scratch, f"old-{round_number}"), Path(scratch, f"new-{round_number}")
-            walls["previous release"].append(timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old))
+            walls["previous release"].append(
+                timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old)
+            )
             walls["this tree"].append(timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT))
             plain = [sys.executable, "-m", "benchmarks.release_compare", "--plain", "--model", model,
                      "--images", images, "--old", str(args.old), "--batch-size", str(args.batch_size)]  # fmt: skip

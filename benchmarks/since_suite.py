@@ -62,7 +62,9 @@ def main() -> None:
         changed = rng.sample(files, max(1, round(args.count * args.changed)))
         for path in changed:
             path.write_bytes(rng.choice(photos).read_bytes() + b"\0")  # other bytes, other size
-        since_s, since = timed_run(args.model, catalog, Path(scratch, "night2"), "--since", str(Path(scratch, "night1")))
+        since_s, since = timed_run(
+            args.model, catalog, Path(scratch, "night2"), "--since", str(Path(scratch, "night1"))
+        )
         fresh_s, _ = timed_run(args.model, catalog, Path(scratch, "fresh"))
     print("| run | rows | decoded | reused | whole process s | vs full |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -71,7 +73,9 @@ def main() -> None:
         f"| night 2, `--since night1` ({len(changed)} changed) | {since['rows']:,} | {since['decoded']:,} | "
         f"{since['reused']:,} | {since_s:.1f} | {since_s / full_s:.3f} |"
     )
-    print(f"| night 2, full (reference) | {since['rows']:,} | {since['rows']:,} | 0 | {fresh_s:.1f} | {fresh_s / full_s:.2f} |")
+    print(
+        f"| night 2, full (reference) | {since['rows']:,} | {since['rows']:,} | 0 | {fresh_s:.1f} | {fresh_s / full_s:.2f} |"
+    )
 
 
 if __name__ == "__main__":
