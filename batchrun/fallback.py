@@ -42,9 +42,9 @@ class CpuFallback:
             conn.send(job)
             if conn.poll(self.timeout_s):
                 return conn.recv()
-        except (EOFError, OSError):  # the child died: its end of the pipe closed
-            pass
-        kind = "timeout" if self._process is not None and self._process.is_alive() else "crashed"
+            kind = "timeout"  # no answer in time: close() kills the child
+        except (EOFError, OSError):  # the child died: its end of the pipe closed (it may not be reaped yet)
+            kind = "crashed"
         self.close()
         self.restarts += 1
         return error_sample(index, kind, _message(kind, self.timeout_s, gpu_first))
