@@ -31,6 +31,7 @@ class Predictions:
     topk_indices: np.ndarray  # int32 [rows, k], best first
     topk_scores: np.ndarray  # float32 [rows, k]
     embedding: np.ndarray | None  # float32 [rows, D]
+    ood_score: np.ndarray | None = None  # float32 [rows], batchrun.review (models whose card has `review`)
 
 
 def open_session(

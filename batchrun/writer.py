@@ -31,6 +31,8 @@ from .infer import Predictions
 from .loader import Batch
 from .out import Manifest, OutputNames, part_name
 from .plan import Plan
+from .review import FIELDS as REVIEW_FIELDS
+from .review import Review, card_review
 from .work import UnitWork, WorkList
 
 ROW_GROUP_ROWS = 64 * 1024
@@ -39,7 +41,8 @@ PREDICTED_AT = pa.timestamp("us", tz="UTC")
 
 
 def prediction_schema(embedding_dim: int | None, metadata: dict[str, str]) -> pa.Schema:
-    """DESIGN.md's columns; `embedding` only when the run writes embeddings."""
+    """DESIGN.md's columns; `embedding` only when the run writes embeddings; `ood_score`, `review` and
+    `review_reason` (batchrun.review) only when the card in `metadata` has a review section."""
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),
@@ -61,11 +64,18 @@ def prediction_schema(embedding_dim: int | None, metadata: dict[str, str]) -> pa
     ]
     if embedding_dim is not None:
         fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_dim)))
+    if card_review(metadata) is not None:
+        fields.extend(REVIEW_FIELDS)
     return pa.schema(fields, metadata=metadata)
 
 
 def task_records(
-    batch: Batch, predictions: Predictions, classes: pa.Array, schema: pa.Schema, predicted_at: datetime
+    batch: Batch,
+    predictions: Predictions,
+    classes: pa.Array,
+    schema: pa.Schema,
+    predicted_at: datetime,
+    review: Review | None = None,
 ) -> pa.RecordBatch:
     """One row per decode task of the batch (columns of `schema` but id/uri/version, plus `task`)."""
     rows = len(batch)
@@ -100,6 +110,9 @@ def task_records(
         dim = schema.field("embedding").type.list_size
         values = pa.array(np.ascontiguousarray(predictions.embedding[:rows], np.float32).reshape(-1))
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, dim, mask=null_mask)
+    if "ood_score" in schema.names:
+        review = review or card_review(schema.metadata)
+        columns |= review.columns(batch.ok, predictions.topk_scores[:rows, 0], predictions.ood_score)
     return pa.RecordBatch.from_pydict(columns)
 
 
@@ -161,6 +174,7 @@ class UnitWriter:
         self.out, self.names, self.manifest, self.plan, self.work = out, names, manifest, plan, work
         self.schema, self.classes = schema, pa.array(classes, pa.string())
         self.previous, self.storage_options = previous, storage_options
+        self.review = card_review(schema.metadata)  # parsed once: the class means can be large
         self.seconds = 0.0
         self.committed_rows = 0
         self.error: BaseException | None = None
@@ -215,7 +229,7 @@ class UnitWriter:
             self.error = exc
 
     def _add(self, batch: Batch, predictions: Predictions, predicted_at: datetime) -> None:
-        records = task_records(batch, predictions, self.classes, self.schema, predicted_at)
+        records = task_records(batch, predictions, self.classes, self.schema, predicted_at, self.review)
         owners = self.work.task_unit[batch.indices]
         for index in np.unique(owners):
             picked = records.filter(pa.array(owners == index))

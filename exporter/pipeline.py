@@ -87,7 +87,9 @@ def run_export(request: ExportRequest) -> ExportResult:
     started = time.perf_counter()
     target = request.target
     model, run_card = load_trained(request.source)
-    module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=request.embeddings)
+    # A card with a review section needs the `embedding` output: batchrun scores it against the class means.
+    embeddings = request.embeddings or run_card.review is not None
+    module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=embeddings)
     module.eval()
     card = graph.exported_card(run_card, request.input_kind, target.precision, target.int8_target)
     calibration, check_set = _samples(request, target, run_card)

@@ -63,6 +63,10 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     source_sha256: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    # What "in distribution" looks like, for batchrun's review queue (trainer.review writes it):
+    # {"score": "1-max-cosine", "class_means": [[...], ...], "ood_threshold", "tpr",
+    #  "confidence_threshold"}. None in cards without it, which serialise as before.
+    review: dict[str, Any] | None = None
     created_at: str = field(default_factory=_now)
     skutag_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -148,6 +152,8 @@ class ModelCard:
             problems.append(f"int8_target must be one of {INT8_TARGETS}")
         elif self.precision != "int8" and self.int8_target is not None:
             problems.append("int8_target is only for int8 models")
+        if self.review is not None:
+            problems.extend(_review_problems(self.review, len(self.classes)))
         if problems:
             raise CardError("invalid model card: " + "; ".join(problems))
 
@@ -159,6 +165,8 @@ class ModelCard:
             data[key] = list(data[key])
         if data["int8_target"] is None:  # fp32/fp16 cards stay what earlier skutag versions read
             del data["int8_target"]
+        if data["review"] is None:  # cards without a review section stay byte-for-byte as before
+            del data["review"]
         return data
 
     def to_json(self, indent: int | None = None) -> str:
@@ -213,3 +221,38 @@ class ModelCard:
         from skutag.fsio import atomic_write_text
 
         atomic_write_text(path, self.to_json(indent=2) + "\n")
+
+
+REVIEW_SCORE = "1-max-cosine"
+REVIEW_KEYS = {"score", "class_means", "ood_threshold", "tpr", "confidence_threshold"}
+
+
+def _review_problems(review: Any, num_classes: int) -> list[str]:
+    if not isinstance(review, dict):
+        return ["review must be an object"]
+    if set(review) != REVIEW_KEYS:
+        return [f"review must have exactly the keys {sorted(REVIEW_KEYS)}"]
+    problems = []
+    if review["score"] != REVIEW_SCORE:
+        problems.append(f"review score must be {REVIEW_SCORE!r}")
+    means = review["class_means"]
+    if (
+        not isinstance(means, list)
+        or len(means) != num_classes
+        or not all(isinstance(m, list) and m for m in means)
+        or len({len(m) for m in means}) != 1
+        or not all(_number(v) for m in means for v in m)
+    ):
+        problems.append("review class_means must be one equal-length list of finite numbers per class")
+    for key, low, high in (
+        ("ood_threshold", 0.0, 2.0),
+        ("tpr", 0.0, 1.0),
+        ("confidence_threshold", 0.0, 1.0),
+    ):
+        if not _number(review[key]) or not low <= review[key] <= high:
+            problems.append(f"review {key} must be a number in [{low}, {high}]")
+    return problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

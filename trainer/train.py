@@ -35,6 +35,7 @@ from trainer.loop import Engine, Predictions, amp_dtype, make_optimizer, make_sc
 from trainer.metrics import SELECTABLE, summary_metrics
 from trainer.model import build_model, read_state_dict
 from trainer.report import Evaluation, write_csv, write_report
+from trainer.review import review_section
 from trainer.seeding import epoch_seed, seed_everything, seed_worker
 from trainer.weights import BEST, save_weights
 
@@ -364,6 +365,18 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------
 
+    def _review(self) -> dict[str, Any]:
+        """The card's review section (trainer.review) from the best weights' validation features.
+
+        Under torchrun rank 0 computes it from its own shard of the validation split."""
+        model = getattr(self.model, "module", self.model)
+        body, head = split_head(getattr(model, "_orig_mod", model))
+        cache = extract_features(body, self.val_loader, self._prepare_images)
+        with torch.no_grad():
+            logits = head(cache.features.to(self.device)).float()
+        probs = torch.softmax(logits, dim=1).cpu().numpy()
+        return review_section(cache.features.numpy(), cache.labels.numpy(), probs, len(self.classes))
+
     def _finish(self) -> None:
         """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv (rank 0 writes)."""
         self._set_policy(self.state.epoch)
@@ -389,8 +402,11 @@ class Trainer:
             summary
             | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch},
         )
-        card = self.card.replace(metrics={k: float(v) for k, v in summary.items()} | {"epoch": s.best_epoch})
+        card = self.card.replace(
+            metrics={k: float(v) for k, v in summary.items()} | {"epoch": s.best_epoch}, review=self._review()
+        )
         card.save(self.out / "card.json")
+        save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
         write_csv(
             self.out / "skipped.csv",
             [{"path": p, "error": e} for p, e in sorted(s.failed.items())],

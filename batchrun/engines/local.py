@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from skutag.runtime import gpu_present
 
+from .. import review
 from ..incremental import Previous
 from ..infer import DevicePredictor, make_predictor, open_session
 from ..loader import CPU_WORKER_NICE, Batch, Preprocess, ReadOptions, TaskDataset, default_workers
@@ -133,7 +134,7 @@ def run_local(
                 log.warning("decoding JPEGs on the GPU, predicting on the CPU (%s)", info.fallback_reason)
         if decode == "cuda" and on_gpu:
             predict = DevicePredictor(
-                session, contract, topk=options.topk, embeddings=options.embeddings,
+                session, contract, topk=options.topk, embeddings=options.embeddings or review.wanted(contract),
                 batch_size=options.batch_size,
             )  # fmt: skip
         else:
@@ -142,9 +143,10 @@ def run_local(
                 info,
                 contract,
                 topk=options.topk,
-                embeddings=options.embeddings,
+                embeddings=options.embeddings or review.wanted(contract),
                 batch_size=options.batch_size,
             )
+        predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
         schema = prediction_schema(contract.embedding_dim if options.embeddings else None, file_metadata)
         writer = UnitWriter(
             out,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import review
 from ..fallback import CpuFallback
 from ..infer import Predictions, make_predictor, open_session
 from ..loader import Batch, Preprocess, ReadOptions, Sample, error_sample
@@ -116,10 +117,12 @@ class Predictor:
         self.config = config
         self.dim = contract.embedding_dim if config.embeddings else None
         self.pad = config.batch_size if info.device in ("cuda", "tensorrt") else 0
+        self.review = review.wanted(contract)
         self.predict = make_predictor(
-            session, info, self.contract, topk=config.topk, embeddings=config.embeddings,
+            session, info, self.contract, topk=config.topk, embeddings=config.embeddings or self.review,
             batch_size=config.batch_size,
         )  # fmt: skip
+        self.predict = review.with_review(self.predict, self.contract, keep_embedding=config.embeddings)
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -145,6 +148,9 @@ class Predictor:
         }
         if self.dim is not None:
             out["embedding"] = np.ascontiguousarray(predictions.embedding[:rows], np.float32)
+        if self.review:  # the writer turns it into the review columns (batchrun.review)
+            ood = predictions.ood_score
+            out["ood_score"] = ood[:rows] if ood is not None else np.full(rows, np.nan, np.float32)
         return out
 
     def _predict(self, block: dict[str, np.ndarray]) -> Predictions:
@@ -185,8 +191,12 @@ def to_batch(block: dict[str, np.ndarray]) -> Batch:
 
 def to_predictions(block: dict[str, np.ndarray], embeddings: bool) -> Predictions:
     embedding = np.asarray(block["embedding"], np.float32) if embeddings else None
+    ood = np.asarray(block["ood_score"], np.float32) if "ood_score" in block else None
     return Predictions(
-        np.asarray(block["topk_indices"], np.int32), np.asarray(block["topk_scores"], np.float32), embedding
+        np.asarray(block["topk_indices"], np.int32),
+        np.asarray(block["topk_scores"], np.float32),
+        embedding,
+        ood,
     )
 
 
