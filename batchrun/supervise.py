@@ -27,7 +27,8 @@ from .loader import Batch, Collate, TaskDataset, WorkerSetup, default_prefetch, 
 log = logging.getLogger(__name__)
 
 IDLE = -1
-MAX_BLIND_RESTARTS = 3  # worker deaths that name no task (e.g. an idle worker OOM-killed)
+MAX_BLIND_RESTARTS = 3
+DEATH_WAIT_S = 5.0  # a reset connection comes a moment before the dead worker can be reaped  # worker deaths that name no task (e.g. an idle worker OOM-killed)
 
 
 class Slots:
@@ -169,6 +170,10 @@ class SupervisedLoader:
                 # resource sharer: that batch is lost with it and is decoded again.
                 if isinstance(exc, RuntimeError) and "DataLoader worker" not in str(exc):
                     raise
+                if not isinstance(
+                    exc, RuntimeError
+                ):  # the worker's sockets closed as it died: wait for its exit
+                    _wait_for_a_death(iterator, DEATH_WAIT_S)
                 culprits = self._culprits(iterator, slots, watchdog)
                 if not isinstance(exc, RuntimeError) and not culprits and not _any_dead(iterator):
                     raise
@@ -203,6 +208,12 @@ class SupervisedLoader:
             if task != IDLE and not process.is_alive() and task not in found:
                 found[task] = "crashed"
         return sorted(found.items())
+
+
+def _wait_for_a_death(iterator, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not _any_dead(iterator):
+        time.sleep(0.02)
 
 
 def _any_dead(iterator) -> bool:
