@@ -177,6 +177,11 @@ class BoundPredictor:
             pixels = batch.pixels.to(self.device, non_blocking=True)
             self.input.copy_((pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std)
         torch.cuda.current_stream().synchronize()  # ORT runs on its own stream: inputs must be ready
+        return self._run(rows)
+
+    def _run(self, rows: int) -> Predictions:
+        """Run the bound session; top-k (and the embedding) of the first `rows` rows, from device memory."""
+        torch = self.torch
         self.session.run_with_iobinding(self.binding)
         self.binding.synchronize_outputs()
         scores = self.scores[:rows].float()
@@ -211,16 +216,4 @@ class DevicePredictor(BoundPredictor):
         self._bind(self.binding.bind_input, self.contract.input_name, pixels if direct else self.input)
         if not direct:
             return super().__call__(batch)
-        rows = len(batch)
-        self.session.run_with_iobinding(self.binding)
-        self.binding.synchronize_outputs()
-        scores = self.scores[:rows].float()
-        if self.contract.apply_softmax:
-            scores = torch.softmax(scores, dim=1)
-        values, indices = torch.topk(scores, self.topk, dim=1)  # sorted, best first
-        embedding = None
-        if self.embedding is not None:
-            embedding = self.embedding[:rows].float().cpu().numpy()
-        return Predictions(
-            indices.to(torch.int32).cpu().numpy(), values.cpu().numpy().astype(np.float32), embedding
-        )
+        return self._run(len(batch))
