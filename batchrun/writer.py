@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skutag import storage
+from skutag.fsio import atomic_path
 
 from .incremental import Previous
 from .infer import Predictions
@@ -273,18 +274,11 @@ class UnitWriter:
 
 def write_part(table: pa.Table, uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Write a Parquet file under its final name in one step (rename locally, one upload remotely)."""
-    directory = os.path.dirname(uri) if not storage.is_remote(uri) else None
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(uri)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        if directory:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-        storage.upload(tmp, uri, storage_options)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if not storage.is_remote(uri):
+        with atomic_path(uri) as tmp:
+            pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        return
+    with tempfile.TemporaryDirectory(prefix="skutag-part-") as scratch:
+        local = os.path.join(scratch, os.path.basename(uri))
+        pq.write_table(table, local, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        storage.upload(local, uri, storage_options)

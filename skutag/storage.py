@@ -301,10 +301,18 @@ def remove(uri: str, options: dict[str, Any] | None = None) -> None:
 
 
 def upload(local_file: str, uri: str, options: dict[str, Any] | None = None) -> None:
-    """Put a finished local file under its final name (a rename locally, one upload remotely)."""
+    """Put a finished local file under its final name (an atomic copy locally, one upload remotely).
+
+    Locally the copy goes through a temporary beside `uri`, then a rename: the scratch file
+    may live on another filesystem (`/tmp`), where a plain rename would fail with EXDEV.
+    """
     if not is_remote(uri):
-        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
-        os.replace(local_file, uri)
+        import shutil
+
+        from skutag.fsio import atomic_path
+
+        with atomic_path(uri) as tmp:
+            shutil.copyfile(local_file, tmp)
         return
     fs = filesystem(uri, options)
     retry(lambda: fs.put_file(local_file, uri))

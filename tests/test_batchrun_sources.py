@@ -167,3 +167,21 @@ def test_shard_parsing():
     for bad in ("4/4", "1", "-1/2", "a/b"):
         with pytest.raises(InputError):
             Shard.parse(bad)
+
+
+def test_a_plan_on_another_filesystem_than_the_scratch_space(tree, tmp_path, monkeypatch):
+    """The plan's units are written in a scratch folder first; OUT may be on another filesystem."""
+    import tempfile
+
+    other = "/dev/shm"
+    if not os.path.isdir(other) or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs two filesystems")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # scratch here, OUT there
+    out = tempfile.mkdtemp(dir=other)
+    try:
+        plan = make_plan([str(tree)], out)
+        assert plan.total == 4 and [u.rows for u in plan.units] == [4]
+    finally:
+        import shutil
+
+        shutil.rmtree(out)
