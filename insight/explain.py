@@ -12,7 +12,6 @@ The layer is the last block of the backbone (`layer4[-1]` for ResNets, else the 
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,6 +138,7 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
 
     from skutag.fsio import atomic_path
     from skutag.listing import local_path
+    from trainer.report import contact_grid
 
     listed = Path(report) / "misclassified.csv"
     if not listed.is_file():
@@ -146,13 +146,7 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
     with open(listed, newline="") as handle:
         rows = list(csv.DictReader(handle))[:limit]
     explainer = Explainer(run)
-    columns = 6
-    grid = max(1, math.ceil(len(rows) / columns))
-    fig, axes = plt.subplots(grid, columns, figsize=(columns * 2.2, grid * 2.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    if not rows:
-        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=11)
+    fig, axes = contact_grid(len(rows))
     for ax, row in zip(axes.flat, rows, strict=False):
         try:
             pixels = explainer.pixels(local_path(row["path"]))

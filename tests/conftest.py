@@ -37,6 +37,22 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedding_model(tmp_path_factory) -> Path:
+    """A resnet18 at 64 px with 4 classes and an `embedding` output (random weights), exported to ONNX."""
+    import torch
+
+    from exporter.graph import export_fp32
+    from skutag.card import ModelCard
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    card = ModelCard.for_training("resnet18", ["boot", "cup", "lamp", "sock"], image_size=64)
+    path = tmp_path_factory.mktemp("embedding_model") / "tiny.onnx"
+    export_fp32(build_model("resnet18", 4).eval(), card, path, embeddings=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_catalog(tmp_path_factory) -> Path:
     """120 images, 4 classes, 96-160 px (JPEG and some RGBA PNG), one ImageFolder tree."""
     root = tmp_path_factory.mktemp("catalog")

@@ -32,17 +32,8 @@ CLASSES = ["boot", "cup", "lamp", "sock"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-
-    from exporter.graph import export_fp32
-    from trainer.model import build_model
-
-    torch.manual_seed(0)
-    card = ModelCard.for_training("resnet18", CLASSES, image_size=64)
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_fp32(build_model("resnet18", len(CLASSES)).eval(), card, path, embeddings=True)
-    return path
+def model(embedding_model) -> Path:
+    return embedding_model
 
 
 @pytest.fixture(scope="module")

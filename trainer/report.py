@@ -149,19 +149,24 @@ def _roc_png(path: Path, curves: dict[str, Any]) -> None:
     _save(fig, path)
 
 
-def _contact_sheet(path: Path, rows: list[dict[str, Any]]) -> None:
+def contact_grid(count: int, columns: int = 6):
+    """An empty figure of `count` image cells, six to a row (the contact sheet of mistakes)."""
     import matplotlib.pyplot as plt
 
-    from skutag.images import ImageError, load_image, read_file
-    from skutag.listing import local_path
-
-    columns = 6
-    grid_rows = max(1, math.ceil(len(rows) / columns))
+    grid_rows = max(1, math.ceil(count / columns))
     fig, axes = plt.subplots(grid_rows, columns, figsize=(columns * 2.2, grid_rows * 2.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    if not rows:
+    if not count:
         axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=11)
+    return fig, axes
+
+
+def _contact_sheet(path: Path, rows: list[dict[str, Any]]) -> None:
+    from skutag.images import ImageError, load_image, read_file
+    from skutag.listing import local_path
+
+    fig, axes = contact_grid(len(rows))
     for ax, row in zip(axes.flat, rows, strict=False):
         try:
             ax.imshow(load_image(read_file(local_path(row["path"])), resize_size=160, image_size=160).pixels)
