@@ -82,7 +82,8 @@ def plan(sources, out, part_size, storage_options, overwrite) -> None:
     skipped = ", ".join(f"{k} {n}" for k, n in made.listing.items() if n)
     click.echo(
         f"planned {made.total:,} inputs in {len(made.units)} units of up to {made.part_rows:,} "
-        f"({made.duplicates} duplicates{'; skipped: ' + skipped if skipped else ''}) -> {out}/_plan",
+        f"({made.duplicates} duplicates{'; skipped: ' + skipped if skipped else ''}"
+        f"{f'; {made.labelled:,} with a manifest label' if made.labelled else ''}) -> {out}/_plan",
         err=True,
     )
 

@@ -3,7 +3,7 @@
 `make_plan` lists the sources once (streaming), sorts by id with an external merge sort
 (sorted runs of `SORT_CHUNK` rows spilled to temporary Parquet files, then merged), drops
 exact repeats (same id and uri), refuses one id naming two files, and writes units of
-`part_rows` rows as `plan-<token>-NNNNN.parquet` (id, uri, bytes, version). The plan
+`part_rows` rows as `plan-<token>-NNNNN.parquet` (id, uri, bytes, version, label). The plan
 exists once `_plan/_PLAN` is created with an exclusive create (a hard link locally, a
 conditional PUT on S3): of two shards that plan at the same moment one wins, the other
 deletes its own unit files and uses the winner's plan. Memory stays flat in the inputs.
@@ -49,8 +49,10 @@ PLAN_SCHEMA = pa.schema(
         pa.field("uri", pa.string(), nullable=False),
         pa.field("bytes", pa.int64()),
         pa.field("version", pa.string()),
+        pa.field("label", pa.string()),  # a manifest's label column; null elsewhere
     ]
 )
+Row = tuple[str, str, int | None, str | None, str | None]  # PLAN_SCHEMA's columns, in order
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Plan:
     listing: dict[str, int]
     units: list[Unit] = field(default_factory=list)
     created_at: str = ""
+    labelled: int = 0  # rows with a manifest label: the run then writes `manifest_label`
 
     def shard_units(self, index: int, count: int) -> list[Unit]:
         """Shard I of N: a contiguous slice of the units."""
@@ -149,7 +152,9 @@ def make_plan(
     token = secrets.token_hex(4)
     with tempfile.TemporaryDirectory(prefix="skutag-plan-") as scratch:
         rows = _sorted_rows(list_sources(sources, counts, storage_options), scratch)
-        units, total, duplicates, digest = _write_units(rows, out, token, part_rows, scratch, storage_options)
+        units, total, duplicates, labelled, digest = _write_units(
+            rows, out, token, part_rows, scratch, storage_options
+        )
     plan = Plan(
         out=out,
         plan_id=digest,
@@ -160,6 +165,7 @@ def make_plan(
         listing=counts.to_dict(),
         units=units,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        labelled=labelled,
     )
     if total == 0:
         raise InputError(f"no images found in {' '.join(map(str, sources))} (skipped: {counts.to_dict()})")
@@ -172,7 +178,7 @@ def make_plan(
     return read_plan(out, storage_options)
 
 
-def _sorted_rows(entries: Iterable[Entry], scratch: str) -> Iterator[tuple[str, str, int | None, str | None]]:
+def _sorted_rows(entries: Iterable[Entry], scratch: str) -> Iterator[Row]:
     """All entries sorted by (id, uri), spilling sorted runs of SORT_CHUNK rows to disk."""
     runs: list[str] = []
     chunk: list[Entry] = []
@@ -187,7 +193,11 @@ def _sorted_rows(entries: Iterable[Entry], scratch: str) -> Iterator[tuple[str, 
     if chunk:
         runs.append(_spill(chunk, scratch, len(runs)))
     batch = max(1024, MERGE_ROWS // len(runs))  # memory stays flat however many runs there are
-    yield from heapq.merge(*(_read_run(path, batch) for path in runs))
+    yield from heapq.merge(*(_read_run(path, batch) for path in runs), key=_sort_key)
+
+
+def _sort_key(row: Row) -> tuple[str, str]:
+    return row[0], row[1]  # (id, uri): the other columns may be None, which does not compare
 
 
 def _table(chunk: list[Entry]) -> pa.Table:
@@ -197,6 +207,7 @@ def _table(chunk: list[Entry]) -> pa.Table:
             pa.array([e.uri for e in chunk], pa.string()),
             pa.array([e.size for e in chunk], pa.int64()),
             pa.array([e.version for e in chunk], pa.string()),
+            pa.array([e.label for e in chunk], pa.string()),
         ],
         schema=PLAN_SCHEMA,
     )
@@ -212,13 +223,13 @@ def _spill(chunk: list[Entry], scratch: str, number: int) -> str:
     return path
 
 
-def _read_run(path: str, rows: int) -> Iterator[tuple[str, str, int | None, str | None]]:
+def _read_run(path: str, rows: int) -> Iterator[Row]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
         yield from _rows(batch)
 
 
-def _rows(table: pa.Table | pa.RecordBatch) -> Iterator[tuple[str, str, int | None, str | None]]:
-    columns = [table.column(name).to_pylist() for name in ("id", "uri", "bytes", "version")]
+def _rows(table: pa.Table | pa.RecordBatch) -> Iterator[Row]:
+    columns = [table.column(name).to_pylist() for name in PLAN_SCHEMA.names]
     yield from zip(*columns, strict=True)
 
 
@@ -226,14 +237,14 @@ def _write_units(rows, out, token, part_rows, scratch, storage_options):
     units: list[Unit] = []
     digest = hashlib.sha256()
     buffer: list[tuple] = []
-    total = duplicates = 0
+    total = duplicates = labelled = 0
     previous: tuple | None = None
 
     def flush() -> None:
         number = len(units)
         name = f"plan-{token}-{number:05d}.parquet"
         table = pa.table(
-            [pa.array([r[i] for r in buffer], PLAN_SCHEMA.field(i).type) for i in range(4)],
+            [pa.array([r[i] for r in buffer], f.type) for i, f in enumerate(PLAN_SCHEMA)],
             schema=PLAN_SCHEMA,
         )
         local = os.path.join(scratch, name)
@@ -256,8 +267,9 @@ def _write_units(rows, out, token, part_rows, scratch, storage_options):
         previous = row
         buffer.append(row)
         total += 1
+        labelled += row[4] is not None
         if len(buffer) >= part_rows:
             flush()
     if buffer:
         flush()
-    return units, total, duplicates, digest.hexdigest()
+    return units, total, duplicates, labelled, digest.hexdigest()

@@ -4,9 +4,14 @@ The trainer (trainer.review) stores per-class means of L2-normalised validation 
 OOD threshold at a stated true-positive rate, and a low-confidence threshold. A row is flagged
 when its top-1 probability is below `confidence_threshold` (`low_confidence`) or its
 `ood_score = 1 - max cosine(embedding, class mean)` is above `ood_threshold`
-(`out_of_distribution`); the reasons are comma-joined. Error rows have null in all three.
-`label_mismatch` (top-1 differs from a manifest `label`) is not implemented: the plan does not
-carry manifest labels. Models without the card section get none of these columns.
+(`out_of_distribution`) or, when the manifest gave the row a `label`, its top-1 label is
+another one (`label_mismatch`); the reasons are comma-joined in that order. Error rows have
+null in all three. Models without the card section get none of these columns.
+
+A manifest's labels travel in the plan and come out as `manifest_label` (with or without a
+review section). `label_mismatch` is derived per row when a unit is assembled, after the
+fan-out of one decode to the ids that share an image, and again for rows `--since` copies:
+the catalog's label may have changed while the photo did not.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from skutag.card import METADATA_KEY
 
 from .infer import Predictions
 
-REASONS = ("low_confidence", "out_of_distribution")
+LABEL_MISMATCH = "label_mismatch"
+REASONS = ("low_confidence", "out_of_distribution")  # from the prediction alone; LABEL_MISMATCH comes last
+MANIFEST_LABEL = pa.field("manifest_label", pa.string())
 FIELDS = (
     pa.field("ood_score", pa.float32()),
     pa.field("review", pa.bool_()),
@@ -103,3 +111,24 @@ def with_review(predict: Callable, contract, keep_embedding: bool) -> Callable:
         )
 
     return reviewed
+
+
+def with_manifest_labels(table: pa.Table, labels: pa.ChunkedArray | pa.Array, schema: pa.Schema) -> pa.Table:
+    """`table` (every column of `schema` but `manifest_label`) with `labels` as `manifest_label`, and
+    `label_mismatch` re-derived in `review` / `review_reason` where the schema has them."""
+    labels = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
+    table = table.add_column(schema.get_field_index(MANIFEST_LABEL.name), MANIFEST_LABEL, labels)
+    if "review_reason" not in schema.names:
+        return table
+    ok = pc.equal(table["status"], "ok")
+    mismatch = pc.fill_null(pc.and_(ok, pc.not_equal(table["label"], labels)), False)
+    others = pc.replace_substring_regex(table["review_reason"], f"(^|,){LABEL_MISMATCH}$", "")
+    others = pc.if_else(pc.equal(others, ""), pa.scalar(None, pa.string()), others)
+    joined = pc.if_else(
+        pc.is_valid(others), pc.binary_join_element_wise(others, LABEL_MISMATCH, ","), LABEL_MISMATCH
+    )
+    reason = pc.if_else(mismatch, joined, others)
+    review = pc.if_else(ok, pc.is_valid(reason), pa.scalar(None, pa.bool_()))
+    table = table.set_column(schema.get_field_index("review_reason"), "review_reason", reason)
+    table = table.set_column(schema.get_field_index("review"), "review", review)
+    return table.cast(schema)

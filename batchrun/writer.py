@@ -33,7 +33,7 @@ from .loader import Batch
 from .out import Manifest, OutputNames, part_name
 from .plan import Plan
 from .review import FIELDS as REVIEW_FIELDS
-from .review import Review, card_review
+from .review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
 from .work import UnitWork, WorkList
 
 ROW_GROUP_ROWS = 64 * 1024
@@ -41,9 +41,12 @@ _ABORT = object()  # queue item: stop without committing
 PREDICTED_AT = pa.timestamp("us", tz="UTC")
 
 
-def prediction_schema(embedding_dim: int | None, metadata: dict[str, str]) -> pa.Schema:
-    """DESIGN.md's columns; `embedding` only when the run writes embeddings; `ood_score`, `review` and
-    `review_reason` (batchrun.review) only when the card in `metadata` has a review section."""
+def prediction_schema(
+    embedding_dim: int | None, metadata: dict[str, str], labelled: bool = False
+) -> pa.Schema:
+    """DESIGN.md's columns; `embedding` only when the run writes embeddings; `manifest_label` when the
+    plan has manifest labels; `ood_score`, `review` and `review_reason` (batchrun.review) only when
+    the card in `metadata` has a review section."""
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),
@@ -65,6 +68,8 @@ def prediction_schema(embedding_dim: int | None, metadata: dict[str, str]) -> pa
     ]
     if embedding_dim is not None:
         fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_dim)))
+    if labelled:
+        fields.append(MANIFEST_LABEL)
     if card_review(metadata) is not None:
         fields.extend(REVIEW_FIELDS)
     return pa.schema(fields, metadata=metadata)
@@ -131,8 +136,10 @@ def unit_table(
     schema: pa.Schema,
     storage_options: dict[str, Any] | None,
 ) -> pa.Table:
-    """The unit's rows in plan order: predicted tasks fanned out, reused rows copied."""
+    """The unit's rows in plan order: predicted tasks fanned out, reused rows copied, manifest labels set."""
     rows = plan.read_unit(work.unit, storage_options)
+    labelled = MANIFEST_LABEL.name in schema.names
+    core = pa.schema([f for f in schema if f.name != MANIFEST_LABEL.name], metadata=schema.metadata)
     pieces, order = [], []
     predicted = np.flatnonzero(work.task_of_row >= 0)
     if len(predicted):
@@ -141,18 +148,19 @@ def unit_table(
         taken = results.take(pa.array(position))
         base = rows.take(pa.array(predicted)).select(["id", "uri", "version"])
         columns = {name: base.column(name) for name in base.column_names}
-        columns.update({name: taken.column(name) for name in schema.names if name not in columns})
-        pieces.append(pa.table([columns[n] for n in schema.names], schema=schema))
+        columns.update({name: taken.column(name) for name in core.names if name not in columns})
+        pieces.append(pa.table([columns[n] for n in core.names], schema=core))
         order.append(predicted)
     reused = np.flatnonzero(work.match.reuse)
     if len(reused):
         ids = rows.column("id").take(pa.array(reused))
         old = previous.rows_for(ids.combine_chunks())
         old = old.take(pc.index_in(ids, value_set=old.column("id")))
-        pieces.append(old.select(schema.names).cast(schema))
+        pieces.append(old.select(core.names).cast(core))
         order.append(reused)
     table = pa.concat_tables(pieces)
-    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+    table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+    return with_manifest_labels(table, rows.column("label"), schema) if labelled else table
 
 
 class UnitWriter:

@@ -46,6 +46,7 @@ class Entry:
     uri: str
     size: int | None = None
     version: str | None = None
+    label: str | None = None  # a manifest's `label` column: what the catalog says the image is
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""CSV and Parquet manifests as a stream of inputs: `id` plus `path` or `uri` (plus optional `version`).
+"""CSV and Parquet manifests as a stream of inputs: `id` plus `path` or `uri` (optional `version`, `label`).
 
 Read a record batch at a time (local or object storage), so a manifest of millions of rows
 costs one batch of memory. The id is a manifest row's identity: two ids that name the same
 image are two inputs. Relative paths are relative to the manifest's folder. Without a
 `version` column, local files get `size:mtime_ns`; remote objects get theirs at run time.
+A `label` column is the catalog's own category for the row: the run keeps it as
+`manifest_label` and, for models with a review section, flags rows it disagrees with.
 """
 
 from __future__ import annotations
@@ -30,15 +32,15 @@ def read_manifest_entries(location: str, storage_options: dict[str, str] | None 
             raise InputError(f"manifest {location} needs a `path` or `uri` column (has {sorted(names)})")
         where = _strings(batch, column, location)
         ids = _strings(batch, "id", location) if "id" in names else where
-        versions = batch.column("version").cast(pa.string()).to_pylist() if "version" in names else None
+        versions = _optional(batch, "version")
+        labels = _optional(batch, "label")
         for row, (input_id, place) in enumerate(zip(ids, where, strict=True)):
             if storage.is_remote(place) or not base:
                 entry = Entry(input_id, place if storage.is_remote(place) else os.path.abspath(place))
             else:
                 entry = entry_for_location(input_id, place, base)
-            if versions is not None and versions[row] is not None:
-                entry = Entry(entry.id, entry.uri, entry.size, versions[row])
-            yield entry
+            version = versions[row] if versions[row] is not None else entry.version
+            yield Entry(entry.id, entry.uri, entry.size, version, labels[row] or None)
 
 
 def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[pa.RecordBatch]:
@@ -57,6 +59,7 @@ def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[
                         "path": pa.string(),
                         "uri": pa.string(),
                         "version": pa.string(),
+                        "label": pa.string(),
                     }
                 )
                 # A local file is opened by Arrow itself: through a Python file object its reader
@@ -70,6 +73,13 @@ def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[
                 yield from pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
     except (OSError, pa.ArrowInvalid) as exc:
         raise InputError(f"cannot read manifest {location}: {str(exc).splitlines()[0]}") from exc
+
+
+def _optional(batch: pa.RecordBatch, name: str) -> list[str | None]:
+    """A column's values as strings, or all None when the manifest has no such column."""
+    if name not in batch.schema.names:
+        return [None] * batch.num_rows
+    return batch.column(name).cast(pa.string()).to_pylist()
 
 
 def _strings(batch: pa.RecordBatch, name: str, location: str) -> list[str]:

@@ -53,6 +53,32 @@ def embedding_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def review_model(tmp_path_factory) -> Path:
+    """embedding_model's network with a `review` card section (class means of random non-negative unit
+    vectors; thresholds that flag some rows of a random-weights model): runs write the review columns."""
+    import numpy as np
+    import torch
+
+    from exporter.graph import export_fp32
+    from skutag.card import ModelCard
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    means = np.abs(np.random.default_rng(0).standard_normal((4, 512)))
+    review = {
+        "score": "1-max-cosine",
+        "class_means": (means / np.linalg.norm(means, axis=1, keepdims=True)).tolist(),
+        "ood_threshold": 0.3,
+        "tpr": 0.95,
+        "confidence_threshold": 0.3,
+    }
+    card = ModelCard.for_training("resnet18", ["boot", "cup", "lamp", "sock"], image_size=64)
+    path = tmp_path_factory.mktemp("review_model") / "review.onnx"
+    export_fp32(build_model("resnet18", 4).eval(), card.replace(review=review), path, embeddings=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_catalog(tmp_path_factory) -> Path:
     """120 images, 4 classes, 96-160 px (JPEG and some RGBA PNG), one ImageFolder tree."""
     root = tmp_path_factory.mktemp("catalog")

@@ -152,6 +152,26 @@ def test_external_sort_spills_and_merges_in_order(tmp_path, monkeypatch):
     assert [i for i, _ in rows] == sorted(names)
 
 
+def test_manifest_labels_travel_in_the_plan_through_the_external_sort(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(plan_module, "SORT_CHUNK", 7)
+    listing = tmp_path / "list.csv"
+    names = [f"sku-{(i * 37) % 41:03d}" for i in range(41)]
+    # every row twice (an exact repeat the plan keeps once), once with a label and once without:
+    # merging spilled runs must never compare a None label with a string
+    lines = [f"{n},{n}.jpg,{'shoe' if i % 3 else ''}" for i, n in enumerate(names)]
+    lines += [f"{n},{n}.jpg," for n in names]
+    listing.write_text("id,path,label\n" + "\n".join(lines) + "\n")
+    plan = make_plan([str(listing)], str(tmp_path / "out"), part_rows=10)
+    assert (plan.total, plan.duplicates) == (41, 41)
+    table = pa.concat_tables(plan.read_unit(unit) for unit in plan.units)
+    assert table.column("id").to_pylist() == sorted(names)
+    # the first listing of a repeated row is kept: here the labelled one
+    want = {n: "shoe" if i % 3 else None for i, n in enumerate(names)}
+    assert dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist(), strict=True)) == want
+    assert plan.labelled == read_plan(str(tmp_path / "out")).labelled == 27
+    assert make_plan([str(tree)], str(tmp_path / "dir")).labelled == 0  # folders carry no labels
+
+
 @pytest.mark.parametrize("units,count", [(1, 3), (10, 3), (131, 4), (5, 7)])
 def test_shards_partition_the_units(units, count):
     from batchrun.plan import Plan, Unit

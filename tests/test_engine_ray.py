@@ -399,3 +399,41 @@ def test_a_stalled_job_fails_in_one_line_instead_of_hanging(model, awkward, tmp_
         left = tag.wait_gone()
         tag.close()
     assert not left, left
+
+
+def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_engine(
+    review_model, small_catalog, tmp_path
+):
+    images = sorted(small_catalog.glob("*/*.*"))
+    classes = ["boot", "cup", "lamp", "sock", ""]  # the model's, and no label
+    lines = ["id,path,label"] + [
+        f"{p.parent.name}/{p.name},{p},{classes[n % 5]}" for n, p in enumerate(images)
+    ]
+    lines.append(f"again,{images[0]},cup")  # one decode, two rows, two labels
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    run(review_model, [manifest], tmp_path / "local", batch_size=8, part_rows=40)
+    tag = Tag()
+    try:
+        command = ray_command(
+            review_model, [manifest], tmp_path / "ray", "--batch-size", 8, "--part-size", 40
+        )
+        result = subprocess.run(command, env=tag.env(), capture_output=True, text=True, timeout=600)
+        left = tag.wait_gone()
+    finally:
+        tag.close()
+    assert result.returncode == 0, result.stderr
+    assert not left, f"processes of the run survived it: {left}"
+    local, ray = read_rows(tmp_path / "local"), read_rows(tmp_path / "ray")
+    assert local.keys() == ray.keys() and len(ray) == len(images) + 1
+    for input_id, want in local.items():
+        got = ray[input_id]
+        for column in ("label", "manifest_label", "review", "review_reason"):
+            assert got[column] == want[column], (input_id, column)
+        assert got["ood_score"] == pytest.approx(want["ood_score"], abs=1e-4)
+    reasons = [r["review_reason"] or "" for r in ray.values()]
+    assert any("label_mismatch" in r for r in reasons)
+    for reason, row in zip(reasons, ray.values(), strict=True):
+        disagree = row["status"] == "ok" and row["manifest_label"] not in (None, row["label"])
+        assert ("label_mismatch" in reason) == disagree, row
+    assert sum(row["manifest_label"] is None for row in ray.values()) == len(images) // 5

@@ -121,3 +121,69 @@ def test_a_model_without_the_section_writes_the_old_schema(setup):
     onnx.save(proto, str(old))
     table = _run(old, setup["inside"], setup["tmp"] / "out-plain")
     assert table.schema.names == prediction_schema(None, {}).names
+
+
+def _manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    lines = ["id,path,label"] + [",".join(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _reasons(table) -> dict[str, set[str]]:
+    return {
+        i: set((r or "").split(",")) - {""}
+        for i, r in zip(
+            table.column("id").to_pylist(), table.column("review_reason").to_pylist(), strict=True
+        )
+    }
+
+
+def test_label_mismatch_flags_rows_whose_manifest_label_the_model_disagrees_with(setup):
+    tmp = setup["tmp"]
+    images = sorted(setup["inside"].rglob("*.*"))
+    classes = sorted({p.parent.name for p in images})
+    wrong = {c: classes[(classes.index(c) + 1) % len(classes)] for c in classes}
+    rows = [(p.name, str(p), p.parent.name if n % 2 else wrong[p.parent.name]) for n, p in enumerate(images)]
+    rows += [("same-photo", str(images[0]), images[0].parent.name), ("no-label", str(images[1]), "")]
+    broken = tmp / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    rows.append(("broken", str(broken), classes[0]))
+    given = {i: label or None for i, _, label in rows}
+    plain = _run(
+        setup["model"], _manifest(tmp / "plain.csv", [r[:2] + ("",) for r in rows]), tmp / "out-plain-m"
+    )
+    labelled = _run(setup["model"], _manifest(tmp / "labels.csv", rows), tmp / "out-labels")
+
+    assert "manifest_label" in labelled.schema.names and "manifest_label" not in plain.schema.names
+    got = labelled.to_pylist()
+    assert {r["id"]: r["manifest_label"] for r in got} == given
+    before, after = _reasons(plain), _reasons(labelled)
+    mismatched = 0
+    for row in got:
+        if row["status"] != "ok":
+            assert (row["review"], row["review_reason"], row["id"]) == (None, None, "broken")
+            continue
+        disagree = given[row["id"]] is not None and row["label"] != given[row["id"]]
+        mismatched += disagree
+        assert after[row["id"]] == before[row["id"]] | ({"label_mismatch"} if disagree else set()), row["id"]
+        assert row["review"] == bool(after[row["id"]])
+    # one decode, two ids, two labels: the reason follows each row's own label
+    assert after[images[0].name] - {"label_mismatch"} == after["same-photo"] - {"label_mismatch"}
+    assert ("label_mismatch" in after[images[0].name]) != ("label_mismatch" in after["same-photo"])
+    assert mismatched >= len(images) // 3  # the model learnt these classes: most wrong labels disagree
+
+    # --since: every photo unchanged, so every row is copied; the catalog relabelled half of them
+    flipped = [(i, p, wrong[lab] if lab in wrong and n % 2 else lab) for n, (i, p, lab) in enumerate(rows)]
+    since = run_catalog(
+        setup["model"], [str(_manifest(tmp / "flipped.csv", flipped))], str(tmp / "out-flipped"),
+        RunOptions(shard=Shard.parse("0/1"), since=str(tmp / "out-labels")),
+    )  # fmt: skip
+    assert (since.rows, since.reused, since.predicted) == (len(rows), len(rows), 0)
+    again = pq.read_table(tmp / "out-flipped")
+    new_given = {i: label or None for i, _, label in flipped}
+    assert {r["id"]: r["manifest_label"] for r in again.to_pylist()} == new_given
+    assert again.column("predicted_at").equals(labelled.column("predicted_at"))  # copied, not predicted
+    for row in again.to_pylist():
+        if row["status"] == "ok":
+            disagree = new_given[row["id"]] is not None and row["label"] != new_given[row["id"]]
+            assert ("label_mismatch" in _reasons(again)[row["id"]]) == disagree, row["id"]

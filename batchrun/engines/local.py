@@ -147,7 +147,9 @@ def run_local(
                 batch_size=options.batch_size,
             )
         predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
-        schema = prediction_schema(contract.embedding_dim if options.embeddings else None, file_metadata)
+        schema = prediction_schema(
+            contract.embedding_dim if options.embeddings else None, file_metadata, labelled=plan.labelled > 0
+        )
         writer = UnitWriter(
             out,
             names,

@@ -80,7 +80,9 @@ def run_ray(
     """Decode, predict and commit every unit of `work` on Ray Data (see the module docstring)."""
     ray = import_ray()
     stats = Stats()
-    schema = prediction_schema(contract.embedding_dim if options.embeddings else None, file_metadata)
+    schema = prediction_schema(
+        contract.embedding_dim if options.embeddings else None, file_metadata, labelled=plan.labelled > 0
+    )
     writer = UnitWriter(
         out, names, manifest, plan, work, schema=schema, classes=list(contract.card.classes),
         previous=previous, storage_options=options.storage_options,
