@@ -1,24 +1,32 @@
-"""Similarity index at scale: build time, memory, queries per second and recall@10, exact vs IVF.
+"""Similarity index at scale: build time, memory, queries per second and recall@10 per FAISS index.
 
 Synthetic 2048-d float32 embeddings shaped like pooled ReLU features (cluster centres plus
 noise, non-negative, L2-normalised), generated in seeded chunks so 1M rows never sit in
-memory twice. Exact ground truth is computed chunk by chunk (no second 8 GB copy); the exact
-index's memory is n x d x 4 bytes (IndexFlatIP stores the vectors and nothing else).
+memory twice. Exact ground truth is computed chunk by chunk with numpy (no second 8 GB copy).
+Each index is built once, measured at several search depths (IVF `nprobe`, HNSW `efSearch`),
+and freed before the next, so 1M rows of exact + HNSW never share the memory.
 
-    python -m benchmarks.insight_suite --rows 100000 [--flat] [--queries 200]
+Queries per second are for one batch of `--queries` queries (how `skutag similar --duplicates`
+and multi-image queries search) and, separately, the median latency of single queries (how one
+`skutag similar --id` is answered).
+
+    python -m benchmarks.insight_suite --rows 100000 [--kinds flat,ivf,hnsw] [--queries 200]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import gc
+import platform
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from insight.index import default_nprobe, ivf_lists, normalize
 
-DIM, CLUSTERS, CHUNK = 2048, 1000, 50_000
+DIM, CLUSTERS, CHUNK, K = 2048, 1000, 50_000, 10
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40
 
 
 def chunk(n: int, start: int, seed: int = 0) -> np.ndarray:
@@ -28,12 +36,12 @@ def chunk(n: int, start: int, seed: int = 0) -> np.ndarray:
     return normalize(np.maximum(x, 0))
 
 
-def chunks(rows: int):
+def chunks(rows: int) -> Iterator[np.ndarray]:
     for start in range(0, rows, CHUNK):
         yield chunk(min(CHUNK, rows - start), start)
 
 
-def exact_topk(queries: np.ndarray, rows: int, k: int = 10) -> np.ndarray:
+def exact_topk(queries: np.ndarray, rows: int, k: int = K) -> np.ndarray:
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
     for start in range(0, rows, CHUNK):
@@ -49,10 +57,30 @@ def exact_topk(queries: np.ndarray, rows: int, k: int = 10) -> np.ndarray:
 def rss_gb() -> float:
     with open("/proc/self/status") as f:
         kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-    return kb / 1e6
+    return kb * 1024 / 1e9  # VmRSS is in KiB; GB = 10^9 bytes
 
 
-def measure(index, rows: int, queries: np.ndarray, truth: np.ndarray, name: str, train=None) -> dict:
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
+
+
+def search_figures(index, queries: np.ndarray, truth: np.ndarray) -> dict:
+    """Batch queries/s, median single-query ms and recall@10 at the index's current settings."""
+    index.search(queries[:8], K)  # warm
+    start = time.perf_counter()
+    _, found = index.search(queries, K)
+    qps = len(queries) / (time.perf_counter() - start)
+    singles = []
+    for q in queries[:50]:
+        start = time.perf_counter()
+        index.search(q[None], K)
+        singles.append(time.perf_counter() - start)
+    return dict(qps=qps, single_ms=1e3 * float(np.median(singles)), recall=recall_at_k(found, truth))
+
+
+def build(index, rows: int, train: np.ndarray | None = None) -> dict:
+    """Train (if asked) and add `rows` vectors; times and RSS growth (the index's memory)."""
+    gc.collect()
     before = rss_gb()
     start = time.perf_counter()
     if train is not None:
@@ -60,16 +88,50 @@ def measure(index, rows: int, queries: np.ndarray, truth: np.ndarray, name: str,
     trained = time.perf_counter() - start
     for x in chunks(rows):
         index.add(x)
-    build = time.perf_counter() - start
-    memory = rss_gb() - before
-    index.search(queries[:8], 10)  # warm
-    start = time.perf_counter()
-    _, found = index.search(queries, 10)
-    qps = len(queries) / (time.perf_counter() - start)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
-    return dict(
-        index=name, rows=rows, build_s=build, train_s=trained, memory_gb=memory, qps=qps, recall=recall
-    )
+        del x
+    gc.collect()
+    return dict(build_s=time.perf_counter() - start, train_s=trained, memory_gb=rss_gb() - before)
+
+
+def ivf_sample(nlist: int) -> np.ndarray:
+    """40 training points per list, drawn fresh from the same distribution (what build_index trains on)."""
+    size = nlist * 40
+    return np.concatenate([chunk(min(CHUNK, size - s), 10**8 + s) for s in range(0, size, CHUNK)])
+
+
+def measure_kind(kind: str, rows: int, queries: np.ndarray, truth: np.ndarray) -> list[dict]:
+    import faiss
+
+    settings: list[tuple[str, Callable]] = []
+    if kind == "flat":
+        index = faiss.IndexFlatIP(DIM)
+        built = build(index, rows)
+        settings = [("IndexFlatIP (exact)", lambda index: None)]
+    elif kind == "ivf":
+        nlist = ivf_lists(rows)
+        index = faiss.index_factory(DIM, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
+        built = build(index, rows, train=ivf_sample(nlist))
+        default = default_nprobe(nlist)
+        for nprobe in sorted({max(1, default // 4), default // 2, default, default * 2}):
+            label = f"IVF{nlist},SQfp16 nprobe {nprobe}" + (" (default)" if nprobe == default else "")
+            settings.append((label, lambda index, nprobe=nprobe: setattr(index, "nprobe", nprobe)))
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(DIM, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        built = build(index, rows)
+        for ef in (16, 32, 64, 128):
+            label = f"HNSW{HNSW_M},Flat efC {HNSW_EF_CONSTRUCTION} efSearch {ef}"
+            settings.append((label, lambda index, ef=ef: setattr(index.hnsw, "efSearch", ef)))
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    results = []
+    for label, apply in settings:
+        apply(index)
+        results.append(dict(built, index=label, rows=rows, **search_figures(index, queries, truth)))
+        print(results[-1], flush=True)
+    del index
+    gc.collect()
+    return results
 
 
 def main() -> None:
@@ -78,47 +140,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--flat", action="store_true", help="also build the exact index (n x 8 KB of memory)")
+    parser.add_argument("--kinds", default="flat,ivf,hnsw", help="comma-separated: flat, ivf, hnsw")
     args = parser.parse_args()
-    rows = args.rows
     queries = chunk(args.queries, 10**9)  # fresh points from the same distribution
     start = time.perf_counter()
-    truth = exact_topk(queries, rows)
+    truth = exact_topk(queries, args.rows)
     print(f"exact ground truth (numpy, chunked): {time.perf_counter() - start:.1f} s", flush=True)
-    results = []
-    if args.flat:
-        results.append(measure(faiss.IndexFlatIP(DIM), rows, queries, truth, "flat (exact)"))
-    nlist = ivf_lists(rows)
-    sample = np.concatenate(
-        [chunk(min(CHUNK, nlist * 40 - s), 10**8 + s) for s in range(0, nlist * 40, CHUNK)]
-    )
-    for nprobe in sorted({default_nprobe(nlist) // 2, default_nprobe(nlist), default_nprobe(nlist) * 2}):
-        index = faiss.index_factory(DIM, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = nprobe
-        results.append(
-            measure(index, rows, queries, truth, f"IVF{nlist},SQfp16 nprobe {nprobe}", train=sample)
-        )
-        break_after_first = rows > 200_000  # at 1M one build; other nprobe values re-searched below
-        if break_after_first:
-            for other in sorted({default_nprobe(nlist) // 2, default_nprobe(nlist) * 2}):
-                index.nprobe = other
-                start = time.perf_counter()
-                _, found = index.search(queries, 10)
-                qps = len(queries) / (time.perf_counter() - start)
-                recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
-                results.append(
-                    dict(results[-1], index=f"IVF{nlist},SQfp16 nprobe {other}", qps=qps, recall=recall)
-                )
-            break
+    results = [r for kind in args.kinds.split(",") for r in measure_kind(kind, args.rows, queries, truth)]
     print(
-        f"threads {faiss.omp_get_max_threads()}, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB"
+        f"{platform.processor() or platform.machine()}, faiss {faiss.__version__}, "
+        f"{faiss.omp_get_max_threads()} threads, numpy {np.__version__}"
     )
-    print("| index | rows | build s (of which k-means) | memory GB | queries/s | recall@10 |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"| index | rows | build s (of which training) | memory GB | queries/s (batch of {args.queries}) "
+        "| single query ms (median) | recall@10 |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['index']} | {r['rows']:,} | {r['build_s']:.1f} ({r['train_s']:.1f}) | {r['memory_gb']:.2f} "
-            f"| {r['qps']:.0f} | {r['recall']:.3f} |"
+            f"| {r['qps']:.0f} | {r['single_ms']:.1f} | {r['recall']:.3f} |"
         )
 
 

@@ -6,18 +6,22 @@ input pixels, decoded by `load_image` with the card's preprocessing) and `<stem>
 `explain_mistakes` does it for the worst mistakes of a report directory (its
 misclassified.csv, most confident first, as the report's contact sheet) and draws
 `misclassified-gradcam.png`: each mistake with the heatmap of the predicted class.
+`report_gradcam` is that sheet as part of a report: the trainer's and `skutag eval`'s draw it
+by default when the extra is installed and the weights are PyTorch's (an ONNX file has no
+gradients), and say in one line why not otherwise; `--gradcam` makes it required.
 The layer is the last block of the backbone (`layer4[-1]` for ResNets, else the last conv).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from insight import require
+from insight import INSTALL_HINT, require
 from skutag.errors import InputError
 
 
@@ -164,6 +168,38 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return sheet
+
+
+def report_gradcam(weights: str | Path, report: str | Path, wanted: bool | None) -> str:
+    """Draw REPORT/misclassified-gradcam.png from `weights` (a run dir or .safetensors); one line saying
+    what was done. `wanted`: True requires it (errors are raised), None draws it when possible, False skips."""
+    if wanted is False:
+        return "Grad-CAM: off (--no-gradcam)"
+    reason = check_gradcam(weights, wanted)
+    if reason is not None:
+        return f"{reason}; skipped"
+    if not _has_mistakes(Path(report)):
+        return "Grad-CAM: no mistakes to explain"
+    return f"Grad-CAM of the worst mistakes -> {explain_mistakes(weights, report, report)}"
+
+
+def check_gradcam(weights: str | Path, wanted: bool | None) -> str | None:
+    """Why Grad-CAM cannot be drawn for `weights` (None when it can); raised when `wanted` is True,
+    so `--gradcam` fails before hours of training or evaluation rather than after."""
+    reason = None
+    if Path(weights).suffix == ".onnx":
+        reason = f"Grad-CAM needs the PyTorch weights (the run dir or its .safetensors), not {weights}"
+    elif importlib.util.find_spec("pytorch_grad_cam") is None:
+        reason = f"Grad-CAM needs the optional extra insight: {INSTALL_HINT}"
+    if reason is not None and wanted:
+        raise InputError(reason)
+    return reason
+
+
+def _has_mistakes(report: Path) -> bool:
+    listed = report / "misclassified.csv"
+    with open(listed, newline="") as handle:
+        return next(csv.DictReader(handle), None) is not None
 
 
 def _unique(stem: str, seen: set[str]) -> str:

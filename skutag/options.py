@@ -51,6 +51,16 @@ def seed_option(f: F) -> F:
     return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(f)
 
 
+def gradcam_option(f: F) -> F:
+    return click.option(
+        "--gradcam/--no-gradcam",
+        default=None,
+        help="Grad-CAM heatmaps of the worst mistakes in the report (misclassified-gradcam.png). "
+        "Default: drawn when the insight extra is installed and the weights are PyTorch's; "
+        "--gradcam makes it an error when it cannot be drawn.",
+    )(f)
+
+
 def out_option(help_text: str, *, file: bool = False) -> Callable[[F], F]:
     return click.option(
         "--out",

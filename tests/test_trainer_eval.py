@@ -52,6 +52,38 @@ def test_eval_of_the_run_dir_and_its_safetensors_repeats_the_training_figures(
         assert (report / "misclassified.csv").read_text() == (
             cached_run / "report" / "misclassified.csv"
         ).read_text()
+        assert _png(report / "misclassified-gradcam.png")  # Grad-CAM of the mistakes, drawn by default
+
+
+def _png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_training_report_has_gradcam_of_its_mistakes_and_eval_says_when_it_cannot(
+    cached_run, split_catalog, tmp_path, capsys
+):
+    # a frozen random backbone at 48 px: the run has mistakes to explain
+    assert len((cached_run / "report" / "misclassified.csv").read_text().splitlines()) > 1
+    assert _png(cached_run / "report" / "misclassified-gradcam.png")
+    main(["eval", str(cached_run), str(split_catalog), "--out", str(tmp_path / "off"), "--workers", "0",
+          "--no-gradcam"])  # fmt: skip
+    assert (tmp_path / "off" / "metrics.json").is_file()
+    assert not (tmp_path / "off" / "misclassified-gradcam.png").exists()
+
+    from exporter.graph import export_fp32
+    from trainer.weights import load_trained
+
+    onnx_path = tmp_path / "model.onnx"
+    export_fp32(*load_trained(cached_run), onnx_path)
+    run_eval(onnx_path, split_catalog, tmp_path / "onnx")  # default: the report, without Grad-CAM, said why
+    assert "Grad-CAM needs the PyTorch weights" in capsys.readouterr().err
+    assert not (tmp_path / "onnx" / "misclassified-gradcam.png").exists()
+    with pytest.raises(SystemExit) as exited:  # --gradcam: required, refused before evaluating
+        main(["eval", str(onnx_path), str(split_catalog), "--out", str(tmp_path / "required"), "--gradcam"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Grad-CAM needs the PyTorch weights" in err[0], err
+    assert not (tmp_path / "required").exists()
 
 
 @pytest.mark.parametrize("input_kind", ["uint8", "float"])

@@ -7,6 +7,7 @@ import click
 from skutag.options import (
     batch_size_option,
     device_option,
+    gradcam_option,
     input_path,
     out_option,
     seed_option,
@@ -115,6 +116,7 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @workers_option
 @seed_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.ckpt.")
+@gradcam_option
 def train(data: str, out: str, val_dir: str | None, **options: object) -> None:
     """Fine-tune a torchvision classifier on DATA (an ImageFolder tree or a CSV/Parquet manifest).
 
@@ -133,11 +135,14 @@ def train(data: str, out: str, val_dir: str | None, **options: object) -> None:
 @device_option()
 @batch_size_option(32)
 @workers_option
-def evaluate(model: str, data: str, out: str, device: str, batch_size: int, workers: int | None) -> None:
+@gradcam_option
+def evaluate(
+    model: str, data: str, out: str, device: str, batch_size: int, workers: int | None, gradcam: bool | None
+) -> None:
     """Evaluate MODEL (a run dir, a .safetensors or an .onnx) on the labelled images in DATA.
 
     DATA is an ImageFolder tree (its val/ part when it has one) or a CSV/Parquet manifest.
     """
     from trainer.evaluate import evaluate as run_eval
 
-    run_eval(model, data, out, device=device, batch_size=batch_size, workers=workers)
+    run_eval(model, data, out, device=device, batch_size=batch_size, workers=workers, gradcam=gradcam)

@@ -48,6 +48,7 @@ class TrainConfig:
     workers: int | None = None
     seed: int = 0
     resume: bool = False
+    gradcam: bool | None = None  # None: when the insight extra is installed (insight.explain.report_gradcam)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +68,10 @@ class TrainConfig:
             raise SkutagError(f"--unfreeze-at must be an epoch from 2 to {self.epochs}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise SkutagError("--warmup-epochs must be fewer than --epochs")
+        if self.gradcam:
+            from insight.explain import check_gradcam
+
+            check_gradcam(self.out, wanted=True)  # the extra is missing: say so now, not after training
 
 
 def default_workers() -> int:

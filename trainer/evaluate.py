@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from insight.explain import check_gradcam, report_gradcam
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, sha256_file
@@ -37,11 +38,13 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
+    gradcam: bool | None = None,
 ) -> dict[str, Any]:
     """Write the report and metrics.json of `model_path` on `data` into `out`; returns the metrics."""
     display = Display()
     model_path = Path(model_path)
     card = _card_of(model_path)
+    check_gradcam(model_path, gradcam)
     samples = find_labelled(data)
     unknown = sorted({s.label for s in samples} - set(card.classes))
     if unknown:
@@ -60,6 +63,7 @@ def evaluate(
     display.say(f"evaluating {model_path} on {len(samples)} images ({where})")
     evaluation = _run(predict, batches, card, samples, display)
     write_report(out, evaluation)
+    display.say(report_gradcam(model_path, out, gradcam))
     figures = evaluation.summary() | {
         "model": str(model_path),
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
+from insight.explain import report_gradcam
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json
@@ -407,6 +408,7 @@ class Trainer:
         )
         card.save(self.out / "card.json")
         save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
+        self.display.say(report_gradcam(self.out, self.out / "report", self.config.gradcam))
         write_csv(
             self.out / "skipped.csv",
             [{"path": p, "error": e} for p, e in sorted(s.failed.items())],
