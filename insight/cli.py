@@ -84,6 +84,13 @@ def index(outs: tuple[str, ...], out: str, kind: str, since: str | None, model: 
 @click.option(
     "--out", "out", type=click.Path(dir_okay=False), default=None, help="Write the answer to this file."
 )
+@click.option(
+    "--nprobe",
+    type=click.IntRange(min=1),
+    default=None,
+    help="IVF indexes: lists searched per query (default: the index's own, and 4 for --duplicates; "
+    "more is slower and nearer exact).",
+)
 @model_option
 @device_option(ORT_DEVICES)
 def similar(
@@ -96,6 +103,7 @@ def similar(
     threshold: float | None,
     fmt: str | None,
     out: str | None,
+    nprobe: int | None,
     model: str | None,
     device: str,
 ) -> None:
@@ -106,11 +114,11 @@ def similar(
         raise click.UsageError("give --id ID or IMAGE... to query, or --duplicates, and not both")
     if ids and images:
         raise click.UsageError("give --id or IMAGE..., not both")
-    loaded = load_index(index_dir)
+    loaded = load_index(index_dir, nprobe=nprobe)
     if duplicates:
         from insight.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 
-        table = duplicate_groups(loaded, DEFAULT_THRESHOLD if threshold is None else threshold)
+        table = duplicate_groups(loaded, DEFAULT_THRESHOLD if threshold is None else threshold, nprobe)
     else:
         from insight.similar import id_queries, image_queries
         from insight.similar import similar as nearest

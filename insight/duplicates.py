@@ -6,6 +6,11 @@ are the connected components of those links (single linkage: A~B and B~C put A, 
 one group), of two rows or more. `calibrate_threshold` picks the threshold that separates
 distances of known copies (resized, recompressed, cropped) from distances between distinct
 photos; DEFAULT_THRESHOLD is its value on the real photos in RESULTS.md.
+
+On an IVF index the range search visits DUPLICATES_NPROBE lists, not the index's own nprobe:
+a near copy lies within 0.02 of its original, so nearly always in the same list, and
+`--duplicates` searches once per row: at 1M rows the similarity default (a quarter of the
+lists) would take hours (benchmarks/insight_dup_scale.py, RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import pyarrow as pa
 from insight.index import SimilarityIndex
 
 DEFAULT_THRESHOLD = 0.02
+DUPLICATES_NPROBE = 4
 SEARCH_ROWS = 4096
 
 GROUP_SCHEMA = pa.schema(
@@ -51,8 +57,13 @@ class _Components:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def duplicate_groups(index: SimilarityIndex, threshold: float = DEFAULT_THRESHOLD) -> pa.Table:
-    """GROUP_SCHEMA rows of every group of two or more, groups numbered by their first row."""
+def duplicate_groups(
+    index: SimilarityIndex, threshold: float = DEFAULT_THRESHOLD, nprobe: int | None = None
+) -> pa.Table:
+    """GROUP_SCHEMA rows of every group of two or more, groups numbered by their first row.
+    `nprobe`: lists an IVF index visits per row (default DUPLICATES_NPROBE)."""
+    if index.info.kind == "ivf":
+        index.faiss_index.nprobe = min(nprobe or DUPLICATES_NPROBE, index.info.nlist)
     n = index.info.rows
     components = _Components(n)
     nearest = np.full(n, np.inf, np.float32)

@@ -4,7 +4,10 @@
 `_`-prefixed files and `_plan/` are not data), keeps the `ok` rows, L2-normalises their
 embeddings (inner product = cosine similarity) and adds them to an exact `IndexFlatIP` up to
 `EXACT_MAX_ROWS` rows, an `IVF,SQfp16` index beyond (coarse k-means on a strided sample;
-half the memory of exact; `nprobe` from the benchmark in RESULTS.md). INDEX is a directory:
+0.6x the memory of exact; `nprobe` from the benchmark in RESULTS.md). HNSW was measured and
+is not offered: at 1M rows it built 7x slower than IVF, held 1.7x its memory and recalled
+less (RESULTS.md); its sub-millisecond queries do not matter to a command that first loads
+the index from disk. INDEX is a directory:
 
     index.faiss   the FAISS index; position i is row i of rows.parquet
     rows.parquet  id, uri, label (predicted), sha256, source (which OUT)
@@ -41,8 +44,8 @@ from skutag.fsio import atomic_path, atomic_write_json
 INDEX_FILE, ROWS_FILE, INFO_FILE = "index.faiss", "rows.parquet", "index.json"
 SHA_KEY = "skutag.model_sha256"
 ROW_COLUMNS = ["id", "uri", "label", "sha256"]
-# Exact search answers a query over 100k 2048-d rows in a few ms per query on 2 cores (RESULTS.md);
-# beyond this an IVF index trades ~2% recall@10 for 10x+ the queries per second and half the memory.
+# Exact search over 100k 2048-d rows answers one query in ~36 ms on 2 cores, over 1M in ~0.6 s and
+# 8.2 GB (RESULTS.md); beyond 200k rows IVF keeps single queries near 50 ms in 0.6x the memory.
 EXACT_MAX_ROWS = 200_000
 TRAIN_PER_LIST = 40  # k-means sample: FAISS warns below 39 points per centroid
 READ_ROWS = 16_384
@@ -165,8 +168,10 @@ def ivf_lists(rows: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists visited per query: recall@10 >= 0.95 on clustered 2048-d embeddings (RESULTS.md)."""
-    return max(8, nlist // 16)
+    """Lists visited per query: a quarter of them. Recall@10 0.94 at 100k and 1M rows of continuous
+    (hard) 2048-d embeddings and 0.999 on clustered ones, a single query ~20x faster than exact
+    search at 1M; nlist/16 recalled only 0.63-0.83 of the continuous ones (RESULTS.md)."""
+    return max(8, nlist // 4)
 
 
 def build_index(
@@ -270,15 +275,17 @@ def save_index(index: SimilarityIndex, out: str | Path) -> None:
     atomic_write_json(out / INFO_FILE, asdict(index.info))
 
 
-def load_index(path: str | Path) -> SimilarityIndex:
-    """Open an index directory written by `build_index`."""
+def load_index(path: str | Path, nprobe: int | None = None) -> SimilarityIndex:
+    """Open an index directory written by `build_index`; `nprobe` overrides an IVF index's own."""
     faiss = require("faiss")
     path = Path(path)
     if not (path / INFO_FILE).is_file():
         raise InputError(f"{path} is not a skutag index (no {INFO_FILE}); build one with `skutag index`")
     info = IndexInfo(**json.loads((path / INFO_FILE).read_text()))
+    if nprobe is not None and info.kind != "ivf":
+        raise InputError(f"--nprobe applies to IVF indexes; {path} is {info.kind} (exact search)")
     index = faiss.read_index(str(path / INDEX_FILE))
     if info.kind == "ivf":
-        index.nprobe = info.nprobe
+        index.nprobe = min(nprobe or info.nprobe, info.nlist)
         index.make_direct_map()  # reconstruct() for --id queries
     return SimilarityIndex(index, pq.read_table(path / ROWS_FILE), info)

@@ -129,6 +129,12 @@ def demo(out: str, epochs: int, catalog_size: int) -> None:
     _summary(console, root, run, fp32, int8, predictions, time.perf_counter() - started)
 
 
+def _part_columns(out: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(next(out.glob("part-*.parquet"))).names
+
+
 def _step(console, title: str | None, args: list, quiet: bool = False) -> None:
     from skutag.cli import cli
 
@@ -174,7 +180,9 @@ def _summary(
         f"{summary['images_per_s']:.1f} images/s end to end",
     )
     table.add_row("predictions (Parquet)", f"{predictions}/*.parquet")
-    table.add_row("training report and plots", f"{run}/report/")
+    table.add_row(
+        "training report and plots", f"{run}/report/ (Grad-CAM of the mistakes: misclassified-gradcam.png)"
+    )
     table.add_row("models", f"{fp32}, {int8}")
     table.add_row("benchmark table and plots", f"{root / 'bench'}/results.md, *.png")
     console.print(table)
@@ -182,3 +190,8 @@ def _summary(
         f"Read the predictions: duckdb -c \"SELECT label, count(*) FROM '{predictions}/*.parquet' "
         'GROUP BY label"'
     )
+    if "review" in _part_columns(predictions):
+        console.print(
+            f"The review queue: duckdb -c \"SELECT id, label, score, review_reason FROM '{predictions}/*.parquet' "
+            'WHERE review"'
+        )

@@ -19,10 +19,11 @@ import pytest
 
 from batchrun.api import run_catalog
 from batchrun.options import RunOptions
-from insight.duplicates import calibrate_threshold
+from insight.duplicates import DUPLICATES_NPROBE, calibrate_threshold, duplicate_groups
 from insight.index import build_index, load_index, normalize
 from insight.similar import id_queries, image_queries, similar
 from skutag.card import METADATA_KEY, ModelCard
+from skutag.errors import InputError
 from skutag.images import is_image_path
 from skutag.synth import SynthSpec, make_catalog
 from tests.cli import skutag
@@ -187,6 +188,10 @@ def test_ivf_index_recalls_exact_search_and_since_reuses_its_lists(tmp_path):
     _, approximate = load_index(tmp_path / "ivf").search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate, exact, strict=True)])
     assert recall >= 0.9, recall
+    _, everywhere = load_index(tmp_path / "ivf", nprobe=10**6).search(queries, 10)  # every list: exact
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(everywhere, exact, strict=True)]) >= 0.99
+    with pytest.raises(InputError, match="--nprobe applies to IVF"):
+        load_index(tmp_path / "flat", nprobe=4)
     again = build_index([str(tmp_path / "run")], tmp_path / "ivf2", kind="ivf", since=tmp_path / "ivf")
     np.testing.assert_array_equal(
         again.faiss_index.quantizer.reconstruct_n(0, again.info.nlist),
@@ -204,3 +209,27 @@ def test_errors_are_one_line(tmp_path, run_out, index_dir):
     assert result.returncode == 2 and "not in the index" in result.stderr
     result = skutag("similar", index_dir)
     assert result.returncode == 2
+
+
+def test_duplicates_on_an_ivf_index_find_planted_near_copies_with_few_lists(tmp_path):
+    vectors = normalize(clustered(6_000, 64, 50, seed=1))
+    rng = np.random.default_rng(2)
+    originals = rng.choice(len(vectors), 40, replace=False)
+    copies = normalize(vectors[originals] + 0.004 * rng.standard_normal((40, 64), dtype=np.float32))
+    _fake_run(tmp_path / "run", np.concatenate([vectors, copies]))
+    build_index([str(tmp_path / "run")], tmp_path / "ivf", kind="ivf")
+    loaded = load_index(tmp_path / "ivf")
+    threshold = 0.005
+    groups = duplicate_groups(loaded, threshold)
+    assert loaded.faiss_index.nprobe == DUPLICATES_NPROBE < loaded.info.nprobe
+    members: dict[int, set[str]] = {}
+    for row_id, group in zip(
+        groups.column("id").to_pylist(), groups.column("group").to_pylist(), strict=True
+    ):
+        members.setdefault(group, set()).add(row_id)
+    planted = {frozenset((f"item-{o}", f"item-{6_000 + k}")) for k, o in enumerate(originals)}
+    exact = normalize(np.concatenate([vectors, copies]))
+    close = exact @ exact.T > 1 - threshold  # every pair under the threshold, by brute force
+    np.fill_diagonal(close, False)
+    assert int(close.sum()) // 2 == len(planted)  # the data has no other near pair
+    assert {frozenset(m) for m in members.values()} == planted
