@@ -44,8 +44,8 @@ from skutag.fsio import atomic_path, atomic_write_json
 INDEX_FILE, ROWS_FILE, INFO_FILE = "index.faiss", "rows.parquet", "index.json"
 SHA_KEY = "skutag.model_sha256"
 ROW_COLUMNS = ["id", "uri", "label", "sha256"]
-# Exact search over 100k 2048-d rows answers one query in ~36 ms on 2 cores, over 1M in ~0.6 s and
-# 8.2 GB (RESULTS.md); beyond 200k rows IVF keeps single queries near 50 ms in 0.6x the memory.
+# Exact search over 100k 2048-d rows answers one query in ~40 ms on 2 cores, over 1M in ~0.4 s and
+# 8.2 GB (RESULTS.md); beyond 200k rows IVF answers in tens of ms in 0.6-0.7x the memory.
 EXACT_MAX_ROWS = 200_000
 TRAIN_PER_LIST = 40  # k-means sample: FAISS warns below 39 points per centroid
 READ_ROWS = 16_384
@@ -168,9 +168,9 @@ def ivf_lists(rows: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists visited per query: a quarter of them. Recall@10 0.94 at 100k and 1M rows of continuous
-    (hard) 2048-d embeddings and 0.999 on clustered ones, a single query ~20x faster than exact
-    search at 1M; nlist/16 recalled only 0.63-0.83 of the continuous ones (RESULTS.md)."""
+    """Lists visited per query: a quarter of them. Recall@10 0.94 at 100k rows and 0.99 at 1M of
+    continuous (hard) 2048-d embeddings, 0.999 of clustered ones, a single query ~10x faster than
+    exact search at 1M; nlist/16 recalled only 0.63-0.83 of the continuous ones (RESULTS.md)."""
     return max(8, nlist // 4)
 
 
