@@ -114,10 +114,13 @@ def with_review(predict: Callable, contract, keep_embedding: bool) -> Callable:
 
 
 def with_manifest_labels(table: pa.Table, labels: pa.ChunkedArray | pa.Array, schema: pa.Schema) -> pa.Table:
-    """`table` (every column of `schema` but `manifest_label`) with `labels` as `manifest_label`, and
-    `label_mismatch` re-derived in `review` / `review_reason` where the schema has them."""
+    """`table` (every column of `schema` but `manifest_label`) with `labels` (the plan's, null where a
+    row has none) as `manifest_label` when the schema has it, and `label_mismatch` re-derived in
+    `review` / `review_reason` when it has those: a copied row may carry a reason from an earlier
+    night's label, or from a manifest that had labels and has none now."""
     labels = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
-    table = table.add_column(schema.get_field_index(MANIFEST_LABEL.name), MANIFEST_LABEL, labels)
+    if MANIFEST_LABEL.name in schema.names:
+        table = table.add_column(schema.get_field_index(MANIFEST_LABEL.name), MANIFEST_LABEL, labels)
     if "review_reason" not in schema.names:
         return table
     ok = pc.equal(table["status"], "ok")

@@ -138,7 +138,6 @@ def unit_table(
 ) -> pa.Table:
     """The unit's rows in plan order: predicted tasks fanned out, reused rows copied, manifest labels set."""
     rows = plan.read_unit(work.unit, storage_options)
-    labelled = MANIFEST_LABEL.name in schema.names
     core = pa.schema([f for f in schema if f.name != MANIFEST_LABEL.name], metadata=schema.metadata)
     pieces, order = [], []
     predicted = np.flatnonzero(work.task_of_row >= 0)
@@ -160,7 +159,7 @@ def unit_table(
         order.append(reused)
     table = pa.concat_tables(pieces)
     table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
-    return with_manifest_labels(table, rows.column("label"), schema) if labelled else table
+    return with_manifest_labels(table, rows.column("label"), schema)
 
 
 class UnitWriter:

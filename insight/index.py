@@ -4,10 +4,11 @@
 `_`-prefixed files and `_plan/` are not data), keeps the `ok` rows, L2-normalises their
 embeddings (inner product = cosine similarity) and adds them to an exact `IndexFlatIP` up to
 `EXACT_MAX_ROWS` rows, an `IVF,SQfp16` index beyond (coarse k-means on a strided sample;
-0.6x the memory of exact; `nprobe` from the benchmark in RESULTS.md). HNSW was measured and
-is not offered: at 1M rows it built 7x slower than IVF, held 1.7x its memory and recalled
-less (RESULTS.md); its sub-millisecond queries do not matter to a command that first loads
-the index from disk. INDEX is a directory:
+0.7x the memory of exact; `nprobe` from the benchmark in RESULTS.md). HNSW was measured and
+is not offered: at 1M rows it built 7.6x slower than IVF and held 1.5x its memory, recalled
+no more (0.98 at efSearch 256 on continuous embeddings, 0.77 at 128 on clustered ones), and
+its millisecond queries do not matter to a command that first loads the index from disk.
+INDEX is a directory:
 
     index.faiss   the FAISS index; position i is row i of rows.parquet
     rows.parquet  id, uri, label (predicted), sha256, source (which OUT)

@@ -187,3 +187,12 @@ def test_label_mismatch_flags_rows_whose_manifest_label_the_model_disagrees_with
         if row["status"] == "ok":
             disagree = new_given[row["id"]] is not None and row["label"] != new_given[row["id"]]
             assert ("label_mismatch" in _reasons(again)[row["id"]]) == disagree, row["id"]
+
+    # and a manifest without labels: no manifest_label column, and no copied label_mismatch
+    unlabelled = run_catalog(
+        setup["model"], [str(tmp / "plain.csv")], str(tmp / "out-unlabelled"),
+        RunOptions(shard=Shard.parse("0/1"), since=str(tmp / "out-labels")),
+    )  # fmt: skip
+    assert unlabelled.reused == len(rows)
+    table = pq.read_table(tmp / "out-unlabelled")
+    assert "manifest_label" not in table.schema.names and _reasons(table) == before
