@@ -74,6 +74,7 @@ class Explainer:
         import torch
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+        pixels = np.array(pixels)  # a writable copy: decoded pixels may be read-only for torch
         x = self.normalizer(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous())
         with torch.no_grad():
             probs = torch.softmax(self.model(x), dim=1)[0].numpy()
