@@ -437,3 +437,44 @@ def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_e
         disagree = row["status"] == "ok" and row["manifest_label"] not in (None, row["label"])
         assert ("label_mismatch" in reason) == disagree, row
     assert sum(row["manifest_label"] is None for row in ray.values()) == len(images) // 5
+
+
+def test_a_nightly_since_run_on_ray_reuses_the_local_runs_rows_and_predicts_only_what_changed(
+    model, tmp_path
+):
+    from skutag.synth import SynthSpec, make_catalog, render_file
+
+    catalog = tmp_path / "catalog"
+    make_catalog(catalog, SynthSpec(count=40, classes=4, min_size=48, max_size=64, seed=5))
+    run(model, [catalog], tmp_path / "night1", batch_size=8, part_rows=16)
+    before = read_rows(tmp_path / "night1")
+    files = sorted(before)
+    changed, removed = files[:3], files[3:5]
+    spec = SynthSpec(count=60, classes=4, min_size=48, max_size=64, seed=9)
+    for i, name in enumerate(changed):
+        (catalog / name).write_bytes(render_file(spec, 50 + i)[1])
+    for name in removed:
+        (catalog / name).unlink()
+    new = f"{files[0].split('/')[0]}/zz-new.jpg"
+    (catalog / new).write_bytes(render_file(spec, 0)[1])
+    tag = Tag()
+    try:
+        command = ray_command(model, [catalog], tmp_path / "night2", "--batch-size", 8, "--part-size", 16,
+                              "--since", tmp_path / "night1")  # fmt: skip
+        result = subprocess.run(command, env=tag.env(), capture_output=True, text=True, timeout=600)
+        left = tag.wait_gone()
+    finally:
+        tag.close()
+    assert result.returncode == 0, result.stderr
+    assert not left, f"processes of the run survived it: {left}"
+    after = read_rows(tmp_path / "night2")
+    assert sorted(after) == sorted(set(files) - set(removed) | {new})
+    for input_id, row in after.items():
+        if input_id in changed or input_id == new:
+            assert row["predicted_at"] > before[files[0]]["predicted_at"] and row["status"] == "ok"
+        else:
+            assert row == before[input_id]  # copied whole from the local engine's run, predicted_at kept
+    summary = json.loads((tmp_path / "night2" / "_summary.json").read_text())
+    assert summary["engine"] == "ray"
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (35, 1, 3, 2)
+    assert summary["decoded"] == summary["predicted"] == 4
