@@ -201,3 +201,37 @@ def test_a_secret_storage_option_reaches_no_file_and_no_output_line(s3, model, c
         assert secret.encode() not in data, key
     options = json.loads(files["out4/_summary.json"])["options"]["storage_options"]
     assert options == ["key", "secret"]  # recorded by name only
+
+
+def test_the_ray_engine_reads_and_writes_s3_with_storage_options_reaching_its_workers(s3, model, catalog):
+    """Credentials only as --storage-option (not in the environment Ray's workers inherit): the decode
+    tasks read with them, the driver's writer commits with them; the local engine's rows come out."""
+    pytest.importorskip("ray")
+    from tests.test_engine_ray import Tag
+
+    env = {k: v for k, v in s3.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    credentials = ["--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    local = skutag_run(
+        s3, str(model), "s3://shop/catalog", "--out", "s3://shop/ray-ref", "--max-error-rate", "1"
+    )
+    assert local.returncode == 0, local.stderr
+    tag = Tag()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "skutag", "run", str(model), "s3://shop/catalog", "--out", "s3://shop/ray-out",
+             "--engine", "ray", "--max-error-rate", "1", "--no-progress", *credentials],
+            capture_output=True, text=True, timeout=600, env=tag.env() | env,
+        )  # fmt: skip
+        left = tag.wait_gone()
+    finally:
+        tag.close()
+    assert result.returncode == 0, result.stderr
+    assert not left, f"processes of the run survived it: {left}"
+    got = {r["id"]: r for r in out_rows(s3, "ray-out")}
+    want = {r["id"]: r for r in out_rows(s3, "ray-ref")}
+    assert got.keys() == want.keys() == set(catalog)
+    for key, row in want.items():
+        assert (got[key]["status"], got[key]["error_kind"], got[key]["label"]) == (
+            row["status"], row["error_kind"], row["label"],
+        ), key  # fmt: skip
+    assert json.loads(s3.objects("shop", "ray-out/")["ray-out/_summary.json"])["engine"] == "ray"
