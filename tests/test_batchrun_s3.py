@@ -207,7 +207,7 @@ def test_the_ray_engine_reads_and_writes_s3_with_storage_options_reaching_its_wo
     """Credentials only as --storage-option (not in the environment Ray's workers inherit): the decode
     tasks read with them, the driver's writer commits with them; the local engine's rows come out."""
     pytest.importorskip("ray")
-    from tests.test_engine_ray import Tag
+    from tests.test_engine_ray import run_ray_cli
 
     env = {k: v for k, v in s3.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     credentials = ["--storage-option", "key=testing", "--storage-option", "secret=testing"]
@@ -215,18 +215,11 @@ def test_the_ray_engine_reads_and_writes_s3_with_storage_options_reaching_its_wo
         s3, str(model), "s3://shop/catalog", "--out", "s3://shop/ray-ref", "--max-error-rate", "1"
     )
     assert local.returncode == 0, local.stderr
-    tag = Tag()
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "skutag", "run", str(model), "s3://shop/catalog", "--out", "s3://shop/ray-out",
-             "--engine", "ray", "--max-error-rate", "1", "--no-progress", *credentials],
-            capture_output=True, text=True, timeout=600, env=tag.env() | env,
-        )  # fmt: skip
-        left = tag.wait_gone()
-    finally:
-        tag.close()
-    assert result.returncode == 0, result.stderr
-    assert not left, f"processes of the run survived it: {left}"
+    run_ray_cli(
+        [sys.executable, "-m", "skutag", "run", str(model), "s3://shop/catalog", "--out", "s3://shop/ray-out",
+         "--engine", "ray", "--max-error-rate", "1", "--no-progress", *credentials],
+        env=env,
+    )  # fmt: skip
     got = {r["id"]: r for r in out_rows(s3, "ray-out")}
     want = {r["id"]: r for r in out_rows(s3, "ray-ref")}
     assert got.keys() == want.keys() == set(catalog)

@@ -128,6 +128,22 @@ def local_out(model, small_catalog, awkward, tmp_path_factory) -> Path:
     return out
 
 
+def run_ray_cli(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a `skutag run --engine ray` command line to success under a fresh Tag; check that none of
+    its processes outlive it (and stop them if they do)."""
+    tag = Tag()
+    try:
+        result = subprocess.run(
+            command, env=tag.env(**(env or {})), capture_output=True, text=True, timeout=600
+        )
+        left = tag.wait_gone()
+    finally:
+        tag.close()
+    assert result.returncode == 0, result.stderr
+    assert not left, f"processes of the run survived it: {left}"
+    return result
+
+
 def ray_command(model: Path, sources: list[Path], out: Path, *extra: object) -> list[str]:
     return [
         sys.executable, "-m", "skutag", "run", str(model), *map(str, sources), "--out", str(out),
@@ -413,17 +429,7 @@ def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_e
     manifest = tmp_path / "labels.csv"
     manifest.write_text("\n".join(lines) + "\n")
     run(review_model, [manifest], tmp_path / "local", batch_size=8, part_rows=40)
-    tag = Tag()
-    try:
-        command = ray_command(
-            review_model, [manifest], tmp_path / "ray", "--batch-size", 8, "--part-size", 40
-        )
-        result = subprocess.run(command, env=tag.env(), capture_output=True, text=True, timeout=600)
-        left = tag.wait_gone()
-    finally:
-        tag.close()
-    assert result.returncode == 0, result.stderr
-    assert not left, f"processes of the run survived it: {left}"
+    run_ray_cli(ray_command(review_model, [manifest], tmp_path / "ray", "--batch-size", 8, "--part-size", 40))
     local, ray = read_rows(tmp_path / "local"), read_rows(tmp_path / "ray")
     assert local.keys() == ray.keys() and len(ray) == len(images) + 1
     for input_id, want in local.items():
@@ -457,16 +463,8 @@ def test_a_nightly_since_run_on_ray_reuses_the_local_runs_rows_and_predicts_only
         (catalog / name).unlink()
     new = f"{files[0].split('/')[0]}/zz-new.jpg"
     (catalog / new).write_bytes(render_file(spec, 0)[1])
-    tag = Tag()
-    try:
-        command = ray_command(model, [catalog], tmp_path / "night2", "--batch-size", 8, "--part-size", 16,
-                              "--since", tmp_path / "night1")  # fmt: skip
-        result = subprocess.run(command, env=tag.env(), capture_output=True, text=True, timeout=600)
-        left = tag.wait_gone()
-    finally:
-        tag.close()
-    assert result.returncode == 0, result.stderr
-    assert not left, f"processes of the run survived it: {left}"
+    run_ray_cli(ray_command(model, [catalog], tmp_path / "night2", "--batch-size", 8, "--part-size", 16,
+                            "--since", tmp_path / "night1"))  # fmt: skip
     after = read_rows(tmp_path / "night2")
     assert sorted(after) == sorted(set(files) - set(removed) | {new})
     for input_id, row in after.items():
