@@ -28,6 +28,7 @@ from .options import RETRYABLE_KINDS, RunOptions
 from .out import Manifest, OutputNames, prepare_out, read_summary, remove_run
 from .plan import Plan, ensure_plan, make_plan, plan_exists, read_plan
 from .work import prepare_work
+from .writer import prediction_schema
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +155,24 @@ def run_catalog(
         storage.remove(storage.join(out, names.success), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
     work = prepare_work(plan, pending, previous, options.storage_options)
-    metadata = file_metadata(contract, options)
+    schema = prediction_schema(
+        contract.embedding_dim if options.embeddings else None,
+        file_metadata(contract, options),
+        labelled=plan.labelled > 0,
+    )
     if options.engine == "ray":
         from .engines.ray import run_ray
 
         stats = run_ray(
             contract, plan, work, out=out, names=names, manifest=prepared.manifest, previous=previous,
-            options=options, file_metadata=metadata,
+            options=options, schema=schema,
         )  # fmt: skip
     else:
         from .engines.local import run_local
 
         stats = run_local(
             contract, plan, work, out=out, names=names, manifest=prepared.manifest, previous=previous,
-            options=options, file_metadata=metadata,
+            options=options, schema=schema,
         )  # fmt: skip
     removed = None
     if options.since and previous is not None:

@@ -16,6 +16,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from skutag.runtime import gpu_present
 
 from .. import review
@@ -30,7 +32,7 @@ from ..plan import Plan
 from ..progress import ProgressReporter
 from ..supervise import SupervisedLoader, batches_of
 from ..work import WorkList
-from ..writer import UnitWriter, empty_predictions, prediction_schema
+from ..writer import UnitWriter, empty_predictions
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def run_local(
     manifest: Manifest,
     previous: Previous | None,
     options: RunOptions,
-    file_metadata: dict[str, str],
+    schema: pa.Schema,
 ) -> Stats:
     """Decode, predict and commit every unit of `work`."""
     card = contract.card
@@ -147,9 +149,6 @@ def run_local(
                 batch_size=options.batch_size,
             )
         predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
-        schema = prediction_schema(
-            contract.embedding_dim if options.embeddings else None, file_metadata, labelled=plan.labelled > 0
-        )
         writer = UnitWriter(
             out,
             names,

@@ -40,7 +40,7 @@ from ..out import Manifest, OutputNames
 from ..plan import Plan
 from ..progress import ProgressReporter
 from ..work import WorkList
-from ..writer import UnitWriter, prediction_schema
+from ..writer import UnitWriter
 from .local import Stats
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
 from .ray_stages import Predictor, PredictorConfig, decode_block, select, to_batch, to_predictions
@@ -75,14 +75,11 @@ def run_ray(
     manifest: Manifest,
     previous: Previous | None,
     options: RunOptions,
-    file_metadata: dict[str, str],
+    schema: pa.Schema,
 ) -> Stats:
     """Decode, predict and commit every unit of `work` on Ray Data (see the module docstring)."""
     ray = import_ray()
     stats = Stats()
-    schema = prediction_schema(
-        contract.embedding_dim if options.embeddings else None, file_metadata, labelled=plan.labelled > 0
-    )
     writer = UnitWriter(
         out, names, manifest, plan, work, schema=schema, classes=list(contract.card.classes),
         previous=previous, storage_options=options.storage_options,
