@@ -92,3 +92,12 @@ def split_catalog(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("split_catalog")
     make_catalog(root, SynthSpec(count=160, classes=4, min_size=96, max_size=160, val_fraction=0.25, seed=1))
     return root
+
+
+@pytest.fixture
+def fault_proxy(s3):
+    """A `tests.faultproxy.FaultProxy` in front of the module's `s3` server, all rules off; stopped after."""
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(s3) as proxy:
+        yield proxy
