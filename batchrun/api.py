@@ -27,6 +27,7 @@ from .model import ForeignPreprocessing, ModelContract, read_contract
 from .options import RETRYABLE_KINDS, RunOptions
 from .out import Manifest, OutputNames, prepare_out, read_summary, remove_run
 from .plan import Plan, ensure_plan, make_plan, plan_exists, read_plan
+from .reuse import run_key
 from .work import prepare_work
 from .writer import prediction_schema
 
@@ -208,30 +209,6 @@ def _with_retryable_errors(manifest: Manifest) -> set[int]:
         if any(
             kind.split(":", 1)[-1] in RETRYABLE_KINDS for kind in part["counts"] if kind.startswith("error:")
         )
-    }
-
-
-def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[str, Any]:
-    """What must match for a rerun to continue an existing OUT."""
-    card = contract.card
-    return {
-        "model_sha256": contract.sha256,
-        "plan_id": plan.plan_id,
-        "inputs_total": plan.total,
-        "shard_index": options.shard.index,
-        "shard_count": options.shard.count,
-        "topk": options.topk,
-        "embeddings": options.embeddings,
-        "model": {
-            "classes": list(card.classes),
-            "image_size": card.image_size,
-            "resize_size": card.resize_size,
-            "interpolation": card.interpolation,
-            "mean": list(card.mean),
-            "std": list(card.std),
-            "scores_output": contract.scores_output,
-            "softmax": contract.apply_softmax,
-        },
     }
 
 

@@ -1,8 +1,9 @@
 """`--since PREV_OUT` and `--retry-errors`: which rows of an earlier run can be copied instead of predicted.
 
-A row of PREV_OUT is reused when its input has the same id, uri and version (S3 ETag, GCS
-generation, local size:mtime_ns) and it is not an error of a retryable kind, provided the
-model (sha256) and preprocessing are the same. Both plans are sorted by id, so the rows
+A row of PREV_OUT is reused when its input is proven unchanged (`batchrun.reuse`, the one
+place that says what must match: same id, uri and version; without a version, the same
+sha256 of its bytes, read here but not decoded) and it is not an error of a retryable kind,
+provided the model (sha256) and preprocessing are the same. Both plans are sorted by id, so the rows
 of one unit of the new plan come from the few units of the old plan whose id ranges
 overlap it: reading stays proportional to one unit, never to the catalog.
 """
@@ -10,9 +11,11 @@ overlap it: reading stays proportional to one unit, never to the catalog.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +25,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skutag import storage
+from skutag.entries import local_path
 
 from .options import RETRYABLE_KINDS
 from .out import read_manifests, read_parts
 from .plan import Plan, read_plan
+from .reuse import SAME_IF_SHA256, copy_problem, input_verdict
 
 log = logging.getLogger(__name__)
 _CACHED_PARTS = 4
+HASH_READERS = 16  # concurrent reads when version-less inputs are hashed
+Hasher = Callable[[Sequence[str]], list[str | None]]
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class Match:
 
     reuse: np.ndarray  # bool
     new: int  # ids the previous run did not have
-    changed: int  # same id, other uri or version
+    changed: int  # same id, other uri or version (or, without a version, other bytes)
     retried: int  # unchanged, but an error of a retryable kind
     reused: int
 
@@ -56,10 +63,11 @@ class Previous:
 
     def unusable(self, key: dict[str, Any]) -> str | None:
         """Why this run cannot reuse the previous one's rows (None when it can)."""
-        for name in ("model_sha256", "model", "topk", "embeddings"):
-            if self.key.get(name) != key.get(name):
-                return f"its {name.replace('_', ' ')} differs"
-        return None
+        return copy_problem(self.key, key)
+
+    def is_snapshot_of(self, plan: Plan) -> bool:
+        """True when these rows are `plan`'s own OUT (`--retry-errors`): the same listing, not a new night."""
+        return storage.join(self.out, "") == storage.join(plan.out, "") and self.plan.plan_id == plan.plan_id
 
     def rows_for(self, ids: pa.Array) -> pa.Table | None:
         """The previous run's committed rows whose id is in `ids` (sorted), or None."""
@@ -97,36 +105,72 @@ class Previous:
         return table
 
 
-def match(unit_rows: pa.Table, previous: pa.Table | None, *, same_plan: bool = False) -> Match:
-    """Which rows of a unit (id, uri, version) the previous rows can stand for.
+def match(
+    unit_rows: pa.Table, previous: pa.Table | None, *, snapshot: bool = False, hasher: Hasher | None = None
+) -> Match:
+    """Which rows of a unit (id, uri, version) the previous rows can stand for (`reuse.input_verdict`).
 
-    An input without a version (a URL whose listing said nothing) counts as changed, unless
-    the previous run read this very plan (`--retry-errors`): then nothing can have changed.
+    Inputs without a version are hashed by `hasher` (uris -> sha256 hex or None) and reused only
+    when the hash equals the previous row's; without a hasher they count as changed.
     """
     rows = unit_rows.num_rows
     if previous is None or previous.num_rows == 0:
         return Match(np.zeros(rows, bool), rows, 0, 0, 0)
+    columns = ("id", "uri", "version", "status", "error_kind", "sha256")
     before = {
-        i: (u, v, s == "ok" or k not in RETRYABLE_KINDS)
-        for i, u, v, s, k in zip(
-            *(previous.column(c).to_pylist() for c in ("id", "uri", "version", "status", "error_kind")),
-            strict=True,
-        )
+        i: (u, v, s == "ok" or k not in RETRYABLE_KINDS, h)
+        for i, u, v, s, k, h in zip(*(previous.column(c).to_pylist() for c in columns), strict=True)
     }
     reuse = np.zeros(rows, bool)
     new = changed = retried = 0
+    to_hash: list[tuple[int, str, str | None]] = []
     ids, uris, versions = (unit_rows.column(c).to_pylist() for c in ("id", "uri", "version"))
     for row, (input_id, uri, version) in enumerate(zip(ids, uris, versions, strict=True)):
         old = before.get(input_id)
         if old is None:
             new += 1
-        elif old[0] != uri or old[1] != version or (version is None and not same_plan):
+            continue
+        verdict = input_verdict(old[0], old[1], uri, version, snapshot=snapshot)
+        if verdict is False:
             changed += 1
         elif not old[2]:
             retried += 1
+        elif verdict == SAME_IF_SHA256:
+            to_hash.append((row, uri, old[3]))
         else:
             reuse[row] = True
+    if to_hash:
+        hashes = hasher([uri for _row, uri, _old in to_hash]) if hasher else [None] * len(to_hash)
+        for (row, _uri, old_sha), sha in zip(to_hash, hashes, strict=True):
+            if sha is not None and sha == old_sha:
+                reuse[row] = True
+            else:
+                changed += 1
     return Match(reuse, new, changed, retried, int(reuse.sum()))
+
+
+def sha256_of(uris: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str | None]:
+    """The sha256 (hex) of each input's bytes, read but not decoded; None when it cannot be read
+    (the input is then predicted, and its row says why it failed)."""
+
+    def one(uri: str) -> str | None:
+        digest = hashlib.sha256()
+        try:
+            if storage.is_remote(uri):
+                digest.update(storage.read_object(uri, storage_options))
+            else:
+                with open(local_path(uri), "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+        except Exception as exc:
+            log.debug("cannot hash %s: %s", uri, exc)
+            return None
+        return digest.hexdigest()
+
+    if len(uris) == 1:
+        return [one(uris[0])]
+    with ThreadPoolExecutor(min(HASH_READERS, len(uris)), thread_name_prefix="skutag-sha256") as pool:
+        return list(pool.map(one, uris))
 
 
 def removed_inputs(previous: Plan, current: Plan, storage_options: dict[str, Any] | None = None) -> int:

@@ -23,13 +23,12 @@ from skutag import storage
 from skutag.errors import InputError
 
 from .plan import PLAN_DIR, PLAN_FILE, Plan
+from .reuse import resume_problem
 from .shard import Shard
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2
-# Key fields whose difference makes an existing OUT unusable for this run (checked in this order).
-KEY_FIELDS = ("model_sha256", "plan_id", "shard_count", "topk", "embeddings", "model")
 PART = re.compile(r"part-(\d{5,})\.parquet")
 
 
@@ -93,7 +92,7 @@ def prepare_out(
     """Make OUT ready for this shard: fresh, resumed, or complete; refuse an incompatible OUT."""
     existing = dict(read_manifests(out, storage_options))
     for name, other_key in existing.items():
-        problem = incompatibility(other_key, key, same_shard=name == names.manifest)
+        problem = resume_problem(other_key, key, same_shard=name == names.manifest)
         if problem and not overwrite:
             raise InputError(
                 f"{out} holds a different run ({problem}, see {name}); "
@@ -159,19 +158,6 @@ def read_parts(out: str, storage_options: dict[str, Any] | None = None) -> dict[
         for part in _read_json(storage.join(out, name), storage_options)["parts"]:
             parts[part["unit"]] = part
     return parts
-
-
-def incompatibility(existing: dict[str, Any], wanted: dict[str, Any], *, same_shard: bool) -> str | None:
-    fields = KEY_FIELDS + (("shard_index",) if same_shard else ())
-    for name in fields:
-        if existing.get(name) != wanted.get(name):
-            return f"{name.replace('_', ' ')} {_short(existing.get(name))} != {_short(wanted.get(name))}"
-    return None
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text[:12] if isinstance(value, str) and len(text) > 40 else text
 
 
 def _read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -6,7 +6,11 @@ exact repeats (same id and uri), refuses one id naming two files, and writes uni
 `part_rows` rows as `plan-<token>-NNNNN.parquet` (id, uri, bytes, version, label). The plan
 exists once `_plan/_PLAN` is created with an exclusive create (a hard link locally, a
 conditional PUT on S3): of two shards that plan at the same moment one wins, the other
-deletes its own unit files and uses the winner's plan. Memory stays flat in the inputs.
+deletes its own unit files and uses the winner's plan. `_PLAN` names this process's random
+token (in its unit files' names), so a conditional PUT whose reply was lost recognises its own
+`_PLAN` when read back and never deletes the files it names. A listing that fails publishes
+nothing: the error propagates (`ListingError`, exit 75) and any unit file already uploaded is
+removed. Memory stays flat in the inputs.
 
 Unit k of the plan becomes part k of the output (`part-NNNNN.parquet`, the same name on
 every attempt, in every engine); a shard is a contiguous slice of units.
@@ -149,12 +153,17 @@ def make_plan(
 ) -> Plan:
     """List, sort, dedupe and write the plan; returns whichever plan won the exclusive create."""
     counts = ListingCounts()
-    token = secrets.token_hex(4)
-    with tempfile.TemporaryDirectory(prefix="skutag-plan-") as scratch:
-        rows = _sorted_rows(list_sources(sources, counts, storage_options), scratch)
-        units, total, duplicates, labelled, digest = _write_units(
-            rows, out, token, part_rows, scratch, storage_options
-        )
+    token = secrets.token_hex(8)
+    uploaded: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="skutag-plan-") as scratch:
+            rows = _sorted_rows(list_sources(sources, counts, storage_options), scratch)
+            units, total, duplicates, labelled, digest = _write_units(
+                rows, out, token, part_rows, scratch, storage_options, uploaded
+            )
+    except BaseException:
+        _remove_units(out, uploaded, storage_options)  # nothing of a failed plan stays behind
+        raise
     plan = Plan(
         out=out,
         plan_id=digest,
@@ -170,12 +179,28 @@ def make_plan(
     if total == 0:
         raise InputError(f"no images found in {' '.join(map(str, sources))} (skipped: {counts.to_dict()})")
     body = json.dumps(plan.to_json(), indent=1).encode()
-    if storage.create_exclusive(storage.join(out, PLAN_DIR, PLAN_FILE), body, storage_options):
+    try:
+        created = storage.create_exclusive(storage.join(out, PLAN_DIR, PLAN_FILE), body, storage_options)
+    except BaseException:
+        if not plan_exists(out, storage_options):
+            _remove_units(out, uploaded, storage_options)
+        raise
+    if created:
         return plan
+    winner = read_plan(out, storage_options)  # read first: never delete what `_PLAN` names
+    if {unit.file for unit in winner.units} & set(uploaded):
+        return winner  # our own plan after all
     log.info("another process planned %s first; using its plan", out)
-    for unit in units:
-        storage.remove(storage.join(out, PLAN_DIR, unit.file), storage_options)
-    return read_plan(out, storage_options)
+    _remove_units(out, uploaded, storage_options)
+    return winner
+
+
+def _remove_units(out: str, names: list[str], storage_options: dict[str, Any] | None) -> None:
+    for name in names:
+        try:
+            storage.remove(storage.join(out, PLAN_DIR, name), storage_options)
+        except Exception as exc:  # cleaning up after another failure: say so, keep the first error
+            log.warning("could not remove %s: %s", name, exc)
 
 
 def _sorted_rows(entries: Iterable[Entry], scratch: str) -> Iterator[Row]:
@@ -233,7 +258,7 @@ def _rows(table: pa.Table | pa.RecordBatch) -> Iterator[Row]:
     yield from zip(*columns, strict=True)
 
 
-def _write_units(rows, out, token, part_rows, scratch, storage_options):
+def _write_units(rows, out, token, part_rows, scratch, storage_options, uploaded: list[str]):
     units: list[Unit] = []
     digest = hashlib.sha256()
     buffer: list[tuple] = []
@@ -251,6 +276,7 @@ def _write_units(rows, out, token, part_rows, scratch, storage_options):
         pq.write_table(table, local, compression="zstd")
         with open(local, "rb") as f:
             digest.update(hashlib.sha256(f.read()).digest())
+        uploaded.append(name)  # before the upload: a failed upload may still have landed
         storage.upload(local, storage.join(out, PLAN_DIR, name), storage_options)
         units.append(Unit(number, name, len(buffer), total - len(buffer), buffer[0][0], buffer[-1][0]))
         buffer.clear()

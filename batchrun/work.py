@@ -1,7 +1,8 @@
 """What a shard still has to do, unit by unit: rows to copy, and the images to decode.
 
 For every pending unit of the plan: which rows `--since` (or `--retry-errors`) copies from
-an earlier run, and which distinct images the other rows need. A manifest's identity is its
+an earlier run (inputs without a version are hashed first: `incremental.match`), and which
+distinct images the other rows need. A manifest's identity is its
 id, so two ids may name one image: that image is ONE decode task whose prediction fans out
 to every row that names it (within the unit). Tasks are numbered across the shard in unit
 order, the order in which engines decode them and the writer completes units.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .incremental import Match, Previous, match
+from .incremental import Match, Previous, match, sha256_of
 from .plan import Plan, Unit
 
 
@@ -60,7 +61,12 @@ def prepare_work(
     for position, unit in enumerate(units):
         rows = plan.read_unit(unit, storage_options)
         old = previous.rows_for(rows.column("id").combine_chunks()) if previous else None
-        found = match(rows, old, same_plan=previous is not None and previous.plan.plan_id == plan.plan_id)
+        found = match(
+            rows,
+            old,
+            snapshot=previous is not None and previous.is_snapshot_of(plan),
+            hasher=lambda uris: sha256_of(uris, storage_options),
+        )
         todo = np.flatnonzero(~found.reuse)
         task_of_row = np.full(rows.num_rows, -1, np.int64)
         if len(todo):

@@ -27,3 +27,14 @@ class TooManyErrors(SkutagError):
     """The job finished and wrote every row, but more inputs failed than allowed (exit 3)."""
 
     exit_code = 3
+
+
+class TransientError(SkutagError):
+    """A fault worth retrying later (exit 75, EX_TEMPFAIL): a store unavailable past the retry budget,
+    a listing that failed part-way (nothing is published from a partial listing)."""
+
+    exit_code = 75
+
+
+class ListingError(TransientError):
+    """A source could not be listed completely: names the folder or prefix (exit 75; no plan written)."""

@@ -118,10 +118,10 @@ def read_file(path: str | bytes | os.PathLike, *, max_bytes: int | None = DEFAUL
     timeouts: `skutag.storage.is_transient`) are retried with backoff; what remains is
     `unreadable`. `max_bytes=None` means no limit.
     """
-    from skutag.storage import retry
+    from skutag.storage import RETRIES, retry
 
     try:
-        data = retry(lambda: _read_sized(path, max_bytes))
+        data = retry(lambda: _read_sized(path, max_bytes), attempts=RETRIES)
     except _Refused as refused:
         raise refused.error from None
     except (OSError, ValueError) as exc:  # ValueError: a name with a NUL byte

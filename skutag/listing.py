@@ -9,44 +9,51 @@ so they agree on what an input is:
   are skipped and counted, never read;
 - symbolic links are followed, but each real directory is entered once (device + inode),
   so a link to a parent neither multiplies inputs nor loops;
-- a name that is not valid UTF-8 (`caf\\xe9.jpg` from an old NFS/SMB share) still gives an
-  input: its `id` escapes the bad bytes as `%XX` and its `uri` is a `file://` URL whose
-  percent-escapes decode (`urllib.parse.unquote_to_bytes`) to the exact bytes on disk.
+- a name that is not valid UTF-8 still gives an input (`skutag.entries`);
+- a folder or prefix that cannot be listed (permission denied, vanished, a store that keeps
+  failing) raises `ListingError` naming it (exit 75): a listing is complete or it fails, so
+  no plan is ever made from part of a catalog.
 
 An `Entry` carries what incremental runs compare: `size` and `version` (local: `size:mtime_ns`;
-S3: the ETag; GCS: the generation). Listing streams: nothing here holds the whole catalog.
+S3: the ETag; GCS: the generation; HTTP: the ETag, else `lm:` + Last-Modified). URLs named in a
+list or manifest without a version are asked for one (a HEAD per URL, `VERSION_LOOKUPS` at a
+time); a server that gives no validator leaves it None, and `--since` then compares sha256.
+Listing streams: nothing here holds the whole catalog.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
-import re
 import stat
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import quote, unquote_to_bytes
+from typing import Any
 
 from skutag import storage
-from skutag.errors import InputError
+from skutag.entries import Entry, entry_for_location, escape_name, local_path, local_uri, local_version
+from skutag.errors import InputError, ListingError
 from skutag.images import IMAGE_EXTENSIONS
+from skutag.manifests import read_manifest_entries
+
+__all__ = [
+    "Entry",
+    "ListingCounts",
+    "entry_for_location",
+    "escape_name",
+    "list_sources",
+    "local_path",
+    "local_uri",
+    "local_version",
+    "walk_images",
+]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 GLOB_CHARS = frozenset("*?[")
-# Every printable ASCII character but `%` stays as it is in an escaped id or file:// URL.
-_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + " "
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One input: its identity, where to read it, and what incremental runs compare."""
-
-    id: str
-    uri: str
-    size: int | None = None
-    version: str | None = None
-    label: str | None = None  # a manifest's `label` column: what the catalog says the image is
+VERSION_LOOKUPS = 16  # concurrent HEAD requests for list / manifest URLs without a version
 
 
 @dataclass
@@ -83,46 +90,15 @@ def has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def escape_name(text: str) -> str:
-    """Valid UTF-8 stays as it is; a name with undecodable bytes is percent-escaped whole (`%` too)."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return quote(os.fsencode(text), safe=_SAFE)
-
-
-def local_uri(path: str) -> str:
-    """An absolute path, or a `file://` URL when the path has bytes that are not UTF-8."""
-    path = os.path.abspath(path)
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return "file://" + quote(os.fsencode(path), safe=_SAFE)
-
-
-def local_path(uri: str) -> str | bytes:
-    """The inverse of `local_uri`: what `open()` takes (bytes for a non-UTF-8 `file://` URL)."""
-    if uri.startswith("file://"):
-        raw = unquote_to_bytes(uri[len("file://") :])
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw
-    return uri
-
-
-def local_version(st: os.stat_result) -> str:
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 def walk_images(root: str | os.PathLike, counts: ListingCounts | None = None) -> Iterator[Entry]:
     """Image files under `root`, recursively, in sorted order, with ids relative to `root`."""
     counts = counts if counts is not None else ListingCounts()
     root = os.fspath(root)
     seen: set[tuple[int, int]] = set()
-    first = os.stat(root)
+    try:
+        first = os.stat(root)
+    except OSError as exc:
+        raise ListingError(f"cannot list {_shown(root)}: {exc.strerror or exc}") from exc
     seen.add((first.st_dev, first.st_ino))
     yield from _walk(root, "", seen, counts)
 
@@ -131,8 +107,8 @@ def _walk(directory: str, prefix: str, seen: set[tuple[int, int]], counts: Listi
     try:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError:
-        return  # an unreadable folder has no inputs we could name
+    except OSError as exc:  # never an empty folder in silence: its inputs would vanish from the plan
+        raise ListingError(f"cannot list {_shown(directory)}: {exc.strerror or exc}") from exc
     for entry in entries:
         name = entry.name
         if is_hidden(name):
@@ -146,8 +122,8 @@ def _walk(directory: str, prefix: str, seen: set[tuple[int, int]], counts: Listi
         if is_dir:
             try:
                 st = entry.stat()
-            except OSError:
-                continue
+            except OSError as exc:
+                raise ListingError(f"cannot list {_shown(entry.path)}: {exc.strerror or exc}") from exc
             key = (st.st_dev, st.st_ino)
             if key in seen:
                 counts.revisited_dirs += 1
@@ -168,6 +144,10 @@ def _walk(directory: str, prefix: str, seen: set[tuple[int, int]], counts: Listi
             yield Entry(relative, local_uri(entry.path), st.st_size, local_version(st))
         else:
             counts.not_image += 1  # a FIFO or device named .jpg is never opened
+
+
+def _shown(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def list_sources(
@@ -202,11 +182,9 @@ def list_source(
                 escape_name(os.path.basename(source)), local_uri(source), st.st_size, local_version(st)
             )
         elif lowered.endswith(MANIFEST_SUFFIXES):
-            from skutag.manifests import read_manifest_entries
-
-            yield from read_manifest_entries(source, storage_options)
+            yield from with_versions(read_manifest_entries(source, storage_options), storage_options)
         else:
-            yield from _path_list(source)
+            yield from with_versions(_path_list(source), storage_options)
     elif GLOB_CHARS & set(source):
         yield from _glob(source)
     else:
@@ -247,26 +225,6 @@ def _path_list(path: str) -> Iterator[Entry]:
             yield entry_for_location(escape_name(item), item, base)
 
 
-def entry_for_location(input_id: str, location: str, base: str) -> Entry:
-    """An Entry for a path or URL named in a list or manifest (relative paths from `base`)."""
-    if storage.is_remote(location):
-        return Entry(input_id, location)
-    if location.startswith("file://"):
-        path = local_path(location)
-    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", location):
-        raise InputError(
-            f"unsupported URL scheme in {location!r} (use a path, file://, s3://, gs://, https://)"
-        )
-    else:
-        path = os.path.join(base, location)
-    path = os.fsdecode(path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return Entry(input_id, local_uri(path))  # an `unreadable` row when it is run
-    return Entry(input_id, local_uri(path), st.st_size, local_version(st))
-
-
 def _remote(prefix: str, counts: ListingCounts, storage_options: dict[str, str] | None) -> Iterator[Entry]:
     """An object-store prefix (or one object): each object's size and version from the listing alone."""
     lowered = prefix.lower()
@@ -275,9 +233,7 @@ def _remote(prefix: str, counts: ListingCounts, storage_options: dict[str, str] 
         yield Entry(prefix.rsplit("/", 1)[-1], prefix, info.size, info.version)
         return
     if lowered.endswith(MANIFEST_SUFFIXES):
-        from skutag.manifests import read_manifest_entries
-
-        yield from read_manifest_entries(prefix, storage_options)
+        yield from with_versions(read_manifest_entries(prefix, storage_options), storage_options)
         return
     found = False
     for obj in storage.walk_objects(prefix, storage_options):
@@ -291,3 +247,26 @@ def _remote(prefix: str, counts: ListingCounts, storage_options: dict[str, str] 
             yield Entry(relative, obj.uri, obj.size, obj.version)
     if not found and not storage.exists(prefix, storage_options):
         raise InputError(f"source not found: {prefix}")
+
+
+def with_versions(entries: Iterable[Entry], storage_options: dict[str, Any] | None = None) -> Iterator[Entry]:
+    """Entries in order, remote ones without a version given the one their store reports (HTTP
+    ETag / Last-Modified, S3 ETag, GCS generation), `VERSION_LOOKUPS` lookups at a time. A lookup
+    that fails leaves the version None: the input is then compared by sha256 (never reused blindly)."""
+    it = iter(entries)
+    with ThreadPoolExecutor(VERSION_LOOKUPS, thread_name_prefix="skutag-version") as pool:
+        while chunk := list(itertools.islice(it, 64 * VERSION_LOOKUPS)):
+            if any(e.version is None and storage.is_remote(e.uri) for e in chunk):
+                yield from pool.map(lambda e: _versioned(e, storage_options), chunk)
+            else:
+                yield from chunk
+
+
+def _versioned(entry: Entry, storage_options: dict[str, Any] | None) -> Entry:
+    if entry.version is not None or not storage.is_remote(entry.uri):
+        return entry
+    try:
+        found = storage.info(entry.uri, storage_options)
+    except Exception:  # missing, denied, no HEAD: the run reads it (an error row) or compares sha256
+        return entry
+    return replace(entry, size=entry.size if entry.size is not None else found.size, version=found.version)

@@ -2,8 +2,9 @@
 
 Read a record batch at a time (local or object storage), so a manifest of millions of rows
 costs one batch of memory. The id is a manifest row's identity: two ids that name the same
-image are two inputs. Relative paths are relative to the manifest's folder. Without a
-`version` column, local files get `size:mtime_ns`; remote objects get theirs at run time.
+image are two inputs. Relative paths are relative to the manifest's folder, on object
+storage too (`s3://b/m/manifest.csv` + `a/b.jpg` = `s3://b/m/a/b.jpg`). Without a `version`
+column, local files get `size:mtime_ns`; remote objects get theirs from `skutag.listing`.
 A `label` column is the catalog's own category for the row: the run keeps it as
 `manifest_label` and, for models with a review section, flags rows it disagrees with.
 """
@@ -16,15 +17,16 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from skutag import storage
+from skutag.entries import Entry, entry_for_location
 from skutag.errors import InputError
-from skutag.listing import Entry, entry_for_location
 
 BATCH_ROWS = 16_384
 
 
 def read_manifest_entries(location: str, storage_options: dict[str, str] | None = None) -> Iterator[Entry]:
     """Stream the rows of a manifest as Entries; raises InputError for a manifest that cannot be used."""
-    base = os.path.dirname(os.path.abspath(location)) if not storage.is_remote(location) else ""
+    remote = storage.is_remote(location)
+    base = location.rsplit("/", 1)[0] if remote else os.path.dirname(os.path.abspath(location))
     for batch in _batches(location, storage_options):
         names = set(batch.schema.names)
         column = "path" if "path" in names else "uri" if "uri" in names else None
@@ -35,10 +37,7 @@ def read_manifest_entries(location: str, storage_options: dict[str, str] | None 
         versions = _optional(batch, "version")
         labels = _optional(batch, "label")
         for row, (input_id, place) in enumerate(zip(ids, where, strict=True)):
-            if storage.is_remote(place) or not base:
-                entry = Entry(input_id, place if storage.is_remote(place) else os.path.abspath(place))
-            else:
-                entry = entry_for_location(input_id, place, base)
+            entry = entry_for_location(input_id, place, base)
             version = versions[row] if versions[row] is not None else entry.version
             yield Entry(entry.id, entry.uri, entry.size, version, labels[row] or None)
 

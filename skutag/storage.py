@@ -8,8 +8,15 @@ as far as skutag is concerned: they are never written to OUT or printed.
 
 Writes are made for stores without rename: `write_bytes` is one PUT under the final name
 (locally: a temporary file renamed into place), and `create_exclusive` is a conditional PUT
-(`If-None-Match: *`; locally a hard link, which fails when the name exists). Reads retry
-transient failures (EIO, ESTALE, timeouts, 5xx) with backoff before they give up.
+(`If-None-Match: *`; locally a hard link, which fails when the name exists); a conditional PUT
+whose reply was lost and whose retry answers 412 reads the object back: its own bytes mean it won.
+
+Transient failures (EIO, ESTALE, timeouts, connection resets, 5xx, SlowDown / throttling; never
+403 or 404) are retried with exponential backoff and full jitter within a time budget that
+outlasts a throttle: `RETRY_BUDGET_S` (60 s) unless `SKUTAG_RETRY_BUDGET_S` or the storage
+option `retry_budget_s` says otherwise. A write or listing still failing after the budget raises
+`StoreUnavailable` (exit 75); a listing that fails names the prefix (`ListingError`, exit 75).
+s3fs's listing cache is off (`use_listings_cache=False`): a long run never works from a stale listing.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from skutag.errors import InputError
+from skutag.errors import InputError, ListingError, TransientError
 
 REMOTE = re.compile(r"^(s3|s3a|gs|gcs|http|https)://", re.IGNORECASE)
 PROTOCOL_EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": None, "https": None}
@@ -42,8 +50,12 @@ TRANSIENT_ERRNOS = frozenset(
         errno.EHOSTUNREACH,
     }
 )
-RETRIES = 4
+RETRIES = 4  # attempts of a short, attempt-counted schedule (one local file read)
 BACKOFF_S = 0.25
+MAX_BACKOFF_S = 8.0  # one sleep never exceeds this (full jitter: uniform in [0, min(cap, base * 2^n)])
+RETRY_BUDGET_S = 60.0  # default time budget of a remote operation's retries
+BUDGET_ENV = "SKUTAG_RETRY_BUDGET_S"
+BUDGET_OPTION = "retry_budget_s"  # a storage option skutag reads itself (never passed to fsspec)
 # Timeouts for S3 requests unless the user sets them: a stalled store fails a request in
 # seconds (and is retried) instead of hanging a decode worker for botocore's 60 s default.
 S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"connect_timeout": 10, "read_timeout": 20}}
@@ -107,15 +119,31 @@ def redacted(options: dict[str, Any] | None) -> list[str]:
     return keys(options or {})
 
 
+def retry_budget(options: dict[str, Any] | None = None) -> float:
+    """Seconds a remote operation keeps retrying transient failures: the storage option
+    `retry_budget_s`, else `SKUTAG_RETRY_BUDGET_S`, else `RETRY_BUDGET_S`."""
+    value = (options or {}).get(BUDGET_OPTION, os.environ.get(BUDGET_ENV))
+    if value is None or value == "":
+        return RETRY_BUDGET_S
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"retry budget must be a number of seconds, got {value!r}") from None
+    if budget < 0:
+        raise InputError(f"retry budget must be >= 0 seconds, got {value!r}")
+    return budget
+
+
 def filesystem(uri: str, options: dict[str, Any] | None = None):
     """The fsspec filesystem for a remote URL (cached by fsspec per process and options)."""
     import fsspec
 
     protocol = uri.split("://", 1)[0].lower()
-    kwargs = dict(options or {})
+    kwargs = {k: v for k, v in (options or {}).items() if k != BUDGET_OPTION}
     if protocol in ("s3", "s3a"):
         merged = {**S3_DEFAULTS["config_kwargs"], **kwargs.get("config_kwargs", {})}
         kwargs["config_kwargs"] = merged
+        kwargs.setdefault("use_listings_cache", False)
     try:
         return fsspec.filesystem(protocol, **kwargs)
     except ImportError as exc:
@@ -127,7 +155,7 @@ def filesystem(uri: str, options: dict[str, Any] | None = None):
 def info(uri: str, options: dict[str, Any] | None = None) -> ObjectInfo:
     """Size and version of one object (raises InputError when it does not exist)."""
     try:
-        return _object_info(uri, retry(lambda: filesystem(uri, options).info(uri)))
+        return _object_info(uri, remote_call(lambda: filesystem(uri, options).info(uri), options, uri))
     except FileNotFoundError as exc:
         raise InputError(f"not found: {uri}") from exc
 
@@ -135,24 +163,48 @@ def info(uri: str, options: dict[str, Any] | None = None) -> ObjectInfo:
 def exists(uri: str, options: dict[str, Any] | None = None) -> bool:
     if not is_remote(uri):
         return os.path.exists(uri)
-    return bool(retry(lambda: filesystem(uri, options).exists(uri)))
+    return bool(remote_call(lambda: filesystem(uri, options).exists(uri), options, uri))
 
 
 def walk_objects(prefix: str, options: dict[str, Any] | None = None) -> Iterator[ObjectInfo]:
-    """Every object under a prefix, sorted, with size and version from the listing (nothing is read)."""
+    """Every object under a prefix, folder by folder in sorted order, with size and version from the
+    listing (nothing is read). Each folder's listing is retried within the budget; one that still
+    fails raises `ListingError` naming it: a prefix is listed completely or not at all (fsspec's
+    `walk` would omit it silently by default)."""
     fs = filesystem(prefix, options)
     protocol = prefix.split("://", 1)[0]
     root = prefix.rstrip("/")
-    for _dirpath, _dirnames, files in fs.walk(root, detail=True):
-        for name in sorted(files):
-            detail = files[name]
-            if detail.get("type", "file") != "file":
-                continue
-            yield _object_info(f"{protocol}://{detail['name']}", detail)
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            listing = retry(lambda: fs.ls(folder, detail=True), budget_s=retry_budget(options))  # noqa: B023
+        except FileNotFoundError as exc:
+            if folder == root:
+                return  # no such prefix: the caller says "source not found"
+            raise ListingError(f"cannot list {protocol}://{folder}/: it vanished during listing") from exc
+        except Exception as exc:
+            raise ListingError(f"cannot list {protocol}://{folder}/: {_one_line(exc)}") from exc
+        folders = []
+        for detail in sorted(listing, key=lambda d: d["name"]):
+            name = detail["name"].rstrip("/")
+            if detail.get("type", "file") == "directory":
+                if name != folder:
+                    folders.append(name)
+            else:
+                yield _object_info(f"{protocol}://{name}", detail)
+        pending.extend(reversed(folders))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _object_info(uri: str, detail: dict[str, Any]) -> ObjectInfo:
     version = detail.get("generation") or detail.get("ETag") or detail.get("etag")
+    if version is None and detail.get("Last-Modified"):  # HTTP without an ETag
+        version = f"lm:{detail['Last-Modified']}"
     if version is None and detail.get("mtime") is not None:
         version = f"{detail.get('size')}:{detail['mtime']}"
     size = detail.get("size")
@@ -175,12 +227,13 @@ def read_object(uri: str, options: dict[str, Any] | None = None, *, max_bytes: i
     FileNotFoundError, which would make a passing outage look permanent.
     """
     fs = filesystem(uri, options)
+    budget = retry_budget(options)
     web = uri.lower().startswith(("http://", "https://"))
     if max_bytes is not None and not web:
-        size = retry(lambda: fs.size(uri))
+        size = retry(lambda: fs.size(uri), budget_s=budget)
         if size is not None and size > max_bytes:
             raise TooLarge(size)
-    data = retry(lambda: fs.cat_file(uri))
+    data = retry(lambda: fs.cat_file(uri), budget_s=budget)
     if max_bytes is not None and len(data) > max_bytes:
         raise TooLarge(len(data))
     return data
@@ -192,33 +245,85 @@ class TooLarge(Exception):
         self.size = size
 
 
+class StoreUnavailable(TransientError):
+    """A remote operation still failed with a transient error after the whole retry budget (exit 75)."""
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth another try: NFS/IO hiccups, timeouts, connection resets, 5xx and throttling."""
+    """Errors worth another try: NFS/IO hiccups, timeouts, connection resets, 5xx and throttling
+    (503 SlowDown, 500 InternalError, RequestTimeout). Access denied and not found never are."""
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
     if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno in TRANSIENT_ERRNOS  # a local error: its errno says it all (not a `500.jpg` name)
+        if exc.errno in TRANSIENT_ERRNOS:  # a local error: its errno says it all (not a `500.jpg` name)
+            return True
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
+            return False
     name = type(exc).__name__
     text = str(exc)
+    if re.search(r"\b(403|404|AccessDenied|Forbidden|NoSuchKey|NoSuchBucket|InvalidAccessKeyId)\b", text):
+        return False
     if any(word in name for word in ("Timeout", "Connect", "EndpointConnection", "ServerDisconnected")):
         return True
-    return bool(
-        re.search(r"\b(5\d\d|SlowDown|Throttl|RequestTimeout|InternalError|ServiceUnavailable)\b", text)
-    )
+    if re.search(r"\b(5\d\d|SlowDown|Throttl\w*|RequestTimeout|InternalError|ServiceUnavailable)\b", text):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_transient(cause)
 
 
-def retry(action: Callable[[], T], *, attempts: int = RETRIES, backoff_s: float = BACKOFF_S) -> T:
-    """Run `action`, retrying transient errors with exponential backoff; the last error propagates."""
-    for attempt in range(attempts):
+def retry(
+    action: Callable[[], T],
+    *,
+    attempts: int | None = None,
+    budget_s: float | None = None,
+    backoff_s: float = BACKOFF_S,
+) -> T:
+    """Run `action`, retrying transient errors; the last error propagates.
+
+    With `attempts`: at most that many tries, sleeping `backoff_s * 2^n` between them (a short,
+    fixed schedule for one local file). Otherwise: exponential backoff with full jitter (a sleep
+    uniform in [0, min(MAX_BACKOFF_S, backoff_s * 2^n)]) until `budget_s` seconds have passed
+    (default `retry_budget()`), so a store that throttles for a minute is outlasted.
+    """
+    if attempts is not None:
+        for attempt in range(attempts):
+            try:
+                return action()
+            except Exception as exc:
+                if attempt + 1 >= attempts or not is_transient(exc):
+                    raise
+                time.sleep(backoff_s * (2**attempt))
+        raise AssertionError("unreachable")
+    budget = retry_budget() if budget_s is None else budget_s
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
         try:
             return action()
         except Exception as exc:
-            if attempt + 1 >= attempts or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            time.sleep(backoff_s * (2**attempt))
-    raise AssertionError("unreachable")
+            pause = random.uniform(0, min(MAX_BACKOFF_S, backoff_s * (2**attempt)))
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            attempt += 1
+
+
+def remote_call(action: Callable[[], T], options: dict[str, Any] | None, uri: str) -> T:
+    """`retry` within the storage budget; a transient error that outlasts it is `StoreUnavailable`."""
+    budget = retry_budget(options)
+    try:
+        return retry(action, budget_s=budget)
+    except Exception as exc:
+        if is_transient(exc):
+            raise StoreUnavailable(
+                f"{uri}: the store stayed unavailable for the whole retry budget ({budget:g} s; "
+                f"{BUDGET_ENV} or --storage-option {BUDGET_OPTION}=S): {_one_line(exc)}"
+            ) from exc
+        raise
 
 
 # --- writing: OUT on local disk or object storage -------------------------------------------
@@ -232,11 +337,17 @@ def write_bytes(uri: str, data: bytes, options: dict[str, Any] | None = None) ->
         atomic_write_bytes(uri, data)
         return
     fs = filesystem(uri, options)
-    retry(lambda: fs.pipe_file(uri, data))
+    remote_call(lambda: fs.pipe_file(uri, data), options, uri)
 
 
 def create_exclusive(uri: str, data: bytes, options: dict[str, Any] | None = None) -> bool:
-    """Create `uri` with `data` unless it exists; True when this call created it (atomic either way)."""
+    """Create `uri` with `data` unless it exists; True when this call created it (atomic either way).
+
+    Remotely a conditional PUT: when its reply is lost and the retry answers 412 (or the object
+    exists), the object is read back: if it holds exactly `data`, this call's first attempt won.
+    Callers make `data` unique to themselves (the plan names a random token), so equal bytes
+    can only be their own write.
+    """
     if not is_remote(uri):
         import tempfile
 
@@ -257,21 +368,25 @@ def create_exclusive(uri: str, data: bytes, options: dict[str, Any] | None = Non
             os.unlink(tmp)
     fs = filesystem(uri, options)
     try:
-        retry(lambda: fs.pipe_file(uri, data, mode="create"))
+        remote_call(lambda: fs.pipe_file(uri, data, mode="create"), options, uri)
     except FileExistsError:
-        return False
+        pass
     except Exception as exc:  # a conditional PUT that lost the race: 412 Precondition Failed
-        if "PreconditionFailed" in str(exc) or "412" in str(exc):
-            return False
-        raise
-    return True
+        if "PreconditionFailed" not in str(exc) and "412" not in str(exc):
+            raise
+    else:
+        return True
+    try:
+        return read_bytes(uri, options) == data  # our own write whose reply was lost?
+    except FileNotFoundError:
+        return False
 
 
 def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
     if not is_remote(uri):
         with open(uri, "rb") as f:
             return f.read()
-    return retry(lambda: filesystem(uri, options).cat_file(uri))
+    return remote_call(lambda: filesystem(uri, options).cat_file(uri), options, uri)
 
 
 def list_names(directory: str, options: dict[str, Any] | None = None) -> list[str]:
@@ -284,7 +399,7 @@ def list_names(directory: str, options: dict[str, Any] | None = None) -> list[st
     fs = filesystem(directory, options)
     try:
         fs.invalidate_cache(directory)
-        found = retry(lambda: fs.ls(directory.rstrip("/"), detail=False))
+        found = remote_call(lambda: fs.ls(directory.rstrip("/"), detail=False), options, directory)
     except FileNotFoundError:
         return []
     return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in found)
@@ -297,7 +412,7 @@ def remove(uri: str, options: dict[str, Any] | None = None) -> None:
         return
     fs = filesystem(uri, options)
     with contextlib.suppress(FileNotFoundError):
-        retry(lambda: fs.rm_file(uri))
+        remote_call(lambda: fs.rm_file(uri), options, uri)
 
 
 def upload(local_file: str, uri: str, options: dict[str, Any] | None = None) -> None:
@@ -315,7 +430,7 @@ def upload(local_file: str, uri: str, options: dict[str, Any] | None = None) -> 
             shutil.copyfile(local_file, tmp)
         return
     fs = filesystem(uri, options)
-    retry(lambda: fs.put_file(local_file, uri))
+    remote_call(lambda: fs.put_file(local_file, uri), options, uri)
 
 
 def makedirs(directory: str) -> None:

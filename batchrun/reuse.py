@@ -1,0 +1,91 @@
+"""What must match for a run to reuse rows: the run key and every rule that compares it, in one place.
+
+Two kinds of reuse, two sets of fields of one run key (`run_key`):
+
+- **Continue an OUT** (a rerun, a resume, another shard): `RESUME_FIELDS` equal, and for the
+  shard's own manifest the shard index too (`resume_problem`; used by `out.prepare_out`).
+- **Copy rows of an earlier run** (`--since PREV_OUT`, `--retry-errors`): `MODEL_FIELDS` equal
+  (`copy_problem`; used by `incremental.Previous`), then per input `input_verdict`: the same id
+  and uri, and the same version when the listing gave one (S3 ETag, GCS generation, HTTP ETag /
+  Last-Modified, local size:mtime_ns). An input without a version is read (not decoded) and
+  reused only when its sha256 equals the earlier row's (`SAME_IF_SHA256`). Equal plan ids prove
+  nothing (an unchanged URL list gives the same plan every night while the bytes behind it
+  change); only `--retry-errors`, whose earlier run is this very OUT and snapshot, may take a
+  version-less input as unchanged without reading it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import ModelContract
+    from .options import RunOptions
+    from .plan import Plan
+
+# Fields of the run key that must be equal to copy an earlier run's rows (model and output shape).
+MODEL_FIELDS = ("model_sha256", "model", "topk", "embeddings")
+# Fields that must be equal to continue an existing OUT (checked in this order).
+RESUME_FIELDS = ("model_sha256", "plan_id", "shard_count", "topk", "embeddings", "model")
+SAME_IF_SHA256 = "sha256"  # `input_verdict`: unchanged only if the bytes hash as before
+
+
+def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[str, Any]:
+    """The run key: what a manifest records, and what `RESUME_FIELDS` / `MODEL_FIELDS` compare."""
+    card = contract.card
+    return {
+        "model_sha256": contract.sha256,
+        "plan_id": plan.plan_id,
+        "inputs_total": plan.total,
+        "shard_index": options.shard.index,
+        "shard_count": options.shard.count,
+        "topk": options.topk,
+        "embeddings": options.embeddings,
+        "model": {
+            "classes": list(card.classes),
+            "image_size": card.image_size,
+            "resize_size": card.resize_size,
+            "interpolation": card.interpolation,
+            "mean": list(card.mean),
+            "std": list(card.std),
+            "scores_output": contract.scores_output,
+            "softmax": contract.apply_softmax,
+        },
+    }
+
+
+def resume_problem(existing: dict[str, Any], wanted: dict[str, Any], *, same_shard: bool) -> str | None:
+    """Why an OUT with run key `existing` cannot be continued by a run with key `wanted` (None: it can)."""
+    fields = RESUME_FIELDS + (("shard_index",) if same_shard else ())
+    for name in fields:
+        if existing.get(name) != wanted.get(name):
+            return f"{name.replace('_', ' ')} {_short(existing.get(name))} != {_short(wanted.get(name))}"
+    return None
+
+
+def copy_problem(earlier: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Why rows of a run with key `earlier` cannot be copied into a run with key `wanted` (None: they can)."""
+    for name in MODEL_FIELDS:
+        if earlier.get(name) != wanted.get(name):
+            return f"its {name.replace('_', ' ')} differs"
+    return None
+
+
+def input_verdict(
+    old_uri: str, old_version: str | None, uri: str, version: str | None, *, snapshot: bool
+) -> bool | str:
+    """True: unchanged; False: changed; `SAME_IF_SHA256`: unknown until its bytes are hashed.
+
+    `snapshot`: the earlier rows are this very OUT's (`--retry-errors`), read from the same plan.
+    """
+    if old_uri != uri or old_version != version:
+        return False
+    if version is not None or snapshot:
+        return True
+    return SAME_IF_SHA256
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text[:12] if isinstance(value, str) and len(text) > 40 else text
