@@ -38,7 +38,7 @@ def read_manifest_entries(location: str, storage_options: dict[str, str] | None 
         labels = _optional(batch, "label")
         for row, (input_id, place) in enumerate(zip(ids, where, strict=True)):
             entry = entry_for_location(input_id, place, base)
-            version = versions[row] if versions[row] is not None else entry.version
+            version = versions[row] or entry.version  # an empty cell is no version, never the version ""
             yield Entry(entry.id, entry.uri, entry.size, version, labels[row] or None)
 
 

@@ -10,7 +10,8 @@ switched on by the test says otherwise. Rules, each switched on by one method:
   forwarded and lands, then the connection is closed without a reply, once.
 - `deny_gets(pattern=None)`: every GetObject (optionally only keys matching the regex `pattern`,
   searched in `bucket/key`) answers 403 AccessDenied.
-- `slow_down(seconds)`: every request answers 503 SlowDown for the next `seconds`.
+- `slow_down(seconds)`: every request answers 503 SlowDown for `seconds`, counted from the first
+  request that arrives after the call (so a subprocess's start-up does not eat the window).
 - `clear()`: all rules off.
 
 `proxy.hits[rule]` counts how often each rule fired. `proxy.s3` is an `S3Server` whose `env`
@@ -63,6 +64,7 @@ class FaultProxy:
             self._deny: re.Pattern | None = None
             self._deny_on = False
             self._slow_until = 0.0
+            self._slow_for: float | None = None
 
     def fail_listing(self, prefix: str, status: int = 500) -> None:
         self._listing = (prefix, status)
@@ -74,7 +76,7 @@ class FaultProxy:
         self._deny_on, self._deny = True, re.compile(pattern) if pattern else None
 
     def slow_down(self, seconds: float) -> None:
-        self._slow_until = time.monotonic() + seconds
+        self._slow_for = seconds
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -98,6 +100,8 @@ class FaultProxy:
     def _fault(self, method: str, path: str, query: dict[str, list[str]], headers) -> tuple | None:
         """(status, code, message) to answer instead of forwarding, 'drop' to drop the reply, or None."""
         with self._lock:
+            if self._slow_for is not None:
+                self._slow_until, self._slow_for = time.monotonic() + self._slow_for, None
             if time.monotonic() < self._slow_until:
                 self.hits["slow_down"] += 1
                 return (503, "SlowDown", "Please reduce your request rate.")
