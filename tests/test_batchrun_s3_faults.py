@@ -51,6 +51,10 @@ def skutag(server: S3Server, *args: object, budget: float | None = None, timeout
     )
 
 
+# botocore's own retries off: a fault reaches skutag at once (the tests stay short).
+NO_LIBRARY_RETRIES = ("--storage-option", "config_kwargs.retries.max_attempts=1")
+
+
 def keys(s3: S3Server, prefix: str) -> list[str]:
     return sorted(s3.objects("shop", prefix))
 
@@ -69,7 +73,7 @@ def test_a_prefix_whose_listing_fails_fails_with_exit_75_and_publishes_no_plan(
     fault_proxy.fail_listing(f"catalog/{folder}/")
     out = f"s3://shop/listfail-{command}"
     args = ("plan", catalog) if command == "plan" else ("run", tiny_model, catalog, "--no-progress")
-    result = skutag(fault_proxy.s3, *args, "--out", out, budget=0)
+    result = skutag(fault_proxy.s3, *args, "--out", out, *NO_LIBRARY_RETRIES, budget=0)
     assert result.returncode == 75, result.stderr
     assert f"{catalog}/{folder}/" in one_line(result)
     assert fault_proxy.hits["fail_listing"] >= 1
