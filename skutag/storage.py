@@ -174,7 +174,7 @@ def walk_objects(prefix: str, options: dict[str, Any] | None = None) -> Iterator
     fs = filesystem(prefix, options)
     protocol = prefix.split("://", 1)[0]
     root = prefix.rstrip("/")
-    pending = [root]
+    pending, seen = [root], {root, fs._strip_protocol(root).rstrip("/")}
     while pending:
         folder = pending.pop()
         try:
@@ -189,7 +189,8 @@ def walk_objects(prefix: str, options: dict[str, Any] | None = None) -> Iterator
         for detail in sorted(listing, key=lambda d: d["name"]):
             name = detail["name"].rstrip("/")
             if detail.get("type", "file") == "directory":
-                if name != folder:
+                if name not in seen:  # never the folder itself, nor a parent link (HTTP indexes)
+                    seen.add(name)
                     folders.append(name)
             else:
                 yield _object_info(f"{protocol}://{name}", detail)
