@@ -5,10 +5,10 @@ Two kinds of reuse, two sets of fields of one run key (`run_key`):
 - **Continue an OUT** (a rerun, a resume, another shard): `RESUME_FIELDS` equal, and for the
   shard's own manifest the shard index too (`resume_problem`; used by `out.prepare_out`).
 - **Copy rows of an earlier run** (`--since PREV_OUT`, `--retry-errors`): `MODEL_FIELDS` equal
-  (`copy_problem`; used by `incremental.Previous`), then per input `input_verdict`: the same id
+  (`copy_problem`; used by `incremental.Previous`), then per input `input_verdicts`: the same id
   and uri, and the same version when the listing gave one (S3 ETag, GCS generation, HTTP ETag /
   Last-Modified, local size:mtime_ns). An input without a version is read (not decoded) and
-  reused only when its sha256 equals the earlier row's (`SAME_IF_SHA256`). Equal plan ids prove
+  reused only when its sha256 equals the earlier row's (`needs_sha256`). Equal plan ids prove
   nothing (an unchanged URL list gives the same plan every night while the bytes behind it
   change); only `--retry-errors`, whose earlier run is this very OUT and snapshot, may take a
   version-less input as unchanged without reading it.
@@ -19,6 +19,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 if TYPE_CHECKING:
     from .model import ModelContract
     from .options import RunOptions
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
 MODEL_FIELDS = ("model_sha256", "model", "topk", "embeddings")
 # Fields that must be equal to continue an existing OUT (checked in this order).
 RESUME_FIELDS = ("model_sha256", "plan_id", "shard_count", "topk", "embeddings", "model")
-SAME_IF_SHA256 = "sha256"  # `input_verdict`: unchanged only if the bytes hash as before
 
 
 def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[str, Any]:
@@ -72,18 +75,27 @@ def copy_problem(earlier: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     return None
 
 
-def input_verdict(
-    old_uri: str, old_version: str | None, uri: str, version: str | None, *, snapshot: bool
-) -> bool | str:
-    """True: unchanged; False: changed; `SAME_IF_SHA256`: unknown until its bytes are hashed.
+def input_verdicts(
+    old_uri: pa.Array, old_version: pa.Array, uri: pa.Array, version: pa.Array, *, snapshot: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per input (arrays aligned row by row; the old ones null where the earlier run had no such id):
+    (unchanged, needs_sha256) as bool arrays; an input that is neither changed.
 
-    `snapshot`: the earlier rows are this very OUT's (`--retry-errors`), read from the same plan.
+    Unchanged: the same uri and the same non-null version (or `snapshot`: the earlier rows are this
+    very OUT's, `--retry-errors`, read from the same plan). Same uri, both versions null: only its
+    sha256 can tell (`needs_sha256`).
     """
-    if old_uri != uri or old_version != version:
-        return False
-    if version is not None or snapshot:
-        return True
-    return SAME_IF_SHA256
+    same_uri = _filled(pc.equal(old_uri, uri))
+    both_null = _filled(pc.and_(pc.is_null(old_version), pc.is_null(version)))
+    same_version = _filled(pc.equal(old_version, version)) | both_null
+    same = same_uri & same_version
+    if snapshot:
+        return same, np.zeros(len(same), bool)
+    return same & ~both_null, same & both_null
+
+
+def _filled(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), bool)
 
 
 def _short(value: Any) -> str:

@@ -66,30 +66,40 @@ def local_version(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def entry_for_location(input_id: str, location: str, base: str) -> Entry:
+def entry_for_location(input_id: str, location: str, base: str, *, stat: bool = True) -> Entry:
     """An Entry for a path or URL named in a list or manifest (relative paths from `base`).
 
     `base` may be a URL (a manifest on object storage): a relative path then names an object
     beside the manifest (`s3://b/m/manifest.csv` + `a/b.jpg` = `s3://b/m/a/b.jpg`), never a
-    file in the working directory.
+    file in the working directory. A local file is stat'ed for its size and `size:mtime_ns`
+    version unless `stat` is False (a manifest that gives the version itself).
     """
-    if storage.is_remote(location):
-        return Entry(input_id, location)
-    if storage.is_remote(base) and not location.startswith(("/", "file://")):
+    if "://" in location:
+        if storage.is_remote(location):
+            return Entry(input_id, location)
+        if location.startswith("file://"):
+            return _local_entry(input_id, os.fsdecode(local_path(location)), stat)
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", location):
-            raise InputError(f"unsupported URL scheme in {location!r} (use a path, s3://, gs://, https://)")
+            raise InputError(
+                f"unsupported URL scheme in {location!r} (use a path, file://, s3://, gs://, https://)"
+            )
+    if storage.is_remote(base):
+        if location.startswith("/"):
+            return _local_entry(input_id, location, stat)
         return Entry(input_id, f"{base.rstrip('/')}/{posixpath.normpath(location)}")
-    if location.startswith("file://"):
-        path = local_path(location)
-    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", location):
-        raise InputError(
-            f"unsupported URL scheme in {location!r} (use a path, file://, s3://, gs://, https://)"
-        )
-    else:
-        path = os.path.join(base, location)
-    path = os.fsdecode(path)
+    if not location.startswith("/"):
+        location = f"{base.rstrip('/')}/{location}" if base.startswith("/") else os.path.join(base, location)
+    return _local_entry(input_id, location, stat)
+
+
+def _local_entry(input_id: str, path: str, stat: bool) -> Entry:
+    if not path.startswith("/") or "/." in path or "//" in path:
+        path = os.path.abspath(path)
+    uri = local_uri(path) if not path.isascii() else path  # an ASCII absolute path is its own uri
+    if not stat:
+        return Entry(input_id, uri)
     try:
         st = os.stat(path)
     except OSError:
-        return Entry(input_id, local_uri(path))  # an `unreadable` row when it is run
-    return Entry(input_id, local_uri(path), st.st_size, local_version(st))
+        return Entry(input_id, uri)  # an `unreadable` row when it is run
+    return Entry(input_id, uri, st.st_size, local_version(st))

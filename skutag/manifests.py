@@ -4,7 +4,8 @@ Read a record batch at a time (local or object storage), so a manifest of millio
 costs one batch of memory. The id is a manifest row's identity: two ids that name the same
 image are two inputs. Relative paths are relative to the manifest's folder, on object
 storage too (`s3://b/m/manifest.csv` + `a/b.jpg` = `s3://b/m/a/b.jpg`). Without a `version`
-column, local files get `size:mtime_ns`; remote objects get theirs from `skutag.listing`.
+(column or cell), local files get `size:mtime_ns` (a stat each); remote objects get theirs
+from `skutag.listing`. A row that gives its version is trusted as it is: nothing is stat'ed.
 A `label` column is the catalog's own category for the row: the run keeps it as
 `manifest_label` and, for models with a review section, flags rows it disagrees with.
 """
@@ -37,9 +38,9 @@ def read_manifest_entries(location: str, storage_options: dict[str, str] | None 
         versions = _optional(batch, "version")
         labels = _optional(batch, "label")
         for row, (input_id, place) in enumerate(zip(ids, where, strict=True)):
-            entry = entry_for_location(input_id, place, base)
-            version = versions[row] or entry.version  # an empty cell is no version, never the version ""
-            yield Entry(entry.id, entry.uri, entry.size, version, labels[row] or None)
+            version = versions[row]  # an empty cell is no version, never the version ""
+            entry = entry_for_location(input_id, place, base, stat=not version)
+            yield Entry(entry.id, entry.uri, entry.size, version or entry.version, labels[row] or None)
 
 
 def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[pa.RecordBatch]:
