@@ -265,8 +265,7 @@ def with_versions(entries: Iterable[Entry], storage_options: dict[str, Any] | No
 def _versioned(entry: Entry, storage_options: dict[str, Any] | None) -> Entry:
     if entry.version is not None or not storage.is_remote(entry.uri):
         return entry
-    try:
-        found = storage.info(entry.uri, storage_options)
-    except Exception:  # missing, denied, no HEAD: the run reads it (an error row) or compares sha256
+    found = storage.lookup(entry.uri, storage_options)
+    if found is None:  # missing, denied, slow, no HEAD: the run reads it (an error row) or compares sha256
         return entry
     return replace(entry, size=entry.size if entry.size is not None else found.size, version=found.version)

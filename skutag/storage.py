@@ -160,6 +160,18 @@ def info(uri: str, options: dict[str, Any] | None = None) -> ObjectInfo:
         raise InputError(f"not found: {uri}") from exc
 
 
+def lookup(uri: str, options: dict[str, Any] | None = None, *, timeout_s: float = 10.0) -> ObjectInfo | None:
+    """Size and version of one object in one short try (an HTTP HEAD limited to `timeout_s`);
+    None when it does not answer in time, or at all: the caller falls back to something safe."""
+    try:
+        fs = filesystem(uri, options)
+        # fsspec's sync wrapper takes `timeout` itself: it stops waiting (the HEAD may hang on).
+        detail = fs.info(uri, timeout=timeout_s) if getattr(fs, "async_impl", False) else fs.info(uri)
+    except Exception:
+        return None
+    return _object_info(uri, detail)
+
+
 def exists(uri: str, options: dict[str, Any] | None = None) -> bool:
     if not is_remote(uri):
         return os.path.exists(uri)
