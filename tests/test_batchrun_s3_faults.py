@@ -186,3 +186,14 @@ def test_listing_a_prefix_does_not_serve_a_stale_cached_listing(s3):
     assert [e.id for e in list_sources(["s3://shop/grow"], ListingCounts(), options)] == ["a.jpg"]
     client.put_object(Bucket="shop", Key="grow/b.jpg", Body=b"b")
     assert [e.id for e in list_sources(["s3://shop/grow"], ListingCounts(), options)] == ["a.jpg", "b.jpg"]
+
+
+def test_an_exclusive_create_whose_reply_is_lost_knows_its_own_write(s3, fault_proxy):
+    from skutag import storage
+
+    options = {"endpoint_url": fault_proxy.endpoint, "key": "testing", "secret": "testing"}
+    fault_proxy.drop_put_reply("shop/excl/_PLAN")
+    assert storage.create_exclusive("s3://shop/excl/_PLAN", b"mine", options)  # landed, reply lost, 412
+    assert fault_proxy.hits["drop_put_reply"] == 1
+    assert not storage.create_exclusive("s3://shop/excl/_PLAN", b"theirs", options)  # a real race lost
+    assert s3.objects("shop", "excl/") == {"excl/_PLAN": b"mine"}
