@@ -118,7 +118,7 @@ def read_file(path: str | bytes | os.PathLike, *, max_bytes: int | None = DEFAUL
     timeouts: `skutag.storage.is_transient`) are retried with backoff; what remains is
     `unreadable`. `max_bytes=None` means no limit.
     """
-    from skutag.storage import RETRIES, retry
+    from skutag.retries import RETRIES, retry
 
     try:
         data = retry(lambda: _read_sized(path, max_bytes), attempts=RETRIES)

@@ -11,55 +11,39 @@ Writes are made for stores without rename: `write_bytes` is one PUT under the fi
 (`If-None-Match: *`; locally a hard link, which fails when the name exists); a conditional PUT
 whose reply was lost and whose retry answers 412 reads the object back: its own bytes mean it won.
 
-Transient failures (EIO, ESTALE, timeouts, connection resets, 5xx, SlowDown / throttling; never
-403 or 404) are retried with exponential backoff and full jitter within a time budget that
-outlasts a throttle: `RETRY_BUDGET_S` (60 s) unless `SKUTAG_RETRY_BUDGET_S` or the storage
-option `retry_budget_s` says otherwise. A write or listing still failing after the budget raises
-`StoreUnavailable` (exit 75); a listing that fails names the prefix (`ListingError`, exit 75).
+Transient failures are retried within a time budget that outlasts a throttle (`skutag.retries`);
+a write or read of OUT still failing after it raises `StoreUnavailable` (exit 75), and a
+listing that fails names the prefix (`ListingError`, exit 75).
 s3fs's listing cache is off (`use_listings_cache=False`): a long run never works from a stale listing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import random
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from skutag.errors import InputError, ListingError, TransientError
+from skutag.errors import InputError, ListingError
+from skutag.retries import (
+    BUDGET_ENV,
+    BUDGET_OPTION,
+    RETRIES,
+    StoreUnavailable,
+    is_transient,
+    one_line,
+    remote_call,
+    retry,
+    retry_budget,
+)
 
 REMOTE = re.compile(r"^(s3|s3a|gs|gcs|http|https)://", re.IGNORECASE)
 PROTOCOL_EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": None, "https": None}
-# Local errors that may pass if tried again (NFS, flaky disks).
-TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.EIO,
-        errno.ESTALE,
-        errno.ETIMEDOUT,
-        errno.EAGAIN,
-        errno.EINTR,
-        errno.ENETDOWN,
-        errno.ENETUNREACH,
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.EHOSTUNREACH,
-    }
-)
-RETRIES = 4  # attempts of a short, attempt-counted schedule (one local file read)
-BACKOFF_S = 0.25
-MAX_BACKOFF_S = 8.0  # one sleep never exceeds this (full jitter: uniform in [0, min(cap, base * 2^n)])
-RETRY_BUDGET_S = 60.0  # default time budget of a remote operation's retries
-BUDGET_ENV = "SKUTAG_RETRY_BUDGET_S"
-BUDGET_OPTION = "retry_budget_s"  # a storage option skutag reads itself (never passed to fsspec)
 # Timeouts for S3 requests unless the user sets them: a stalled store fails a request in
 # seconds (and is retried) instead of hanging a decode worker for botocore's 60 s default.
 S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"connect_timeout": 10, "read_timeout": 20}}
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,21 +101,6 @@ def redacted(options: dict[str, Any] | None) -> list[str]:
         return found
 
     return keys(options or {})
-
-
-def retry_budget(options: dict[str, Any] | None = None) -> float:
-    """Seconds a remote operation keeps retrying transient failures: the storage option
-    `retry_budget_s`, else `SKUTAG_RETRY_BUDGET_S`, else `RETRY_BUDGET_S`."""
-    value = (options or {}).get(BUDGET_OPTION, os.environ.get(BUDGET_ENV))
-    if value is None or value == "":
-        return RETRY_BUDGET_S
-    try:
-        budget = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"retry budget must be a number of seconds, got {value!r}") from None
-    if budget < 0:
-        raise InputError(f"retry budget must be >= 0 seconds, got {value!r}")
-    return budget
 
 
 def filesystem(uri: str, options: dict[str, Any] | None = None):
@@ -196,7 +165,7 @@ def walk_objects(prefix: str, options: dict[str, Any] | None = None) -> Iterator
                 return  # no such prefix: the caller says "source not found"
             raise ListingError(f"cannot list {protocol}://{folder}/: it vanished during listing") from exc
         except Exception as exc:
-            raise ListingError(f"cannot list {protocol}://{folder}/: {_one_line(exc)}") from exc
+            raise ListingError(f"cannot list {protocol}://{folder}/: {one_line(exc)}") from exc
         folders = []
         for detail in sorted(listing, key=lambda d: d["name"]):
             name = detail["name"].rstrip("/")
@@ -207,11 +176,6 @@ def walk_objects(prefix: str, options: dict[str, Any] | None = None) -> Iterator
             else:
                 yield _object_info(f"{protocol}://{name}", detail)
         pending.extend(reversed(folders))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _object_info(uri: str, detail: dict[str, Any]) -> ObjectInfo:
@@ -256,87 +220,6 @@ class TooLarge(Exception):
     def __init__(self, size: int):
         super().__init__(f"{size} bytes")
         self.size = size
-
-
-class StoreUnavailable(TransientError):
-    """A remote operation still failed with a transient error after the whole retry budget (exit 75)."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth another try: NFS/IO hiccups, timeouts, connection resets, 5xx and throttling
-    (503 SlowDown, 500 InternalError, RequestTimeout). Access denied and not found never are."""
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
-        return False
-    if isinstance(exc, TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, OSError) and exc.errno is not None:
-        if exc.errno in TRANSIENT_ERRNOS:  # a local error: its errno says it all (not a `500.jpg` name)
-            return True
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
-            return False
-    name = type(exc).__name__
-    text = str(exc)
-    if re.search(r"\b(403|404|AccessDenied|Forbidden|NoSuchKey|NoSuchBucket|InvalidAccessKeyId)\b", text):
-        return False
-    if any(word in name for word in ("Timeout", "Connect", "EndpointConnection", "ServerDisconnected")):
-        return True
-    if re.search(r"\b(5\d\d|SlowDown|Throttl\w*|RequestTimeout|InternalError|ServiceUnavailable)\b", text):
-        return True
-    cause = exc.__cause__ or exc.__context__
-    return cause is not None and cause is not exc and is_transient(cause)
-
-
-def retry(
-    action: Callable[[], T],
-    *,
-    attempts: int | None = None,
-    budget_s: float | None = None,
-    backoff_s: float = BACKOFF_S,
-) -> T:
-    """Run `action`, retrying transient errors; the last error propagates.
-
-    With `attempts`: at most that many tries, sleeping `backoff_s * 2^n` between them (a short,
-    fixed schedule for one local file). Otherwise: exponential backoff with full jitter (a sleep
-    uniform in [0, min(MAX_BACKOFF_S, backoff_s * 2^n)]) until `budget_s` seconds have passed
-    (default `retry_budget()`), so a store that throttles for a minute is outlasted.
-    """
-    if attempts is not None:
-        for attempt in range(attempts):
-            try:
-                return action()
-            except Exception as exc:
-                if attempt + 1 >= attempts or not is_transient(exc):
-                    raise
-                time.sleep(backoff_s * (2**attempt))
-        raise AssertionError("unreachable")
-    budget = retry_budget() if budget_s is None else budget_s
-    deadline = time.monotonic() + budget
-    attempt = 0
-    while True:
-        try:
-            return action()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            pause = random.uniform(0, min(MAX_BACKOFF_S, backoff_s * (2**attempt)))
-            if time.monotonic() + pause > deadline:
-                raise
-            time.sleep(pause)
-            attempt += 1
-
-
-def remote_call(action: Callable[[], T], options: dict[str, Any] | None, uri: str) -> T:
-    """`retry` within the storage budget; a transient error that outlasts it is `StoreUnavailable`."""
-    budget = retry_budget(options)
-    try:
-        return retry(action, budget_s=budget)
-    except Exception as exc:
-        if is_transient(exc):
-            raise StoreUnavailable(
-                f"{uri}: the store stayed unavailable for the whole retry budget ({budget:g} s; "
-                f"{BUDGET_ENV} or --storage-option {BUDGET_OPTION}=S): {_one_line(exc)}"
-            ) from exc
-        raise
 
 
 # --- writing: OUT on local disk or object storage -------------------------------------------
@@ -449,3 +332,14 @@ def upload(local_file: str, uri: str, options: dict[str, Any] | None = None) -> 
 def makedirs(directory: str) -> None:
     if not is_remote(directory):
         os.makedirs(directory, exist_ok=True)
+
+
+__all__ = [
+    "BUDGET_ENV",
+    "BUDGET_OPTION",
+    "RETRIES",
+    "StoreUnavailable",
+    "is_transient",
+    "retry",
+    "retry_budget",
+]

@@ -490,7 +490,7 @@ def test_non_utf8_bytes_path_reads_and_fifo_is_unreadable_without_blocking(tmp_p
 
 def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch):
     import skutag.images as images
-    import skutag.storage as storage
+    import skutag.retries as storage
 
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     path = tmp_path / "nfs.jpg"
