@@ -197,3 +197,23 @@ def test_an_exclusive_create_whose_reply_is_lost_knows_its_own_write(s3, fault_p
     assert fault_proxy.hits["drop_put_reply"] == 1
     assert not storage.create_exclusive("s3://shop/excl/_PLAN", b"theirs", options)  # a real race lost
     assert s3.objects("shop", "excl/") == {"excl/_PLAN": b"mine"}
+
+
+def test_skutag_own_retries_outlast_a_throttle_and_stop_at_the_budget(s3, fault_proxy):
+    """botocore's retries off: only skutag's schedule stands between a SlowDown and a failed write."""
+    from skutag import storage
+
+    options = {
+        "endpoint_url": fault_proxy.endpoint, "key": "testing", "secret": "testing",
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }  # fmt: skip
+    fault_proxy.slow_down(6)
+    started = time.monotonic()
+    storage.write_bytes("s3://shop/throttled/part", b"x", options)
+    assert time.monotonic() - started >= 6 and fault_proxy.hits["slow_down"] >= 2
+    fault_proxy.slow_down(60)
+    started = time.monotonic()
+    with pytest.raises(storage.StoreUnavailable, match="retry budget"):
+        storage.write_bytes("s3://shop/throttled/part", b"y", {**options, "retry_budget_s": 2})
+    assert time.monotonic() - started < 30
+    assert s3.objects("shop", "throttled/") == {"throttled/part": b"x"}
