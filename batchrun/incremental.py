@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from skutag import storage
 
 from .options import RETRYABLE_KINDS
-from .out import read_manifests, read_parts
+from .out import read_commit_logs, read_parts
 from .plan import Plan, read_plan
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Previous:
         self.out, self.storage_options = out, storage_options
         self.plan = read_plan(out, storage_options)
         self.parts = read_parts(out, storage_options)
-        keys = [key for _name, key in read_manifests(out, storage_options)]
+        keys = [key for _name, key in read_commit_logs(out, storage_options)]
         self.key = keys[0] if keys else {}
         self._firsts = [unit.first_id for unit in self.plan.units]
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()

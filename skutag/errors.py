@@ -27,3 +27,15 @@ class TooManyErrors(SkutagError):
     """The job finished and wrote every row, but more inputs failed than allowed (exit 3)."""
 
     exit_code = 3
+
+
+class SystemicFault(SkutagError):
+    """The run stopped on a fault a retry will not fix: access denied, missing bucket, inference fails (exit 4)."""
+
+    exit_code = 4
+
+
+class LeaseHeld(SkutagError):
+    """Another live process holds this shard's lease, or this process lost it: retry later (exit 75)."""
+
+    exit_code = 75

@@ -7,7 +7,7 @@ actors predict them. The driver iterates the results and hands them to the same
 `writer.UnitWriter` as the local engine, which commits each unit of the plan once all its
 tasks are back: one part under its deterministic name (`out.part_name`), written in one
 step, then the manifest. So a decode task or actor lost mid-run is retried by Ray and its
-rows arrive once (the driver also drops any task it has already seen), and a driver killed
+rows arrive once (the writer also drops any task id it has already seen), and a driver killed
 mid-run leaves only committed units, which the rerun skips after `api.py` has checked the
 run key.
 
@@ -32,18 +32,15 @@ import pyarrow as pa
 from skutag.errors import SkutagError
 from skutag.runtime import gpu_present
 
-from ..incremental import Previous
 from ..loader import Preprocess, ReadOptions
 from ..model import ModelContract
 from ..options import RunOptions
-from ..out import Manifest, OutputNames
-from ..plan import Plan
 from ..progress import ProgressReporter
 from ..work import WorkList
 from ..writer import UnitWriter
 from .local import Stats
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
-from .ray_stages import Predictor, PredictorConfig, decode_block, select, to_batch, to_predictions
+from .ray_stages import Predictor, PredictorConfig, decode_block, to_batch, to_predictions
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +62,11 @@ def import_ray():
     return ray
 
 
-def run_ray(
-    contract: ModelContract,
-    plan: Plan,
-    work: WorkList,
-    *,
-    out: str,
-    names: OutputNames,
-    manifest: Manifest,
-    previous: Previous | None,
-    options: RunOptions,
-    schema: pa.Schema,
-) -> Stats:
-    """Decode, predict and commit every unit of `work` on Ray Data (see the module docstring)."""
+def run_ray(contract: ModelContract, work: WorkList, writer: UnitWriter, options: RunOptions) -> Stats:
+    """Decode, predict and commit (through `writer`) every unit of `work` on Ray Data (module docstring)."""
     ray = import_ray()
     stats = Stats()
-    writer = UnitWriter(
-        out, names, manifest, plan, work, schema=schema, classes=list(contract.card.classes),
-        previous=previous, storage_options=options.storage_options,
-    ).start()  # fmt: skip
+    writer.start()
     try:
         if work.tasks:  # units made only of reused rows need no cluster
             with connect(ray, options) as resources:
@@ -207,18 +190,15 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
 
 
 def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> None:
-    """Blocks of predicted rows -> the writer; a task seen twice (a retried block) is written once."""
+    """Blocks of predicted rows -> the writer, which keeps the first delivery of each task id."""
     seen = np.zeros(tasks, bool)
     with ProgressReporter(tasks, enabled=options.progress) as reporter, _ray_errors():
         waited = time.perf_counter()
         for block in blocks:
             stats.wait_s += time.perf_counter() - waited
-            fresh = ~seen[block["task"]]
-            if not fresh.all():
-                log.warning("ray: dropped %d row(s) of a retried block seen before", int((~fresh).sum()))
-                block = select(block, fresh)
             if len(block["task"]) == 0:
                 continue
+            fresh = int((~seen[block["task"]]).sum())  # repeats (a retried block) are the writer's to drop
             seen[block["task"]] = True
             if stats.device == "none":
                 stats.device = str(block["device"][0])
@@ -227,7 +207,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
             stats.inference_s += float(np.sum(block["infer_s"]))
             batch = to_batch(block)
             writer.put(batch, to_predictions(block, options.embeddings))
-            stats.tasks += len(batch)
+            stats.tasks += fresh
             stats.decode_s += batch.decode_seconds
             reporter.advance(len(batch))
             waited = time.perf_counter()
