@@ -152,6 +152,11 @@ def run_catalog(
             f"--embeddings: {contract.path} has no `embedding` output (export it with --embeddings)"
         )
     options = options.replace(topk=min(options.topk, contract.card.num_classes))
+    if options.since:  # before OUT is touched: a refused --since leaves no plan behind
+        if not plan_exists(options.since, options.storage_options):
+            raise InputError(f"--since {options.since}: not a skutag run (no _plan/_PLAN)")
+        if not options.since_incomplete:
+            require_complete(options.since, "--since", options.storage_options)
     storage.makedirs(out)
     names = OutputNames(options.shard)
     lease = Lease.acquire(storage.join(out, names.lease), options.lease_ttl_s, options.storage_options)
@@ -217,10 +222,6 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
     source = options.since or (out if options.retry_errors else None)
     if source is None:
         return None, None
-    if options.since and not plan_exists(options.since, options.storage_options):
-        raise InputError(f"--since {options.since}: not a skutag run (no _plan/_PLAN)")
-    if options.since and not options.since_incomplete:
-        require_complete(options.since, "--since", options.storage_options)
     previous = Previous(source, options.storage_options)
     problem = previous.unusable(key)
     if problem:

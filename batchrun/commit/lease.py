@@ -76,7 +76,14 @@ class Lease:
         return lease
 
     def check(self) -> None:
-        """Raise `LeaseHeld` when this process no longer holds the lease (it must not commit)."""
+        """Raise `LeaseHeld` when this process no longer holds the lease (it must not commit).
+
+        Reads the lease (one small GET per commit): a process that was stopped past the expiry
+        learns at once that another took over, not at its renewal thread's next beat."""
+        if not self.lost:
+            holder = self._read()
+            if holder is None or holder.get("owner") != self.owner:
+                self.lost = f"lost the lease {self.uri} to {(holder or {}).get('owner', 'nobody')}"
         if self.lost:
             raise LeaseHeld(f"stopped: {self.lost}; the shard's committed parts are kept, rerun to resume")
 
