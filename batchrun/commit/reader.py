@@ -22,17 +22,21 @@ import pyarrow.parquet as pq
 from skutag import storage
 from skutag.errors import InputError
 
-from ..out import GLOBAL_SUCCESS, _read_json, incompatibility, read_commit_logs
+from ..out import GLOBAL_SUCCESS, _read_json, read_commit_logs
 from ..plan import Plan
+
+# Key fields that make two shards' commit logs parts of one run (the shard fields differ).
+SAME_RUN = ("plan_id", "model_sha256", "shard_count", "topk", "embeddings", "model")
 
 
 def committed_parts(
     out: str, storage_options: dict[str, Any] | None = None, key: dict[str, Any] | None = None
 ) -> dict[int, dict[str, Any]]:
-    """unit -> commit-log entry of every committed part in OUT (only logs of the run `key`, when given)."""
+    """unit -> commit-log entry of every committed part in OUT (only logs of the run `key`, when given:
+    the same plan, model and options that shape the rows)."""
     parts: dict[int, dict[str, Any]] = {}
     for name, log_key in read_commit_logs(out, storage_options):
-        if key is not None and incompatibility(log_key, key, same_shard=False):
+        if key is not None and any(log_key.get(f) != key.get(f) for f in SAME_RUN):
             continue
         for part in _read_json(storage.join(out, name), storage_options)["parts"]:
             parts[part["unit"]] = part

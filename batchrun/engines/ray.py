@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from skutag.errors import SkutagError
+from skutag.errors import SkutagError, SystemicFault
 from skutag.runtime import gpu_present
 
 from ..loader import Preprocess, ReadOptions
@@ -239,13 +240,19 @@ def _ray_errors() -> Iterator[None]:
 
 
 def _skutag_cause(exc: BaseException) -> SkutagError | None:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, SkutagError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
+    """The SkutagError a Ray task or actor raised, through Ray's wrappers (their causes and contexts,
+    or, when Ray could only keep its text, the `SystemicFault: ...` line of the remote traceback)."""
+    pending, seen = [exc], 0
+    while pending and seen < 30:
+        current = pending.pop(0)
         seen += 1
-    return None
+        if isinstance(current, SkutagError):
+            return current
+        for link in (getattr(current, "cause", None), current.__cause__, current.__context__):
+            if isinstance(link, BaseException):
+                pending.append(link)
+    found = re.search(r"\bSystemicFault: (.+)", str(exc))
+    return SystemicFault(found.group(1).strip()) if found else None
 
 
 def _first_line(exc: BaseException) -> str:
