@@ -24,7 +24,6 @@ DEFAULT_LEASE_TTL_S = 120.0
 # Bigger than any catalog photo (real ones are 0.1-2 MB) and than a 50-megapixel 8-bit TIFF,
 # small enough that a mislabelled video or disk image never reaches a decoder.
 DEFAULT_MAX_BYTES = 256 << 20
-ENGINES = ("local", "ray")
 # Error kinds that may pass when tried again: --since and --retry-errors redo them.
 RETRYABLE_KINDS = frozenset({"unreadable", "timeout", "crashed"})
 
@@ -58,6 +57,12 @@ def _floats(low: float, high: float | None = None):
     import click
 
     return lambda: click.FloatRange(low, high)
+
+
+def _engine_choice():
+    from .engines import ENGINES  # the registry: one list of engine names
+
+    return _choice(*ENGINES)
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class RunOptions:
     )  # fmt: skip
     engine: str = option(
         "local", "local: DataLoader workers and one ONNX Runtime session; ray: Ray Data on a Ray cluster.",
-        flag="--engine", type=lambda: _choice(*ENGINES),
+        flag="--engine", type=_engine_choice,
     )  # fmt: skip
     ray_address: str | None = option(
         None, "--engine ray: a cluster address or `auto`; without it a local Ray is started and stopped.",

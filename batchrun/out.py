@@ -199,15 +199,6 @@ def read_commit_logs(
     return found
 
 
-def read_parts(out: str, storage_options: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
-    """Every committed part of every shard in OUT, by unit number."""
-    parts: dict[int, dict[str, Any]] = {}
-    for name, _key in read_commit_logs(out, storage_options):
-        for part in _read_json(storage.join(out, name), storage_options)["parts"]:
-            parts[part["unit"]] = part
-    return parts
-
-
 def incompatibility(existing: dict[str, Any], wanted: dict[str, Any], *, same_shard: bool) -> str | None:
     fields = KEY_FIELDS + (("shard_index",) if same_shard else ())
     for name in fields:

@@ -181,16 +181,23 @@ def denied(s3):
 def test_every_object_denied_stops_the_local_run_with_exit_4_and_publishes_nothing(
     tiny_model, denied, tmp_path
 ):
+    from prometheus_client.parser import text_string_to_metric_families
+
     denied.deny_gets()
-    out = tmp_path / "out"
+    out, metrics = tmp_path / "out", tmp_path / "skutag.prom"
     result = subprocess.run(
-        command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--max-error-rate", 1),
+        command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--max-error-rate", 1,
+                "--metrics-file", metrics),
         env=denied.s3.env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 4, result.stderr
     assert "access denied" in one_line(result.stderr)
     assert denied.hits["deny_gets"] >= 1
     assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))
+    samples = {
+        s.name: s.value for f in text_string_to_metric_families(metrics.read_text()) for s in f.samples
+    }
+    assert samples["skutag_run_exit_code"] == 4 and samples["skutag_run_success"] == 0
 
 
 def test_one_denied_object_among_good_ones_is_a_row(tiny_model, denied, tmp_path):
