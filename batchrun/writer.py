@@ -202,7 +202,9 @@ class UnitWriter:
         self.schema, self.classes = schema, pa.array(classes, pa.string())
         self.previous, self.storage_options = previous, storage_options
         self.review = card_review(schema.metadata)  # parsed once: the class means can be large
-        self.guard = guard if guard is not None else SystemicGuard(work.tasks)
+        self.guard = (
+            guard if guard is not None else SystemicGuard(work.tasks, storage_options=storage_options)
+        )
         self.lease = lease
         self.seconds = 0.0
         self.committed_rows = 0

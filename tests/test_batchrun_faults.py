@@ -304,3 +304,23 @@ def test_a_model_that_raises_stops_the_ray_run_with_exit_4_not_crashed_rows(fail
     assert "inference failed" in result.stderr.strip().splitlines()[-1]
     assert not (out / "_SUCCESS").exists() and not list(out.glob("part-*"))
     assert not left
+
+
+def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model, s3, catalog, tmp_path):
+    client = s3.client()
+    for bucket in ("gone", "emptied"):
+        client.create_bucket(Bucket=bucket)
+        keys = s3.upload_tree(catalog, bucket, "cat")
+        planned = skutag("plan", f"s3://{bucket}/cat", "--out", tmp_path / bucket, env=s3.env)
+        assert planned.returncode == 0, planned.stderr
+        for key in keys:
+            client.delete_object(Bucket=bucket, Key=key)
+    client.delete_bucket(Bucket="gone")
+    args = ["--workers", 1, "--max-error-rate", 1, "--no-progress"]
+    gone = skutag("run", tiny_model, "s3://gone/cat", "--out", tmp_path / "gone", *args, env=s3.env)
+    assert gone.returncode == 4 and "missing bucket (NoSuchBucket)" in one_line(gone.stderr)
+    assert not (tmp_path / "gone" / "_SUCCESS").exists()
+    emptied = skutag("run", tiny_model, "s3://emptied/cat", "--out", tmp_path / "emptied", *args, env=s3.env)
+    assert emptied.returncode == 0, emptied.stderr
+    summary = json.loads((tmp_path / "emptied" / "_summary.json").read_text())
+    assert summary["errors_by_kind"] == {"unreadable": 6} and (tmp_path / "emptied" / "_SUCCESS").exists()
