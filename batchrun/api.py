@@ -177,7 +177,7 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     )
     if prepared.complete and not options.retry_errors:
         done = read_summary(out, names, options.storage_options)
-        exceeded = done["error_rate"] > options.max_error_rate
+        exceeded = (done.get("error_rate") or 0.0) > options.max_error_rate
         done.update(
             already_complete=True, max_error_rate=options.max_error_rate, exceeded_error_rate=exceeded
         )
