@@ -1,9 +1,13 @@
 """`run_catalog` and `plan_catalog`: the Python API of `skutag run` and `skutag plan`.
 
-Order of events: read the model's contract, read or make the plan (`OUT/_plan/`, listed
+Order of events: read the model's contract, take the shard's lease (`commit.lease`: one
+live process per shard, exit 75 otherwise), read or make the plan (`OUT/_plan/`, listed
 once), prepare OUT (resume / refuse / already complete), work out what the shard still has
 to do (`--since` and `--retry-errors` rows to copy, distinct images to decode), hand it to
-an engine, then write `_summary.json` and, last, `_SUCCESS`.
+the engine chosen from `engines.ENGINES` with one `UnitWriter`, then write `_summary.json`,
+the shard's `_SUCCESS[.TAG]` and, when every unit of the plan is committed, `OUT/_SUCCESS`
+(`commit.reader`). A systemic fault (`commit.guard`, a model that raises) stops the run
+with exit 4 before anything of it is published.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ from skutag import __version__, storage
 from skutag.errors import InputError
 from skutag.runtime import check_device
 
+from .commit.lease import Lease
+from .commit.reader import is_complete, publish_if_complete, require_complete
+from .engines import get_engine
 from .incremental import Previous, removed_inputs
 from .model import ForeignPreprocessing, ModelContract, read_contract
 from .options import RETRYABLE_KINDS, RunOptions
-from .out import Manifest, OutputNames, prepare_out, read_summary, remove_run
+from .out import CommitLog, OutputNames, prepare_out, read_summary, remove_run
 from .plan import Plan, ensure_plan, make_plan, plan_exists, read_plan
 from .reuse import run_key
 from .work import prepare_work
-from .writer import prediction_schema
+from .writer import UnitWriter, prediction_schema
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,8 @@ class RunSummary:
     exceeded_error_rate: bool
     since_note: str | None = None
     already_complete: bool = False
+    complete: bool = False  # OUT/_SUCCESS: every unit of the plan is committed (every shard)
+    repeats: int = 0  # task deliveries the writer dropped (a task id delivered before)
     parts: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
@@ -90,6 +99,18 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        """A stored `_summary.json`, written by this or another version: unknown fields are ignored,
+        missing ones are None (or the field's default)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {name: value for name, value in data.items() if name in known}
+        for name, f in known.items():
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if name not in values and no_default:
+                values[name] = None
+        return cls(**values)
 
 
 def plan_catalog(
@@ -132,27 +153,44 @@ def run_catalog(
             f"--embeddings: {contract.path} has no `embedding` output (export it with --embeddings)"
         )
     options = options.replace(topk=min(options.topk, contract.card.num_classes))
+    if options.since:  # before OUT is touched: a refused --since leaves no plan behind
+        if not plan_exists(options.since, options.storage_options):
+            raise InputError(f"--since {options.since}: not a skutag run (no _plan/_PLAN)")
+        if not options.since_incomplete:
+            require_complete(options.since, "--since", options.storage_options)
+    storage.makedirs(out)
+    names = OutputNames(options.shard)
+    lease = Lease.acquire(storage.join(out, names.lease), options.lease_ttl_s, options.storage_options)
+    try:
+        return _run_shard(contract, sources, out, names, lease, options, started, started_at)
+    finally:
+        lease.release()
+
+
+def _run_shard(contract: ModelContract, sources: list[str], out: str, names: OutputNames, lease: Lease,
+               options: RunOptions, started: float, started_at: str) -> RunSummary:  # fmt: skip
     if options.overwrite and not options.shard.sharded:
         remove_run(out, options.storage_options)
-    storage.makedirs(out)
     plan = ensure_plan(sources, out, part_rows=options.part_rows, storage_options=options.storage_options)
-    names = OutputNames(options.shard)
     key = run_key(contract, plan, options)
     prepared = prepare_out(
         out, names, key, plan, overwrite=options.overwrite, storage_options=options.storage_options
     )
     if prepared.complete and not options.retry_errors:
         done = read_summary(out, names, options.storage_options)
-        exceeded = done["error_rate"] > options.max_error_rate
+        exceeded = (done.get("error_rate") or 0.0) > options.max_error_rate
         done.update(
             already_complete=True, max_error_rate=options.max_error_rate, exceeded_error_rate=exceeded
         )
-        return RunSummary(**done)
-    previous, since_note = _previous(out, key, prepared.manifest, options)
+        publish_if_complete(out, plan, key, options.storage_options)  # a shard of an older version
+        done["complete"] = is_complete(out, options.storage_options)
+        return RunSummary.from_dict(done)
+    commit_log = prepared.commit_log
+    previous, since_note = _previous(out, key, commit_log, options)
     units = plan.shard_units(options.shard.index, options.shard.count)
-    committed = prepared.manifest.committed_units()
+    committed = commit_log.committed_units()
     if options.retry_errors:
-        committed -= _with_retryable_errors(prepared.manifest)
+        committed -= _with_retryable_errors(commit_log)
         storage.remove(storage.join(out, names.success), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
     work = prepare_work(plan, pending, previous, options.storage_options)
@@ -161,38 +199,30 @@ def run_catalog(
         file_metadata(contract, options),
         labelled=plan.labelled > 0,
     )
-    if options.engine == "ray":
-        from .engines.ray import run_ray
-
-        stats = run_ray(
-            contract, plan, work, out=out, names=names, manifest=prepared.manifest, previous=previous,
-            options=options, schema=schema,
-        )  # fmt: skip
-    else:
-        from .engines.local import run_local
-
-        stats = run_local(
-            contract, plan, work, out=out, names=names, manifest=prepared.manifest, previous=previous,
-            options=options, schema=schema,
-        )  # fmt: skip
+    writer = UnitWriter(
+        out, names, commit_log, plan, work, schema=schema, classes=list(contract.card.classes),
+        previous=previous, storage_options=options.storage_options, lease=lease,
+    )  # fmt: skip
+    stats = get_engine(options.engine)(contract, work, writer, options)
+    stats.repeats = writer.repeats
     removed = None
     if options.since and previous is not None:
         removed = removed_inputs(previous.plan, plan, options.storage_options)
-    summary = _summarise(out, prepared.manifest, contract, plan, units, stats, options, removed, since_note,
+    summary = _summarise(out, commit_log, contract, plan, units, stats, options, removed, since_note,
                          started, started_at)  # fmt: skip
+    lease.check()
     body = json.dumps(summary.to_dict(), indent=2).encode()
     storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
     storage.write_bytes(storage.join(out, names.success), b"", options.storage_options)
+    summary.complete = publish_if_complete(out, plan, key, options.storage_options)
     return summary
 
 
-def _previous(out: str, key: dict[str, Any], manifest: Manifest, options: RunOptions):
+def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: RunOptions):
     """The earlier run whose rows this one may copy (--since, or OUT itself for --retry-errors)."""
     source = options.since or (out if options.retry_errors else None)
     if source is None:
         return None, None
-    if options.since and not plan_exists(options.since, options.storage_options):
-        raise InputError(f"--since {options.since}: not a skutag run (no _plan/_PLAN)")
     previous = Previous(source, options.storage_options)
     problem = previous.unusable(key)
     if problem:
@@ -202,10 +232,10 @@ def _previous(out: str, key: dict[str, Any], manifest: Manifest, options: RunOpt
     return previous, None
 
 
-def _with_retryable_errors(manifest: Manifest) -> set[int]:
+def _with_retryable_errors(commit_log: CommitLog) -> set[int]:
     return {
         part["unit"]
-        for part in manifest.parts
+        for part in commit_log.parts
         if any(
             kind.split(":", 1)[-1] in RETRYABLE_KINDS for kind in part["counts"] if kind.startswith("error:")
         )
@@ -221,11 +251,11 @@ def file_metadata(contract: ModelContract, options: RunOptions) -> dict[str, str
     }
 
 
-def _summarise(out, manifest: Manifest, contract, plan: Plan, units, stats, options: RunOptions, removed,
+def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, options: RunOptions, removed,
                since_note, started, started_at) -> RunSummary:  # fmt: skip
     counts: Counter = Counter()
     totals: Counter = Counter()
-    for part in manifest.parts:
+    for part in commit_log.parts:
         counts.update(part["counts"])
         totals.update(
             {k: part.get(k, 0) for k in ("reused", "new", "changed", "retried", "predicted", "decoded")}
@@ -280,7 +310,8 @@ def _summarise(out, manifest: Manifest, contract, plan: Plan, units, stats, opti
         error_rate=error_rate,
         exceeded_error_rate=error_rate > options.max_error_rate,
         since_note=since_note,
-        parts=len(manifest.parts),
+        parts=len(commit_log.parts),
+        repeats=stats.repeats,
         options=options.record(),
         started_at=started_at,
         finished_at=_now(),

@@ -1,17 +1,20 @@
 """`skutag run MODEL.onnx SOURCE... --out OUT` and `skutag plan SOURCE... --out OUT`.
 
-Imports only click, skutag.options and the stdlib at module level, so `--help` stays fast;
-everything heavy is imported when the command runs. Exit codes (DESIGN.md): 0 done (or
-already complete), 2 bad input paths or options, 3 every row written but more inputs failed
-than --max-error-rate allows, 1 anything else (a device that is not usable, ...).
+Imports only click, batchrun.options (RunOptions: the options of `skutag run` are generated
+from its fields' metadata) and the stdlib at module level, so `--help` stays fast;
+everything heavy is imported when the command runs. Exit codes (DESIGN.md, README): 0 done
+(or already complete), 2 bad input paths or options, 3 every row written but more inputs
+failed than --max-error-rate allows, 4 stopped on a systemic fault, 75 a transient fault
+or a live lease on the shard (retry later), 1 anything else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from batchrun.options import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_PART_ROWS, ENGINES
-from skutag.options import ORT_DEVICES, batch_size_option, device_option, workers_option
+from batchrun.options import DEFAULT_PART_ROWS, RunOptions
 
 
 def _floats3(ctx, param, value: str | None):
@@ -35,9 +38,11 @@ def _out_option(f):
     )(f)
 
 
-def _part_size_option(f):
+def _part_rows_option(f):
     return click.option(
+        "--part-rows",
         "--part-size",
+        "part_rows",
         type=click.IntRange(min=1),
         default=None,
         help=f"Rows per unit of the plan, and so per Parquet part (default {DEFAULT_PART_ROWS:,}; "
@@ -59,10 +64,10 @@ def _storage_option(f):
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
 @_out_option
-@_part_size_option
+@_part_rows_option
 @_storage_option
 @click.option("--overwrite", is_flag=True, help="Plan again: remove the plan and every run in --out first.")
-def plan(sources, out, part_size, storage_options, overwrite) -> None:
+def plan(sources, out, part_rows, storage_options, overwrite) -> None:
     """List SOURCE... once into OUT/_plan/: every shard, rerun and engine then reads that plan.
 
     \b
@@ -75,7 +80,7 @@ def plan(sources, out, part_size, storage_options, overwrite) -> None:
     made = plan_catalog(
         list(sources),
         out,
-        part_rows=part_size,
+        part_rows=part_rows,
         overwrite=overwrite,
         storage_options=parse_options(storage_options),
     )
@@ -88,90 +93,37 @@ def plan(sources, out, part_size, storage_options, overwrite) -> None:
     )
 
 
+def run_options(f):
+    """The click options of every RunOptions field that has a `flag` (batchrun.options), in field order."""
+    for spec in reversed([f for f in dataclasses.fields(RunOptions) if f.metadata.get("flag")]):
+        f = _click_option(spec)(f)
+    return f
+
+
+def _click_option(spec):
+    meta = spec.metadata
+    cli = dict(meta["cli"])
+    convert, secondary = cli.pop("convert", None), cli.pop("secondary", None)
+    default = cli.pop("cli_default", None if spec.default is dataclasses.MISSING else spec.default)
+    if "type" in cli:
+        cli["type"] = cli["type"]()
+    flags = meta["flag"].split(",")
+    if secondary:
+        flags = [f"{flags[0]}/{secondary}"]
+    if convert is not None:
+        cli["callback"] = lambda ctx, param, value: None if value is None else convert(value)
+    shown = default not in (None, False) and not cli.get("multiple")
+    return click.option(
+        *flags, spec.name, default=default if not cli.get("multiple") else (), show_default=shown,
+        help=meta["help"], **cli,
+    )  # fmt: skip
+
+
 @click.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("sources", nargs=-1, required=True)
 @_out_option
-@batch_size_option(32)
-@workers_option
-@click.option("--prefetch", type=click.IntRange(min=1), default=None, help="Batches each worker keeps ready.")
-@device_option(ORT_DEVICES)
-@click.option(
-    "--decode",
-    type=click.Choice(["auto", "cpu", "gpu"]),
-    default="auto",
-    show_default=True,
-    help="Where JPEGs are decoded, resized and cropped: gpu (nvJPEG through torchvision; other formats "
-    "and files it refuses go through the CPU path), cpu, or auto (gpu when the run predicts on CUDA or "
-    "TensorRT and torchvision can decode there). gpu when that is not possible fails in one line.",
-)
-@click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads on the CPU."
-)
-@click.option(
-    "--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Labels kept per image."
-)
-@click.option("--embeddings", is_flag=True, help="Add the model's `embedding` output as a column.")
-@click.option(
-    "--shard",
-    default="0/1",
-    show_default=True,
-    help="Process slice I of N (zero-based) of the plan's units; N shards may share one --out.",
-)
-@click.option(
-    "--max-error-rate",
-    type=click.FloatRange(0, 1),
-    default=0.01,
-    show_default=True,
-    help="Above this fraction of failed inputs the run still writes every row but exits 3.",
-)
-@_part_size_option
-@click.option(
-    "--since",
-    default=None,
-    help="An earlier OUT: copy its rows for inputs whose uri and version are unchanged (same model), "
-    "predict only new and changed ones.",
-)
-@click.option(
-    "--retry-errors",
-    is_flag=True,
-    help="Rerun: predict again committed error rows of retryable kinds (unreadable, timeout, crashed).",
-)
-@click.option(
-    "--decode-timeout",
-    type=click.FloatRange(min=0.1),
-    default=DEFAULT_DECODE_TIMEOUT_S,
-    show_default=True,
-    help="Seconds one input may take to read and decode; past it the worker is killed and the input "
-    "is a `timeout` row.",
-)
-@click.option(
-    "--max-bytes",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_BYTES,
-    show_default=True,
-    help="Larger files are `too_large` rows, judged from their size before any read.",
-)
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINES),
-    default="local",
-    show_default=True,
-    help="local: DataLoader workers and one ONNX Runtime session; ray: Ray Data on a Ray cluster.",
-)
-@click.option(
-    "--ray-address",
-    default=None,
-    help="--engine ray: a cluster address or `auto`; without it a local Ray is started and stopped.",
-)
-@_storage_option
-@click.option("--overwrite", is_flag=True, help="Replace an existing, different or complete run in --out.")
-@click.option(
-    "--trt-cache",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="TensorRT engine and timing cache directory (default ~/.cache/skutag/tensorrt).",
-)
+@run_options
 @click.option(
     "--labels",
     type=click.Path(exists=True, dir_okay=False),
@@ -196,11 +148,8 @@ def plan(sources, out, part_size, storage_options, overwrite) -> None:
     help="Models without a card: resize filter (default bilinear).",
 )
 @click.option("--softmax", is_flag=True, help="Models without a card whose output is logits: apply softmax.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress on stderr.")
-def run(model, sources, out, batch_size, workers, prefetch, device, decode, threads, topk, embeddings, shard,
-        max_error_rate, part_size, since, retry_errors, decode_timeout, max_bytes, engine, ray_address,
-        storage_options, overwrite, trt_cache, labels, image_size, resize_size, mean, std, interpolation,
-        softmax, progress) -> None:  # fmt: skip
+def run(model, sources, out, labels, image_size, resize_size, mean, std, interpolation, softmax,
+        **fields) -> None:  # fmt: skip
     """Predict every image of SOURCE... with MODEL.onnx into Parquet under --out.
 
     \b
@@ -208,15 +157,15 @@ def run(model, sources, out, batch_size, workers, prefetch, device, decode, thre
     file of paths or URLs, or a CSV/Parquet manifest with `path` or `uri` (and `id`) columns.
     The first run lists the sources into OUT/_plan/; shards and reruns read that plan.
     Rerunning the same command resumes after a crash; shards: --shard I/N.
+    Exit codes: 0 done or already complete, 2 bad usage or input, 3 more failed inputs than
+    --max-error-rate, 4 stopped on a systemic fault (access, bucket, model), 75 retry later
+    (a live process holds the shard, or the store stayed unavailable), 1 a bug.
     """
     from pathlib import Path
 
     from batchrun.api import run_catalog
     from batchrun.model import ForeignPreprocessing
-    from batchrun.options import RunOptions
-    from batchrun.shard import Shard
     from skutag.errors import TooManyErrors
-    from skutag.storage import parse_options
 
     foreign = ForeignPreprocessing(
         labels=Path(labels) if labels else None,
@@ -227,30 +176,20 @@ def run(model, sources, out, batch_size, workers, prefetch, device, decode, thre
         interpolation=interpolation,
         softmax=softmax,
     )
-    options = RunOptions(
-        batch_size=batch_size,
-        workers=workers,
-        prefetch=prefetch,
-        device=device,
-        decode=decode,
-        threads=threads,
-        topk=topk,
-        embeddings=embeddings,
-        shard=Shard.parse(shard),
-        max_error_rate=max_error_rate,
-        part_rows=part_size,
-        overwrite=overwrite,
-        trt_cache=trt_cache,
-        progress=progress,
-        decode_timeout_s=decode_timeout,
-        max_bytes=max_bytes,
-        since=since,
-        retry_errors=retry_errors,
-        engine=engine,
-        ray_address=ray_address,
-        storage_options=parse_options(storage_options),
-    )
-    summary = run_catalog(model, list(sources), out, options, foreign=foreign)
+    options = RunOptions(**fields)
+    summary = None
+    try:
+        summary = run_catalog(model, list(sources), out, options, foreign=foreign)
+    except BaseException as exc:
+        if options.metrics_file:
+            from batchrun.metrics import write_metrics
+
+            write_metrics(options.metrics_file, None, out, options, failure=exc)
+        raise
+    if options.metrics_file:
+        from batchrun.metrics import write_metrics
+
+        write_metrics(options.metrics_file, summary, out, options)
     if summary.already_complete:
         click.echo(f"{out} is already complete ({summary.rows} rows); pass --overwrite to redo it", err=True)
     else:

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 from skutag import storage
 from skutag.entries import local_path
 
+from .commit.reader import committed_parts
 from .options import RETRYABLE_KINDS
-from .out import read_manifests, read_parts
+from .out import read_commit_logs
 from .plan import Plan, read_plan
 from .reuse import copy_problem, input_verdicts
 
@@ -56,8 +57,8 @@ class Previous:
     def __init__(self, out: str, storage_options: dict[str, Any] | None = None):
         self.out, self.storage_options = out, storage_options
         self.plan = read_plan(out, storage_options)
-        self.parts = read_parts(out, storage_options)
-        keys = [key for _name, key in read_manifests(out, storage_options)]
+        self.parts = committed_parts(out, storage_options)  # the one reader: through the commit logs
+        keys = [key for _name, key in read_commit_logs(out, storage_options)]
         self.key = keys[0] if keys else {}
         self._firsts = [unit.first_id for unit in self.plan.units]
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ class Preprocess:
 @dataclass(frozen=True)
 class ReadOptions:
     max_bytes: int
-    storage_options: dict[str, Any]
+    storage_options: dict[str, Any] = field(repr=False)  # values may be secrets: never in a repr
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,15 @@
 
 OUT (a local folder or an `s3://` / `gs://` prefix) holds `_plan/`, one `part-NNNNN.parquet`
 per unit of the plan (the same name on every attempt and in every engine, so a redone unit
-replaces its file instead of adding one), and per shard `_manifest[.TAG].json` (the
-committed parts and the run key), `_summary[.TAG].json` and `_SUCCESS[.TAG]`, written last.
-Everything but the parts starts with `_`, so OUT reads as one table.
+replaces its file instead of adding one), and per shard the commit log `_manifest[.TAG].json`
+(the committed parts and the run key; its on-disk name is DESIGN's), a lease
+`_lease[.TAG].json` (`batchrun.commit.lease`), `_summary[.TAG].json` and `_SUCCESS[.TAG]`,
+written last; `OUT/_SUCCESS` once every unit of the plan is committed, whichever shard
+finishes last. Everything but the parts starts with `_`, so OUT reads as one table.
+
+A commit log never goes backwards: `CommitLog.save` reads the stored log first and keeps the
+units another process of the same run committed (a zombie that lost its lease must not
+replace a longer log with a shorter one).
 
 A rerun with the same key skips committed units. A different key is refused unless
 `--overwrite`, which removes this shard's files only (and, for an unsharded run, the plan
@@ -46,8 +52,12 @@ class OutputNames:
         return f"{stem}.{self.shard.tag}{suffix}" if self.shard.sharded else f"{stem}{suffix}"
 
     @property
-    def manifest(self) -> str:
+    def commit_log(self) -> str:
         return self._tagged("_manifest", ".json")
+
+    @property
+    def lease(self) -> str:
+        return self._tagged("_lease", ".json")
 
     @property
     def summary(self) -> str:
@@ -58,8 +68,13 @@ class OutputNames:
         return self._tagged("_SUCCESS")
 
 
+GLOBAL_SUCCESS = "_SUCCESS"
+
+
 @dataclass
-class Manifest:
+class CommitLog:
+    """One shard's commit log (on disk `_manifest[.TAG].json`): the run key and its committed parts."""
+
     key: dict[str, Any]
     parts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -69,14 +84,36 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": self.key, "parts": self.parts}
 
-    def save(self, out: str, names: OutputNames, storage_options: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        out: str,
+        names: OutputNames,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        merge: bool = True,
+    ) -> None:
+        """Write the log, first merging units that the stored log of the same run has and this one lacks
+        (`merge=False`: only when this process has just read the stored log and means to shorten it)."""
+        uri = storage.join(out, names.commit_log)
+        stored = None
+        if merge and storage.exists(uri, storage_options):
+            stored = _read_json(uri, storage_options)
+        if stored and stored.get("key") == self.key:
+            known = self.committed_units()
+            extra = [part for part in stored.get("parts", []) if part["unit"] not in known]
+            if extra:
+                log.warning(
+                    "%s lists %d unit(s) this process did not commit (another process ran this shard); "
+                    "keeping them", names.commit_log, len(extra),
+                )  # fmt: skip
+                self.parts = sorted(self.parts + extra, key=lambda p: p["unit"])
         data = json.dumps(self.to_json(), indent=1).encode()
-        storage.write_bytes(storage.join(out, names.manifest), data, storage_options)
+        storage.write_bytes(uri, data, storage_options)
 
 
 @dataclass
 class Prepared:
-    manifest: Manifest
+    commit_log: CommitLog
     complete: bool  # _SUCCESS exists for this very run: nothing to do
 
 
@@ -90,54 +127,64 @@ def prepare_out(
     storage_options: dict[str, Any] | None = None,
 ) -> Prepared:
     """Make OUT ready for this shard: fresh, resumed, or complete; refuse an incompatible OUT."""
-    existing = dict(read_manifests(out, storage_options))
+    existing = dict(read_commit_logs(out, storage_options))
     for name, other_key in existing.items():
-        problem = resume_problem(other_key, key, same_shard=name == names.manifest)
+        problem = resume_problem(other_key, key, same_shard=name == names.commit_log)
         if problem and not overwrite:
             raise InputError(
                 f"{out} holds a different run ({problem}, see {name}); "
                 "use another --out or pass --overwrite to replace it"
             )
-        if problem and name != names.manifest:
+        if problem and name != names.commit_log:
             log.warning("%s in %s belongs to a different run; its files are left alone", name, out)
-    manifest = Manifest(key)
-    if names.manifest in existing and not overwrite:
-        manifest.parts = _read_json(storage.join(out, names.manifest), storage_options)["parts"]
+    commit_log = CommitLog(key)
+    if names.commit_log in existing and not overwrite:
+        commit_log.parts = _read_json(storage.join(out, names.commit_log), storage_options)["parts"]
         if storage.exists(storage.join(out, names.success), storage_options):
-            return Prepared(manifest, complete=True)
-    if overwrite:
-        for name in (names.success, names.summary):
+            return Prepared(commit_log, complete=True)
+    if overwrite:  # the global _SUCCESS first: this shard's units are about to be redone
+        for name in (GLOBAL_SUCCESS, names.success, names.summary, names.commit_log):
             storage.remove(storage.join(out, name), storage_options)
-    _forget_missing(out, manifest, storage_options)
-    manifest.save(out, names, storage_options)
-    return Prepared(manifest, complete=False)
+    _forget_missing(out, commit_log, storage_options)
+    commit_log.save(out, names, storage_options, merge=False)  # read just now, under this shard's lease
+    return Prepared(commit_log, complete=False)
 
 
 def remove_run(out: str, storage_options: dict[str, Any] | None = None) -> None:
-    """--overwrite of an unsharded run: every skutag file in OUT (plan, parts, control files)."""
-    for name in storage.list_names(out, storage_options):
-        if PART.fullmatch(name) or name.startswith(("_manifest", "_summary", "_SUCCESS", ".part-")):
-            storage.remove(storage.join(out, name), storage_options)
+    """--overwrite of an unsharded run: every skutag file in OUT (plan, parts, control files).
+
+    `_PLAN` goes first, then `_SUCCESS` and the commit logs: a removal cut short leaves an OUT
+    with no plan (the next run plans again), never a plan whose files are half gone, nor a
+    `_SUCCESS` over missing parts.
+    """
     plan_dir = storage.join(out, PLAN_DIR)
-    names = storage.list_names(plan_dir, storage_options)
-    for name in sorted(names, key=lambda n: n == PLAN_FILE):  # _PLAN last
+    storage.remove(storage.join(plan_dir, PLAN_FILE), storage_options)
+    for name in storage.list_names(plan_dir, storage_options):
         storage.remove(storage.join(plan_dir, name), storage_options)
+    names = storage.list_names(out, storage_options)
+    for prefix in ("_SUCCESS", "_manifest", "_summary"):  # leases stay: they belong to live processes
+        for name in names:
+            if name.startswith(prefix):
+                storage.remove(storage.join(out, name), storage_options)
+    for name in names:
+        if PART.fullmatch(name) or name.startswith(".part-"):
+            storage.remove(storage.join(out, name), storage_options)
 
 
-def _forget_missing(out: str, manifest: Manifest, storage_options: dict[str, Any] | None) -> None:
+def _forget_missing(out: str, commit_log: CommitLog, storage_options: dict[str, Any] | None) -> None:
     present = set(storage.list_names(out, storage_options))
-    kept = [part for part in manifest.parts if part["file"] in present]
-    if len(kept) != len(manifest.parts):
+    kept = [part for part in commit_log.parts if part["file"] in present]
+    if len(kept) != len(commit_log.parts):
         log.warning(
-            "%d committed part(s) are missing from %s; redoing them", len(manifest.parts) - len(kept), out
+            "%d committed part(s) are missing from %s; redoing them", len(commit_log.parts) - len(kept), out
         )
-    manifest.parts = kept
+    commit_log.parts = kept
 
 
-def read_manifests(
+def read_commit_logs(
     out: str, storage_options: dict[str, Any] | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(file name, run key) of every run manifest in OUT."""
+    """(file name, run key) of every shard's commit log in OUT."""
     found = []
     for name in storage.list_names(out, storage_options):
         if not (name.startswith("_manifest") and name.endswith(".json")):
@@ -145,19 +192,12 @@ def read_manifests(
         data = _read_json(storage.join(out, name), storage_options)
         if data.get("format") != FORMAT or "key" not in data:
             raise InputError(
-                f"{storage.join(out, name)} is not a skutag run manifest (format {data.get('format')!r})"
+                f"{storage.join(out, name)} is not a skutag commit log (format {data.get('format')!r})"
             )
         found.append((name, data["key"]))
     return found
 
 
-def read_parts(out: str, storage_options: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
-    """Every committed part of every shard in OUT, by unit number."""
-    parts: dict[int, dict[str, Any]] = {}
-    for name, _key in read_manifests(out, storage_options):
-        for part in _read_json(storage.join(out, name), storage_options)["parts"]:
-            parts[part["unit"]] = part
-    return parts
 
 
 def _read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -41,10 +41,7 @@ def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[st
         "model_sha256": contract.sha256,
         "plan_id": plan.plan_id,
         "inputs_total": plan.total,
-        "shard_index": options.shard.index,
-        "shard_count": options.shard.count,
-        "topk": options.topk,
-        "embeddings": options.embeddings,
+        **options.key_values(),  # the RunOptions fields marked `key`: shard, topk, embeddings
         "model": {
             "classes": list(card.classes),
             "image_size": card.image_size,

@@ -128,9 +128,29 @@ class SupervisedLoader:
         return _Primed(iterator)
 
     def _in_process(self, remaining: list[list[int]]) -> Iterator[Batch]:
+        """`--workers 0`: no worker pool, but never without a process boundary: each input is read and
+        decoded in one spawned child with the time limit (`fallback.CpuFallback`, as Ray's decode tasks),
+        so a decoder that hangs or crashes still costs one row. Only GPU decoding (`read_only`: the
+        child would send bytes back) reads in this process, and says so."""
+        from .fallback import CpuFallback
+
         yield None  # primed: nothing to fork
-        for tasks in remaining:
-            yield self.collate([self.dataset[t] for t in tasks])
+        data = self.dataset
+        if data.read_only:
+            log.warning("--workers 0 with GPU decoding: inputs are read in the main process, uncontained")
+            for tasks in remaining:
+                yield self.collate([data[t] for t in tasks])
+            return
+        child = CpuFallback(data.preprocess, self.timeout_s)
+        try:
+            for tasks in remaining:
+                samples = [
+                    child.decode_input(t, data.uris[t].as_py(), int(data.sizes[t]), data.read) for t in tasks
+                ]
+                self.restarts = child.restarts
+                yield self.collate(samples)
+        finally:
+            child.close()
 
     def _iterate(self, remaining: list[list[int]]) -> Iterator[Batch]:
         blind = 0

@@ -1,15 +1,25 @@
 """The prediction table: its schema, rows from decoded tasks, and the thread that commits units.
 
 `UnitWriter` takes (Batch, Predictions) of decode tasks from a bounded queue and keeps
-each unit's task results until the unit is complete; it then builds the unit's rows in plan
-order (a task's result fans out to every id that names its image; `--since` rows are copied
-from the earlier run), writes `part-NNNNN.parquet` (zstd) under its final name in one step
-(a rename locally, one upload to object storage) and records it in the manifest. A crash
-loses at most the units in progress, which the next run redoes under the same names.
+each unit's task results, by task id, until the unit is complete: a unit is committed only
+when the task ids received cover it exactly. The first delivery of a task id is kept and
+any later one dropped (logged and counted): a decode worker that finishes an overdue input
+just before the watchdog kills it delivers that task twice, first in its batch (the real
+result) and then as the supervisor's `timeout` row. Both engines go through this one check.
+The writer then builds the unit's rows in plan order, each row looked up by its task id (a
+task's result fans out to every id that names its image; `--since` rows are copied from the
+earlier run), writes `part-NNNNN.parquet` (zstd) under its final name in one step (a rename
+locally, one upload to object storage) and records it in the commit log. A crash loses at
+most the units in progress, which the next run redoes under the same names.
+
+Before anything is queued, `put` shows the first results of a run to the
+`commit.guard.SystemicGuard`, which stops a run whose first inputs all fail alike (exit 4),
+and each commit checks the shard's lease (`commit.lease`): a process that lost it stops.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import tempfile
@@ -27,15 +37,17 @@ import pyarrow.parquet as pq
 from skutag import storage
 from skutag.fsio import atomic_path
 
+from .commit.guard import SystemicGuard
 from .incremental import Previous
 from .infer import Predictions
 from .loader import Batch
-from .out import Manifest, OutputNames, part_name
+from .out import CommitLog, OutputNames, part_name
 from .plan import Plan
 from .review import FIELDS as REVIEW_FIELDS
 from .review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
 from .work import UnitWork, WorkList
 
+log = logging.getLogger(__name__)
 ROW_GROUP_ROWS = 64 * 1024
 _ABORT = object()  # queue item: stop without committing
 PREDICTED_AT = pa.timestamp("us", tz="UTC")
@@ -142,9 +154,10 @@ def unit_table(
     pieces, order = [], []
     predicted = np.flatnonzero(work.task_of_row >= 0)
     if len(predicted):
-        results = results.sort_by("task")
-        position = work.task_of_row[predicted] - work.first_task
-        taken = results.take(pa.array(position))
+        position = pc.index_in(pa.array(work.task_of_row[predicted]), value_set=results.column("task"))
+        if position.null_count:
+            raise RuntimeError(f"unit {work.number}: a row's task id has no result")  # never committed
+        taken = results.take(position)
         base = rows.take(pa.array(predicted)).select(["id", "uri", "version"])
         columns = {name: base.column(name) for name in base.column_names}
         columns.update({name: taken.column(name) for name in core.names if name not in columns})
@@ -163,13 +176,17 @@ def unit_table(
 
 
 class UnitWriter:
-    """A thread that assembles and commits units; `put` blocks when `depth` batches are waiting."""
+    """A thread that assembles and commits units by task id; `put` blocks when `depth` batches wait.
+
+    Made before the engine starts (no thread yet); the engine calls `start` when it is safe to
+    have a thread (the local engine forks its decode workers first).
+    """
 
     def __init__(
         self,
         out: str,
         names: OutputNames,
-        manifest: Manifest,
+        commit_log: CommitLog,
         plan: Plan,
         work: WorkList,
         *,
@@ -178,38 +195,63 @@ class UnitWriter:
         previous: Previous | None,
         storage_options: dict[str, Any] | None,
         depth: int = 4,
+        guard: SystemicGuard | None = None,
+        lease: Any = None,  # commit.lease.Lease: checked before every commit
     ):
-        self.out, self.names, self.manifest, self.plan, self.work = out, names, manifest, plan, work
+        self.out, self.names, self.commit_log, self.plan, self.work = out, names, commit_log, plan, work
         self.schema, self.classes = schema, pa.array(classes, pa.string())
         self.previous, self.storage_options = previous, storage_options
         self.review = card_review(schema.metadata)  # parsed once: the class means can be large
+        self.guard = (
+            guard if guard is not None else SystemicGuard(work.tasks, storage_options=storage_options)
+        )
+        self.lease = lease
         self.seconds = 0.0
         self.committed_rows = 0
+        self.repeats = 0  # task deliveries dropped because the task id had been delivered before
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="batchrun-writer", daemon=True)
         self._results: dict[int, list[pa.RecordBatch]] = {}
-        self._remaining = {i: unit.tasks for i, unit in enumerate(work.units)}
+        self._seen = np.zeros(work.tasks, bool)  # task ids delivered so far (first delivery wins)
+        self._have = np.zeros(len(work.units), np.int64)  # distinct task ids received, per unit
+        self._held: list[tuple] = []  # results waiting for the guard's verdict
 
     def start(self) -> UnitWriter:
         self._thread.start()
         return self
 
     def put(self, batch: Batch, predictions: Predictions) -> None:
-        self._send((batch, predictions, datetime.now(timezone.utc)))
+        item = (batch, predictions, datetime.now(timezone.utc))
+        if self.guard.decided:
+            self._send(item)
+            return
+        self._held.append(item)
+        self.guard.observe(batch.ok, batch.error_kinds, batch.errors)  # raises on a systemic fault
+        if self.guard.decided:
+            self._flush_held()
 
     def close(self) -> None:
         """Commit what is complete and stop; re-raises the writer's error, if any."""
+        self.guard.finish()  # a run smaller than the guard's sample
+        self._flush_held()
         self._send(None)
         self._thread.join()
         if self.error is not None:
             raise self.error
-        if any(self._remaining.values()):
-            raise RuntimeError(f"units left incomplete: {[i for i, n in self._remaining.items() if n]}")
+        incomplete = [w.number for i, w in enumerate(self.work.units) if self._have[i] != w.tasks]
+        if incomplete:
+            raise RuntimeError(f"units left incomplete: {incomplete}")
 
     def abort(self) -> None:
+        self._held = []
         self._send(_ABORT, check=False)
         self._thread.join(timeout=60)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for item in held:
+            self._send(item)
 
     def _send(self, item: Any, check: bool = True) -> None:
         while self._thread.is_alive():
@@ -223,8 +265,8 @@ class UnitWriter:
 
     def _run(self) -> None:
         try:
-            for index, remaining in list(self._remaining.items()):
-                if remaining == 0:
+            for index, unit in enumerate(self.work.units):
+                if unit.tasks == 0:
                     self._commit(index)
             while True:
                 item = self._queue.get()
@@ -237,19 +279,39 @@ class UnitWriter:
             self.error = exc
 
     def _add(self, batch: Batch, predictions: Predictions, predicted_at: datetime) -> None:
+        tasks = np.asarray(batch.indices, np.int64)
+        if len(tasks) and (tasks.min() < 0 or tasks.max() >= self.work.tasks):
+            raise RuntimeError(f"task ids outside this shard's work: {tasks.min()}..{tasks.max()}")
+        fresh = np.zeros(len(tasks), bool)
+        fresh[np.unique(tasks, return_index=True)[1]] = True  # a repeat inside the batch, too
+        fresh &= ~self._seen[tasks]
+        if not fresh.all():
+            dropped = tasks[~fresh]
+            self.repeats += len(dropped)
+            log.warning("dropped %d repeated delivery(ies) of task(s) %s", len(dropped), dropped[:5].tolist())
+        if not fresh.any():
+            return
+        self._seen[tasks[fresh]] = True
         records = task_records(batch, predictions, self.classes, self.schema, predicted_at, self.review)
-        owners = self.work.task_unit[batch.indices]
+        if not fresh.all():
+            records = records.filter(pa.array(fresh))
+        owners = self.work.task_unit[tasks[fresh]]
         for index in np.unique(owners):
             picked = records.filter(pa.array(owners == index))
             self._results.setdefault(int(index), []).append(picked)
-            self._remaining[int(index)] -= picked.num_rows
-            if self._remaining[int(index)] == 0:
+            self._have[index] += picked.num_rows
+            if self._have[index] == self.work.units[index].tasks:
                 self._commit(int(index))
 
     def _commit(self, index: int) -> None:
         work = self.work.units[index]
         batches = self._results.pop(index, [])
         results = pa.Table.from_batches(batches) if batches else None
+        received = np.sort(results.column("task").to_numpy()) if results is not None else np.zeros(0)
+        if not np.array_equal(received, np.arange(work.first_task, work.first_task + work.tasks)):
+            raise RuntimeError(f"unit {work.number}: the task ids received do not cover it exactly")
+        if self.lease is not None:
+            self.lease.check()  # a process that lost its shard's lease commits nothing more
         table = unit_table(self.plan, work, results, self.previous, self.schema, self.storage_options)
         name = part_name(work.number)
         write_part(table, storage.join(self.out, name), self.storage_options)
@@ -259,8 +321,8 @@ class UnitWriter:
                 table.column("status").to_pylist(), table.column("error_kind").to_pylist(), strict=True
             )
         )
-        self.manifest.parts = [p for p in self.manifest.parts if p["unit"] != work.number]
-        self.manifest.parts.append(
+        self.commit_log.parts = [p for p in self.commit_log.parts if p["unit"] != work.number]
+        self.commit_log.parts.append(
             {
                 "unit": work.number,
                 "file": name,
@@ -274,8 +336,8 @@ class UnitWriter:
                 "decoded": work.tasks,
             }
         )
-        self.manifest.parts.sort(key=lambda p: p["unit"])
-        self.manifest.save(self.out, self.names, self.storage_options)
+        self.commit_log.parts.sort(key=lambda p: p["unit"])
+        self.commit_log.save(self.out, self.names, self.storage_options)
         self.committed_rows += table.num_rows
 
 

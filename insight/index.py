@@ -1,7 +1,8 @@
 """The similarity index: FAISS over the `embedding` column of batch runs, with its rows and its model.
 
-`build_index(OUT..., INDEX)` streams the Parquet parts of each run (pyarrow.dataset over OUT:
-`_`-prefixed files and `_plan/` are not data), keeps the `ok` rows, L2-normalises their
+`build_index(OUT..., INDEX)` streams the committed Parquet parts of each run (the ones its
+commit logs list, through `batchrun.commit.reader.CommittedRows`: a part left by a crashed
+attempt is never read), keeps the `ok` rows, L2-normalises their
 embeddings (inner product = cosine similarity) and adds them to an exact `IndexFlatIP` up to
 `EXACT_MAX_ROWS` rows, an `IVF,SQfp16` index beyond (coarse k-means on a strided sample;
 0.7x the memory of exact; `nprobe` from the benchmark in RESULTS.md). HNSW was measured and
@@ -36,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from batchrun.commit.reader import CommittedRows
 from insight import require
 from skutag import __version__
 from skutag.card import METADATA_KEY, ModelCard
@@ -118,12 +120,10 @@ def open_runs(outs: list[str]) -> Runs:
     """Open each OUT as a Parquet dataset and check its metadata (card, model sha256, embedding column)."""
     datasets, shas, card, dim, rows = [], set(), None, None, 0
     for out in outs:
-        try:
-            dataset = ds.dataset(out, format="parquet", exclude_invalid_files=False)
+        try:  # committed parts only, as the run's commit logs list them (never a glob of OUT)
+            dataset = CommittedRows(str(out)).dataset()
         except (OSError, ValueError, pa.ArrowInvalid) as exc:
             raise InputError(f"cannot read batch run {out}: {exc}") from exc
-        if not dataset.files:
-            raise InputError(f"{out} has no Parquet parts (is it a `skutag run` OUT?)")
         if "embedding" not in dataset.schema.names:
             raise InputError(f"{out} has no embedding column: run `skutag run ... --embeddings`")
         for fragment in dataset.get_fragments():

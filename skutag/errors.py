@@ -38,3 +38,15 @@ class TransientError(SkutagError):
 
 class ListingError(TransientError):
     """A source could not be listed completely: names the folder or prefix (exit 75; no plan written)."""
+
+
+class SystemicFault(SkutagError):
+    """The run stopped on a fault a retry will not fix: access denied, missing bucket, inference fails (exit 4)."""
+
+    exit_code = 4
+
+
+class LeaseHeld(SkutagError):
+    """Another live process holds this shard's lease, or this process lost it: retry later (exit 75)."""
+
+    exit_code = 75

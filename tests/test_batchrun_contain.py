@@ -174,3 +174,18 @@ def test_the_ray_engine_contains_a_hung_and_a_killed_decoder_too(model, server, 
     assert (rows["hang-03.jpg"]["error_kind"], rows["kill-06.jpg"]["error_kind"]) == ("timeout", "crashed")
     assert all(rows[n]["status"] == "ok" for n in names if n.startswith("good"))
     assert server.killed
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("bad", ["hang-03.jpg", "kill-03.jpg"])
+def test_workers_0_still_contains_a_hung_or_killed_decoder(model, server, tmp_path, bad):
+    """--workers 0 has no pool, but keeps the process boundary: one child with the time limit."""
+    names = [f"good-{i:02d}.jpg" for i in range(5)] + [bad]
+    listing = manifest(tmp_path, server, sorted(names))
+    options = RunOptions(batch_size=4, workers=0, decode_timeout_s=4.0, max_error_rate=1.0)
+    summary = run_catalog(model, [str(listing)], tmp_path / "out", options)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()}
+    expected = "timeout" if bad.startswith("hang") else "crashed"
+    assert rows[bad]["error_kind"] == expected, rows[bad]
+    assert all(rows[n]["status"] == "ok" for n in names if n != bad)
+    assert summary.rows == len(names) and summary.worker_restarts == 1

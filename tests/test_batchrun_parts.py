@@ -81,21 +81,21 @@ def test_prepare_out_resumes_refuses_another_run_and_overwrite_spares_other_shar
     names = OutputNames(Shard(1, 2))
     key = {"model_sha256": "a" * 64, "plan_id": plan.plan_id, "shard_index": 1, "shard_count": 2, "topk": 5}
     prepared = prepare_out(out, names, key, plan, overwrite=False)
-    prepared.manifest.parts = [{"unit": 0, "file": "part-00000.parquet", "rows": 1, "counts": {"ok": 1}}]
-    prepared.manifest.save(out, names)
+    prepared.commit_log.parts = [{"unit": 0, "file": "part-00000.parquet", "rows": 1, "counts": {"ok": 1}}]
+    prepared.commit_log.save(out, names)
     (tmp_path / "out" / "part-00000.parquet").write_bytes(b"committed")
     other = OutputNames(Shard(0, 2))
     other_key = {**key, "shard_index": 0}
-    prepare_out(out, other, other_key, plan, overwrite=False).manifest.save(out, other)
+    prepare_out(out, other, other_key, plan, overwrite=False).commit_log.save(out, other)
     (tmp_path / "out" / "_SUCCESS.s0000-of-0002").write_bytes(b"")
     resumed = prepare_out(out, names, key, plan, overwrite=False)
-    assert resumed.manifest.committed_units() == {0} and not resumed.complete
+    assert resumed.commit_log.committed_units() == {0} and not resumed.complete
     with pytest.raises(InputError, match="different run \\(topk 5 != 3"):
         prepare_out(out, names, {**key, "topk": 3}, plan, overwrite=False)
     fresh = prepare_out(out, names, {**key, "topk": 3}, plan, overwrite=True)
-    assert fresh.manifest.parts == []
+    assert fresh.commit_log.parts == []
     assert (tmp_path / "out" / "_SUCCESS.s0000-of-0002").exists()  # the other shard's files are untouched
-    assert json.loads((tmp_path / "out" / other.manifest).read_text())["key"]["topk"] == 5
+    assert json.loads((tmp_path / "out" / other.commit_log).read_text())["key"]["topk"] == 5
 
 
 def test_progress_without_a_terminal_prints_plain_lines():

@@ -162,6 +162,9 @@ def _fake_run(out: Path, vectors: np.ndarray) -> None:
     out.mkdir()
     pq.write_table(table.slice(0, n // 2), out / "part-00000.parquet")
     pq.write_table(table.slice(n // 2), out / "part-00001.parquet")
+    parts = [{"unit": u, "file": f"part-{u:05d}.parquet"} for u in (0, 1)]
+    (out / "_manifest.json").write_text(json.dumps({"format": 2, "key": {}, "parts": parts}))
+    pq.write_table(table.slice(0, 3), out / "part-00002.parquet")  # uncommitted (no log lists it): never read
     (out / "_plan").mkdir()
     pq.write_table(pa.table({"id": ["not data"]}), out / "_plan" / "plan-00000.parquet")
 
@@ -203,7 +206,7 @@ def test_errors_are_one_line(tmp_path, run_out, index_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = skutag("index", empty, "--out", tmp_path / "x")
-    assert result.returncode == 2 and "no Parquet parts" in result.stderr
+    assert result.returncode == 2 and "no committed parts" in result.stderr
     assert "Traceback" not in result.stderr
     result = skutag("similar", index_dir, "--id", "no-such-id")
     assert result.returncode == 2 and "not in the index" in result.stderr

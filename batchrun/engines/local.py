@@ -16,23 +16,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
 from skutag.runtime import gpu_present
 
 from .. import review
-from ..incremental import Previous
 from ..infer import DevicePredictor, make_predictor, open_session
 from ..loader import CPU_WORKER_NICE, Batch, Preprocess, ReadOptions, TaskDataset, default_workers
 from ..model import ModelContract
 from ..options import RunOptions
-from ..out import Manifest, OutputNames
 from ..pipeline import run_pipeline
-from ..plan import Plan
 from ..progress import ProgressReporter
 from ..supervise import SupervisedLoader, batches_of
 from ..work import WorkList
 from ..writer import UnitWriter, empty_predictions
+from . import inference_failed
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +43,7 @@ class Stats:
     write_s: float = 0.0
     workers: int = 0
     restarts: int = 0  # times the decode workers were replaced after one died or hung
+    repeats: int = 0  # task deliveries the writer dropped as repeats
     decode: str = "cpu"  # where JPEGs were decoded: cpu | cuda
     gpu_decode_s: float = 0.0  # wall seconds of the GPU decode stage
     gpu_decoded: int = 0  # images decoded on the GPU
@@ -56,19 +53,8 @@ class Stats:
     fallback_reason: str | None = None
 
 
-def run_local(
-    contract: ModelContract,
-    plan: Plan,
-    work: WorkList,
-    *,
-    out: str,
-    names: OutputNames,
-    manifest: Manifest,
-    previous: Previous | None,
-    options: RunOptions,
-    schema: pa.Schema,
-) -> Stats:
-    """Decode, predict and commit every unit of `work`."""
+def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, options: RunOptions) -> Stats:
+    """Decode, predict and commit (through `writer`, started here after the fork) every unit of `work`."""
     card = contract.card
     preprocess = Preprocess(card.image_size, card.resize_size, card.interpolation)
     decode = "cpu"
@@ -149,17 +135,7 @@ def run_local(
                 batch_size=options.batch_size,
             )
         predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
-        writer = UnitWriter(
-            out,
-            names,
-            manifest,
-            plan,
-            work,
-            schema=schema,
-            classes=list(card.classes),
-            previous=previous,
-            storage_options=options.storage_options,
-        ).start()
+        writer.start()
         try:
             _predict_all(batches, decoder, predict, writer, stats, options, contract, work.tasks)
             writer.close()
@@ -201,7 +177,10 @@ def _predict_all(
         def infer(batch: Batch) -> None:
             started = time.perf_counter()
             if batch.ok.any():
-                predictions = predict(batch)
+                try:
+                    predictions = predict(batch)
+                except Exception as exc:  # the model fails: every batch would, stop (exit 4)
+                    raise inference_failed(exc) from exc
             else:
                 predictions = empty_predictions(len(batch), options.topk, dim)
             stats.inference_s += time.perf_counter() - started

@@ -7,7 +7,7 @@ actors predict them. The driver iterates the results and hands them to the same
 `writer.UnitWriter` as the local engine, which commits each unit of the plan once all its
 tasks are back: one part under its deterministic name (`out.part_name`), written in one
 step, then the manifest. So a decode task or actor lost mid-run is retried by Ray and its
-rows arrive once (the driver also drops any task it has already seen), and a driver killed
+rows arrive once (the writer also drops any task id it has already seen), and a driver killed
 mid-run leaves only committed units, which the rerun skips after `api.py` has checked the
 run key.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,21 +30,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from skutag.errors import SkutagError
+from skutag.errors import SkutagError, SystemicFault
 from skutag.runtime import gpu_present
 
-from ..incremental import Previous
 from ..loader import Preprocess, ReadOptions
 from ..model import ModelContract
 from ..options import RunOptions
-from ..out import Manifest, OutputNames
-from ..plan import Plan
 from ..progress import ProgressReporter
 from ..work import WorkList
 from ..writer import UnitWriter
 from .local import Stats
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
-from .ray_stages import Predictor, PredictorConfig, decode_block, select, to_batch, to_predictions
+from .ray_stages import Predictor, PredictorConfig, decode_block, to_batch, to_predictions
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +63,11 @@ def import_ray():
     return ray
 
 
-def run_ray(
-    contract: ModelContract,
-    plan: Plan,
-    work: WorkList,
-    *,
-    out: str,
-    names: OutputNames,
-    manifest: Manifest,
-    previous: Previous | None,
-    options: RunOptions,
-    schema: pa.Schema,
-) -> Stats:
-    """Decode, predict and commit every unit of `work` on Ray Data (see the module docstring)."""
+def run_ray(contract: ModelContract, work: WorkList, writer: UnitWriter, options: RunOptions) -> Stats:
+    """Decode, predict and commit (through `writer`) every unit of `work` on Ray Data (module docstring)."""
     ray = import_ray()
     stats = Stats()
-    writer = UnitWriter(
-        out, names, manifest, plan, work, schema=schema, classes=list(contract.card.classes),
-        previous=previous, storage_options=options.storage_options,
-    ).start()  # fmt: skip
+    writer.start()
     try:
         if work.tasks:  # units made only of reused rows need no cluster
             with connect(ray, options) as resources:
@@ -207,18 +191,15 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
 
 
 def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> None:
-    """Blocks of predicted rows -> the writer; a task seen twice (a retried block) is written once."""
+    """Blocks of predicted rows -> the writer, which keeps the first delivery of each task id."""
     seen = np.zeros(tasks, bool)
     with ProgressReporter(tasks, enabled=options.progress) as reporter, _ray_errors():
         waited = time.perf_counter()
         for block in blocks:
             stats.wait_s += time.perf_counter() - waited
-            fresh = ~seen[block["task"]]
-            if not fresh.all():
-                log.warning("ray: dropped %d row(s) of a retried block seen before", int((~fresh).sum()))
-                block = select(block, fresh)
             if len(block["task"]) == 0:
                 continue
+            fresh = int((~seen[block["task"]]).sum())  # repeats (a retried block) are the writer's to drop
             seen[block["task"]] = True
             if stats.device == "none":
                 stats.device = str(block["device"][0])
@@ -227,7 +208,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
             stats.inference_s += float(np.sum(block["infer_s"]))
             batch = to_batch(block)
             writer.put(batch, to_predictions(block, options.embeddings))
-            stats.tasks += len(batch)
+            stats.tasks += fresh
             stats.decode_s += batch.decode_seconds
             reporter.advance(len(batch))
             waited = time.perf_counter()
@@ -259,13 +240,19 @@ def _ray_errors() -> Iterator[None]:
 
 
 def _skutag_cause(exc: BaseException) -> SkutagError | None:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, SkutagError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
+    """The SkutagError a Ray task or actor raised, through Ray's wrappers (their causes and contexts,
+    or, when Ray could only keep its text, the `SystemicFault: ...` line of the remote traceback)."""
+    pending, seen = [exc], 0
+    while pending and seen < 30:
+        current = pending.pop(0)
         seen += 1
-    return None
+        if isinstance(current, SkutagError):
+            return current
+        for link in (getattr(current, "cause", None), current.__cause__, current.__context__):
+            if isinstance(link, BaseException):
+                pending.append(link)
+    found = re.search(r"\bSystemicFault: (.+)", str(exc))
+    return SystemicFault(found.group(1).strip()) if found else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,10 +4,12 @@
 `batchrun.loader.decode_one`, the local engine's one decode path, in a child process with a
 time limit (`batchrun.fallback`). `Predictor` (actors) holds one ONNX Runtime session, opened from the model's bytes (shipped through the
 object store, so worker nodes need no copy of the file) and predicts through
-`batchrun.infer`'s predictors. Neither stage lets an exception escape: Ray Data fails the
-whole job on a UDF exception, and its `max_errored_blocks` would drop a block's good rows
-with it. A row that cannot be processed becomes an error row instead (`crashed` or
-`timeout`, which `--retry-errors` retries).
+`batchrun.infer`'s predictors. A decode failure never escapes (Ray Data fails the whole job
+on a UDF exception, and its `max_errored_blocks` would drop a block's good rows with it): an
+input that cannot be processed becomes an error row (`crashed` or `timeout`, which
+`--retry-errors` retries). A model that raises is not an input's fault: the actor raises
+`engines.inference_failed` (a SystemicFault), which fails the job and stops the run with
+exit 4, as on the local engine.
 
 Columns carry no nulls (Ray Data infers each block's schema): "" and -1 stand for "none"
 and `to_batch` turns them back into `loader.Batch`, which the writer takes.
@@ -30,6 +32,7 @@ from ..infer import Predictions, make_predictor, open_session
 from ..loader import Batch, Preprocess, ReadOptions, Sample, error_sample
 from ..model import ModelContract
 from ..writer import empty_predictions
+from . import inference_failed
 
 FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
 
@@ -130,13 +133,8 @@ class Predictor:
         facts = {name: block[name] for name in FACTS}
         try:
             predictions = self._predict(block)
-        except Exception as exc:  # the batch's rows become error rows; the job goes on
-            message = f"inference failed: {type(exc).__name__}: {exc}"
-            ok = facts["ok"]
-            facts["error_kind"] = np.where(ok, "crashed", facts["error_kind"]).astype(object)
-            facts["error"] = np.where(ok, message, facts["error"]).astype(object)
-            facts["ok"] = np.zeros(rows, bool)
-            predictions = empty_predictions(rows, self.config.topk, self.dim)
+        except Exception as exc:  # not an input's fault: the job stops (exit 4), as on the local engine
+            raise inference_failed(exc) from exc
         out = {
             **facts,
             "topk_indices": predictions.topk_indices[:rows],
