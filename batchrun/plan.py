@@ -141,7 +141,7 @@ def _check_same(plan: Plan, sources: Sequence[str], part_rows: int | None) -> No
             "use another --out, or --overwrite to plan again"
         )
     if part_rows is not None and part_rows != plan.part_rows:
-        raise InputError(f"{plan.out} was planned with --part-size {plan.part_rows}, not {part_rows}")
+        raise InputError(f"{plan.out} was planned with --part-rows {plan.part_rows}, not {part_rows}")
 
 
 def make_plan(

@@ -46,7 +46,7 @@ class SystemicFault(SkutagError):
     exit_code = 4
 
 
-class LeaseHeld(SkutagError):
+class LeaseHeld(TransientError):
     """Another live process holds this shard's lease, or this process lost it: retry later (exit 75)."""
 
     exit_code = 75
