@@ -198,8 +198,6 @@ def read_commit_logs(
     return found
 
 
-
-
 def _read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         return json.loads(storage.read_bytes(uri, storage_options))

@@ -116,7 +116,7 @@ def test_the_plan_is_made_once_in_units_and_later_calls_read_it(tree, tmp_path):
     assert again.plan_id == first.plan_id and again.total == 4
     with pytest.raises(InputError, match="other sources"):
         ensure_plan([str(tree / "sub")], out)
-    with pytest.raises(InputError, match="--part-size 3"):
+    with pytest.raises(InputError, match="--part-rows 3"):
         ensure_plan([str(tree)], out, part_rows=5)
 
 
