@@ -36,6 +36,34 @@ class CpuFallback:
         """`loader.decode_one` (read and decode) in the child: for callers with no supervised workers (Ray)."""
         return self._run(index, (index, uri, size, read), gpu_first=False)
 
+    def decode_inputs(self, jobs: list[tuple[int, str, int]], read: ReadOptions) -> list[Sample]:
+        """`decode_input` of (index, uri, size) jobs, in order, with one round trip for all of them.
+
+        The child answers each input as soon as it is done, and each answer has its own
+        `timeout_s`: an input that hangs or kills the child is that input's `timeout` or
+        `crashed` row, and a fresh child takes the inputs after it.
+        """
+        samples: list[Sample] = []
+        while len(samples) < len(jobs):
+            pending = jobs[len(samples) :]
+            conn = self._start()
+            kind = None
+            try:
+                conn.send((pending, read))
+                for _job in pending:
+                    if not conn.poll(self.timeout_s):
+                        kind = "timeout"
+                        break
+                    samples.append(conn.recv())
+            except (EOFError, OSError):  # the child died on the input it was working on
+                kind = "crashed"
+            if kind is not None:
+                index = jobs[len(samples)][0]  # answers come in order: the next one is the culprit
+                samples.append(error_sample(index, kind, _message(kind, self.timeout_s, False)))
+                self.close()
+                self.restarts += 1
+        return samples
+
     def _run(self, index: int, job: tuple, *, gpu_first: bool) -> Sample:
         conn = self._start()
         try:
@@ -86,7 +114,11 @@ def _serve(conn: Connection, preprocess: Preprocess) -> None:
             return
         if job is None:
             return
-        if len(job) == 2:
+        if isinstance(job[0], list):  # decode_inputs: every answer goes back as soon as it is ready
+            jobs, read = job
+            for index, uri, size in jobs:
+                conn.send(decode_one(index, uri, size, preprocess, read))
+        elif len(job) == 2:
             index, data = job
             conn.send(decode_bytes(index, data, preprocess))
         else:

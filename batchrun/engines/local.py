@@ -70,6 +70,8 @@ def run_local(
 ) -> Stats:
     """Decode, predict and commit every unit of `work`."""
     card = contract.card
+    if not work.tasks:  # every row is reused (--since) or kept: no workers, no session, no torch
+        return _commit_only(contract, plan, work, out, names, manifest, previous, options, schema)
     preprocess = Preprocess(card.image_size, card.resize_size, card.interpolation)
     decode = "cpu"
     if options.decode != "cpu":
@@ -180,6 +182,24 @@ def run_local(
                 decoder.decoded, decoder.seconds, decoder.fell_back,
             )  # fmt: skip
     stats.restarts = loader.restarts
+    return stats
+
+
+def _commit_only(contract, plan, work, out, names, manifest, previous, options, schema) -> Stats:
+    """Units made only of reused rows: the writer copies them, nothing is decoded or predicted."""
+    stats = Stats()
+    writer = UnitWriter(
+        out, names, manifest, plan, work, schema=schema, classes=list(contract.card.classes),
+        previous=previous, storage_options=options.storage_options,
+    ).start()  # fmt: skip
+    try:
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        stats.write_s = writer.seconds
+        stats.rows = writer.committed_rows
     return stats
 
 

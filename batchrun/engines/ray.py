@@ -89,8 +89,11 @@ def run_ray(
             with connect(ray, options) as resources:
                 log.info("ray: %s", resources.describe())
                 stats.workers = resources.decode_tasks
-                blocks = _pipeline(ray, contract, work, options, resources)
+                dataset = _pipeline(ray, contract, work, options, resources)
+                blocks = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
                 _stream(blocks, writer, stats, options, work.tasks)
+                if log.isEnabledFor(logging.DEBUG):  # --verbose: where Ray Data's time went, per stage
+                    log.debug("ray: dataset stats\n%s", dataset.stats())
         writer.close()
     except BaseException:
         writer.abort()
@@ -203,7 +206,7 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
         num_cpus=resources.actor_cpus,
         num_gpus=resources.actor_gpus or None,
         compute=ray.data.ActorPoolStrategy(size=resources.actors),
-    ).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    )
 
 
 def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> None:
