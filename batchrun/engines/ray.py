@@ -86,14 +86,20 @@ def run_ray(
     ).start()  # fmt: skip
     try:
         if work.tasks:  # units made only of reused rows need no cluster
+            started = time.perf_counter()
             with connect(ray, options) as resources:
-                log.info("ray: %s", resources.describe())
+                log.info("ray: %s (Ray ready in %.1f s)", resources.describe(), time.perf_counter() - started)
                 stats.workers = resources.decode_tasks
                 dataset = _pipeline(ray, contract, work, options, resources)
                 blocks = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-                _stream(blocks, writer, stats, options, work.tasks)
+                first = _stream(blocks, writer, stats, options, work.tasks)
                 if log.isEnabledFor(logging.DEBUG):  # --verbose: where Ray Data's time went, per stage
                     log.debug("ray: dataset stats\n%s", dataset.stats())
+                stopping = time.perf_counter()
+            log.info(
+                "ray: first rows %.1f s after the start, last %.1f s, Ray stopped in %.1f s",
+                first - started, stopping - started, time.perf_counter() - stopping,
+            )  # fmt: skip
         writer.close()
     except BaseException:
         writer.abort()
@@ -209,9 +215,12 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
     )
 
 
-def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> None:
-    """Blocks of predicted rows -> the writer; a task seen twice (a retried block) is written once."""
+def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> float:
+    """Blocks of predicted rows -> the writer; a task seen twice (a retried block) is written once.
+
+    Returns when (`time.perf_counter`) the first rows came back."""
     seen = np.zeros(tasks, bool)
+    first = time.perf_counter()
     with ProgressReporter(tasks, enabled=options.progress) as reporter, _ray_errors():
         waited = time.perf_counter()
         for block in blocks:
@@ -224,6 +233,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
                 continue
             seen[block["task"]] = True
             if stats.device == "none":
+                first = time.perf_counter()
                 stats.device = str(block["device"][0])
                 stats.providers = str(block["providers"][0]).split(",")
                 stats.fallback_reason = str(block["fallback"][0]) or None
@@ -238,6 +248,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
         raise SkutagError(
             f"--engine ray: {tasks - stats.tasks} decode task(s) never came back; rerun to redo them"
         )
+    return first
 
 
 @contextlib.contextmanager
