@@ -74,11 +74,11 @@ def run_local(
         return _commit_only(contract, plan, work, out, names, manifest, previous, options, schema)
     preprocess = Preprocess(card.image_size, card.resize_size, card.interpolation)
     decode = "cpu"
-    if options.decode != "cpu":
+    gpu = options.device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
+    if options.decode == "gpu" or (options.decode == "auto" and gpu):  # else: no torchvision import
         from ..gpu_decode import resolve_decode  # torchvision and CUDA only when asked for
 
         decode = resolve_decode(options.decode, options.device, card.interpolation)  # before the fork
-    gpu = options.device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
     workers = options.workers if options.workers is not None else default_workers("cuda" if gpu else "cpu")
     workers = workers if work.tasks else 0
     nice = (0 if gpu else CPU_WORKER_NICE) if options.worker_nice is None else options.worker_nice
