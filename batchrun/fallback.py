@@ -34,8 +34,8 @@ STARTUP_TIMEOUT_S = 300.0  # a child on a loaded node can take long to import nu
 class CpuFallback:
     """`decode(index, data)` -> the Sample the CPU path makes of those bytes, contained."""
 
-    def __init__(self, preprocess: Preprocess, timeout_s: float):
-        self.preprocess, self.timeout_s = preprocess, timeout_s
+    def __init__(self, preprocess: Preprocess, timeout_s: float, *, nice: int = 0):
+        self.preprocess, self.timeout_s, self.nice = preprocess, timeout_s, nice
         self.restarts = 0
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
@@ -110,7 +110,7 @@ class CpuFallback:
         # also import the parent's __main__ (in a Ray worker, all of Ray: seconds per start).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(child.fileno())],
+            [sys.executable, "-c", _CHILD, str(child.fileno()), str(self.nice)],
             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         child.close()
@@ -129,11 +129,13 @@ class CpuFallback:
         return conn
 
 
-_CHILD = "import sys; from batchrun.fallback import serve; serve(int(sys.argv[1]))"
+_CHILD = "import sys; from batchrun.fallback import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, nice: int = 0) -> None:
     """The child's main: decode what the parent sends on the socket `fd` until it closes."""
+    if nice:
+        os.nice(nice)
     _fix_mmap_threshold()  # long-lived decoder: large buffers go back to the OS (see loader.WorkerSetup)
     conn = Connection(fd)
     with contextlib.suppress(EOFError, OSError):  # the parent went away

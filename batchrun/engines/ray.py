@@ -33,7 +33,7 @@ from skutag.errors import SkutagError
 from skutag.runtime import gpu_present
 
 from ..incremental import Previous
-from ..loader import Preprocess, ReadOptions
+from ..loader import CPU_WORKER_NICE, Preprocess, ReadOptions
 from ..model import ModelContract
 from ..options import RunOptions
 from ..out import Manifest, OutputNames
@@ -53,6 +53,9 @@ DEFAULT_NO_PROGRESS_S = 600.0
 # What one decode task may hold at its peak (a 50-megapixel photo decoded, then resized), so Ray
 # never schedules more decode tasks on a node than its memory holds.
 DECODE_TASK_MEMORY = 512 << 20
+# A local Ray started for one run serves no dashboard and records no metrics: on a small machine
+# every process Ray keeps busy takes cycles from decoding and inference.
+LOCAL_RAY_CONFIG = {"enable_metrics_collection": False, "event_stats": False}
 
 
 def import_ray():
@@ -122,7 +125,13 @@ def connect(ray, options: RunOptions) -> Iterator[RayResources]:
     else:
         gpus = _local_gpus() if options.device != "cpu" else 0
         resources = local_resources(options.device, gpus, options.workers, options.threads)
-        _init(ray, address="local", num_cpus=resources.local_cpus(), num_gpus=gpus)
+        _init(
+            ray,
+            address="local",
+            num_cpus=resources.local_cpus(),
+            num_gpus=gpus,
+            _system_config=LOCAL_RAY_CONFIG,
+        )
         started = True
     try:
         yield resources
@@ -184,6 +193,8 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
             "preprocess": Preprocess(card.image_size, card.resize_size, card.interpolation),
             "read": ReadOptions(options.max_bytes, options.storage_options),
             "timeout_s": options.decode_timeout_s,
+            # CPU inference on the same cores: decoding fills the cycles ORT leaves (as the local engine's workers)
+            "nice": 0 if resources.gpu else CPU_WORKER_NICE,
         },
         # No CPUs asked: the pool size bounds the decode tasks, so no placement of actors (not even
         # actors Ray restarts on the surviving nodes after a node loss) can starve them (ray#44687).

@@ -38,7 +38,7 @@ _DECODERS: dict[tuple, CpuFallback] = {}  # per Ray worker process: one containe
 
 
 def decode_block(
-    block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions, timeout_s: float
+    block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions, timeout_s: float, nice: int = 0
 ) -> dict[str, Any]:
     """Decode tasks -> pixels (zeros for error rows) and the facts of every row.
 
@@ -46,8 +46,8 @@ def decode_block(
     as the local engine's supervised workers do: a decoder that hangs or kills its process
     costs that input a `timeout` or `crashed` row, and a fresh child takes the next input.
     """
-    key = (preprocess, timeout_s)
-    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s))
+    key = (preprocess, timeout_s, nice)
+    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s, nice=nice))
     jobs = [
         (int(t), str(u), int(s)) for t, u, s in zip(block["task"], block["uri"], block["size"], strict=True)
     ]
