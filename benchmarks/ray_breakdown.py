@@ -27,20 +27,7 @@ from pathlib import Path
 
 MARK = "SKUTAG_BREAKDOWN_MARK"
 TICK = os.sysconf("SC_CLK_TCK")
-ROLES = (
-    ("MapBatches(Predictor)", "inference actor"),
-    ("MapBatches(decode_block)", "decode worker"),
-    ("batchrun.fallback", "decoder child"),
-    ("-m skutag", "driver"),
-    ("raylet", "raylet"),
-    ("gcs_server", "gcs"),
-    ("dashboard", "ray daemons (dashboard, agents, monitors)"),
-    ("monitor.py", "ray daemons (dashboard, agents, monitors)"),
-    ("log_monitor", "ray daemons (dashboard, agents, monitors)"),
-    ("runtime_env", "ray daemons (dashboard, agents, monitors)"),
-    ("DashboardAgent", "ray daemons (dashboard, agents, monitors)"),
-    ("RuntimeEnvAgent", "ray daemons (dashboard, agents, monitors)"),
-)
+DAEMONS = "ray daemons (dashboard, agents, monitors)"
 
 
 def marked(mark: str) -> list[int]:
@@ -68,11 +55,26 @@ def sample(pid: int) -> tuple[float, str] | None:
     return (int(fields[11]) + int(fields[12])) / TICK, command  # utime + stime
 
 
-def role(command: str, latest: str) -> str:
-    for needle, name in ROLES:
-        if needle in command or needle in latest:
-            return name
-    return "other ray workers"
+def role(command: str, titles: str) -> str:
+    """The role of a process from its command line and the titles Ray gave it while it worked."""
+    executable = command.split(" ", 1)[0]
+    if "MapBatches(Predictor)" in titles:
+        return "inference actor"
+    if "decode_block" in titles:
+        return "decode worker"
+    if "batchrun.fallback" in command or "multiprocessing.spawn" in command:
+        return "decoder child"
+    if executable.endswith("raylet"):
+        return "raylet"
+    if executable.endswith("gcs_server"):
+        return "gcs"
+    if "-m skutag" in command:
+        return "driver"
+    if "Agent" in command or "monitor" in command or "dashboard" in command:
+        return DAEMONS
+    if "default_worker.py" in command or "ray::" in command:
+        return "other ray workers (Ray Data's coordinator and stats actors, idle workers)"
+    return DAEMONS
 
 
 def main(argv: list[str] | None = None) -> None:
