@@ -2,30 +2,42 @@
 
 The GPU decoder hands such an input's bytes back; `CpuFallback` decodes them through
 `batchrun.loader.decode_bytes` (the CPU path: same pixels, same error kinds) in one
-spawned process (the parent holds CUDA and an ONNX Runtime session: never fork it), so a
+child process (the parent holds CUDA and an ONNX Runtime session: never fork it), so a
 decoder that hangs or dies costs that input a `timeout` or `crashed` row, as in the
 decode workers, and a fresh process takes the next one. Started on first use: a catalog
-the GPU decodes entirely never pays for it.
+the GPU decodes entirely never pays for it. The child is a fresh interpreter started with
+`subprocess` that imports this module only (no torch, no parent's `__main__`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 from multiprocessing.connection import Connection
 
-from .loader import Preprocess, ReadOptions, Sample, decode_bytes, decode_one, error_sample
+from .loader import (
+    Preprocess,
+    ReadOptions,
+    Sample,
+    _fix_mmap_threshold,
+    decode_bytes,
+    decode_one,
+    error_sample,
+)
 
-STARTUP_TIMEOUT_S = 300.0  # a spawned child imports torch before it answers
+STARTUP_TIMEOUT_S = 300.0  # a child on a loaded node can take long to import numpy, Pillow, pyarrow
 
 
 class CpuFallback:
     """`decode(index, data)` -> the Sample the CPU path makes of those bytes, contained."""
 
-    def __init__(self, preprocess: Preprocess, timeout_s: float):
-        self.preprocess, self.timeout_s = preprocess, timeout_s
+    def __init__(self, preprocess: Preprocess, timeout_s: float, *, nice: int = 0):
+        self.preprocess, self.timeout_s, self.nice = preprocess, timeout_s, nice
         self.restarts = 0
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
 
     def decode(self, index: int, data: bytes) -> Sample:
@@ -35,6 +47,34 @@ class CpuFallback:
     def decode_input(self, index: int, uri: str, size: int, read: ReadOptions) -> Sample:
         """`loader.decode_one` (read and decode) in the child: for callers with no supervised workers (Ray)."""
         return self._run(index, (index, uri, size, read), gpu_first=False)
+
+    def decode_inputs(self, jobs: list[tuple[int, str, int]], read: ReadOptions) -> list[Sample]:
+        """`decode_input` of (index, uri, size) jobs, in order, with one round trip for all of them.
+
+        The child answers each input as soon as it is done, and each answer has its own
+        `timeout_s`: an input that hangs or kills the child is that input's `timeout` or
+        `crashed` row, and a fresh child takes the inputs after it.
+        """
+        samples: list[Sample] = []
+        while len(samples) < len(jobs):
+            pending = jobs[len(samples) :]
+            conn = self._start()
+            kind = None
+            try:
+                conn.send((pending, read))
+                for _job in pending:
+                    if not conn.poll(self.timeout_s):
+                        kind = "timeout"
+                        break
+                    samples.append(conn.recv())
+            except (EOFError, OSError):  # the child died on the input it was working on
+                kind = "crashed"
+            if kind is not None:
+                index = jobs[len(samples)][0]  # answers come in order: the next one is the culprit
+                samples.append(error_sample(index, kind, _message(kind, self.timeout_s, False)))
+                self.close()
+                self.restarts += 1
+        return samples
 
     def _run(self, index: int, job: tuple, *, gpu_first: bool) -> Sample:
         conn = self._start()
@@ -53,10 +93,11 @@ class CpuFallback:
         if self._process is not None:
             with contextlib.suppress(Exception):
                 self._conn.send(None)
-            self._process.join(timeout=1)
-            if self._process.is_alive():
+            try:
+                self._process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
                 self._process.kill()
-                self._process.join(timeout=5)
+                self._process.wait(timeout=5)
         if self._conn is not None:
             self._conn.close()
         self._process = self._conn = None
@@ -64,17 +105,41 @@ class CpuFallback:
     def _start(self) -> Connection:
         if self._conn is not None:
             return self._conn
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child, self.preprocess), daemon=True)
-        process.start()
+        parent, child = socket.socketpair()
+        # A fresh interpreter that imports only this module: a multiprocessing "spawn" child would
+        # also import the parent's __main__ (in a Ray worker, all of Ray: seconds per start).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(child.fileno()), str(self.nice)],
+            pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
         child.close()
-        if not parent.poll(STARTUP_TIMEOUT_S):
+        conn = Connection(parent.detach())
+        try:
+            conn.send(self.preprocess)
+            if not conn.poll(STARTUP_TIMEOUT_S):
+                raise RuntimeError("the contained decoder did not start")
+            conn.recv()  # ready
+        except BaseException:
             process.kill()
-            raise RuntimeError("the CPU fallback decoder did not start")
-        parent.recv()  # ready
-        self._process, self._conn = process, parent
-        return parent
+            process.wait()
+            conn.close()
+            raise
+        self._process, self._conn = process, conn
+        return conn
+
+
+_CHILD = "import sys; from batchrun.fallback import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+
+
+def serve(fd: int, nice: int = 0) -> None:
+    """The child's main: decode what the parent sends on the socket `fd` until it closes."""
+    if nice:
+        os.nice(nice)
+    _fix_mmap_threshold()  # long-lived decoder: large buffers go back to the OS (see loader.WorkerSetup)
+    conn = Connection(fd)
+    with contextlib.suppress(EOFError, OSError):  # the parent went away
+        _serve(conn, conn.recv())
 
 
 def _serve(conn: Connection, preprocess: Preprocess) -> None:
@@ -86,7 +151,11 @@ def _serve(conn: Connection, preprocess: Preprocess) -> None:
             return
         if job is None:
             return
-        if len(job) == 2:
+        if isinstance(job[0], list):  # decode_inputs: every answer goes back as soon as it is ready
+            jobs, read = job
+            for index, uri, size in jobs:
+                conn.send(decode_one(index, uri, size, preprocess, read))
+        elif len(job) == 2:
             index, data = job
             conn.send(decode_bytes(index, data, preprocess))
         else:

@@ -115,7 +115,7 @@ class HostPredictor:
         self.outputs = [contract.scores_output] + ([EMBEDDING] if embeddings else [])
 
     def __call__(self, batch: Batch) -> Predictions:
-        pixels = batch.pixels.numpy()[: len(batch)]
+        pixels = np.asarray(batch.pixels)[: len(batch)]  # a torch tensor (DataLoader) or numpy (Ray)
         results = self.session.run(
             self.outputs, {self.contract.input_name: host_model_input(pixels, self.contract)}
         )

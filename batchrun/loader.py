@@ -27,18 +27,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
-from torch.utils.data import Dataset
 
 from skutag import storage
 from skutag.images import ImageError, load_image, read_file
 from skutag.listing import local_path
 
 from .jpeg_probe import gpu_job
+
+if TYPE_CHECKING:  # torch is imported where tensors are made (the DataLoader path), never at import:
+    import torch  # `skutag plan`, a --since night with nothing to decode and Ray workers never need it
 
 # On the CPU, decoding is the background job: it should fill the cycles ORT's threads leave rather
 # than preempt them. Measured on 2 cores (int8 ResNet-50, median of 3): nice 0 71.4, +5 71.7,
@@ -120,9 +121,10 @@ class Batch:
         return self
 
 
-class TaskDataset(Dataset):
+class TaskDataset:
     """Task number -> its decoded image (or, `read_only`, the bytes of a JPEG the GPU decodes).
 
+    A map-style dataset for torch's DataLoader (which needs only `__len__` and `__getitem__`).
     `slots` (optional) tells a watchdog what each worker holds.
     """
 
@@ -162,7 +164,9 @@ class TaskDataset(Dataset):
 
 
 def _worker_id() -> int | None:
-    info = torch.utils.data.get_worker_info()
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
     return None if info is None else info.id
 
 
@@ -259,6 +263,8 @@ class Collate:
         pixels = None
         if encoded is None or decoded:
             padded = rows if encoded is not None else max(rows, self.pad_to)
+            import torch
+
             pixels = torch.zeros((padded, size, size, 3), dtype=torch.uint8)
             target = pixels.numpy()
             for row, sample in enumerate(samples):
@@ -285,6 +291,8 @@ def _encoded_rows(samples: list[Sample]) -> EncodedRows | None:
         return None
     offsets = np.zeros(len(samples) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    import torch
+
     data = torch.empty(int(offsets[-1]), dtype=torch.uint8)
     target = data.numpy()
     for row, sample in enumerate(samples):

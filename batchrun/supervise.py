@@ -20,8 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-from torch.utils.data import DataLoader
-
 from .loader import Batch, Collate, TaskDataset, WorkerSetup, default_prefetch, error_sample
 
 log = logging.getLogger(__name__)
@@ -153,6 +151,8 @@ class SupervisedLoader:
             child.close()
 
     def _iterate(self, remaining: list[list[int]]) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader  # the DataLoader path is the only one that needs torch
+
         blind = 0
         primed = False
         while remaining:

@@ -13,6 +13,7 @@ images/s of each (files / whole-process wall time, start-up included).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-plain-loop", action="store_true", help="skip the (slow) plain PyTorch loop")
     args = parser.parse_args()
     if args.plain:
         plain_loop(args.model, args.images, args.batch_size)
@@ -62,7 +64,10 @@ def main() -> None:
 
     files = len(image_files(args.images))
     model, images = str(Path(args.model).resolve()), str(Path(args.images).resolve())
-    walls: dict[str, list[float]] = {"previous release": [], "this tree": [], "plain PyTorch loop": []}
+    walls: dict[str, list[float]] = {"previous release": [], "this tree": []}
+    inner: dict[str, list[float]] = {"previous release": [], "this tree": []}  # run_catalog's wall_s
+    if not args.no_plain_loop:
+        walls["plain PyTorch loop"] = []
     with tempfile.TemporaryDirectory() as scratch:
         for round_number in range(args.rounds):
             run = [sys.executable, "-m", "skutag", "run", model, images, "--no-progress", "--max-error-rate", "1",
@@ -72,17 +77,44 @@ def main() -> None:
                 timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old)
             )
             walls["this tree"].append(timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT))
+            inner["previous release"].append(in_run(old_out))
+            inner["this tree"].append(in_run(new_out))
+            if args.no_plain_loop:
+                continue
             plain = [sys.executable, "-m", "benchmarks.release_compare", "--plain", "--model", model,
                      "--images", images, "--old", str(args.old), "--batch-size", str(args.batch_size)]  # fmt: skip
             walls["plain PyTorch loop"].append(timed(plain, cwd=ROOT, pythonpath=ROOT))
     print(markdown_header(machine_info("onnxruntime", "onnxruntime-gpu", "torch", "pillow")) + "\n")
-    baseline = files / statistics.median(walls["plain PyTorch loop"])
+    baseline = files / statistics.median(walls.get("plain PyTorch loop") or walls["previous release"])
     print(f"{files} photos, {args.rounds} interleaved rounds, whole process (start-up included)\n")
-    print("| | images/s (median) | vs plain loop | walls s |")
+    base_name = "plain loop" if "plain PyTorch loop" in walls else "previous release"
+    print(f"| | images/s (median) | vs {base_name} | walls s |")
     print("|---|---:|---:|---|")
     for name, values in walls.items():
         rate = files / statistics.median(values)
         print(f"| {name} | {rate:.1f} | {rate / baseline:.2f}x | {', '.join(f'{v:.1f}' for v in values)} |")
+    print(
+        "\nInside the run (`wall_s` of each release's summary: listing/planning, decode, inference, Parquet):\n"
+    )
+    print("| | in-run s per round | this tree / previous (in-run rate, per round) |\n|---|---|---|")
+    pairs = zip(inner["previous release"], inner["this tree"], strict=True)
+    ratios = ", ".join(f"{old / new:.2f}" for old, new in pairs)
+    for name, values in inner.items():
+        print(
+            f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {ratios if name == 'this tree' else ''} |"
+        )
+    whole = zip(walls["previous release"], walls["this tree"], strict=True)
+    print(
+        f"\nWhole process, this tree / previous (rate, per round): {', '.join(f'{o / n:.2f}' for o, n in whole)}"
+    )
+
+
+def in_run(out: Path) -> float:
+    """`wall_s` of a finished run (0.1.0 wrote summary.json, later releases _summary.json)."""
+    for name in ("_summary.json", "summary.json"):
+        if (out / name).exists():
+            return float(json.loads((out / name).read_text())["wall_s"])
+    raise SystemExit(f"no summary in {out}")
 
 
 if __name__ == "__main__":

@@ -56,13 +56,15 @@ class Stats:
 def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, options: RunOptions) -> Stats:
     """Decode, predict and commit (through `writer`, started here after the fork) every unit of `work`."""
     card = contract.card
+    if not work.tasks:  # every row is reused (--since) or kept: no workers, no session, no torch
+        return _commit_only(writer)
     preprocess = Preprocess(card.image_size, card.resize_size, card.interpolation)
     decode = "cpu"
-    if options.decode != "cpu":
+    gpu = options.device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
+    if options.decode == "gpu" or (options.decode == "auto" and gpu):  # else: no torchvision import
         from ..gpu_decode import resolve_decode  # torchvision and CUDA only when asked for
 
         decode = resolve_decode(options.decode, options.device, card.interpolation)  # before the fork
-    gpu = options.device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
     workers = options.workers if options.workers is not None else default_workers("cuda" if gpu else "cpu")
     workers = workers if work.tasks else 0
     nice = (0 if gpu else CPU_WORKER_NICE) if options.worker_nice is None else options.worker_nice
@@ -156,6 +158,21 @@ def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, optio
                 decoder.decoded, decoder.seconds, decoder.fell_back,
             )  # fmt: skip
     stats.restarts = loader.restarts
+    return stats
+
+
+def _commit_only(writer: UnitWriter) -> Stats:
+    """Units made only of reused rows: the writer copies them, nothing is decoded or predicted."""
+    stats = Stats()
+    writer.start()
+    try:
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        stats.write_s = writer.seconds
+        stats.rows = writer.committed_rows
     return stats
 
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 from skutag.errors import SkutagError, SystemicFault
 from skutag.runtime import gpu_present
 
-from ..loader import Preprocess, ReadOptions
+from ..loader import CPU_WORKER_NICE, Preprocess, ReadOptions
 from ..model import ModelContract
 from ..options import RunOptions
 from ..progress import ProgressReporter
@@ -51,6 +51,9 @@ DEFAULT_NO_PROGRESS_S = 600.0
 # What one decode task may hold at its peak (a 50-megapixel photo decoded, then resized), so Ray
 # never schedules more decode tasks on a node than its memory holds.
 DECODE_TASK_MEMORY = 512 << 20
+# A local Ray started for one run serves no dashboard and records no metrics: on a small machine
+# every process Ray keeps busy takes cycles from decoding and inference.
+LOCAL_RAY_CONFIG = {"enable_metrics_collection": False, "event_stats": False}
 
 
 def import_ray():
@@ -70,11 +73,20 @@ def run_ray(contract: ModelContract, work: WorkList, writer: UnitWriter, options
     writer.start()
     try:
         if work.tasks:  # units made only of reused rows need no cluster
+            started = time.perf_counter()
             with connect(ray, options) as resources:
-                log.info("ray: %s", resources.describe())
+                log.info("ray: %s (Ray ready in %.1f s)", resources.describe(), time.perf_counter() - started)
                 stats.workers = resources.decode_tasks
-                blocks = _pipeline(ray, contract, work, options, resources)
-                _stream(blocks, writer, stats, options, work.tasks)
+                dataset = _pipeline(ray, contract, work, options, resources)
+                blocks = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+                first = _stream(blocks, writer, stats, options, work.tasks)
+                if log.isEnabledFor(logging.DEBUG):  # --verbose: where Ray Data's time went, per stage
+                    log.debug("ray: dataset stats\n%s", dataset.stats())
+                stopping = time.perf_counter()
+            log.info(
+                "ray: first rows %.1f s after the start, last %.1f s, Ray stopped in %.1f s",
+                first - started, stopping - started, time.perf_counter() - stopping,
+            )  # fmt: skip
         writer.close()
     except BaseException:
         writer.abort()
@@ -97,7 +109,13 @@ def connect(ray, options: RunOptions) -> Iterator[RayResources]:
     else:
         gpus = _local_gpus() if options.device != "cpu" else 0
         resources = local_resources(options.device, gpus, options.workers, options.threads)
-        _init(ray, address="local", num_cpus=resources.local_cpus(), num_gpus=gpus)
+        _init(
+            ray,
+            address="local",
+            num_cpus=resources.local_cpus(),
+            num_gpus=gpus,
+            _system_config=LOCAL_RAY_CONFIG,
+        )
         started = True
     try:
         yield resources
@@ -159,6 +177,8 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
             "preprocess": Preprocess(card.image_size, card.resize_size, card.interpolation),
             "read": ReadOptions(options.max_bytes, options.storage_options),
             "timeout_s": options.decode_timeout_s,
+            # CPU inference on the same cores: decoding fills the cycles ORT leaves (as the local engine's workers)
+            "nice": 0 if resources.gpu else CPU_WORKER_NICE,
         },
         # No CPUs asked: the pool size bounds the decode tasks, so no placement of actors (not even
         # actors Ray restarts on the surviving nodes after a node loss) can starve them (ray#44687).
@@ -187,12 +207,15 @@ def _pipeline(ray, contract: ModelContract, work: WorkList, options: RunOptions,
         num_cpus=resources.actor_cpus,
         num_gpus=resources.actor_gpus or None,
         compute=ray.data.ActorPoolStrategy(size=resources.actors),
-    ).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    )
 
 
-def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> None:
-    """Blocks of predicted rows -> the writer, which keeps the first delivery of each task id."""
+def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks: int) -> float:
+    """Blocks of predicted rows -> the writer, which keeps the first delivery of each task id.
+
+    Returns when (`time.perf_counter`) the first rows came back."""
     seen = np.zeros(tasks, bool)
+    first = time.perf_counter()
     with ProgressReporter(tasks, enabled=options.progress) as reporter, _ray_errors():
         waited = time.perf_counter()
         for block in blocks:
@@ -202,6 +225,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
             fresh = int((~seen[block["task"]]).sum())  # repeats (a retried block) are the writer's to drop
             seen[block["task"]] = True
             if stats.device == "none":
+                first = time.perf_counter()
                 stats.device = str(block["device"][0])
                 stats.providers = str(block["providers"][0]).split(",")
                 stats.fallback_reason = str(block["fallback"][0]) or None
@@ -216,6 +240,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
         raise SkutagError(
             f"--engine ray: {tasks - stats.tasks} decode task(s) never came back; rerun to redo them"
         )
+    return first
 
 
 @contextlib.contextmanager

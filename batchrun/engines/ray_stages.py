@@ -41,7 +41,7 @@ _DECODERS: dict[tuple, CpuFallback] = {}  # per Ray worker process: one containe
 
 
 def decode_block(
-    block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions, timeout_s: float
+    block: dict[str, np.ndarray], preprocess: Preprocess, read: ReadOptions, timeout_s: float, nice: int = 0
 ) -> dict[str, Any]:
     """Decode tasks -> pixels (zeros for error rows) and the facts of every row.
 
@@ -49,16 +49,16 @@ def decode_block(
     as the local engine's supervised workers do: a decoder that hangs or kills its process
     costs that input a `timeout` or `crashed` row, and a fresh child takes the next input.
     """
-    key = (preprocess, timeout_s)
-    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s))
-    samples = []
-    for task, uri, size in zip(block["task"], block["uri"], block["size"], strict=True):
-        try:
-            samples.append(decoder.decode_input(int(task), str(uri), int(size), read))
-        except Exception as exc:  # decode_one contains decoder errors; this is anything else
-            samples.append(
-                error_sample(int(task), "crashed", f"decode task failed: {type(exc).__name__}: {exc}")
-            )
+    key = (preprocess, timeout_s, nice)
+    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s, nice=nice))
+    jobs = [
+        (int(t), str(u), int(s)) for t, u, s in zip(block["task"], block["uri"], block["size"], strict=True)
+    ]
+    try:
+        samples = decoder.decode_inputs(jobs, read)  # one round trip to the child for the block
+    except Exception as exc:  # decode_one contains decoder errors; this is anything else
+        message = f"decode task failed: {type(exc).__name__}: {exc}"
+        samples = [error_sample(task, "crashed", message) for task, _uri, _size in jobs]
     size = preprocess.image_size
     pixels = np.zeros((len(samples), size, size, 3), np.uint8)
     for row, sample in enumerate(samples):
@@ -152,18 +152,21 @@ class Predictor:
         return out
 
     def _predict(self, block: dict[str, np.ndarray]) -> Predictions:
-        import torch
-
         rows = len(block["task"])
         if not block["ok"].any():
             return empty_predictions(rows, self.config.topk, self.dim)
         pixels = np.ascontiguousarray(block["pixels"], np.uint8)
-        if self.pad > rows:  # one batch shape on CUDA / TensorRT
-            pixels = np.concatenate([pixels, np.zeros((self.pad - rows, *pixels.shape[1:]), np.uint8)])
         batch = to_batch(block)
-        with warnings.catch_warnings():  # Ray's zero-copy blocks are read-only; ORT only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            batch.pixels = torch.from_numpy(pixels)
+        if self.pad:  # CUDA / TensorRT: one batch shape, copied from a torch tensor (IO binding)
+            import torch
+
+            if self.pad > rows:
+                pixels = np.concatenate([pixels, np.zeros((self.pad - rows, *pixels.shape[1:]), np.uint8)])
+            with warnings.catch_warnings():  # Ray's zero-copy blocks are read-only; ORT only reads them
+                warnings.simplefilter("ignore", UserWarning)
+                batch.pixels = torch.from_numpy(pixels)
+        else:  # the CPU provider reads the numpy block as it is: no torch in a CPU actor
+            batch.pixels = pixels
         return self.predict(batch)
 
 
