@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -75,34 +74,38 @@ def write_manifest(path: Path, count: int, distinct: list[str], changed: dict[in
 
 
 def skutag(*args: object) -> tuple[float, int, int]:
-    """Run `python -m skutag ARGS` to completion: (wall s, peak RSS MiB of its largest process, peak
-    anonymous memory MiB of the main process). RSS counts the pages of shared libraries it touched
-    (importing torch alone shows ~800 MiB); RssAnon is the memory the run itself allocated."""
+    """Run `python -m skutag ARGS` to completion: (wall s, peak RSS MiB, peak anonymous MiB), both of
+    its main process, sampled from /proc every 50 ms (VmHWM is that process's own high-water mark;
+    `wait4`'s ru_maxrss would count the RSS of this process, which it was forked from). RSS counts
+    the shared libraries' pages it touched (importing torch alone shows ~750 MiB, ~415 MiB of it
+    file pages); RssAnon is the memory the run itself allocated."""
     command = [sys.executable, "-m", "skutag", *map(str, args)]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    anon = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        anon = max(anon, _rss_anon_kib(process.pid))
-        time.sleep(0.05)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss // 1024, anon // 1024
+    with tempfile.TemporaryFile() as errors:  # a pipe could fill up and stall the run
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        peak = anon = 0
+        while process.poll() is None:
+            status = _status(process.pid)
+            peak, anon = max(peak, status.get("VmHWM", 0)), max(anon, status.get("RssAnon", 0))
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{errors.read().decode()[-2000:]}")
+    return wall, peak // 1024, anon // 1024
 
 
-def _rss_anon_kib(pid: int) -> int:
+def _status(pid: int) -> dict[str, int]:
+    found = {}
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
+                name, _, value = line.partition(":")
+                if name in ("VmHWM", "RssAnon"):
+                    found[name] = int(value.split()[0])
+    except (OSError, ValueError):
         pass
-    return 0
+    return found
 
 
 def phases(night2: Path, night1: Path) -> dict[str, float]:
@@ -156,7 +159,9 @@ def main() -> None:
         timings = {} if args.no_phases else phases(scratch / "night2", scratch / "night1")
     assert summary["reused"] == args.count - n_changed and summary["changed"] == n_changed, summary
     print(f"Plan of {args.count:,} inputs, {n_changed:,} changed ({args.changed:.1%}); part rows: default.\n")
-    print("| night | wall s | peak RSS MiB | peak RssAnon MiB (main) | rows | reused | changed | decoded |")
+    print(
+        "| night | wall s | peak RSS MiB (main process) | peak RssAnon MiB | rows | reused | changed | decoded |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| 1: full (rows share {args.distinct} images) | {n1_s:.1f} | {n1_rss:,} | {n1_anon:,} | "
