@@ -45,19 +45,25 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     type=click.IntRange(min=0),
     default=None,
     help="Train the head alone on cached backbone features for the first N epochs, then fine-tune with "
-    "augmentation [default: 5 with pretrained weights and --freeze other than backbone, else 0].",
+    "augmentation [default: 20 with pretrained weights and --freeze other than backbone, else 0].",
 )
 @click.option(
     "--unfreeze-at", type=click.IntRange(min=2), default=None, help="Epoch from which everything trains."
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="The head's learning rate (the backbone's: see --backbone-lr-scale).",
+)
 @click.option(
     "--backbone-lr-scale",
     type=click.FloatRange(min=0, min_open=True),
     default=0.1,
     show_default=True,
-    help="The backbone's learning rate is --lr times this; the head's is --lr.",
+    help="With pretrained weights the backbone's learning rate is --lr times this; the head's is --lr.",
 )
 @batch_size_option(32)
 @click.option(
@@ -99,7 +105,7 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @click.option(
     "--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Linear LR warm-up."
 )
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option(
     "--clip-grad", type=click.FloatRange(min=0, min_open=True), default=None, help="Max gradient norm."
 )

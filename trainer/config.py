@@ -13,7 +13,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 BALANCE = ("none", "loss", "sampler")
 AMP = ("auto", "bf16", "fp16", "off")
-HEAD_EPOCHS = 5  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
+HEAD_EPOCHS = 20  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class TrainConfig:
     # with pretrained weights, 0 with random ones)
     head_epochs: int | None = None
     epochs: int = 30
-    lr: float = 1e-4
+    lr: float = 1e-3  # the head's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr x this (the head's is lr)
     batch_size: int = 32
     image_size: int | None = None  # None: the weights' own (torchvision 224, timm pretrained_cfg)
@@ -42,7 +42,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     clip_grad: float | None = None
     patience: int | None = None
     best_metric: str = "macro_f1"

@@ -207,8 +207,9 @@ class Trainer:
             weights = weights.to(self.device)
         head = classifier_name(self.model) + "."
         named = list(self.model.named_parameters())
+        scale = c.backbone_lr_scale if c.pretrained else 1.0  # a random backbone learns at the head's pace
         groups = [
-            {"params": [p for n, p in named if not n.startswith(head)], "lr": c.lr * c.backbone_lr_scale},
+            {"params": [p for n, p in named if not n.startswith(head)], "lr": c.lr * scale},
             {"params": [p for n, p in named if n.startswith(head)], "lr": c.lr},
         ]
         optimizer = make_optimizer([g for g in groups if g["params"]], c)
