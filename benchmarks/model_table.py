@@ -131,7 +131,7 @@ def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, e
             skutag("eval", model, test, "--out", report_dir, "--no-gradcam")
         metrics[kind] = json.loads((report_dir / "metrics.json").read_text())
     result |= {
-        "test_images": metrics["torch"]["images"],
+        "test_images": metrics["torch"]["samples"],
         "accuracy": metrics["torch"]["accuracy"],
         "macro_f1": metrics["torch"]["macro_f1"],
         "fp32_accuracy": metrics["fp32"]["accuracy"],

@@ -152,7 +152,7 @@ def _summary(console, root: Path, fp32: Path, int8: Path, predictions: Path, sec
     table = Table(title=f"skutag demo on real photos: done in {seconds / 60:.1f} min", show_header=False)
     p, q = evals["pytorch"], evals["int8"]
     table.add_row(
-        f"held-out accuracy ({p['images']} photos)",
+        f"held-out accuracy ({p['samples']} photos)",
         f"{p['accuracy']:.3f} (macro F1 {p['macro_f1']:.3f}) fine-tuned Lite0; int8 ONNX {q['accuracy']:.3f}",
     )
     if parity:

@@ -76,7 +76,7 @@ def test_pretrained_lite0_beats_a_random_backbone_by_a_wide_margin(runs, tmp_pat
     assert card["normalize"] == "tflite" and card["interpolation"] == "bicubic"
     pretrained = _eval(runs["imagenet"], tmp_path / "imagenet")
     random = _eval(runs["random"], tmp_path / "random")
-    assert pretrained["images"] == random["images"] == 83
+    assert pretrained["samples"] == random["samples"] == 83
     assert pretrained["accuracy"] >= 0.75, pretrained
     assert pretrained["accuracy"] >= random["accuracy"] + 0.3, (pretrained, random)
 
@@ -96,7 +96,9 @@ def test_exports_pass_the_gate_on_held_out_photos_and_score_like_pytorch(runs, t
         report = json.loads(model.with_name(model.name + ".json").read_text())
         assert report["parity"]["shared_with_calibration"] == 0 and report["parity"]["images"] >= 64
         exported = _eval(model, tmp_path / precision)
-        assert abs(exported["accuracy"] - reference["accuracy"]) <= 0.01 + 1e-9, (
+        # fp32: within 1 point; int8 (83 photos: one photo is 1.2 points): at most two photos
+        allowed = 0.01 if precision == "fp32" else 2 / exported["samples"]
+        assert abs(exported["accuracy"] - reference["accuracy"]) <= allowed + 1e-9, (
             precision,
             exported,
             reference,

@@ -74,7 +74,7 @@ def test_exported_timm_model_evaluates_like_pytorch(timm_run, split_catalog, tmp
         result = skutag("eval", model, split_catalog / "val", "--out", tmp_path / name, "--no-gradcam")
         assert result.returncode == 0, result.stderr
         figures[name] = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert figures["onnx"]["images"] == figures["torch"]["images"] > 0
+    assert figures["onnx"]["samples"] == figures["torch"]["samples"] > 0
     assert abs(figures["onnx"]["accuracy"] - figures["torch"]["accuracy"]) <= 0.01
 
 
