@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| data | lr | head epochs | label smoothing | accuracy (min fold) | macro F1 |")
     print("|---|---|---|---|---|---|")
     for root in args.data:
+        torch.set_num_threads(os.cpu_count() or 1)
         x, y, paths = features(root, args.arch, args.weights)
+        torch.set_num_threads(1)  # a linear head: one thread is fastest, and spin-free on a busy machine
         position = {Path(p).resolve(): i for i, p in enumerate(paths)}
         splits = folds(root, args.folds, 0)
         classes = int(y.max()) + 1

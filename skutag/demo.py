@@ -116,7 +116,7 @@ def _step(console, title: str | None, args: list) -> None:
     args = [str(a) for a in args]
     if title:
         console.rule(f"[bold]{title}")
-    console.print(f"[dim]$ skutag {shlex.join(args)}[/dim]")
+    console.print(f"[dim]$ skutag {shlex.join(_short(a) for a in args)}[/dim]")
     cli.main(args=args, prog_name="skutag", standalone_mode=False)
 
 
@@ -186,3 +186,12 @@ def _parity_line(parity: dict) -> str:
         f"passed on {parity['images']} photos not used for calibration: top-1 agreement "
         f"{parity['top1_agreement']:.3f}, p99 per-image TV {parity['p99_tv']:.3f}"
     )
+
+
+def _short(arg: str) -> str:
+    """Paths under the current directory as a user would type them (relative)."""
+    import os
+
+    if os.path.isabs(arg) and Path(arg).resolve().is_relative_to(Path.cwd().resolve()):
+        return os.path.relpath(arg)
+    return arg

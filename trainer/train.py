@@ -8,9 +8,10 @@ weights. Every file is written by rank 0 only, atomically.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,9 +324,12 @@ class Trainer:
         self._set_policy(epoch)
         set_train_mode(self.train_module)
         lr = self.engine.optimizer.param_groups[-1]["lr"]  # the head's
-        with self.display.progress(
-            f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
-        ) as adv:
+        with (
+            self._head_threads(),
+            self.display.progress(
+                f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
+            ) as adv,
+        ):
             result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
         if epoch == self.head_epochs + 1 and not self.cached:
             self._check_loaded(result.images, result.failed, self.splits.train)
@@ -335,7 +339,8 @@ class Trainer:
             )
         for failed in distributed.gather_to_main(result.failed) or []:
             self._record_failures(failed, self.splits.train)
-        predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
+        with self._head_threads():
+            predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
         stop = False
         if predictions is not None:  # rank 0
             figures = summary_metrics(predictions.labels, predictions.probs)
@@ -363,6 +368,20 @@ class Trainer:
                 self.display.say(f"early stopping: no better {c.best_metric} for {c.patience} epochs")
         s.epoch = epoch
         s.stopped_early = distributed.broadcast_flag(stop, self.device)
+
+    @contextlib.contextmanager
+    def _head_threads(self) -> Iterator[None]:
+        """One CPU thread for a head on cached features: its ops are tiny, and more threads only spin
+        (20x slower on a busy 2-core machine)."""
+        if not (self.cached and self.device.type == "cpu"):
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def _validate(self, description: str) -> Predictions | None:
         """Predictions on the validation set (sharded over the processes), gathered on rank 0; None elsewhere."""
