@@ -45,12 +45,18 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     type=click.IntRange(min=0),
     default=None,
     help="Train the head alone on cached backbone features for the first N epochs, then fine-tune with "
-    "augmentation [default: 20 with pretrained weights and --freeze other than backbone, else 0].",
+    "augmentation [default: 40 with pretrained weights and --freeze other than backbone, else 0].",
 )
 @click.option(
     "--unfreeze-at", type=click.IntRange(min=2), default=None, help="Epoch from which everything trains."
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=45,
+    show_default=True,
+    help="All epochs, the head phase included.",
+)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),

@@ -13,7 +13,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 BALANCE = ("none", "loss", "sampler")
 AMP = ("auto", "bf16", "fp16", "off")
-HEAD_EPOCHS = 20  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
+HEAD_EPOCHS = 40  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class TrainConfig:
     # The first N epochs train the head alone on cached backbone features; None: auto (HEAD_EPOCHS
     # with pretrained weights, 0 with random ones)
     head_epochs: int | None = None
-    epochs: int = 30
+    epochs: int = 45  # with pretrained weights: HEAD_EPOCHS on cached features, then fine-tuning
     lr: float = 1e-3  # the head's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr x this (the head's is lr)
     batch_size: int = 32
