@@ -126,7 +126,8 @@ def test_imagenet_weights_offline_with_nothing_to_load_fail_in_one_line(split_ca
         "--weights", "imagenet", env=env,
     )  # fmt: skip
     assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr
-    assert "no ImageNet weights for timm/tf_efficientnet_lite3" in lines[0] and "--weights PATH" in lines[0]
+    lines = done.stderr.strip().splitlines()  # progress lines (device, data), then the error
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert errors == lines[-1:] and "Traceback" not in done.stderr
+    assert "no ImageNet weights for timm/tf_efficientnet_lite3" in errors[0] and "--weights PATH" in errors[0]
     assert not (tmp_path / "run" / "best.safetensors").exists()
