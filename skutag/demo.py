@@ -65,7 +65,7 @@ def demo(out: str, epochs: int, photos: str) -> None:
         console,
         f"1/7 fine-tune ImageNet-pretrained EfficientNet-Lite0 on {_count(train)} real photos",
         ["train", train, "--out", run, "--arch", ARCH, "--weights", "imagenet", "--epochs", epochs,
-         "--val-split", "0.2", "--seed", 0],
+         "--val-split", "0.2", "--seed", 0, "--no-gradcam"],
     )  # fmt: skip
     _step(
         console,
@@ -170,6 +170,10 @@ def _summary(console, root: Path, fp32: Path, int8: Path, predictions: Path, sec
     table.add_row("review queue", f"{len(flagged)} of {summary['ok']} rows flagged for a human")
     table.add_row("predictions (Parquet)", f"{predictions}/*.parquet")
     table.add_row("reports", f"{root / 'run' / 'report'}, {root / 'eval'}")
+    table.add_row(
+        "where the model looked (Grad-CAM)",
+        f"skutag explain {root / 'run'} --mistakes {root / 'eval' / 'pytorch'} --out DIR",
+    )
     table.add_row("models", f"{fp32}, {int8}")
     console.print(table)
     console.print(
