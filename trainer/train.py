@@ -130,6 +130,8 @@ class Trainer:
         provenance = {
             "options": c.to_dict(),
             "weights": built.weights_source,
+            # where the preprocessing came from: the family's recipe (timm: pretrained_cfg), as built
+            "preprocessing": {"family": p.family, "crop_pct": p.crop_pct, "input_size": p.image_size},
             "train_images": len(splits.train),
             "val_images": len(splits.val),
             "torch": torch.__version__,
