@@ -35,7 +35,7 @@ def export(
         assert calibration is not None
         qmod = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch", TITLE)
         config = qmod.get_symmetric_quantization_config(is_per_channel=True)
-        program = quantise(module, args, qmod.XNNPACKQuantizer().set_global(config), calibration)
+        program = quantise(module, args, qmod.XNNPACKQuantizer().set_global(config), calibration, fold=True)
         notes["quantizer"] = "XNNPACKQuantizer: symmetric int8, per-channel weights; head in float"
     with torch.no_grad():
         exported = torch.export.export(program, args)

@@ -38,13 +38,20 @@ def export(
         quant_config = require("litert_torch.quantize.quant_config", "litert", TITLE)
         config = quantizer_module.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
         quantizer = quantizer_module.PT2EQuantizer().set_global(config)
-        program = quantise(module, args, quantizer, calibration)
+        program = quantise(module, args, quantizer, calibration, fold=False)
         options["quant_config"] = quant_config.QuantConfig(pt2e_quantizer=quantizer)
         notes["quantizer"] = "litert-torch PT2EQuantizer: symmetric int8, per-channel weights; head in float"
     chatter = io.StringIO()  # the converter prints progress bars
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         edge_model = litert_torch.convert(program, args, **options)
         edge_model.export(str(out))
+    # What an app reads: LiteRT's converter can leave the `embedding` output in int8 (scale and zero
+    # point in the file; the runner below dequantises it); `probs` stays float32.
+    runner = load(out, threads=1)
+    notes["outputs"] = [
+        {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "quantization": list(d["quantization"])}
+        for d in runner.outputs
+    ]
     return notes
 
 
@@ -55,14 +62,20 @@ class _Runner:
         self._interpreter = interpreter
         self._input = interpreter.get_input_details()[0]["index"]
         # probs [1, classes] and embedding [1, D]: output_0 then output_1 by the converter's names.
-        outputs = sorted(interpreter.get_output_details(), key=lambda d: d["name"])
-        self._outputs = [d["index"] for d in outputs]
+        self.outputs = sorted(interpreter.get_output_details(), key=lambda d: d["name"])
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(pixels))
         self._interpreter.invoke()
-        values = [self._interpreter.get_tensor(i).copy() for i in self._outputs]
+        values = [self._read(d) for d in self.outputs]
         return values[0], (values[1] if len(values) > 1 else None)
+
+    def _read(self, detail: dict) -> np.ndarray:
+        value = self._interpreter.get_tensor(detail["index"])
+        if np.issubdtype(value.dtype, np.integer):  # an 8-bit output: what an app reads, dequantised
+            scale, zero_point = detail["quantization"]
+            return (value.astype(np.float32) - zero_point) * scale
+        return value.copy()
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:

@@ -22,19 +22,35 @@ def example(module: ExportModule, card_size: int) -> tuple[torch.Tensor]:
     return (torch.zeros(1, card_size, card_size, 3, dtype=torch.uint8),)
 
 
-def quantise(module: ExportModule, args: tuple[torch.Tensor], quantizer, calibration: SampleSet):
-    """The converted (quantised) GraphModule of `module`, calibrated on every calibration image."""
+def quantise(
+    module: ExportModule, args: tuple[torch.Tensor], quantizer, calibration: SampleSet, *, fold: bool
+):
+    """The converted (quantised) GraphModule of `module`, calibrated on every calibration image.
+
+    `fold`: fold the weights' quantize ops into int8 constants (ExecuTorch: XNNPACK consumes
+    them; LiteRT's converter wants the quantize ops kept, as its documentation does)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    # No config for the head's type: its matmul and the softmax stay float (the quantizers skip None).
-    quantizer.module_type_config[type(module.head)] = None
+    # No config for the head's type nor the global pooling's: the pooled features (`embedding`), the
+    # classifier and the softmax stay float, as in int8 ONNX (the quantizers skip a None config).
+    for kind in [type(module.head), *pooling_types(module)]:
+        quantizer.module_type_config[kind] = None
     graph = torch.export.export(module, args).module()
     prepared = prepare_pt2e(graph, quantizer)
     move_exported_model_to_eval(prepared)
     with torch.no_grad():
         for image in calibration.pixels:
             prepared(torch.from_numpy(image[None].copy()))
-    converted = convert_pt2e(prepared, fold_quantize=False)
+    converted = convert_pt2e(prepared, fold_quantize=fold)
     move_exported_model_to_eval(converted)
     return converted
+
+
+def pooling_types(module: ExportModule) -> set[type]:
+    """Module types of the body's global pooling (torchvision's AdaptiveAvgPool2d, timm's SelectAdaptivePool2d)."""
+    return {
+        type(sub)
+        for sub in module.body.modules()
+        if type(sub).__name__ in ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "SelectAdaptivePool2d")
+    }
