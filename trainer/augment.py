@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from skutag.card import ModelCard
+from skutag.normalize import normalize, pixel_scale
 
 PRESETS = ("none", "standard", "strong")
 
@@ -63,9 +64,10 @@ class Normalizer(nn.Module):
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(card.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(card.std).view(1, 3, 1, 1))
+        mean, std = pixel_scale(card.mean, card.std)
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return (x - self.mean) / self.std
+        x = images.float() if images.dtype == torch.uint8 else images.float() * 255.0
+        return normalize(x, self.mean, self.std)

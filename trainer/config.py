@@ -13,6 +13,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 BALANCE = ("none", "loss", "sampler")
 AMP = ("auto", "bf16", "fp16", "off")
+HEAD_EPOCHS = 40  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
 
 
 @dataclass(frozen=True)
@@ -21,22 +22,27 @@ class TrainConfig:
     out: str
     arch: str = "resnet50"
     weights: str = "imagenet"
-    freeze: str = "backbone"
+    # auto: pretrained weights -> the last stage trains (trainer.freeze.default_stage), random -> none
+    freeze: str = "auto"
     unfreeze_at: int | None = None
-    epochs: int = 30
-    lr: float = 1e-4
+    # The first N epochs train the head alone on cached backbone features; None: auto (HEAD_EPOCHS
+    # with pretrained weights, 0 with random ones)
+    head_epochs: int | None = None
+    epochs: int = 45  # with pretrained weights: HEAD_EPOCHS on cached features, then fine-tuning
+    lr: float = 1e-3  # the head's; the backbone's is lr x backbone_lr_scale
+    backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr x this (the head's is lr)
     batch_size: int = 32
-    image_size: int = 224
+    image_size: int | None = None  # None: the weights' own (torchvision 224, timm pretrained_cfg)
     val: str | None = None
     val_split: float | None = None
     augment: str = "standard"
-    normalize: str = "imagenet"
+    normalize: str = "auto"  # auto: what the weights were trained with
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     clip_grad: float | None = None
     patience: int | None = None
     best_metric: str = "macro_f1"
@@ -53,10 +59,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+    def resolved_head_epochs(self) -> int:
+        """Epochs of the head-only phase on cached features (all of them with --cache-features)."""
+        if self.cache_features:
+            return self.epochs
+        if self.head_epochs is not None:
+            return self.head_epochs
+        return min(HEAD_EPOCHS, self.epochs - 1) if self.pretrained and self.freeze != "backbone" else 0
+
     def check(self) -> None:
         """Option combinations that cannot work, refused before any data is read."""
         if self.cache_features:
-            if self.freeze != "backbone" or self.unfreeze_at is not None:
+            if self.freeze not in ("backbone", "auto") or self.unfreeze_at is not None:
                 raise SkutagError("--cache-features needs --freeze backbone without --unfreeze-at")
             if self.augment != "none":
                 raise SkutagError(
@@ -64,6 +82,11 @@ class TrainConfig:
                 )
             if self.balance == "sampler":
                 raise SkutagError("--cache-features works with --balance loss, not sampler")
+        if self.head_epochs is not None and self.head_epochs > 0:
+            if self.head_epochs >= self.epochs:
+                raise SkutagError("--head-epochs must be fewer than --epochs (or use --cache-features)")
+            if self.balance == "sampler":
+                raise SkutagError("--head-epochs works with --balance loss, not sampler")
         if self.unfreeze_at is not None and not 1 < self.unfreeze_at <= self.epochs:
             raise SkutagError(f"--unfreeze-at must be an epoch from 2 to {self.epochs}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:

