@@ -16,7 +16,7 @@ from tests.test_exporter_export import invoke
 
 
 def test_the_cli_offers_the_table_s_formats_and_suffixes_name_them():
-    assert export_cli.FORMATS == tuple(formats.FORMATS)
+    assert tuple(formats.FORMATS) == export_cli.FORMATS
     for name, fmt in formats.FORMATS.items():
         assert format_of(f"dir/model{fmt.suffix}") == name and formats.for_path(f"m{fmt.suffix}") is fmt
     assert format_of("m.ort") == "onnx" and format_of("m.bin") is None

@@ -87,7 +87,9 @@ FORMATS: dict[str, Format] = {
     "openvino": Format(
         "openvino", "openvino", "openvino", ("fp32", "fp16", "int8"), "Intel CPUs, GPUs, NPUs", True
     ),
-    "coreml": Format("coreml", "coreml", "coreml", ("fp32", "fp16"), "Apple platforms (iOS, macOS)", True, _apple),
+    "coreml": Format(
+        "coreml", "coreml", "coreml", ("fp32", "fp16"), "Apple platforms (iOS, macOS)", True, _apple
+    ),
 }
 
 
