@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skutag-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: venv test test-slow lint demo bench-cpu clean device-bundle
+.PHONY: venv test test-slow test-edge lint demo bench-cpu clean device-bundle
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ test: lint
 
 test-slow: venv
 	$(PY) -m pytest -m slow
+
+# The edge-format converters (ExecuTorch, LiteRT, OpenVINO, Core ML) are heavy optional extras:
+# installed into the same venv only by this target, tested apart from `make test`.
+EDGE_STAMP := $(VENV)/.skutag-edge-installed
+$(EDGE_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,edge]' -c .ci/constraints.txt
+	touch $(EDGE_STAMP)
+
+test-edge: $(EDGE_STAMP)
+	$(PY) -m pytest -m edge tests/test_edge_export.py
 
 demo: venv
 	$(PY) -m pip install -q -e ".[pretrained,insight]" -c .ci/constraints.txt

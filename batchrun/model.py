@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from skutag.artifacts import format_of, title
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import sha256_file
@@ -62,6 +63,12 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     import onnx
 
     path = Path(path)
+    kind = format_of(path)
+    if kind not in (None, "onnx"):
+        raise InputError(
+            f"skutag run takes ONNX models; {path} is a {title(kind)} file (skutag bench runs it; "
+            "export with --format onnx for batch runs)"
+        )
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:

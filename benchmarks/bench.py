@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.latency import Timing, time_session, time_torch
+import numpy as np
+
+from benchmarks.latency import Timing, random_inputs, time_calls, time_session, time_torch
+from skutag.artifacts import format_of
 from skutag.errors import InputError, SkutagError
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,9 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
     if config.baseline_run is not None:
         rows.extend(_torch_baseline(config, progress))
     for model in config.models:
+        if format_of(model) not in (None, "onnx"):
+            rows.extend(_edge_rows(model, config, progress))
+            continue
         if model_card(model) is None:
             raise InputError(f"{model} has no skutag card; bench needs the card's input size")
         contract = read_contract(model)
@@ -114,6 +120,76 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
                 )
             del session
     return rows
+
+
+def _edge_rows(model: Path, config: BenchConfig, progress) -> list[Row]:
+    """An ExecuTorch / LiteRT / OpenVINO / Core ML file in its own runtime on the CPU (exporter.formats).
+
+    The file is checked against the sha256 its export recorded before its runtime opens it.
+    Files that take one batch size (ExecuTorch, LiteRT, Core ML: batch 1) are timed at that size only.
+    """
+    from exporter import formats
+
+    if not any(d in ("auto", "cpu") for d in config.devices):
+        raise InputError(f"{model}: edge formats are measured on the CPU here; add --device cpu")
+    fmt, card, runner = formats.load_runner(model)
+    accuracy = _edge_accuracy(runner, card, config.data) if config.data else None
+    inputs = random_inputs(card, 1)
+    rows = []
+    for batch_size in config.batch_sizes:
+        if runner.batch_size not in (None, batch_size):
+            log.info(
+                "%s takes batch %d only; batch %d not measured", model.name, runner.batch_size, batch_size
+            )
+            continue
+        _say(progress, f"{model.name} ({fmt.title}) on cpu, batch {batch_size}")
+        batch = [np.repeat(x, batch_size, axis=0) for x in inputs] if batch_size > 1 else inputs
+        timing = time_calls(
+            lambda i, b=batch: runner(b[i % len(b)]),
+            batch_size,
+            warmup=config.warmup,
+            min_seconds=config.min_seconds,
+        )
+        extra = {"format": fmt.name, "target": fmt.platform}
+        rows.append(
+            Row(
+                model.name,
+                card.precision,
+                "cpu",
+                batch_size,
+                formats.size_bytes(model) / 2**20,
+                timing,
+                accuracy,
+                None,
+                extra,
+            )
+        )
+    return rows
+
+
+def _edge_accuracy(runner, card, data: Path) -> float:
+    """Top-1 accuracy on an ImageFolder tree whose folder names are the card's classes."""
+    from exporter import formats
+    from exporter.samples import decode, image_files
+    from skutag.images import ImageError
+
+    files = [f for f in image_files(data) if f.parent.name in card.classes]
+    if not files:
+        raise InputError(f"--data {data}: no image under a folder named after one of the model's classes")
+    correct = total = 0
+    for start in range(0, len(files), 32):
+        chunk, labels = [], []
+        for path in files[start : start + 32]:
+            try:
+                chunk.append(decode(path, card))
+            except ImageError:
+                continue
+            labels.append(card.classes.index(path.parent.name))
+        if chunk:
+            probs, _ = formats.run_all(runner, np.stack(chunk))
+            correct += int((probs.argmax(axis=1) == np.asarray(labels)).sum())
+            total += len(labels)
+    return correct / max(total, 1)
 
 
 def _torch_baseline(config: BenchConfig, progress) -> list[Row]:

@@ -18,7 +18,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Directory for results.json/.md and plots."
 )
@@ -62,7 +62,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 def bench(
     models, out, batch_sizes, devices, images, data, baseline, run_dir, min_seconds, warmup, workers
 ) -> None:
-    """Latency (p50/p90/p99) and throughput of ONNX MODELS, side by side.
+    """Latency (p50/p90/p99) and throughput of MODELS (ONNX, .pte, .tflite, OpenVINO .xml), side by side.
 
     Model-only figures use fixed shapes, warm-up and many repetitions; --images adds
     the real pipeline's end-to-end images/s and its ratio to model-only.

@@ -13,12 +13,27 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("cpu", "tensorrt")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INPUT_KINDS = ("uint8", "float")
+FORMATS = ("onnx", "executorch", "litert", "openvino", "coreml")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 @click.command()
 @input_path("run")
-@out_option("The ONNX file to write (MODEL.onnx); the report goes to MODEL.onnx.json.", file=True)
+@out_option(
+    "The file to write: MODEL.onnx, .pte, .tflite, .xml (+ .bin) or .mlpackage; the report goes to "
+    "MODEL.<ext>.json.",
+    file=True,
+)
+@click.option(
+    "--format",
+    "format_name",
+    type=click.Choice(FORMATS),
+    default="onnx",
+    show_default=True,
+    help="onnx: ONNX Runtime anywhere. executorch: .pte, XNNPACK (fp32, int8). litert: .tflite for Android "
+    "(fp32, int8). openvino: IR .xml + .bin (fp32, fp16, int8). coreml: .mlpackage (fp32, fp16; runs only "
+    "on Apple platforms). Each is checked by running it in its own runtime where it runs.",
+)
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -107,6 +122,7 @@ def export(
     check_dir: Path | None,
     check_size: int,
     ort_format: bool,
+    format_name: str,
 ) -> None:
     """Export the trained model in RUN (a run dir or a .safetensors with a card) to one ONNX file.
 
@@ -129,9 +145,13 @@ def export(
         check_dir=check_dir,
         check_size=check_size,
         ort_format=ort_format,
+        format=format_name,
     )
     result = run_export(request)
-    _print_summary(result.summary, result.ort_model)
+    if format_name == "onnx":
+        _print_summary(result.summary, result.ort_model)
+    else:
+        _print_edge_summary(result.summary)
 
 
 def _print_summary(summary: dict, ort_model: Path | None) -> None:
@@ -162,4 +182,29 @@ def _print_summary(summary: dict, ort_model: Path | None) -> None:
         click.echo("parity check skipped (--no-check)")
     if ort_model:
         click.echo(f"wrote {ort_model}")
+    click.echo(f"report: {summary['model']}.json")
+
+
+def _print_edge_summary(summary: dict) -> None:
+    size_mb = summary["file_bytes"] / 1e6
+    click.echo(f"wrote {summary['model']} ({summary['format']} {summary['precision']}, {size_mb:.1f} MB)")
+    calibration = summary["calibration"]
+    if calibration:
+        click.echo(f"calibrated on {calibration['count']} images; {summary['notes'].get('quantizer', '')}")
+    parity = summary["parity"]
+    if parity:
+        embedding = (
+            f", embedding error max {parity['max_embedding_error']:.2e}"
+            if parity["max_embedding_error"] is not None
+            else ""
+        )
+        click.echo(
+            f"parity vs PyTorch in {parity['runtime']} on {parity['images']} check images: per-image TV max "
+            f"{parity['max_tv']:.2e}, p99 {parity['p99_tv']:.2e}; top-1 agreement {parity['top1_agreement']:.1%}, "
+            f"top-{parity['k']} overlap {parity['top5_overlap']:.1%}{embedding}"
+        )
+    elif summary["parity_unverified"]:
+        click.echo(f"parity NOT verified: {summary['parity_unverified']}")
+    else:
+        click.echo("parity check skipped (--no-check)")
     click.echo(f"report: {summary['model']}.json")

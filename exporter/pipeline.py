@@ -44,6 +44,7 @@ class ExportRequest:
     check_dir: Path | None = None
     check_size: int = 64
     ort_format: bool = False
+    format: str = "onnx"  # a row of exporter.formats.FORMATS
 
     @property
     def target(self) -> Target:
@@ -83,6 +84,10 @@ def run_export(request: ExportRequest) -> ExportResult:
     """Export, convert, check and write; see the module docstring."""
     from trainer.weights import load_trained
 
+    if request.format != "onnx":
+        from exporter.edge import run_edge_export
+
+        return run_edge_export(request, _samples)
     validate(request)
     started = time.perf_counter()
     target = request.target

@@ -36,7 +36,11 @@ from skutag.errors import SkutagError
 
 log = logging.getLogger(__name__)
 
-CALIB_BATCH = 16
+# Images per calibration step. ORT's calibration session (graph optimisations off) keeps every
+# intermediate tensor of a step alive until the ReduceMin/ReduceMax nodes appended after the graph
+# run, so memory grows with this batch: 16 made an int8 ResNet-50 export peak at 5.2 GB RSS, one
+# image per step keeps it far under 2 GB at any calibration size (benchmarks/RESULTS.md, issue 20).
+CALIB_BATCH = 1
 # The ops that make the pooled features: walking back from the outputs, the tail ends at the first one.
 POOLING_OPS = frozenset(
     {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool", "MaxPool"}

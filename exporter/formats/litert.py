@@ -1,0 +1,96 @@
+"""LiteRT `.tflite` (TFLite): litert-torch converts the module (no TensorFlow); int8 through its PT2EQuantizer.
+
+Checked with the `ai-edge-litert` interpreter (XNNPACK on the CPU). The model takes one
+uint8 [1, H, W, 3] image (edge is batch 1). The card travels beside it in MODEL.tflite.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.formats import first_line, require
+from exporter.formats.pt2e import example, quantise
+from exporter.graph import ExportModule
+from exporter.samples import SampleSet
+from skutag.card import ModelCard
+from skutag.errors import InputError
+
+TITLE = "LiteRT export"
+
+
+def export(
+    module: ExportModule, card: ModelCard, out: Path, precision: str, calibration: SampleSet | None
+) -> dict[str, Any]:
+    litert_torch = require("litert_torch", "litert", TITLE)
+    args = example(module, card.image_size)
+    notes: dict[str, Any] = {"converter": "litert-torch", "batch_size": 1}
+    options: dict[str, Any] = {}
+    program: Any = module
+    if precision == "int8":
+        assert calibration is not None
+        quantizer_module = require("litert_torch.quantize.pt2e_quantizer", "litert", TITLE)
+        quant_config = require("litert_torch.quantize.quant_config", "litert", TITLE)
+        config = quantizer_module.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+        quantizer = quantizer_module.PT2EQuantizer().set_global(config)
+        program = quantise(module, args, quantizer, calibration, fold=False)
+        options["quant_config"] = quant_config.QuantConfig(pt2e_quantizer=quantizer)
+        notes["quantizer"] = "litert-torch PT2EQuantizer: symmetric int8, per-channel weights; head in float"
+    chatter = io.StringIO()  # the converter prints progress bars
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        edge_model = litert_torch.convert(program, args, **options)
+        edge_model.export(str(out))
+    # What an app reads: LiteRT's converter can leave the `embedding` output in int8 (scale and zero
+    # point in the file; the runner below dequantises it); `probs` stays float32.
+    runner = load(out, threads=1)
+    notes["outputs"] = [
+        {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "quantization": list(d["quantization"])}
+        for d in runner.outputs
+    ]
+    return notes
+
+
+class _Runner:
+    batch_size = 1
+
+    def __init__(self, interpreter) -> None:
+        self._interpreter = interpreter
+        self._input = interpreter.get_input_details()[0]["index"]
+        # probs [1, classes] and embedding [1, D]: output_0 then output_1 by the converter's names.
+        self.outputs = sorted(interpreter.get_output_details(), key=lambda d: d["name"])
+
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        self._interpreter.set_tensor(self._input, np.ascontiguousarray(pixels))
+        self._interpreter.invoke()
+        values = [self._read(d) for d in self.outputs]
+        return values[0], (values[1] if len(values) > 1 else None)
+
+    def _read(self, detail: dict) -> np.ndarray:
+        value = self._interpreter.get_tensor(detail["index"])
+        if np.issubdtype(value.dtype, np.integer):  # an 8-bit output: what an app reads, dequantised
+            scale, zero_point = detail["quantization"]
+            return (value.astype(np.float32) - zero_point) * scale
+        return value.copy()
+
+
+def load(path: Path, threads: int | None = None) -> _Runner:
+    interpreter_module = require("ai_edge_litert.interpreter", "litert", "running LiteRT models")
+    try:
+        interpreter = interpreter_module.Interpreter(
+            model_path=str(path), num_threads=threads or os.cpu_count() or 1
+        )
+        interpreter.allocate_tensors()
+    except Exception as exc:
+        raise InputError(f"cannot load LiteRT model {path}: {first_line(exc)}") from exc
+    return _Runner(interpreter)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"litert-torch": version("litert-torch"), "ai-edge-litert": version("ai-edge-litert")}

@@ -1,0 +1,98 @@
+"""OpenVINO IR (`.xml` + `.bin`): `openvino.convert_model`; fp16 weights; int8 through NNCF post-training quantisation.
+
+The model takes uint8 [batch, H, W, 3] (batch dynamic) and carries the card in its
+rt_info (`skutag/card`) as well as beside it. int8: NNCF's PTQ calibrated on the
+`--calib` images, one image per step (it keeps reduced statistics, not activations);
+the classifier's MatMul and the Softmax are in its ignored scope, so `probs` stays
+float. Checked with the OpenVINO runtime on the CPU, with f32 inference precision (a
+CPU with bf16 support would otherwise compute an fp32 IR in bf16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporter.formats import first_line, require
+from exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
+from exporter.samples import SampleSet
+from skutag.card import ModelCard
+from skutag.errors import InputError
+
+TITLE = "OpenVINO export"
+CARD_KEY = ["skutag", "card"]
+
+
+def export(
+    module: ExportModule, card: ModelCard, out: Path, precision: str, calibration: SampleSet | None
+) -> dict[str, Any]:
+    ov = require("openvino", "openvino", TITLE)
+    size = card.image_size
+    example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        model = ov.convert_model(
+            module, example_input=(example,), input=[ov.PartialShape([-1, size, size, 3])]
+        )
+    model.inputs[0].set_names({INPUT_NAME})
+    for output, name in zip(model.outputs, [PROBS, EMBEDDING], strict=False):
+        output.set_names({name})
+    notes: dict[str, Any] = {"batch_size": "dynamic"}
+    if precision == "int8":
+        assert calibration is not None
+        nncf = require("nncf", "openvino", TITLE)
+        dataset = nncf.Dataset(calibration.pixels, lambda image: image[None])
+        chatter = io.StringIO()
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            model = nncf.quantize(
+                model,
+                dataset,
+                subset_size=len(calibration),
+                ignored_scope=nncf.IgnoredScope(types=["MatMul", "Softmax"], validate=False),
+            )
+        notes["quantizer"] = "NNCF PTQ (mixed preset defaults); MatMul (head) and Softmax in float"
+    model.set_rt_info(card.to_json(), CARD_KEY)
+    ov.save_model(model, str(out), compress_to_fp16=precision == "fp16")
+    notes["files"] = [out.name, out.with_suffix(".bin").name]
+    return notes
+
+
+def read_card(path: Path) -> ModelCard:
+    """The card in the IR's rt_info."""
+    ov = require("openvino", "openvino", "reading OpenVINO models")
+    return ModelCard.from_json(ov.Core().read_model(str(path)).get_rt_info(CARD_KEY).astype(str))
+
+
+class _Runner:
+    batch_size = None
+
+    def __init__(self, compiled) -> None:
+        self._compiled = compiled
+        self._names = [next(iter(o.get_names())) for o in compiled.outputs]
+
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        result = self._compiled(np.ascontiguousarray(pixels))
+        values = {name: result[i] for i, name in enumerate(self._names)}
+        return values[PROBS], values.get(EMBEDDING)
+
+
+def load(path: Path, threads: int | None = None) -> _Runner:
+    ov = require("openvino", "openvino", "running OpenVINO models")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as exc:
+        raise InputError(f"cannot load OpenVINO model {path}: {first_line(exc)}") from exc
+    return _Runner(compiled)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"openvino": version("openvino"), "nncf": version("nncf")}

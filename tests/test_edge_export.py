@@ -1,0 +1,228 @@
+# ruff: noqa: F811  (the module fixture trained_run is imported from test_exporter_export)
+"""Edge formats end to end (`make test-edge`): export a small trained run, check it by running it, bench it.
+
+ExecuTorch, LiteRT and OpenVINO are run in their own runtimes (fp32 and int8, OpenVINO
+fp16 too); Core ML is converted and its metadata read (its runtime is Apple-only). A
+truncated or corrupted file is refused by `skutag bench` and `skutag run` in one line.
+Needs the extras `skutag[executorch,litert,openvino,coreml]`; each test skips without its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter import formats
+from exporter.parity import torch_outputs
+from exporter.samples import load_directory
+from tests.test_exporter_export import invoke, trained_run  # noqa: F401 (module fixture)
+
+pytestmark = pytest.mark.edge
+
+NEEDS = {
+    "executorch": "executorch.runtime",
+    "litert": "litert_torch",
+    "openvino": "nncf",
+    "coreml": "coremltools",
+}
+
+
+def needs(name: str):
+    return pytest.mark.skipif(
+        importlib.util.find_spec(NEEDS[name].split(".")[0]) is None, reason=f"skutag[{name}] not installed"
+    )
+
+
+def one_error_line(stderr: str, text: str) -> bool:
+    """skutag's own report is one `Error:` line (converters may log warnings of their own before it)."""
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    return len(errors) == 1 and text in errors[0] and "Traceback" not in stderr
+
+
+def export_edge(capsys, run: Path, out: Path, fmt: str, precision: str, *options: str) -> tuple[dict, str]:
+    code, stdout, stderr = invoke(
+        capsys, "export", str(run), "--out", str(out), "--format", fmt, "--precision", precision, *options
+    )
+    assert code == 0, stderr
+    return json.loads(formats.report_path(out).read_text()), stdout
+
+
+CASES = [
+    ("executorch", "fp32"),
+    ("executorch", "int8"),
+    ("litert", "fp32"),
+    ("litert", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "fp16"),
+    ("openvino", "int8"),
+]
+
+
+@pytest.mark.parametrize("fmt, precision", [pytest.param(f, p, marks=needs(f)) for f, p in CASES])
+def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog, tmp_path, fmt, precision):
+    run, run_card = trained_run
+    out = tmp_path / f"model{formats.get(fmt).suffix}"
+    options = ["--calib", str(small_catalog), "--calib-size", "40"] if precision == "int8" else []
+    options += ["--check-images", str(small_catalog), "--check-size", "24", "--embeddings"]
+    report, stdout = export_edge(capsys, run, out, fmt, precision, *options)
+    assert "parity vs PyTorch" in stdout and report["format"] == fmt and report["precision"] == precision
+    parity = report["parity"]
+    limits = report["parity"]["limits"]
+    assert parity["images"] == 24 and parity["max_tv"] < limits["max_tv"]
+    assert parity["max_embedding_error"] is not None
+    if precision == "int8":
+        assert report["calibration"]["count"] == 40 and parity["shared_with_calibration"] == 0
+    # The written file, loaded again, answers as PyTorch does on other images, with the card it carries.
+    _, card, runner = formats.load_runner(out)
+    assert card == run_card.replace(precision=precision, int8_target="cpu" if precision == "int8" else None)
+    from exporter.graph import ExportModule
+    from trainer.weights import load_trained
+
+    model, _ = load_trained(run)
+    sample = load_directory(small_catalog, run_card, 8)
+    reference = torch_outputs(ExportModule(model, run_card), sample, run_card, "uint8")
+    probs, embedding = formats.run_all(runner, sample.pixels)
+    assert embedding is not None and probs.shape == reference.probs.shape
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    agreement = np.mean(probs.argmax(1) == reference.probs.argmax(1))
+    assert agreement >= (1.0 if precision == "fp32" else 0.75)
+    if precision == "int8":  # weights stored in 8 bits: about a quarter of the fp32 file
+        assert report["file_bytes"] < 0.4 * 4 * sum(p.numel() for p in model.parameters())
+    if fmt == "openvino":  # the card is also inside the IR
+        from exporter.formats.openvino import read_card
+
+        assert read_card(out) == card
+
+
+@needs("executorch")
+def test_a_failed_check_writes_nothing(capsys, monkeypatch, trained_run, small_catalog, tmp_path):
+    from exporter import targets
+
+    strict = targets.Limits(
+        max_tv=0.0, p99_tv=0.0, min_top1_agreement=1.0, min_top5_overlap=1.0, max_embedding_error=1
+    )
+    monkeypatch.setitem(targets.TARGETS, "fp32", targets.TARGETS["fp32"].__class__("fp32", "fp32", strict))
+    out = tmp_path / "model.pte"
+    code, _, stderr = invoke(
+        capsys,
+        "export",
+        str(trained_run[0]),
+        "--out",
+        str(out),
+        "--format",
+        "executorch",
+        "--check-images",
+        str(small_catalog),
+        "--check-size",
+        "8",
+    )
+    assert code == 1 and one_error_line(stderr, "failed its parity check")
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs("coreml")
+def test_coreml_is_converted_with_its_card_and_says_parity_is_unverified(capsys, trained_run, tmp_path):
+    run, run_card = trained_run
+    out = tmp_path / "model.mlpackage"
+    report, stdout = export_edge(capsys, run, out, "coreml", "fp16")
+    from exporter.formats.coreml import read_card
+
+    assert read_card(out) == run_card.replace(precision="fp16")
+    if formats.get("coreml").runs_here():
+        assert report["parity"]["top1_agreement"] >= 0.95
+    else:
+        assert report["parity"] is None and "parity NOT verified" in stdout
+        assert "Apple" in report["parity_unverified"]
+    code, _, stderr = invoke(
+        capsys,
+        "export",
+        str(run),
+        "--out",
+        str(tmp_path / "q.mlpackage"),
+        "--format",
+        "coreml",
+        "--precision",
+        "int8",
+        "--calib",
+        str(run),
+    )
+    assert code == 2 and "offers --precision fp32, fp16" in stderr
+
+
+@needs("executorch")
+@needs("litert")
+@needs("openvino")
+def test_bench_runs_edge_files_beside_onnx_and_refuses_damaged_ones(
+    capsys, trained_run, small_catalog, tmp_path
+):
+    run, _ = trained_run
+    models = {}
+    for fmt in ("onnx", "executorch", "litert", "openvino"):
+        out = tmp_path / f"m{formats.get(fmt).suffix}"
+        code, _, stderr = invoke(
+            capsys, "export", str(run), "--out", str(out), "--format", fmt, "--check-size", "4"
+        )
+        assert code == 0, stderr
+        models[fmt] = out
+    code, stdout, stderr = invoke(
+        capsys,
+        "bench",
+        *map(str, models.values()),
+        "--out",
+        str(tmp_path / "bench"),
+        "--batch-sizes",
+        "1",
+        "--min-seconds",
+        "0.1",
+        "--data",
+        str(small_catalog),
+    )
+    assert code == 0, stderr
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["results"]
+    by_name = {r["artifact"]: r for r in rows}
+    assert set(by_name) == {m.name for m in models.values()}
+    accuracies = {r["accuracy"] for r in rows}
+    assert len(accuracies) == 1, f"every fp32 format answers as the ONNX file does on labelled images: {rows}"
+    assert all(r["p50_ms"] > 0 and r["size_mb"] > 1 for r in rows)
+
+    # Truncated: bench and run refuse the file in one line (exit 2), naming it.
+    for fmt in ("executorch", "litert", "openvino"):
+        damaged = models[fmt]
+        target = damaged.with_suffix(".bin") if fmt == "openvino" else damaged
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+        code, _, stderr = invoke(
+            capsys, "bench", str(damaged), "--out", str(tmp_path / "b2"), "--batch-sizes", "1"
+        )
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and "truncated, corrupted" in stderr, (
+            stderr
+        )
+        code, _, stderr = invoke(
+            capsys, "run", str(damaged), str(small_catalog), "--out", str(tmp_path / "o")
+        )
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and "skutag run takes ONNX" in stderr
+    onnx_file = models["onnx"]
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    for args in (
+        ["bench", str(onnx_file), "--out", str(tmp_path / "b3")],
+        ["run", str(onnx_file), str(small_catalog), "--out", str(tmp_path / "o2")],
+    ):
+        code, _, stderr = invoke(capsys, *args)
+        assert code == 2 and len(stderr.strip().splitlines()) == 1 and "cannot load ONNX model" in stderr, (
+            stderr
+        )
+
+
+def test_a_missing_converter_is_one_line_naming_the_extra(capsys, monkeypatch, trained_run, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # what `import litert_torch` meets uninstalled
+    code, _, stderr = invoke(
+        capsys, "export", str(trained_run[0]), "--out", str(tmp_path / "m.tflite"), "--format", "litert"
+    )
+    assert code == 2 and one_error_line(stderr, "pip install 'skutag[litert]'")
+    assert not (tmp_path / "m.tflite").exists()
