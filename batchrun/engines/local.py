@@ -11,9 +11,11 @@ fresh ones. With GPU decoding the workers only read, size, hash and header-check
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from skutag.runtime import gpu_present
@@ -138,15 +140,8 @@ def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, optio
             )
         predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
         writer.start()
-        try:
+        with committing(writer, stats):
             _predict_all(batches, decoder, predict, writer, stats, options, contract, work.tasks)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            stats.write_s = writer.seconds
-            stats.rows = writer.committed_rows
     finally:
         batches.close()
         if decoder is not None:
@@ -165,7 +160,17 @@ def _commit_only(writer: UnitWriter) -> Stats:
     """Units made only of reused rows: the writer copies them, nothing is decoded or predicted."""
     stats = Stats()
     writer.start()
+    with committing(writer, stats):
+        pass
+    return stats
+
+
+@contextlib.contextmanager
+def committing(writer: UnitWriter, stats: Stats) -> Iterator[None]:
+    """Around an engine's work: close the writer after it (the last commits), abort it on any error,
+    and record the writer's time and committed rows in `stats` either way."""
     try:
+        yield
         writer.close()
     except BaseException:
         writer.abort()
@@ -173,7 +178,6 @@ def _commit_only(writer: UnitWriter) -> Stats:
     finally:
         stats.write_s = writer.seconds
         stats.rows = writer.committed_rows
-    return stats
 
 
 def _predict_all(

@@ -39,7 +39,7 @@ from ..options import RunOptions
 from ..progress import ProgressReporter
 from ..work import WorkList
 from ..writer import UnitWriter
-from .local import Stats
+from .local import Stats, committing
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
 from .ray_stages import Predictor, PredictorConfig, decode_block, to_batch, to_predictions
 
@@ -71,7 +71,7 @@ def run_ray(contract: ModelContract, work: WorkList, writer: UnitWriter, options
     ray = import_ray()
     stats = Stats()
     writer.start()
-    try:
+    with committing(writer, stats):
         if work.tasks:  # units made only of reused rows need no cluster
             started = time.perf_counter()
             with connect(ray, options) as resources:
@@ -87,13 +87,6 @@ def run_ray(contract: ModelContract, work: WorkList, writer: UnitWriter, options
                 "ray: first rows %.1f s after the start, last %.1f s, Ray stopped in %.1f s",
                 first - started, stopping - started, time.perf_counter() - stopping,
             )  # fmt: skip
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        stats.write_s = writer.seconds
-        stats.rows = writer.committed_rows
     return stats
 
 
