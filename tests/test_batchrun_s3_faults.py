@@ -137,6 +137,7 @@ def test_a_run_outlasts_503_slowdown_on_every_request(s3, fault_proxy, catalog, 
     assert summary["ok"] == summary["rows"] == 24
 
 
+@pytest.mark.slow  # 38 s of waiting; test_skutag_own_retries_outlast_a_throttle_and_stop_at_the_budget covers the budget by default
 def test_a_retry_budget_shorter_than_the_throttle_exits_75(s3, fault_proxy, catalog, tiny_model):
     fault_proxy.slow_down(600)
     result = skutag(
