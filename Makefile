@@ -30,7 +30,7 @@ test-slow: venv
 # installed into the same venv only by this target, tested apart from `make test`.
 EDGE_STAMP := $(VENV)/.skutag-edge-installed
 $(EDGE_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,edge]' -c .ci/constraints.txt
+	$(PY) -m pip install -q -e '.[dev,edge]' -c .ci/constraints.txt -c .ci/edge-constraints.txt
 	touch $(EDGE_STAMP)
 
 test-edge: $(EDGE_STAMP)
