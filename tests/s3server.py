@@ -35,7 +35,8 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
-    def client(self):
+    def client(self, config=None):
+        """A boto3 S3 client of this server (`config`: a botocore `Config`, e.g. its retries)."""
         import boto3
 
         return boto3.client(
@@ -44,6 +45,7 @@ class S3Server:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
             region_name="us-east-1",
+            config=config,
         )
 
     def upload_tree(self, root: Path, bucket: str, prefix: str) -> list[str]:

@@ -18,16 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.inputs import write_awkward_inputs
-from tests.s3server import S3Server, moto_server
+from tests.s3server import S3Server
 
 pytest.importorskip("s3fs")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with moto_server() as server:
-        server.client().create_bucket(Bucket="shop")
-        yield server
 
 
 @pytest.fixture(scope="module")

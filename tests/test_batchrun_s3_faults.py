@@ -16,16 +16,9 @@ import time
 
 import pytest
 
-from tests.s3server import S3Server, moto_server
+from tests.s3server import S3Server
 
 pytest.importorskip("s3fs")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with moto_server() as server:
-        server.client().create_bucket(Bucket="shop")
-        yield server
 
 
 @pytest.fixture(scope="module")

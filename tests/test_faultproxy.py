@@ -7,30 +7,13 @@ import time
 
 import pytest
 
-from tests.s3server import moto_server
-
 pytest.importorskip("boto3")
 
 
-@pytest.fixture(scope="module")
-def s3():
-    with moto_server() as server:
-        server.client().create_bucket(Bucket="shop")
-        yield server
-
-
 def _client(proxy):
-    import boto3
     from botocore.config import Config
 
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
-    )
+    return proxy.s3.client(Config(retries={"max_attempts": 1, "mode": "standard"}))
 
 
 def test_rules_fire_on_their_requests_only(fault_proxy):
