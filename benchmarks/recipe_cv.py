@@ -36,6 +36,7 @@ def folds(root: Path, k: int, seed: int) -> list[tuple[list[Path], list[Path]]]:
 
     from skutag.listing import local_path, walk_images
 
+    root = root.resolve()  # the listing gives absolute paths
     files = sorted(Path(os.fsdecode(local_path(e.uri))) for e in walk_images(root) if e.size is not None)
     labels = [f.relative_to(root).parts[0] for f in files]
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -44,7 +45,7 @@ def folds(root: Path, k: int, seed: int) -> list[tuple[list[Path], list[Path]]]:
 
 def link_tree(root: Path, files: list[Path], out: Path) -> Path:
     for f in files:
-        dest = out / f.relative_to(root)
+        dest = out / f.relative_to(root.resolve())
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.symlink_to(f.resolve())
     return out
