@@ -23,7 +23,9 @@ from benchmarks.machine import machine_info, markdown_header
 from benchmarks.recipe_cv import folds
 
 
-def features(root: Path, arch: str, weights: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def features(
+    root: Path, arch: str, weights: str, image_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from torch.utils.data import DataLoader
 
     from skutag.card import ModelCard
@@ -36,8 +38,9 @@ def features(root: Path, arch: str, weights: str) -> tuple[torch.Tensor, torch.T
     classes = sorted({s.label for s in samples})
     built = build(arch, len(classes), weights)
     p = built.preprocessing
+    size = image_size or p.image_size
     card = ModelCard(
-        arch=arch, classes=tuple(classes), image_size=p.image_size, resize_size=p.resize_size(),
+        arch=arch, classes=tuple(classes), image_size=size, resize_size=p.resize_size(size),
         mean=p.mean, std=p.std, interpolation=p.interpolation,
     )  # fmt: skip
     loader = DataLoader(CatalogDataset(samples, {c: i for i, c in enumerate(classes)}, card), batch_size=32)
@@ -83,14 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", default="1e-3,3e-3,1e-2")
     parser.add_argument("--epochs", default="10,20,40")
     parser.add_argument("--smoothing", default="0,0.1")
+    parser.add_argument("--image-sizes", default="", help="crop sizes to compare (default: the weights' own)")
     args = parser.parse_args(argv)
     print(markdown_header(machine_info("torch", "timm")))
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    print("| data | lr | head epochs | label smoothing | accuracy (min fold) | macro F1 |")
-    print("|---|---|---|---|---|---|")
-    for root in args.data:
+    print("| data | image size | lr | head epochs | label smoothing | accuracy (min fold) | macro F1 |")
+    print("|---|---|---|---|---|---|---|")
+    sizes = [int(v) for v in args.image_sizes.split(",") if v] or [None]
+    for root, size in [(root, size) for root in args.data for size in sizes]:
         torch.set_num_threads(os.cpu_count() or 1)
-        x, y, paths = features(root, args.arch, args.weights)
+        x, y, paths = features(root, args.arch, args.weights, size)
         torch.set_num_threads(1)  # a linear head: one thread is fastest, and spin-free on a busy machine
         position = {Path(p).resolve(): i for i, p in enumerate(paths)}
         splits = folds(root, args.folds, 0)
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 accs.append(float((pred == y[b].numpy()).mean()))
                 f1s.append(macro_f1(y[b].numpy(), pred))
             print(
-                f"| {root.name} | {lr:g} | {epochs} | {smoothing:g} | {statistics.fmean(accs):.3f} "
+                f"| {root.name} | {size or 'own'} | {lr:g} | {epochs} | {smoothing:g} | {statistics.fmean(accs):.3f} "
                 f"({min(accs):.3f}) | {statistics.fmean(f1s):.3f} |",
                 flush=True,
             )

@@ -98,6 +98,8 @@ def _limit(root: Path, files: list[Path], per_class: int) -> list[Path]:
 
 
 def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, epochs: int | None) -> dict:
+    from trainer.config import TrainConfig
+
     arch, options = MODELS[name]
     options = [o.replace("{lite0_file}", lite0_wheel_file()) for o in options]
     tag = f"{name}-{train.parent.name}"
@@ -111,8 +113,8 @@ def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, e
     history = [line.split(",") for line in (out / "history.csv").read_text().splitlines()]
     seconds = [float(row[history[0].index("seconds")]) for row in history[1:]]
     card = json.loads((out / "card.json").read_text())
-    head_epochs = card["provenance"]["options"].get("head_epochs")
-    tune = seconds[head_epochs:] if isinstance(head_epochs, int) and head_epochs < len(seconds) else seconds
+    head_epochs = TrainConfig(**card["provenance"]["options"]).resolved_head_epochs()
+    tune = seconds[head_epochs:] if head_epochs < len(seconds) else seconds
     result = {
         "model": name,
         "arch": arch,

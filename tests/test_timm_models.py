@@ -131,3 +131,36 @@ def test_imagenet_weights_offline_with_nothing_to_load_fail_in_one_line(split_ca
     assert errors == lines[-1:] and "Traceback" not in done.stderr
     assert "no ImageNet weights for timm/tf_efficientnet_lite3" in errors[0] and "--weights PATH" in errors[0]
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize("bn_stats, kept", [("auto", True), ("update", False)])
+def test_fine_tuning_pretrained_weights_keeps_their_batchnorm_statistics(
+    split_catalog, tmp_path, bn_stats, kept
+):
+    """With pretrained weights a small catalog's batches must not overwrite the backbone's BatchNorm
+    statistics (the fine-tuning phase lost ~10 points on real photos when they did); --bn-stats update
+    still lets them move."""
+    import torch
+    from safetensors.torch import save_file
+
+    from trainer.checkpoint import load_checkpoint
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    source = timm.create_model(ARCH)
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # statistics no batch of these photos has
+            module.running_mean.fill_(0.5)
+            module.running_var.fill_(3.0)
+    weights = tmp_path / "pretrained.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
+    out = tmp_path / "run"
+    options = FAST | dict(weights=str(weights), freeze="none", bn_stats=bn_stats)
+    train(TrainConfig(data=str(split_catalog), out=str(out), epochs=2, head_epochs=1, gradcam=False, **options))
+    trained = load_checkpoint(out / "last.ckpt")["model"]
+    expected = source.state_dict()
+    stats = [k for k in expected if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    assert all(torch.equal(trained[k], expected[k]) for k in stats) is kept
+    # the weights themselves trained either way
+    assert not torch.equal(trained["conv_stem.weight"], expected["conv_stem.weight"])

@@ -71,6 +71,14 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     show_default=True,
     help="With pretrained weights the backbone's learning rate is --lr times this; the head's is --lr.",
 )
+@click.option(
+    "--bn-stats",
+    type=click.Choice(["auto", "frozen", "update"]),
+    default="auto",
+    show_default=True,
+    help="BatchNorm running statistics while fine-tuning (auto: frozen with pretrained weights, so a small "
+    "catalog's batches do not overwrite ImageNet's; updated with random weights).",
+)
 @batch_size_option(32)
 @click.option(
     "--image-size",

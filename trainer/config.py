@@ -12,6 +12,7 @@ from skutag.errors import SkutagError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 BALANCE = ("none", "loss", "sampler")
+BN_STATS = ("auto", "frozen", "update")
 AMP = ("auto", "bf16", "fp16", "off")
 HEAD_EPOCHS = 40  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
 
@@ -31,6 +32,9 @@ class TrainConfig:
     epochs: int = 45  # with pretrained weights: HEAD_EPOCHS on cached features, then fine-tuning
     lr: float = 1e-3  # the head's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr x this (the head's is lr)
+    # BatchNorm running statistics while fine-tuning: auto = frozen with pretrained weights (a small
+    # catalog's batches would overwrite ImageNet's statistics), updated with random ones
+    bn_stats: str = "auto"
     batch_size: int = 32
     image_size: int | None = None  # None: the weights' own (torchvision 224, timm pretrained_cfg)
     val: str | None = None
@@ -63,6 +67,10 @@ class TrainConfig:
     def pretrained(self) -> bool:
         return self.weights != "none"
 
+    def frozen_bn_stats(self) -> bool:
+        """True when every BatchNorm layer keeps its running statistics (eval mode) while training."""
+        return self.bn_stats == "frozen" or (self.bn_stats == "auto" and self.pretrained)
+
     def resolved_head_epochs(self) -> int:
         """Epochs of the head-only phase on cached features (all of them with --cache-features)."""
         if self.cache_features:
@@ -73,6 +81,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Option combinations that cannot work, refused before any data is read."""
+        if self.bn_stats not in BN_STATS:
+            raise SkutagError(f"--bn-stats must be one of {', '.join(BN_STATS)}, not {self.bn_stats!r}")
         if self.cache_features:
             if self.freeze not in ("backbone", "auto") or self.unfreeze_at is not None:
                 raise SkutagError("--cache-features needs --freeze backbone without --unfreeze-at")

@@ -90,13 +90,14 @@ def _first_trainable(model: nn.Module, policy: str) -> str:
     return policy + "."
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """`model.train()`, except BatchNorm layers whose parameters are all frozen stay in eval mode."""
+def set_train_mode(model: nn.Module, frozen_bn_stats: bool = False) -> None:
+    """`model.train()`, except BatchNorm layers whose parameters are all frozen stay in eval mode, and
+    with `frozen_bn_stats` every BatchNorm layer does (its affine parameters may still train)."""
     model.train()
     for module in model.modules():
         if isinstance(module, _BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if frozen_bn_stats or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

@@ -324,7 +324,7 @@ class Trainer:
     def _epoch(self, epoch: int) -> None:
         c, s = self.config, self.state
         self._set_policy(epoch)
-        set_train_mode(self.train_module)
+        set_train_mode(self.train_module, c.frozen_bn_stats())
         lr = self.engine.optimizer.param_groups[-1]["lr"]  # the head's
         with (
             self._head_threads(),
