@@ -60,6 +60,7 @@ def test_plan_imports_neither_torch_nor_onnxruntime(tmp_path, small_catalog):
     assert (tmp_path / "out" / "_plan" / "_PLAN").exists(), result.stderr
     assert "batchrun.plan" in modules  # the check ran the command, not just its help
     assert not heavy(modules), heavy(modules)
+    assert not {m for m in modules if m.split(".")[0] == "pandas"}  # pyarrow's probe (batchrun.arrow)
 
 
 @pytest.mark.parametrize("model", ["tiny_model", "review_model"])
