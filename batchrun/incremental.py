@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from skutag import storage
 from skutag.entries import local_path
 
+from .arrow import bools, numbers, read_parquet, strings
 from .commit.reader import committed_parts
 from .options import RETRYABLE_KINDS
 from .out import read_commit_logs
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 _CACHED_PARTS = 4
 HASH_READERS = 16  # concurrent reads when version-less inputs are hashed
 Hasher = Callable[[Sequence[str]], list[str | None]]
-_RETRYABLE = pa.array(sorted(RETRYABLE_KINDS), pa.string())
+_RETRYABLE = strings(sorted(RETRYABLE_KINDS))
+_OK = strings(["ok"])[0]  # a string scalar made without pa.scalar (see batchrun.arrow)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Previous:
         table = None
         if part is not None:
             with storage.open_input(storage.join(self.out, part["file"]), self.storage_options) as handle:
-                table = pq.read_table(handle)
+                table = read_parquet(handle)
             if "version" not in table.column_names:  # a 0.1.0 OUT: nothing to compare with
                 table = None
         self._cache[unit] = table
@@ -120,23 +121,23 @@ def match(
     if previous is None or previous.num_rows == 0:
         return Match(np.zeros(rows, bool), rows, 0, 0, 0)
     position = pc.index_in(unit_rows.column("id"), value_set=previous.column("id"))
-    known = np.asarray(position.is_valid().to_numpy(zero_copy_only=False), bool)
+    known = bools(position.is_valid())
     old = previous.select(["uri", "version", "status", "error_kind", "sha256"]).take(position)
     unchanged, needs_sha = input_verdicts(
         old.column("uri"), old.column("version"), unit_rows.column("uri"), unit_rows.column("version"),
         snapshot=snapshot,
     )  # fmt: skip
-    ok = pc.equal(old.column("status"), "ok")
+    ok = pc.equal(old.column("status"), _OK)
     retryable = pc.and_(pc.invert(ok), pc.is_in(old.column("error_kind"), value_set=_RETRYABLE))
-    retry = np.asarray(pc.fill_null(retryable, False).to_numpy(zero_copy_only=False), bool)
+    retry = bools(retryable)
     candidates = unchanged | needs_sha
     retried = known & candidates & retry
     reuse = known & unchanged & ~retry
     to_hash = np.flatnonzero(known & needs_sha & ~retry)
     changed = int((known & ~candidates).sum())
     if len(to_hash):
-        uris = unit_rows.column("uri").take(pa.array(to_hash)).to_pylist()
-        old_sha = old.column("sha256").take(pa.array(to_hash)).to_pylist()
+        uris = unit_rows.column("uri").take(numbers(to_hash)).to_pylist()
+        old_sha = old.column("sha256").take(numbers(to_hash)).to_pylist()
         hashes = hasher(uris) if hasher else [None] * len(uris)
         for row, before, now in zip(to_hash, old_sha, hashes, strict=True):
             if now is not None and now == before:
@@ -187,4 +188,4 @@ def _ids(plan: Plan, storage_options: dict[str, Any] | None) -> Iterator[str]:
     for unit in plan.units:
         uri = storage.join(plan.out, "_plan", unit.file)
         with storage.open_input(uri, storage_options) as handle:
-            yield from pq.read_table(handle, columns=["id"]).column("id").to_pylist()
+            yield from read_parquet(handle, columns=["id"]).column("id").to_pylist()

@@ -1,9 +1,9 @@
 """What batchrun needs to know about an ONNX file before any worker or session exists.
 
 The card (from `metadata_props["skutag.card"]`), the input's name and dtype, the output
-that holds class scores and the optional `embedding` output, read from the file with
-`onnx` (header and graph signature only; no session, so DataLoader workers can be forked
-afterwards). A model without a skutag card needs `--labels` and the preprocessing flags;
+that holds class scores and the optional `embedding` output, from the file's signature
+(`batchrun.signature`: read with `onnx` once per file content, then from a cache keyed by its
+sha256; no session, so DataLoader workers can be forked afterwards). A model without a skutag card needs `--labels` and the preprocessing flags;
 a model with one refuses them, so nothing downstream guesses preprocessing.
 
 A file that does not meet the contract (DESIGN.md, "ONNX model") is refused here in one
@@ -20,8 +20,9 @@ from pathlib import Path
 from skutag.artifacts import format_of, title
 from skutag.card import ModelCard
 from skutag.errors import InputError
-from skutag.fsio import sha256_file
-from skutag.runtime import file_card, input_shape
+from skutag.runtime import input_shape
+
+from .signature import ModelSignature, TensorInfo, read_signature
 
 PROBS = "probs"
 EMBEDDING = "embedding"
@@ -60,8 +61,6 @@ class ModelContract:
 
 def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None = None) -> ModelContract:
     """Card, signature and sha256 of the model at `path`; InputError when it cannot be used."""
-    import onnx
-
     path = Path(path)
     kind = format_of(path)
     if kind not in (None, "onnx"):
@@ -71,33 +70,38 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
         )
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
-    foreign = foreign or ForeignPreprocessing()
-    graph = proto.graph
-    _refuse_external_data(path, proto)
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    sha256, signature = read_signature(path)
+    return contract_of(path, sha256, signature, foreign or ForeignPreprocessing())
+
+
+def contract_of(
+    path: Path, sha256: str, signature: ModelSignature, foreign: ForeignPreprocessing
+) -> ModelContract:
+    """The contract of a model with this signature, or InputError (DESIGN.md, "ONNX model")."""
+    if signature.external_data:
+        raise InputError(
+            f"{path} keeps its weights in external data files; a model must be one self-contained file "
+            "(re-export it, or save it with onnx.save_model(..., save_as_external_data=False))"
+        )
+    inputs = signature.inputs
     if len(inputs) != 1:
         raise InputError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
     model_input = inputs[0]
-    input_dtype = _ONNX_DTYPES.get(model_input.type.tensor_type.elem_type)
+    input_dtype = _ONNX_DTYPES.get(model_input.elem_type)
     if input_dtype is None:
         raise InputError(f"{path}: input {model_input.name!r} must be uint8, float32 or float16")
-    outputs = {o.name: o for o in graph.output}
-    card = file_card(proto)
-    if card is not None:
+    outputs = {o.name: o for o in signature.outputs}
+    if signature.card_json is not None:
         if foreign.given():
             raise InputError(
                 f"{path} carries a skutag card; {', '.join(foreign.given())} are only for models without one"
             )
+        card = ModelCard.from_json(signature.card_json)
         _check_signature(path, card, model_input, input_dtype, outputs)
         has_card = True
     else:
         card, has_card = _card_from_flags(path, foreign, input_dtype), False
-    scores = PROBS if PROBS in outputs else graph.output[0].name
+    scores = PROBS if PROBS in outputs else signature.outputs[0].name
     columns = _last_dim(outputs[scores])
     if columns is not None and columns != card.num_classes:
         raise InputError(
@@ -107,7 +111,7 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
         raise InputError(f"{path}: output {EMBEDDING!r} has no fixed width (the Parquet column needs one)")
     return ModelContract(
         path=path,
-        sha256=sha256_file(path),
+        sha256=sha256,
         card=card,
         has_card=has_card,
         input_name=model_input.name,
@@ -118,33 +122,21 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     )
 
 
-def _refuse_external_data(path: Path, proto) -> None:
-    import onnx
-
-    tensors = [
-        *proto.graph.initializer,
-        *(a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")),
-    ]
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
-        raise InputError(
-            f"{path} keeps its weights in external data files; a model must be one self-contained file "
-            "(re-export it, or save it with onnx.save_model(..., save_as_external_data=False))"
-        )
-
-
-def _check_signature(path: Path, card: ModelCard, model_input, input_dtype: str, outputs: dict) -> None:
+def _check_signature(
+    path: Path, card: ModelCard, model_input: TensorInfo, input_dtype: str, outputs: dict[str, TensorInfo]
+) -> None:
     """A carded model's graph must be what its card says: input dtype and shape, float outputs."""
     wanted = "uint8" if card.input_dtype == "uint8" else ("float32", "float16")
     if input_dtype not in wanted:
         raise InputError(
             f"{path}: input {model_input.name!r} is {input_dtype} but its card says {card.input_dtype}"
         )
-    dims = model_input.type.tensor_type.shape.dim
-    shape = tuple(d.dim_value or None for d in dims)
+    dims = model_input.dims or ()
+    shape = tuple(d if isinstance(d, int) else None for d in dims)
     expected = input_shape(card, 0)[1:]
-    if len(shape) != 4 or shape[1:] != expected or dims[0].dim_value:
+    if len(shape) != 4 or shape[1:] != expected or isinstance(dims[0], int):
         described = ["batch", *expected]
-        got = [d.dim_param or d.dim_value or "?" for d in dims]
+        got = ["?" if d is None else d for d in dims]
         raise InputError(
             f"{path}: input {model_input.name!r} has shape {got} but its card describes {described} "
             "(a dynamic batch and the card's image size and layout)"
@@ -152,13 +144,13 @@ def _check_signature(path: Path, card: ModelCard, model_input, input_dtype: str,
     if PROBS not in outputs:
         raise InputError(f"{path} carries a skutag card but has no {PROBS!r} output")
     for name in (PROBS, EMBEDDING):
-        if name in outputs and _ONNX_DTYPES.get(outputs[name].type.tensor_type.elem_type) != "float32":
+        if name in outputs and _ONNX_DTYPES.get(outputs[name].elem_type) != "float32":
             raise InputError(f"{path}: output {name!r} must be float32")
 
 
-def _last_dim(value_info) -> int | None:
-    dims = value_info.type.tensor_type.shape.dim
-    return dims[-1].dim_value or None if dims else None
+def _last_dim(info: TensorInfo) -> int | None:
+    last = info.dims[-1] if info.dims else None
+    return last if isinstance(last, int) else None
 
 
 def _card_from_flags(path: Path, foreign: ForeignPreprocessing, input_dtype: str) -> ModelCard:

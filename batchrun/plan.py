@@ -38,6 +38,7 @@ from skutag import storage
 from skutag.errors import InputError
 from skutag.listing import Entry, ListingCounts, list_sources
 
+from .arrow import array, int64s, read_parquet, strings
 from .options import DEFAULT_PART_ROWS
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Plan:
     def read_unit(self, unit: Unit, storage_options: dict[str, Any] | None = None) -> pa.Table:
         uri = storage.join(self.out, PLAN_DIR, unit.file)
         with storage.open_input(uri, storage_options) as handle:
-            return pq.read_table(handle, schema=PLAN_SCHEMA)
+            return read_parquet(handle, schema=PLAN_SCHEMA)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -228,11 +229,11 @@ def _sort_key(row: Row) -> tuple[str, str]:
 def _table(chunk: list[Entry]) -> pa.Table:
     return pa.table(
         [
-            pa.array([e.id for e in chunk], pa.string()),
-            pa.array([e.uri for e in chunk], pa.string()),
-            pa.array([e.size for e in chunk], pa.int64()),
-            pa.array([e.version for e in chunk], pa.string()),
-            pa.array([e.label for e in chunk], pa.string()),
+            strings([e.id for e in chunk]),
+            strings([e.uri for e in chunk]),
+            int64s([e.size for e in chunk]),
+            strings([e.version for e in chunk]),
+            strings([e.label for e in chunk]),
         ],
         schema=PLAN_SCHEMA,
     )
@@ -269,7 +270,7 @@ def _write_units(rows, out, token, part_rows, scratch, storage_options, uploaded
         number = len(units)
         name = f"plan-{token}-{number:05d}.parquet"
         table = pa.table(
-            [pa.array([r[i] for r in buffer], f.type) for i, f in enumerate(PLAN_SCHEMA)],
+            [array([r[i] for r in buffer], f.type) for i, f in enumerate(PLAN_SCHEMA)],
             schema=PLAN_SCHEMA,
         )
         local = os.path.join(scratch, name)

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow import bools
+
 if TYPE_CHECKING:
     from .model import ModelContract
     from .options import RunOptions
@@ -92,7 +94,7 @@ def input_verdicts(
 
 
 def _filled(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), bool)
+    return bools(mask)
 
 
 def _short(value: Any) -> str:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from skutag.card import METADATA_KEY
 
+from .arrow import filled_false, scalar
 from .infer import Predictions
 
 LABEL_MISMATCH = "label_mismatch"
@@ -123,15 +124,15 @@ def with_manifest_labels(table: pa.Table, labels: pa.ChunkedArray | pa.Array, sc
         table = table.add_column(schema.get_field_index(MANIFEST_LABEL.name), MANIFEST_LABEL, labels)
     if "review_reason" not in schema.names:
         return table
-    ok = pc.equal(table["status"], "ok")
-    mismatch = pc.fill_null(pc.and_(ok, pc.not_equal(table["label"], labels)), False)
+    string = pa.string()
+    mark, comma = scalar(LABEL_MISMATCH, string), scalar(",", string)
+    ok = pc.equal(table["status"], scalar("ok", string))
+    mismatch = filled_false(pc.and_(ok, pc.not_equal(table["label"], labels)))
     others = pc.replace_substring_regex(table["review_reason"], f"(^|,){LABEL_MISMATCH}$", "")
-    others = pc.if_else(pc.equal(others, ""), pa.scalar(None, pa.string()), others)
-    joined = pc.if_else(
-        pc.is_valid(others), pc.binary_join_element_wise(others, LABEL_MISMATCH, ","), LABEL_MISMATCH
-    )
+    others = pc.if_else(pc.equal(others, scalar("", string)), scalar(None, string), others)
+    joined = pc.if_else(pc.is_valid(others), pc.binary_join_element_wise(others, mark, comma), mark)
     reason = pc.if_else(mismatch, joined, others)
-    review = pc.if_else(ok, pc.is_valid(reason), pa.scalar(None, pa.bool_()))
+    review = pc.if_else(ok, pc.is_valid(reason), scalar(None, pa.bool_()))
     table = table.set_column(schema.get_field_index("review_reason"), "review_reason", reason)
     table = table.set_column(schema.get_field_index("review"), "review", review)
     return table.cast(schema)

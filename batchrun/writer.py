@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from skutag import storage
 from skutag.fsio import atomic_path
 
+from .arrow import numbers, strings
 from .commit.guard import SystemicGuard
 from .incremental import Previous
 from .infer import Predictions
@@ -154,24 +155,24 @@ def unit_table(
     pieces, order = [], []
     predicted = np.flatnonzero(work.task_of_row >= 0)
     if len(predicted):
-        position = pc.index_in(pa.array(work.task_of_row[predicted]), value_set=results.column("task"))
+        position = pc.index_in(numbers(work.task_of_row[predicted]), value_set=results.column("task"))
         if position.null_count:
             raise RuntimeError(f"unit {work.number}: a row's task id has no result")  # never committed
         taken = results.take(position)
-        base = rows.take(pa.array(predicted)).select(["id", "uri", "version"])
+        base = rows.take(numbers(predicted)).select(["id", "uri", "version"])
         columns = {name: base.column(name) for name in base.column_names}
         columns.update({name: taken.column(name) for name in core.names if name not in columns})
         pieces.append(pa.table([columns[n] for n in core.names], schema=core))
         order.append(predicted)
     reused = np.flatnonzero(work.match.reuse)
     if len(reused):
-        ids = rows.column("id").take(pa.array(reused))
+        ids = rows.column("id").take(numbers(reused))
         old = previous.rows_for(ids.combine_chunks())
         old = old.take(pc.index_in(ids, value_set=old.column("id")))
         pieces.append(old.select(core.names).cast(core))
         order.append(reused)
     table = pa.concat_tables(pieces)
-    table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+    table = table.take(numbers(np.argsort(np.concatenate(order), kind="stable")))
     return with_manifest_labels(table, rows.column("label"), schema)
 
 
@@ -199,7 +200,7 @@ class UnitWriter:
         lease: Any = None,  # commit.lease.Lease: checked before every commit
     ):
         self.out, self.names, self.commit_log, self.plan, self.work = out, names, commit_log, plan, work
-        self.schema, self.classes = schema, pa.array(classes, pa.string())
+        self.schema, self.classes = schema, strings(classes)
         self.previous, self.storage_options = previous, storage_options
         self.review = card_review(schema.metadata)  # parsed once: the class means can be large
         self.guard = (

@@ -172,7 +172,17 @@ class ModelCard:
     # -- serialisation ------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """The card as a JSON-able dict (a deep copy: the caller may change it)."""
+        return self._fields(dataclasses.asdict(self))
+
+    def to_json(self, indent: int | None = None) -> str:
+        # The fields as they are (json.dumps copies nothing): a card with review class means holds
+        # tens of thousands of floats, and `asdict` would deep-copy each of them first.
+        shallow = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(self._fields(shallow), indent=indent, sort_keys=True)
+
+    @staticmethod
+    def _fields(data: dict[str, Any]) -> dict[str, Any]:
         for key in ("classes", "mean", "std"):
             data[key] = list(data[key])
         if data["int8_target"] is None:  # fp32/fp16 cards stay what earlier skutag versions read
@@ -180,9 +190,6 @@ class ModelCard:
         if data["review"] is None:  # cards without a review section stay byte-for-byte as before
             del data["review"]
         return data
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelCard:

@@ -20,6 +20,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def signature_cache(tmp_path_factory):
+    """Model signatures (batchrun.signature) cached in this session's temporary directory, not in the
+    user's ~/.cache; the CLI subprocesses of the tests inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SKUTAG_CACHE_DIR", str(tmp_path_factory.mktemp("skutag-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A resnet18 at 32 px with 4 classes (random weights), exported to ONNX with its card: fast to run."""

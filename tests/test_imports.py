@@ -60,19 +60,29 @@ def test_plan_imports_neither_torch_nor_onnxruntime(tmp_path, small_catalog):
     assert (tmp_path / "out" / "_plan" / "_PLAN").exists(), result.stderr
     assert "batchrun.plan" in modules  # the check ran the command, not just its help
     assert not heavy(modules), heavy(modules)
+    assert not {m for m in modules if m.split(".")[0] == "pandas"}  # pyarrow's probe (batchrun.arrow)
 
 
-def test_a_since_night_with_nothing_to_decode_imports_neither(tmp_path, tiny_model, small_catalog):
+@pytest.mark.parametrize("model", ["tiny_model", "review_model"])
+def test_a_since_night_with_nothing_to_decode_imports_neither(tmp_path, request, model, small_catalog):
+    """Nor onnx (the model's signature is cached by its sha256 since night 1), nor pandas (which
+    pyarrow imports on its first `pa.array`, `pa.scalar`, `to_numpy` or `pq.read_table`)."""
+    model = request.getfixturevalue(model)
     options = RunOptions(batch_size=16, max_error_rate=1.0)
-    run_catalog(tiny_model, [str(small_catalog)], tmp_path / "night1", options)
+    run_catalog(model, [str(small_catalog)], tmp_path / "night1", options)
     modules, _ = imported(
-        tmp_path, "run", tiny_model, small_catalog, "--out", tmp_path / "night2", "--since", tmp_path / "night1",
+        tmp_path, "run", model, small_catalog, "--out", tmp_path / "night2", "--since", tmp_path / "night1",
         "--no-progress", "--max-error-rate", "1",
     )  # fmt: skip
     summary = json.loads((tmp_path / "night2" / "_summary.json").read_text())
     assert summary["decoded"] == 0 and summary["reused"] == summary["rows"] > 0
     assert (tmp_path / "night2" / "_SUCCESS").exists()
+    assert "batchrun.incremental" in modules
     assert not heavy(modules), heavy(modules)
+    light = {m for m in modules if m.split(".")[0] in ("onnx", "pandas", "ml_dtypes")} | (
+        {"pyarrow.dataset"} & modules
+    )
+    assert not light, light
 
 
 def test_similar_by_id_imports_neither(tmp_path, embedding_model, small_catalog):

@@ -13,18 +13,20 @@ always. `require_complete` is how `--since` refuses an incomplete earlier run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from skutag import storage
 from skutag.errors import InputError
 
+from ..arrow import read_parquet
 from ..out import GLOBAL_SUCCESS, _read_json, read_commit_logs
 from ..plan import Plan
 from ..reuse import RESUME_FIELDS
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 
 def committed_parts(
@@ -60,10 +62,12 @@ class CommittedRows:
         if part is None:
             return None
         with storage.open_input(storage.join(self.out, part["file"]), self.storage_options) as handle:
-            return pq.read_table(handle, columns=columns)
+            return read_parquet(handle, columns=columns)
 
     def dataset(self) -> ds.Dataset:
         """The committed parts as one pyarrow dataset (local paths, or the object store through fsspec)."""
+        import pyarrow.dataset as ds  # imports pandas: only for the readers of a whole OUT
+
         uris = self.uris()
         if not uris:
             raise InputError(f"{self.out} has no committed parts (is it a `skutag run` OUT?)")

@@ -78,7 +78,11 @@ def run_ray(contract: ModelContract, work: WorkList, writer: UnitWriter, options
                 log.info("ray: %s (Ray ready in %.1f s)", resources.describe(), time.perf_counter() - started)
                 stats.workers = resources.decode_tasks
                 dataset = _pipeline(ray, contract, work, options, resources)
-                blocks = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+                # No prefetching: with `prefetch_batches=N` Ray's iterator holds back the first block
+                # until N more have arrived (one actor batch each), which delayed the first rows
+                # by N batches (seconds with fp32 on a small machine), and the blocks the driver
+                # reads are a few KB of top-k and facts: there is nothing worth fetching ahead.
+                blocks = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
                 first = _stream(blocks, writer, stats, options, work.tasks)
                 if log.isEnabledFor(logging.DEBUG):  # --verbose: where Ray Data's time went, per stage
                     log.debug("ray: dataset stats\n%s", dataset.stats())
