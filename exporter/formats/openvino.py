@@ -8,9 +8,14 @@ with two settings:
   IR as `exporter.quantize.tail_nodes` walks the ONNX graph) is NNCF's ignored scope,
   so `probs` and `embedding` are never computed from 8-bit values (`float_tail` checks
   the result and the report lists it);
-- bias correction off: on the pretrained EfficientNet-Lite0 its per-layer bias shifts
-  lowered the TV a little but doubled the embedding's error (max 0.50 against 0.29
-  without; gate 0.35; benchmarks/RESULTS.md, issue 20).
+- NNCF's overflow fix off and bias correction off. The overflow fix (on by default for
+  the first conv) keeps only 7 bits of its weights, for CPUs without VNNI whose 8-bit
+  dot products saturate in 16 bits; on the pretrained EfficientNet-Lite0 (whose stem,
+  BatchNorm folded, has wide per-channel ranges) it and bias correction together gave an
+  embedding error of 0.50 (gate 0.35), bias correction alone off 0.29 (0.40 on other
+  photos: refused), both off 0.22 (benchmarks/RESULTS.md, issue 20). So these IRs assume
+  a CPU with VNNI (Intel since Cascade Lake / Ice Lake, AMD since Zen 4) or an Intel
+  GPU / NPU; on older x86 CPUs the first conv may saturate, unverified.
 Checked with the OpenVINO runtime on the CPU, with f32 inference precision (a
 CPU with bf16 support would otherwise compute an fp32 IR in bf16).
 """
@@ -52,7 +57,7 @@ def export(
     if precision == "int8":
         assert calibration is not None
         nncf = require("nncf", "openvino", TITLE)
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
         dataset = nncf.Dataset(calibration.pixels, lambda image: image[None])
         tail = [node.get_friendly_name() for node in tail_nodes(model)]
@@ -63,11 +68,13 @@ def export(
                 dataset,
                 subset_size=len(calibration),
                 ignored_scope=nncf.IgnoredScope(names=tail),
-                advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True),
+                advanced_parameters=AdvancedQuantizationParameters(
+                    overflow_fix=OverflowFix.DISABLE, disable_bias_correction=True
+                ),
             )
         notes["quantizer"] = (
             "NNCF PTQ (mixed preset: asymmetric int8 activations, symmetric per-channel int8 weights), "
-            "bias correction off; the tail from the global pooling on in float"
+            "overflow fix and bias correction off (assumes VNNI); the tail from the global pooling on in float"
         )
         notes["float_tail"] = float_tail(model)
     model.set_rt_info(card.to_json(), CARD_KEY)
