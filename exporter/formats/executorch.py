@@ -35,8 +35,13 @@ def export(
         assert calibration is not None
         qmod = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch", TITLE)
         config = qmod.get_symmetric_quantization_config(is_per_channel=True)
-        program = quantise(module, args, qmod.XNNPACKQuantizer().set_global(config), calibration, fold=True)
-        notes["quantizer"] = "XNNPACKQuantizer: symmetric int8, per-channel weights; head in float"
+        quantizer = qmod.XNNPACKQuantizer().set_global(config)
+        program, quantised = quantise(module, args, quantizer, calibration, fold=True)
+        notes["quantizer"] = (
+            "XNNPACKQuantizer: int8 activations, symmetric per-channel int8 weights; conv + clamp fused; "
+            "head in float"
+        )
+        notes.update(quantised)
     with torch.no_grad():
         exported = torch.export.export(program, args)
     lowered = exir.to_edge_transform_and_lower(exported, partitioner=[xnnpack.XnnpackPartitioner()])

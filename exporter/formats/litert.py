@@ -19,7 +19,7 @@ from exporter.formats.pt2e import example, quantise
 from exporter.graph import ExportModule
 from exporter.samples import SampleSet
 from skutag.card import ModelCard
-from skutag.errors import InputError
+from skutag.errors import InputError, SkutagError
 
 TITLE = "LiteRT export"
 
@@ -38,20 +38,28 @@ def export(
         quant_config = require("litert_torch.quantize.quant_config", "litert", TITLE)
         config = quantizer_module.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
         quantizer = quantizer_module.PT2EQuantizer().set_global(config)
-        program = quantise(module, args, quantizer, calibration, fold=False)
+        program, quantised = quantise(module, args, quantizer, calibration, fold=False)
         options["quant_config"] = quant_config.QuantConfig(pt2e_quantizer=quantizer)
-        notes["quantizer"] = "litert-torch PT2EQuantizer: symmetric int8, per-channel weights; head in float"
+        notes["quantizer"] = (
+            "litert-torch PT2EQuantizer: int8 activations, symmetric per-channel int8 weights; "
+            "conv + clamp fused; head in float"
+        )
+        notes.update(quantised)
     chatter = io.StringIO()  # the converter prints progress bars
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         edge_model = litert_torch.convert(program, args, **options)
         edge_model.export(str(out))
-    # What an app reads: LiteRT's converter can leave the `embedding` output in int8 (scale and zero
-    # point in the file; the runner below dequantises it); `probs` stays float32.
+    # The contract: `probs` and `embedding` are float32 (an app reads them as they are). The converter
+    # leaves an output 8-bit when the op that makes it is quantised; the float tail (pt2e) prevents
+    # that, and this refuses a file where it did not.
     runner = load(out, threads=1)
-    notes["outputs"] = [
-        {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "quantization": list(d["quantization"])}
-        for d in runner.outputs
-    ]
+    notes["outputs"] = [{"name": d["name"], "dtype": np.dtype(d["dtype"]).name} for d in runner.outputs]
+    eight_bit = [o for o in notes["outputs"] if o["dtype"] != "float32"]
+    if eight_bit:
+        raise SkutagError(
+            f"{TITLE}: outputs must be float32, the converter left "
+            + ", ".join(f"{o['name']} {o['dtype']}" for o in eight_bit)
+        )
     return notes
 
 
@@ -67,15 +75,8 @@ class _Runner:
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(pixels))
         self._interpreter.invoke()
-        values = [self._read(d) for d in self.outputs]
+        values = [self._interpreter.get_tensor(d["index"]).copy() for d in self.outputs]
         return values[0], (values[1] if len(values) > 1 else None)
-
-    def _read(self, detail: dict) -> np.ndarray:
-        value = self._interpreter.get_tensor(detail["index"])
-        if np.issubdtype(value.dtype, np.integer):  # an 8-bit output: what an app reads, dequantised
-            scale, zero_point = detail["quantization"]
-            return (value.astype(np.float32) - zero_point) * scale
-        return value.copy()
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:

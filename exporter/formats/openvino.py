@@ -2,9 +2,21 @@
 
 The model takes uint8 [batch, H, W, 3] (batch dynamic) and carries the card in its
 rt_info (`skutag/card`) as well as beside it. int8: NNCF's PTQ calibrated on the
-`--calib` images, one image per step (it keeps reduced statistics, not activations);
-the classifier's MatMul and the Softmax are in its ignored scope, so `probs` stays
-float. Checked with the OpenVINO runtime on the CPU, with f32 inference precision (a
+`--calib` images, one image per step (it keeps reduced statistics, not activations),
+with two settings:
+- the tail (every op from the outputs back to the global pooling, found by walking the
+  IR as `exporter.quantize.tail_nodes` walks the ONNX graph) is NNCF's ignored scope,
+  so `probs` and `embedding` are never computed from 8-bit values (`float_tail` checks
+  the result and the report lists it);
+- NNCF's overflow fix off and bias correction off. The overflow fix (on by default for
+  the first conv) keeps only 7 bits of its weights, for CPUs without VNNI whose 8-bit
+  dot products saturate in 16 bits; on the pretrained EfficientNet-Lite0 (whose stem,
+  BatchNorm folded, has wide per-channel ranges) it and bias correction together gave an
+  embedding error of 0.50 (gate 0.35), bias correction alone off 0.29 (0.40 on other
+  photos: refused), both off 0.22 (benchmarks/RESULTS.md, issue 20). So these IRs assume
+  a CPU with VNNI (Intel since Cascade Lake / Ice Lake, AMD since Zen 4) or an Intel
+  GPU / NPU; on older x86 CPUs the first conv may saturate, unverified.
+Checked with the OpenVINO runtime on the CPU, with f32 inference precision (a
 CPU with bf16 support would otherwise compute an fp32 IR in bf16).
 """
 
@@ -22,7 +34,7 @@ from exporter.formats import first_line, require
 from exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
 from exporter.samples import SampleSet
 from skutag.card import ModelCard
-from skutag.errors import InputError
+from skutag.errors import InputError, SkutagError
 
 TITLE = "OpenVINO export"
 CARD_KEY = ["skutag", "card"]
@@ -45,20 +57,64 @@ def export(
     if precision == "int8":
         assert calibration is not None
         nncf = require("nncf", "openvino", TITLE)
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
         dataset = nncf.Dataset(calibration.pixels, lambda image: image[None])
+        tail = [node.get_friendly_name() for node in tail_nodes(model)]
         chatter = io.StringIO()
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             model = nncf.quantize(
                 model,
                 dataset,
                 subset_size=len(calibration),
-                ignored_scope=nncf.IgnoredScope(types=["MatMul", "Softmax"], validate=False),
+                ignored_scope=nncf.IgnoredScope(names=tail),
+                advanced_parameters=AdvancedQuantizationParameters(
+                    overflow_fix=OverflowFix.DISABLE, disable_bias_correction=True
+                ),
             )
-        notes["quantizer"] = "NNCF PTQ (mixed preset defaults); MatMul (head) and Softmax in float"
+        notes["quantizer"] = (
+            "NNCF PTQ (mixed preset: asymmetric int8 activations, symmetric per-channel int8 weights), "
+            "overflow fix and bias correction off (assumes VNNI); the tail from the global pooling on in float"
+        )
+        notes["float_tail"] = float_tail(model)
     model.set_rt_info(card.to_json(), CARD_KEY)
     ov.save_model(model, str(out), compress_to_fp16=precision == "fp16")
     notes["files"] = [out.name, out.with_suffix(".bin").name]
     return notes
+
+
+# The ops that make the pooled features (walking back from the outputs, the tail ends at the first one).
+POOLING = frozenset({"ReduceMean", "ReduceMax", "AvgPool", "MaxPool", "AdaptiveAvgPool", "AdaptiveMaxPool"})
+
+
+def tail_nodes(model) -> list:
+    """The IR's ops from the outputs back to the global pooling (inclusive); shape arithmetic is not followed.
+
+    SkutagError when a path from an output reaches the input without a pooling op."""
+    seen: dict[str, Any] = {}
+    frontier = [result.input_value(0).get_node() for result in model.get_results()]
+    while frontier:
+        node = frontier.pop()
+        kind = node.get_type_name()
+        if kind == "Parameter":
+            raise SkutagError(
+                "int8: cannot find the pooled features (no pooling op before the outputs) to keep the head "
+                "in float"
+            )
+        if node.get_friendly_name() in seen or kind in ("Constant", "ShapeOf"):
+            continue
+        seen[node.get_friendly_name()] = node
+        if kind not in POOLING:
+            frontier.extend(i.get_source_output().get_node() for i in node.inputs())
+    return list(seen.values())
+
+
+def float_tail(model) -> list[str]:
+    """Op types of the quantised IR's tail; SkutagError if NNCF put a FakeQuantize in it (an 8-bit tail)."""
+    kinds = sorted(node.get_type_name() for node in tail_nodes(model))
+    if "FakeQuantize" in kinds:
+        raise SkutagError(f"{TITLE}: NNCF quantised the tail after the pooled features ({kinds})")
+    return kinds
 
 
 def read_card(path: Path) -> ModelCard:
