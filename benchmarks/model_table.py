@@ -140,7 +140,7 @@ def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, e
         if kind != "torch":
             report = json.loads(model.with_name(model.name + ".json").read_text())
             result[f"{kind}_refused"] = refused.read_text() if refused.exists() else None
-            result[f"{kind}_top1_agreement"] = report["parity"].get("top1_agreement")
+            result[f"{kind}_top1_agreement"] = (report["parity"] or {}).get("top1_agreement")
             result[f"{kind}_path"] = str(model)
             result[f"{kind}_mb"] = model.stat().st_size / 1e6
         report_dir = work / "eval" / f"{tag}-{kind}"
