@@ -156,7 +156,9 @@ def test_fine_tuning_pretrained_weights_keeps_their_batchnorm_statistics(
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
     out = tmp_path / "run"
     options = FAST | dict(weights=str(weights), freeze="none", bn_stats=bn_stats)
-    train(TrainConfig(data=str(split_catalog), out=str(out), epochs=2, head_epochs=1, gradcam=False, **options))
+    train(
+        TrainConfig(data=str(split_catalog), out=str(out), epochs=2, head_epochs=1, gradcam=False, **options)
+    )
     trained = load_checkpoint(out / "last.ckpt")["model"]
     expected = source.state_dict()
     stats = [k for k in expected if k.endswith(("running_mean", "running_var"))]
