@@ -173,7 +173,7 @@ def bench_stage(result: dict, test: Path, work: Path) -> dict:
 def gate(r: dict) -> str:
     """The int8 gate's top-1 agreement, or what refused the export (its accuracy is then ungated)."""
     if r.get("int8_refused"):
-        return "refused: " + r["int8_refused"].split(": ", 1)[-1].split(" (")[0]
+        return "refused: " + r["int8_refused"].split("images: ", 1)[-1].split(" (")[0]
     return format(r["int8_top1_agreement"], ".3f")
 
 
