@@ -84,17 +84,13 @@ def input_verdicts(
     very OUT's, `--retry-errors`, read from the same plan). Same uri, both versions null: only its
     sha256 can tell (`needs_sha256`).
     """
-    same_uri = _filled(pc.equal(old_uri, uri))
-    both_null = _filled(pc.and_(pc.is_null(old_version), pc.is_null(version)))
-    same_version = _filled(pc.equal(old_version, version)) | both_null
+    same_uri = bools(pc.equal(old_uri, uri))
+    both_null = bools(pc.and_(pc.is_null(old_version), pc.is_null(version)))
+    same_version = bools(pc.equal(old_version, version)) | both_null
     same = same_uri & same_version
     if snapshot:
         return same, np.zeros(len(same), bool)
     return same & ~both_null, same & both_null
-
-
-def _filled(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return bools(mask)
 
 
 def _short(value: Any) -> str:

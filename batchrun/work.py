@@ -86,9 +86,7 @@ def prepare_work(
         next_task += count
     return WorkList(
         units=work,
-        task_uris=pa.concat_arrays(uris)
-        if uris
-        else pa.nulls(0, pa.large_string()),  # no pa.array: see batchrun.arrow
+        task_uris=pa.concat_arrays(uris) if uris else pa.nulls(0, pa.large_string()),  # pa.nulls: no pandas
         task_sizes=np.concatenate(sizes) if sizes else np.zeros(0, np.int64),
         task_unit=np.concatenate(owners) if owners else np.zeros(0, np.int32),
     )

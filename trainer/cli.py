@@ -13,6 +13,7 @@ from skutag.options import (
     seed_option,
     workers_option,
 )
+from trainer.config import BN_STATS  # no torch: the choices are declared once, beside TrainConfig
 
 NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 
@@ -73,7 +74,7 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 )
 @click.option(
     "--bn-stats",
-    type=click.Choice(["auto", "frozen", "update"]),
+    type=click.Choice(BN_STATS),
     default="auto",
     show_default=True,
     help="BatchNorm running statistics while fine-tuning (auto: frozen with pretrained weights, so a small "
