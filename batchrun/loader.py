@@ -314,11 +314,17 @@ def available_cores() -> int:
 
 
 def default_workers(device: str, cores: int | None = None) -> int:
-    """Decode workers: on the CPU they compete with ORT's threads (a quarter of the cores, at least 1,
-    measured best on 2 cores); with a GPU every core but the main process's can decode."""
+    """Decode workers: on the CPU half the cores, at least 2 (they run at CPU_WORKER_NICE and fill
+    the cycles ORT's threads leave); with a GPU every core but the main process's can decode.
+
+    Measured on 2 cores, 690 real photos (benchmarks/RESULTS.md, issue 21): 2 workers against 1 took
+    the in-run time of an int8 ResNet-50 from 8.2-8.6 s to 7.4-7.6 s and of fp32 from 17.6-17.7 to
+    16.9-17.2 s; 3 workers were no faster than 2. One niced worker cannot keep up with ORT on photos
+    whose decode costs about as much as the inference (1.3-1.6 MP progressive JPEG).
+    """
     cores = cores or available_cores()
     if device == "cpu":
-        return max(1, cores // 4)
+        return min(cores, max(2, cores // 2))
     return max(1, cores - 1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,11 +28,20 @@ from benchmarks.machine import machine_info, markdown_header
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(command: list[str], *, cwd: Path, pythonpath: Path) -> float:
+CPU_SECONDS: dict[str, list[float]] = {}  # command label -> user + system CPU s of each run, workers included
+
+
+def timed(command: list[str], *, cwd: Path, pythonpath: Path, label: str = "") -> float:
+    """Wall seconds of one process; its CPU seconds (and its reaped workers') go to CPU_SECONDS[label]."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU_SECONDS.setdefault(label, []).append(cpu)
+    return wall
 
 
 def plain_loop(model_path: str, images: str, batch_size: int) -> None:
@@ -74,9 +84,9 @@ def main() -> None:
                    "--batch-size", str(args.batch_size)]  # fmt: skip
             old_out, new_out = Path(scratch, f"old-{round_number}"), Path(scratch, f"new-{round_number}")
             walls["previous release"].append(
-                timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old)
+                timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old, label="previous release")
             )
-            walls["this tree"].append(timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT))
+            walls["this tree"].append(timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT, label="this tree"))
             inner["previous release"].append(in_run(old_out))
             inner["this tree"].append(in_run(new_out))
             if args.no_plain_loop:
@@ -103,6 +113,11 @@ def main() -> None:
         print(
             f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {ratios if name == 'this tree' else ''} |"
         )
+    print("\nCPU seconds of each whole process, its decode workers included (less sensitive to load than walls):\n")
+    print("| | CPU s per round | CPU ms per image (median) |\n|---|---|---:|")
+    for name in ("previous release", "this tree"):
+        values = CPU_SECONDS[name]
+        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {1000 * statistics.median(values) / files:.1f} |")
     whole = zip(walls["previous release"], walls["this tree"], strict=True)
     print(
         f"\nWhole process, this tree / previous (rate, per round): {', '.join(f'{o / n:.2f}' for o, n in whole)}"
