@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from exporter.samples import SampleSet, batches, model_input
+from exporter.tail import NO_POOLING, walk_tail
 from exporter.targets import Quantisation
 from skutag.card import ModelCard
 from skutag.errors import SkutagError
@@ -153,9 +154,7 @@ def float_nodes(proto: onnx.ModelProto) -> list[str]:
                 frontier.extend(node.output)
     tail = tail_nodes(proto)
     if not any(node.op_type in POOLING_OPS for node in tail):
-        raise SkutagError(
-            "int8: cannot find the pooled features (no pooling op before the outputs) to keep the head in float"
-        )
+        raise SkutagError(NO_POOLING)
     keep.update((node.name, None) for node in tail)
     return list(keep)
 
@@ -166,19 +165,18 @@ def tail_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
     graph = proto.graph
     producers = {name: node for node in graph.node for name in node.output}
     types = tensor_types(proto)
-    seen: dict[str, onnx.NodeProto] = {}  # by first output name (unique in a graph)
-    frontier = [o.name for o in graph.output]
-    while frontier:
-        node = producers.get(frontier.pop())
-        if node is None or node.output[0] in seen or node.op_type in ("Shape", "Constant"):
-            continue
-        seen[node.output[0]] = node
-        if node.op_type in POOLING_OPS:
-            continue
-        frontier.extend(
-            name for name in node.input if name and types.get(name, onnx.TensorProto.FLOAT) in _DATA_TYPES
-        )
-    return list(seen.values())
+
+    def inputs_of(node: onnx.NodeProto) -> list[onnx.NodeProto | None]:
+        data = (n for n in node.input if n and types.get(n, onnx.TensorProto.FLOAT) in _DATA_TYPES)
+        return [producers.get(name) for name in data]
+
+    return walk_tail(
+        [producers.get(o.name) for o in graph.output],
+        inputs_of,
+        lambda node: node.op_type in POOLING_OPS,
+        key=lambda node: node.output[0],  # unique in a graph
+        skip=lambda node: node is None or node.op_type in ("Shape", "Constant"),  # None: input or weights
+    )
 
 
 def eight_bit_tail(proto: onnx.ModelProto) -> list[str]:

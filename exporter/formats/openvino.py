@@ -33,6 +33,7 @@ import torch
 from exporter.formats import first_line, require
 from exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
 from exporter.samples import SampleSet
+from exporter.tail import walk_tail
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 
@@ -91,22 +92,14 @@ def tail_nodes(model) -> list:
     """The IR's ops from the outputs back to the global pooling (inclusive); shape arithmetic is not followed.
 
     SkutagError when a path from an output reaches the input without a pooling op."""
-    seen: dict[str, Any] = {}
-    frontier = [result.input_value(0).get_node() for result in model.get_results()]
-    while frontier:
-        node = frontier.pop()
-        kind = node.get_type_name()
-        if kind == "Parameter":
-            raise SkutagError(
-                "int8: cannot find the pooled features (no pooling op before the outputs) to keep the head "
-                "in float"
-            )
-        if node.get_friendly_name() in seen or kind in ("Constant", "ShapeOf"):
-            continue
-        seen[node.get_friendly_name()] = node
-        if kind not in POOLING:
-            frontier.extend(i.get_source_output().get_node() for i in node.inputs())
-    return list(seen.values())
+    return walk_tail(
+        [result.input_value(0).get_node() for result in model.get_results()],
+        lambda node: [i.get_source_output().get_node() for i in node.inputs()],
+        lambda node: node.get_type_name() in POOLING,
+        key=lambda node: node.get_friendly_name(),
+        skip=lambda node: node.get_type_name() in ("Constant", "ShapeOf"),
+        is_input=lambda node: node.get_type_name() == "Parameter",
+    )
 
 
 def float_tail(model) -> list[str]:

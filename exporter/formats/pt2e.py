@@ -31,6 +31,7 @@ from torch.fx import GraphModule, Node
 
 from exporter.graph import ExportModule
 from exporter.samples import SampleSet
+from exporter.tail import walk_tail
 
 ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers annotate under
 CONVS = frozenset({torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default})
@@ -112,24 +113,14 @@ def tail_nodes(model: GraphModule) -> list[Node]:
     """The nodes from the outputs back to the global pooling that makes the pooled features (inclusive).
 
     SkutagError when a path from an output reaches the input without a pooling op."""
-    from skutag.errors import SkutagError
-
     output = next(n for n in model.graph.nodes if n.op == "output")
-    seen: dict[Node, None] = {}
-    frontier = list(output.all_input_nodes)
-    while frontier:
-        node = frontier.pop()
-        if node in seen or node.op != "call_function":
-            if node.op == "placeholder":  # the image (parameters are get_attr nodes in an unlifted graph)
-                raise SkutagError(
-                    "int8: cannot find the pooled features (no pooling op before the outputs) to keep the head "
-                    "in float"
-                )
-            continue
-        seen[node] = None
-        if node.target not in POOLING:
-            frontier.extend(node.all_input_nodes)
-    return list(seen)
+    return walk_tail(
+        output.all_input_nodes,
+        lambda node: node.all_input_nodes,
+        lambda node: node.target in POOLING,
+        skip=lambda node: node.op != "call_function",  # weights are get_attr nodes in an unlifted graph
+        is_input=lambda node: node.op == "placeholder",  # the image
+    )
 
 
 def _clamped_conv(node: Node) -> Node | None:
