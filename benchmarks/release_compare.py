@@ -84,9 +84,13 @@ def main() -> None:
                    "--batch-size", str(args.batch_size)]  # fmt: skip
             old_out, new_out = Path(scratch, f"old-{round_number}"), Path(scratch, f"new-{round_number}")
             walls["previous release"].append(
-                timed([*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old, label="previous release")
+                timed(
+                    [*run, "--out", str(old_out)], cwd=args.old, pythonpath=args.old, label="previous release"
+                )
             )
-            walls["this tree"].append(timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT, label="this tree"))
+            walls["this tree"].append(
+                timed([*run, "--out", str(new_out)], cwd=ROOT, pythonpath=ROOT, label="this tree")
+            )
             inner["previous release"].append(in_run(old_out))
             inner["this tree"].append(in_run(new_out))
             if args.no_plain_loop:
@@ -113,11 +117,15 @@ def main() -> None:
         print(
             f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {ratios if name == 'this tree' else ''} |"
         )
-    print("\nCPU seconds of each whole process, its decode workers included (less sensitive to load than walls):\n")
+    print(
+        "\nCPU seconds of each whole process, its decode workers included (less sensitive to load than walls):\n"
+    )
     print("| | CPU s per round | CPU ms per image (median) |\n|---|---|---:|")
     for name in ("previous release", "this tree"):
         values = CPU_SECONDS[name]
-        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {1000 * statistics.median(values) / files:.1f} |")
+        print(
+            f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {1000 * statistics.median(values) / files:.1f} |"
+        )
     whole = zip(walls["previous release"], walls["this tree"], strict=True)
     print(
         f"\nWhole process, this tree / previous (rate, per round): {', '.join(f'{o / n:.2f}' for o, n in whole)}"
