@@ -66,7 +66,9 @@ class _Pooled(torch.nn.Module):
         return self.fc(torch.flatten(x, 1)).softmax(1)
 
 
+@pytest.mark.edge
 def test_pt2e_tail_stops_at_the_pooling_and_refuses_a_graph_without_one():
+    pytest.importorskip("torchao")  # the PT2E quantizer's home (skutag[executorch] / [litert])
     from exporter.formats.pt2e import tail_nodes as fx_tail_nodes
 
     sample = (torch.rand(1, 3, 8, 8),)
