@@ -5,7 +5,7 @@ rt_info (`skutag/card`) as well as beside it. int8: NNCF's PTQ calibrated on the
 `--calib` images, one image per step (it keeps reduced statistics, not activations),
 with two settings:
 - the tail (every op from the outputs back to the global pooling, found by walking the
-  IR as `exporter.quantize.tail_nodes` walks the ONNX graph) is NNCF's ignored scope,
+  IR with `exporter.tail.walk_tail`, as int8 ONNX walks its graph) is NNCF's ignored scope,
   so `probs` and `embedding` are never computed from 8-bit values (`float_tail` checks
   the result and the report lists it);
 - NNCF's overflow fix off and bias correction off. The overflow fix (on by default for

@@ -18,7 +18,7 @@ quantizer's own annotation API (`EdgeQuantizer`) and module-type config:
   quantizers propagate their observers through pooling and reshapes), so the pooled
   features (`embedding`) came out of an int8 tensor. `EdgeQuantizer` removes the
   annotations of every node from the outputs back to the global pooling (the same tail
-  int8 ONNX keeps float, found the same way: `exporter.quantize.tail_nodes`), so the
+  int8 ONNX keeps float, found by the same walk: `exporter.tail.walk_tail`), so the
   pooling, the classifier and the softmax run in float and `probs` and `embedding` are
   never computed from 8-bit values. `float_tail` lists the ops that stayed float (the
   report and the tests check it).
@@ -167,16 +167,14 @@ def float_tail(converted: GraphModule) -> list[str]:
     Walks back from every output until a dequantize op (the last 8-bit value on that path);
     returns the op names (aten overload names, e.g. `softmax`, `linear`, `mean`) in graph order."""
     output = next(n for n in converted.graph.nodes if n.op == "output")
-    seen: dict[Node, None] = {}
-    frontier = list(output.all_input_nodes)
-    while frontier:
-        node = frontier.pop()
-        if node in seen or node.op != "call_function" or _is_dequantize(node):
-            continue
-        seen[node] = None
-        frontier.extend(node.all_input_nodes)
+    floats = walk_tail(
+        output.all_input_nodes,
+        lambda node: node.all_input_nodes,
+        lambda node: False,  # no pooling stop: the walk ends at the dequantize ops
+        skip=lambda node: node.op != "call_function" or _is_dequantize(node),
+    )
     order = {node: i for i, node in enumerate(converted.graph.nodes)}
-    return [_op_name(n) for n in sorted(seen, key=order.__getitem__) if not _is_quantize(n)]
+    return [_op_name(n) for n in sorted(floats, key=order.__getitem__) if not _is_quantize(n)]
 
 
 def _is_dequantize(node: Node) -> bool:
