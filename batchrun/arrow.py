@@ -53,7 +53,7 @@ def array(values: list, type: pa.DataType) -> pa.Array:
         return strings(values)
     if type == pa.int64():
         return int64s(values)
-    raise TypeError(f"batchrun.arrow.array: no builder for {type}")
+    raise TypeError(f"skutag.batchrun.arrow.array: no builder for {type}")
 
 
 def read_parquet(source, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
@@ -93,4 +93,4 @@ def scalar(value: str | bool | None, type: pa.DataType) -> pa.Scalar:
         return strings([value])[0]
     if type == pa.bool_():
         return numbers(np.array([value], bool))[0]
-    raise TypeError(f"batchrun.arrow.scalar: no builder for {type}")
+    raise TypeError(f"skutag.batchrun.arrow.scalar: no builder for {type}")

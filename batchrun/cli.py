@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import click
-
-from batchrun.options import DEFAULT_PART_ROWS, RunOptions
+from skutag.batchrun.options import DEFAULT_PART_ROWS, RunOptions
 
 
 def _floats3(ctx, param, value: str | None):
@@ -74,7 +73,8 @@ def plan(sources, out, part_rows, storage_options, overwrite) -> None:
     `skutag run` plans by itself when OUT has no plan; `skutag plan` lets a scheduler plan
     once before it starts N shards. Sorted by id, deduplicated, streaming (bounded memory).
     """
-    from batchrun.api import plan_catalog
+    from skutag.batchrun.api import plan_catalog
+
     from skutag.storage import parse_options
 
     made = plan_catalog(
@@ -163,8 +163,9 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
     """
     from pathlib import Path
 
-    from batchrun.api import run_catalog
-    from batchrun.model import ForeignPreprocessing
+    from skutag.batchrun.api import run_catalog
+    from skutag.batchrun.model import ForeignPreprocessing
+
     from skutag.errors import TooManyErrors
 
     foreign = ForeignPreprocessing(
@@ -182,12 +183,12 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
         summary = run_catalog(model, list(sources), out, options, foreign=foreign)
     except BaseException as exc:
         if options.metrics_file:
-            from batchrun.metrics import write_metrics
+            from skutag.batchrun.metrics import write_metrics
 
             write_metrics(options.metrics_file, None, out, options, failure=exc)
         raise
     if options.metrics_file:
-        from batchrun.metrics import write_metrics
+        from skutag.batchrun.metrics import write_metrics
 
         write_metrics(options.metrics_file, summary, out, options)
     if summary.already_complete:

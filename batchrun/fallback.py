@@ -129,7 +129,7 @@ class CpuFallback:
         return conn
 
 
-_CHILD = "import sys; from batchrun.fallback import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+_CHILD = "import sys; from skutag.batchrun.fallback import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
 
 
 def serve(fd: int, nice: int = 0) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.machine import cpu_model
+from skutag.bench.machine import cpu_model
 
 CLASSES = 10
 
@@ -120,10 +120,10 @@ def resnet50_onnx(cache: Path) -> Path:
     path = cache / "resnet50-random-fp32.onnx"
     if not path.exists():
         import torch
+        from skutag.exporter.graph import export_fp32
+        from skutag.trainer.model import build_model
 
-        from exporter.graph import export_fp32
         from skutag.card import ModelCard
-        from trainer.model import build_model
 
         torch.manual_seed(0)
         card = ModelCard.for_training("resnet50", [f"class{i}" for i in range(CLASSES)])
@@ -133,7 +133,7 @@ def resnet50_onnx(cache: Path) -> Path:
 
 def linked_catalog(images: Path, count: int, cache: Path) -> Path:
     """`count` distinct paths (symlinks) cycling over the benchmark images."""
-    from benchmarks.baselines import image_files
+    from skutag.bench.baselines import image_files
 
     root = cache / f"links-{images.name}-{count}"
     if not (root / ".complete").exists():
@@ -151,11 +151,11 @@ def linked_catalog(images: Path, count: int, cache: Path) -> Path:
 
 
 def plain_loop(images: Path, batch_size: int, workers: int | None) -> float:
-    """images/s of the textbook eager loop (benchmarks.baselines) with a ResNet-50 of this suite's classes."""
+    """images/s of the textbook eager loop (skutag.bench.baselines) with a ResNet-50 of this suite's classes."""
+    from skutag.batchrun.loader import default_workers
     from torchvision import models
 
-    from batchrun.loader import default_workers
-    from benchmarks.baselines import plain_torch_loop
+    from skutag.bench.baselines import plain_torch_loop
     from skutag.card import ModelCard
 
     card = ModelCard.for_training("resnet50", [f"class{i}" for i in range(CLASSES)])
@@ -170,8 +170,8 @@ def _splits(text: str) -> list[tuple[int, int]]:
 
 
 def skutag_run(model: Path, images: Path, args, *, workers: int | None, threads: int | None):
-    from batchrun.api import run_catalog
-    from batchrun.options import RunOptions
+    from skutag.batchrun.api import run_catalog
+    from skutag.batchrun.options import RunOptions
 
     options = RunOptions(
         batch_size=args.batch_size,
@@ -189,9 +189,8 @@ def ort_model_only(model: Path, args, count: int) -> float:
     """The ceiling: ORT's own settings on a ready batch, `count` images in batches. On a GPU the batch
     already lives on the device (IO binding), so this is the model alone."""
     import numpy as np
-
-    from batchrun.infer import BoundPredictor, open_session
-    from batchrun.model import read_contract
+    from skutag.batchrun.infer import BoundPredictor, open_session
+    from skutag.batchrun.model import read_contract
 
     contract = read_contract(model)
     session, info = open_session(contract, args.device, batch_size=args.batch_size, threads=args.threads)
@@ -268,8 +267,7 @@ def report(rows, memory, args, models) -> None:
     import onnxruntime
     import torch
     import torchvision
-
-    from batchrun.loader import available_cores, default_workers
+    from skutag.batchrun.loader import available_cores, default_workers
 
     print(f"## Batchrun benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     print(f"- machine: {cpu_model()}, {available_cores()} cores, {platform.system()} {platform.release()}")

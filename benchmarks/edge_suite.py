@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FORMATS = ("onnx", "executorch", "litert", "openvino", "coreml")
@@ -48,7 +48,7 @@ PRECISIONS = {
 
 def repeated_photos(source: Path, count: int, work: Path) -> Path:
     """`count` symlinks to the photos under `source`, cycling through them (distinct names, same pixels)."""
-    from exporter.samples import image_files
+    from skutag.exporter.samples import image_files
 
     photos = image_files(source)
     folder = work / f"calib-{count}"

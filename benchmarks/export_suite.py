@@ -33,17 +33,18 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 
 if TYPE_CHECKING:
-    from exporter.parity import Parity
+    from skutag.exporter.parity import Parity
 
 
 def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
     """A run dir with random weights and a card, as the trainer would write it."""
+    from skutag.trainer.model import build_model
+    from skutag.trainer.weights import save_weights
+
     from skutag.card import ModelCard
-    from trainer.model import build_model
-    from trainer.weights import save_weights
 
     card = ModelCard.for_training(arch, [f"class_{i}" for i in range(classes)], image_size=image_size)
     run = work / "run"
@@ -57,7 +58,7 @@ def export_all(
 ) -> tuple[dict[str, Path], dict]:
     """Each artifact's file (fp32, fp16, one int8 per target), and the int8 exports' counts of quantised
     vs float convs in ORT's CPU graph. Unchecked: `agreement` measures them against fp32 instead."""
-    from exporter.pipeline import ExportRequest, run_export
+    from skutag.exporter.pipeline import ExportRequest, run_export
 
     paths, convs = {}, {}
     for name in ["fp32", "fp16", *(f"int8-{t}" for t in int8_targets)]:
@@ -82,8 +83,8 @@ def export_all(
 
 def open_session(path: Path, device: str, threads: int, batch: int):
     """The session `skutag run` would open for this file (provider options from the export-target table)."""
-    from batchrun.infer import open_session as run_session
-    from batchrun.model import read_contract
+    from skutag.batchrun.infer import open_session as run_session
+    from skutag.batchrun.model import read_contract
 
     cpu_threads = threads if device == "cpu" else None
     return run_session(read_contract(path), device, batch_size=batch, threads=cpu_threads)[0]
@@ -133,9 +134,10 @@ def agreement(
     """Every artifact against the fp32 file on the images of `calib` that calibration did not use
     (the fp32 file is PyTorch within 1e-4 per image; `skutag export` gates against PyTorch), with
     what the export gate of each file's target says about these figures."""
-    from exporter.parity import compare
-    from exporter.samples import load_files, plan
-    from exporter.targets import TARGETS
+    from skutag.exporter.parity import compare
+    from skutag.exporter.samples import load_files, plan
+    from skutag.exporter.targets import TARGETS
+
     from skutag.runtime import create_session, model_card, runtime_target
 
     card = model_card(paths["fp32"])

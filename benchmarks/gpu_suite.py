@@ -107,8 +107,7 @@ def environment() -> dict[str, Any]:
     import onnxruntime as ort
     import torch
     import torchvision
-
-    from batchrun.gpu_decode import gpu_decode_unavailable
+    from skutag.batchrun.gpu_decode import gpu_decode_unavailable
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -209,9 +208,10 @@ def export(work: Path, data: Path, tensorrt: bool, timeout: float) -> dict[str, 
 
 
 def _random_run(run: Path) -> None:
+    from skutag.trainer.model import build_model
+    from skutag.trainer.weights import save_weights
+
     from skutag.card import ModelCard
-    from trainer.model import build_model
-    from trainer.weights import save_weights
 
     card = ModelCard.for_training("resnet50", [f"class_{i}" for i in range(6)], image_size=224)
     save_weights(run / "best.safetensors", build_model("resnet50", 6, "none").eval(), card)
@@ -221,8 +221,8 @@ def _random_run(run: Path) -> None:
 def model_only(models: dict[str, str], device: str, names: list[str], trt_cache: Path) -> dict[str, Any]:
     """images/s = batch / median latency of session.run_with_iobinding, inputs rotated among 3 buffers."""
     import torch
+    from skutag.batchrun.model import read_contract
 
-    from batchrun.model import read_contract
     from skutag.runtime import create_session
 
     table: dict[str, Any] = {}
@@ -311,8 +311,8 @@ def decode(data: Path) -> dict[str, Any]:
     photos; beside it the CPU path's ms per image on one core (the work-sum bound's decode term)."""
     import numpy as np
     import torch
+    from skutag.batchrun.loader import Preprocess
 
-    from batchrun.loader import Preprocess
     from skutag.images import load_image
 
     preprocess = Preprocess(224, 256, "bilinear")
@@ -337,8 +337,7 @@ def decode(data: Path) -> dict[str, Any]:
 def _decode_rate(tensors: list, preprocess) -> float:
     """Images/s of decode_jpegs (one call per batch) + resize_crop per image on CUDA, synchronised."""
     import torch
-
-    from batchrun.gpu_decode import decode_jpegs, resize_crop
+    from skutag.batchrun.gpu_decode import decode_jpegs, resize_crop
 
     def once() -> None:
         for image in decode_jpegs(tensors, torch.device("cuda")):

@@ -19,20 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.machine import machine_info, markdown_header
 from benchmarks.recipe_cv import folds
+from skutag.bench.machine import machine_info, markdown_header
 
 
 def features(
     root: Path, arch: str, weights: str, image_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from skutag.trainer.augment import Normalizer
+    from skutag.trainer.data import CatalogDataset, find_labelled
+    from skutag.trainer.features import extract_features, split_head
+    from skutag.trainer.model import build
     from torch.utils.data import DataLoader
 
     from skutag.card import ModelCard
-    from trainer.augment import Normalizer
-    from trainer.data import CatalogDataset, find_labelled
-    from trainer.features import extract_features, split_head
-    from trainer.model import build
 
     samples = find_labelled(root)
     classes = sorted({s.label for s in samples})

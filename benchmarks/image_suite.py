@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 from skutag.images import load_image
 from skutag.synth import SynthSpec, make_catalog
 
@@ -109,7 +109,7 @@ def interleaved_ms(methods: dict[str, object], paths: list[Path], rounds: int) -
 
 def report_real(folders: list[Path], before: Path | None, rounds: int) -> str:
     """A RESULTS.md section: ms per image of each method on each folder of real photos."""
-    from benchmarks.baselines import image_files
+    from skutag.bench.baselines import image_files
 
     methods: dict[str, object] = {"Pillow draft decode alone (open + draft + load)": pillow_draft_decode()}
     if before is not None:

@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 import pyarrow as pa
+from skutag.insight.duplicates import DEFAULT_THRESHOLD, duplicate_groups
+from skutag.insight.index import IndexInfo, SimilarityIndex, ivf_lists, normalize
 
 from benchmarks import insight_suite
-from insight.duplicates import DEFAULT_THRESHOLD, duplicate_groups
-from insight.index import IndexInfo, SimilarityIndex, ivf_lists, normalize
 
 
 def planted(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:

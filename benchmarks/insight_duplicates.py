@@ -17,20 +17,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from skutag.insight.duplicates import calibrate_threshold, duplicate_groups
+from skutag.insight.index import build_index
 
-from insight.duplicates import calibrate_threshold, duplicate_groups
-from insight.index import build_index
 from skutag.images import is_image_path
 from tests.insight_catalog import COPY_KINDS, plant_copies
 
 
 def one_set(photos: Path, work: Path) -> dict:
-    from batchrun.api import run_catalog
-    from batchrun.options import RunOptions
-    from exporter.graph import export_fp32
-    from trainer.config import TrainConfig
-    from trainer.train import train
-    from trainer.weights import load_trained
+    from skutag.batchrun.api import run_catalog
+    from skutag.batchrun.options import RunOptions
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train
+    from skutag.trainer.weights import load_trained
 
     work.mkdir(parents=True, exist_ok=True)
     run = work / "run"

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
-
-from insight.index import default_nprobe, ivf_lists, normalize
+from skutag.insight.index import default_nprobe, ivf_lists, normalize
 
 DIM, CLUSTERS, LATENT, CHUNK, K = 2048, 1000, 32, 50_000, 10
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40

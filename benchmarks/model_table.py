@@ -31,13 +31,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.machine import machine_info, markdown_header
 from benchmarks.recipe_cv import folds, link_tree
+from skutag.bench.machine import machine_info, markdown_header
 from skutag.fsio import atomic_write_json, atomic_write_text
 
 
 def lite0_wheel_file() -> str:
-    from trainer.pretrained import wheel_file
+    from skutag.trainer.pretrained import wheel_file
 
     found = wheel_file("tf_efficientnet_lite0")
     if found is None:
@@ -98,7 +98,7 @@ def _limit(root: Path, files: list[Path], per_class: int) -> list[Path]:
 
 
 def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, epochs: int | None) -> dict:
-    from trainer.config import TrainConfig
+    from skutag.trainer.config import TrainConfig
 
     arch, options = MODELS[name]
     options = [o.replace("{lite0_file}", lite0_wheel_file()) for o in options]

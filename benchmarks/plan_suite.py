@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 
 
 def write_manifest(path: Path, rows: int, files: list[str]) -> None:

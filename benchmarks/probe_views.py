@@ -23,8 +23,8 @@ import torch
 from PIL import Image, ImageOps
 
 from benchmarks.head_sweep import train_head
-from benchmarks.machine import machine_info, markdown_header
 from benchmarks.recipe_cv import folds
+from skutag.bench.machine import machine_info, markdown_header
 
 VIEWS = ("crop0.875", "crop1.0", "squash", "pad")
 
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", default="timm/tf_efficientnet_lite0")
     args = parser.parse_args(argv)
 
-    from trainer.data import find_labelled
-    from trainer.features import split_head
-    from trainer.model import build
+    from skutag.trainer.data import find_labelled
+    from skutag.trainer.features import split_head
+    from skutag.trainer.model import build
 
     print(markdown_header(machine_info("torch", "timm")))
     print(f"load average before: {os.getloadavg()[0]:.1f}\n")

@@ -37,7 +37,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks.machine import cpu_model
+from skutag.bench.machine import cpu_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PIPELINES = ("local", "ray", "canonical")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 from skutag.fsio import atomic_write_text
 
 
@@ -52,7 +52,7 @@ def link_tree(root: Path, files: list[Path], out: Path) -> Path:
 
 
 def parse_config(text: str) -> tuple[str, dict[str, object]]:
-    from trainer.config import TrainConfig
+    from skutag.trainer.config import TrainConfig
 
     name, _, rest = text.partition("=")
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -72,8 +72,8 @@ def parse_config(text: str) -> tuple[str, dict[str, object]]:
 
 
 def run_fold(root: Path, train: list[Path], val: list[Path], fields: dict, work: Path) -> list[dict]:
-    from trainer.config import TrainConfig
-    from trainer.train import train as run_training
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train as run_training
 
     data = link_tree(root, train, work / "train")
     held = link_tree(root, val, work / "val")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args(argv)
 
-    from trainer.config import TrainConfig
+    from skutag.trainer.config import TrainConfig
 
     lines = [markdown_header(machine_info("torch", "timm")), ""]
     lines.append(

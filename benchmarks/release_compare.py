@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +47,10 @@ def timed(command: list[str], *, cwd: Path, pythonpath: Path, label: str = "") -
 def plain_loop(model_path: str, images: str, batch_size: int) -> None:
     """The eager loop as a process of its own (called with --plain)."""
     import onnxruntime
+    from skutag.trainer.model import build_model
 
-    from benchmarks.baselines import plain_torch_loop
+    from skutag.bench.baselines import plain_torch_loop
     from skutag.card import METADATA_KEY, ModelCard
-    from trainer.model import build_model
 
     meta = onnxruntime.InferenceSession(model_path, providers=["CPUExecutionProvider"]).get_modelmeta()
     card = ModelCard.from_json(meta.custom_metadata_map[METADATA_KEY])
@@ -70,7 +70,7 @@ def main() -> None:
     if args.plain:
         plain_loop(args.model, args.images, args.batch_size)
         return
-    from benchmarks.baselines import image_files
+    from skutag.bench.baselines import image_files
 
     files = len(image_files(args.images))
     model, images = str(Path(args.model).resolve()), str(Path(args.images).resolve())

@@ -28,17 +28,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 
 SIZE = (32, 48)  # tiny images: decode is not what this benchmark measures
 
 
 def tiny_model(path: Path) -> Path:
     import torch
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
-    from exporter.graph import export_fp32
     from skutag.card import ModelCard
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     card = ModelCard.for_training("resnet18", ["boot", "cup", "lamp", "sock"], image_size=32)
@@ -110,9 +110,9 @@ def _status(pid: int) -> dict[str, int]:
 
 def phases(night2: Path, night1: Path) -> dict[str, float]:
     """Night 2's bookkeeping beyond the plan, phase by phase, in this process (nothing decoded)."""
-    from batchrun.incremental import Previous, removed_inputs
-    from batchrun.plan import read_plan
-    from batchrun.work import prepare_work
+    from skutag.batchrun.incremental import Previous, removed_inputs
+    from skutag.batchrun.plan import read_plan
+    from skutag.batchrun.work import prepare_work
 
     plan = read_plan(str(night2))
     timings = {}

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 
 
 def build_catalog(root: Path, photos: list[Path], count: int) -> list[Path]:

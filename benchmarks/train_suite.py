@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 from skutag.fsio import atomic_write_text
 from skutag.synth import SynthSpec, make_catalog
 
@@ -100,7 +100,7 @@ def _catalog(root: Path, args: argparse.Namespace) -> Path:
 
 
 def _config(data: Path, out: Path, args: argparse.Namespace, **changes):
-    from trainer.config import TrainConfig
+    from skutag.trainer.config import TrainConfig
 
     options = dict(
         data=str(data), out=str(out), arch=args.arch, weights="none", freeze="backbone", epochs=args.epochs,
@@ -113,7 +113,7 @@ def _skutag_images_per_s(data: Path, tmp: str, args: argparse.Namespace) -> floa
     """Median training images/s of the epochs after the first, from history.csv."""
     import csv
 
-    from trainer.train import train
+    from skutag.trainer.train import train
 
     out = Path(tmp) / "frozen"
     train(_config(data, out, args, epochs=args.throughput_epochs, augment="standard"))
@@ -124,12 +124,13 @@ def _skutag_images_per_s(data: Path, tmp: str, args: argparse.Namespace) -> floa
 
 def _plain_loop_images_per_s(data: Path, args: argparse.Namespace) -> float:
     """The naive loop on the same loader: everything under autograd, only the head optimised."""
+    from skutag.trainer.augment import Normalizer, train_transform
+    from skutag.trainer.config import default_workers
+    from skutag.trainer.data import CatalogDataset, find_splits
+    from skutag.trainer.distributed import resolve_device
+    from skutag.trainer.loop import amp_dtype
+
     from skutag.card import ModelCard
-    from trainer.augment import Normalizer, train_transform
-    from trainer.config import default_workers
-    from trainer.data import CatalogDataset, find_splits
-    from trainer.distributed import resolve_device
-    from trainer.loop import amp_dtype
 
     device, _ = resolve_device(args.device)
     splits = find_splits(data, val_dir=None, val_split=None, seed=0)
@@ -162,9 +163,9 @@ def _plain_loop_images_per_s(data: Path, args: argparse.Namespace) -> float:
 
 def _step_images_per_s(args: argparse.Namespace, steps: int = 8) -> tuple[float, float]:
     """Model step only, on one in-memory batch: frozen-backbone path vs everything under autograd."""
-    from trainer.distributed import resolve_device
-    from trainer.features import FrozenBackboneClassifier
-    from trainer.freeze import apply_freeze, set_train_mode
+    from skutag.trainer.distributed import resolve_device
+    from skutag.trainer.features import FrozenBackboneClassifier
+    from skutag.trainer.freeze import apply_freeze, set_train_mode
 
     device, _ = resolve_device(args.device)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
@@ -193,7 +194,7 @@ def _step_images_per_s(args: argparse.Namespace, steps: int = 8) -> tuple[float,
 
 
 def _model(args: argparse.Namespace, classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    from trainer.model import build_model, classifier_name
+    from skutag.trainer.model import build_model, classifier_name
 
     model = build_model(args.arch, classes, "none").to(device)
     return model, model.get_submodule(classifier_name(model))
@@ -203,7 +204,7 @@ def _run_seconds(data: Path, out: Path, args: argparse.Namespace, *, cache: bool
     """Wall seconds of the whole run (setup, feature pass, checkpoints, report), and of its epochs alone."""
     import csv
 
-    from trainer.train import train
+    from skutag.trainer.train import train
 
     start = time.perf_counter()
     train(_config(data, out, args, augment="none", cache_features=cache))

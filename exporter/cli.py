@@ -129,7 +129,7 @@ def export(
     The file carries the model card in its metadata, takes uint8 pixels by default,
     outputs `probs`, and has a dynamic batch dimension named `batch`.
     """
-    from exporter.pipeline import ExportRequest, run_export
+    from skutag.exporter.pipeline import ExportRequest, run_export
 
     request = ExportRequest(
         source=Path(run),

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exporter import formats, graph
-from exporter.parity import ParityError, compare, torch_outputs
-from exporter.samples import SampleSet
+from skutag.exporter import formats, graph
+from skutag.exporter.parity import ParityError, compare, torch_outputs
+from skutag.exporter.samples import SampleSet
+
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json
 
@@ -58,9 +59,9 @@ def validate(request) -> formats.Format:
 
 def run_edge_export(request, samples_for) -> Any:
     """Export, check and write an edge model; returns `exporter.pipeline.ExportResult`."""
-    from exporter.pipeline import ExportResult
-    from exporter.pipeline import validate as validate_common
-    from trainer.weights import load_trained
+    from skutag.exporter.pipeline import ExportResult
+    from skutag.exporter.pipeline import validate as validate_common
+    from skutag.trainer.weights import load_trained
 
     fmt = validate(request)
     validate_common(request)
@@ -118,7 +119,7 @@ def _move_into_place(staged: Path, out: Path) -> None:
 
 
 def _summary(request, fmt, target, card, files, parity, unverified, calibration, check_set, notes) -> dict:
-    from exporter.pipeline import _shared
+    from skutag.exporter.pipeline import _shared
 
     return {
         "model": str(request.out),

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import onnx
 import torch
+from skutag.trainer.model import classifier_name
 from torch import nn
 
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.fsio import atomic_path
 from skutag.normalize import normalize, pixel_scale
-from trainer.model import classifier_name
 
 OPSET = 18
 INPUT_NAME = "image"

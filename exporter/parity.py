@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
+from skutag.exporter.samples import SampleSet, batches, model_input
+from skutag.exporter.targets import Limits
 from torch import nn
 
-from exporter.graph import EMBEDDING, INPUT_NAME, PROBS
-from exporter.samples import SampleSet, batches, model_input
-from exporter.targets import Limits
 from skutag.card import ModelCard
 from skutag.errors import SkutagError
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from skutag.exporter import graph, quantize, samples
+from skutag.exporter.parity import Parity, check, torch_outputs
+from skutag.exporter.targets import Target, resolve
 
-from exporter import graph, quantize, samples
-from exporter.parity import Parity, check, torch_outputs
-from exporter.targets import Target, resolve
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_path, atomic_write_json, sha256_file
@@ -82,10 +82,10 @@ def validate(request: ExportRequest) -> None:
 
 def run_export(request: ExportRequest) -> ExportResult:
     """Export, convert, check and write; see the module docstring."""
-    from trainer.weights import load_trained
+    from skutag.trainer.weights import load_trained
 
     if request.format != "onnx":
-        from exporter.edge import run_edge_export
+        from skutag.exporter.edge import run_edge_export
 
         return run_edge_export(request, _samples)
     validate(request)
@@ -289,6 +289,6 @@ def _shared(check_set: samples.SampleSet | None, calibration: samples.SampleSet 
 
 
 def _weights_path(source: Path) -> Path:
-    from trainer.weights import resolve_weights
+    from skutag.trainer.weights import resolve_weights
 
     return resolve_weights(source)

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from skutag.exporter.samples import SampleSet, batches, model_input
+from skutag.exporter.tail import NO_POOLING, walk_tail
+from skutag.exporter.targets import Quantisation
 
-from exporter.samples import SampleSet, batches, model_input
-from exporter.tail import NO_POOLING, walk_tail
-from exporter.targets import Quantisation
 from skutag.card import ModelCard
 from skutag.errors import SkutagError
 

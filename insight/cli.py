@@ -49,7 +49,7 @@ def index(outs: tuple[str, ...], out: str, kind: str, since: str | None, model: 
     """Build a nearest-neighbour index over the `embedding` column of batch runs OUT..."""
     import time
 
-    from insight.index import build_index
+    from skutag.insight.index import build_index
 
     start = time.perf_counter()
     built = build_index(list(outs), out, kind=kind, model=model, since=since)
@@ -108,7 +108,7 @@ def similar(
     device: str,
 ) -> None:
     """Nearest listings of indexed ids (--id) or of IMAGE files, or near-duplicate groups (--duplicates)."""
-    from insight.index import load_index
+    from skutag.insight.index import load_index
 
     if duplicates == bool(ids or images):
         raise click.UsageError("give --id ID or IMAGE... to query, or --duplicates, and not both")
@@ -116,12 +116,12 @@ def similar(
         raise click.UsageError("give --id or IMAGE..., not both")
     loaded = load_index(index_dir, nprobe=nprobe)
     if duplicates:
-        from insight.duplicates import DEFAULT_THRESHOLD, duplicate_groups
+        from skutag.insight.duplicates import DEFAULT_THRESHOLD, duplicate_groups
 
         table = duplicate_groups(loaded, DEFAULT_THRESHOLD if threshold is None else threshold, nprobe)
     else:
-        from insight.similar import id_queries, image_queries
-        from insight.similar import similar as nearest
+        from skutag.insight.similar import id_queries, image_queries
+        from skutag.insight.similar import similar as nearest
 
         queries = (
             id_queries(loaded, list(ids))
@@ -186,7 +186,7 @@ def emit(table, fmt: str | None, out: str | None) -> None:
 )
 def explain(run: str, images: tuple[str, ...], out: str, target: str | None, report: str | None) -> None:
     """Grad-CAM heatmaps of a trained RUN (run dir or .safetensors) on IMAGE... or a report's mistakes."""
-    from insight.explain import explain_images, explain_mistakes
+    from skutag.insight.explain import explain_images, explain_mistakes
 
     if not images and report is None:
         raise click.UsageError("give IMAGE... or --mistakes REPORT")

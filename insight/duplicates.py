@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
-from insight.index import SimilarityIndex
+from skutag.insight.index import SimilarityIndex
 
 DEFAULT_THRESHOLD = 0.02
 DUPLICATES_NPROBE = 4

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from skutag.insight import INSTALL_HINT, require
 
-from insight import INSTALL_HINT, require
 from skutag.errors import InputError
 
 
@@ -62,8 +62,8 @@ class Explainer:
 
     def __init__(self, run: str | Path) -> None:
         cam = require("pytorch_grad_cam")
-        from trainer.augment import Normalizer
-        from trainer.weights import load_trained
+        from skutag.trainer.augment import Normalizer
+        from skutag.trainer.weights import load_trained
 
         self.model, self.card = load_trained(run, "cpu")
         self.normalizer = Normalizer(self.card)
@@ -151,10 +151,10 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from skutag.trainer.report import contact_grid
 
     from skutag.fsio import atomic_path
     from skutag.listing import local_path
-    from trainer.report import contact_grid
 
     listed = Path(report) / "misclassified.csv"
     if not listed.is_file():

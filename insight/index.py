@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from skutag.batchrun.commit.reader import CommittedRows
+from skutag.insight import require
 
-from batchrun.commit.reader import CommittedRows
-from insight import require
 from skutag import __version__
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from skutag.insight.index import SimilarityIndex
 
-from insight.index import SimilarityIndex
 from skutag.errors import InputError
 
 RESULT_SCHEMA = pa.schema(

@@ -20,15 +20,15 @@ from skutag.errors import SkutagError
 # name -> "module:attribute" of the click command; imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("skutag.synth_cli:synth", "make a synthetic product catalog (no downloads)"),
-    "train": ("trainer.cli:train", "fine-tune a torchvision classifier on a catalog"),
-    "eval": ("trainer.cli:evaluate", "evaluate a run dir, .safetensors or .onnx on labelled images"),
-    "export": ("exporter.cli:export", "export a trained run to one self-describing ONNX file"),
-    "plan": ("batchrun.cli:plan", "list a catalog once into OUT/_plan/ for shards and reruns"),
-    "run": ("batchrun.cli:run", "predict a catalog with an ONNX model into Parquet"),
-    "bench": ("benchmarks.cli:bench", "latency and throughput of ONNX models, side by side"),
-    "index": ("insight.cli:index", "a nearest-neighbour index over the embeddings of batch runs"),
-    "similar": ("insight.cli:similar", "similar listings of ids or images, or near-duplicate groups"),
-    "explain": ("insight.cli:explain", "Grad-CAM heatmaps: where a trained model looked"),
+    "train": ("skutag.trainer.cli:train", "fine-tune a torchvision classifier on a catalog"),
+    "eval": ("skutag.trainer.cli:evaluate", "evaluate a run dir, .safetensors or .onnx on labelled images"),
+    "export": ("skutag.exporter.cli:export", "export a trained run to one self-describing ONNX file"),
+    "plan": ("skutag.batchrun.cli:plan", "list a catalog once into OUT/_plan/ for shards and reruns"),
+    "run": ("skutag.batchrun.cli:run", "predict a catalog with an ONNX model into Parquet"),
+    "bench": ("skutag.bench.cli:bench", "latency and throughput of ONNX models, side by side"),
+    "index": ("skutag.insight.cli:index", "a nearest-neighbour index over the embeddings of batch runs"),
+    "similar": ("skutag.insight.cli:similar", "similar listings of ids or images, or near-duplicate groups"),
+    "explain": ("skutag.insight.cli:explain", "Grad-CAM heatmaps: where a trained model looked"),
     "demo": ("skutag.demo:demo", "the whole pipeline end to end on a synthetic catalog"),
 }
 

@@ -34,10 +34,10 @@ def signature_cache(tmp_path_factory):
 def tiny_model(tmp_path_factory) -> Path:
     """A resnet18 at 32 px with 4 classes (random weights), exported to ONNX with its card: fast to run."""
     import torch
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
-    from exporter.graph import export_fp32
     from skutag.card import ModelCard
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     card = ModelCard.for_training("resnet18", ["boot", "cup", "lamp", "sock"], image_size=32)
@@ -50,10 +50,10 @@ def tiny_model(tmp_path_factory) -> Path:
 def embedding_model(tmp_path_factory) -> Path:
     """A resnet18 at 64 px with 4 classes and an `embedding` output (random weights), exported to ONNX."""
     import torch
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
-    from exporter.graph import export_fp32
     from skutag.card import ModelCard
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     card = ModelCard.for_training("resnet18", ["boot", "cup", "lamp", "sock"], image_size=64)
@@ -68,10 +68,10 @@ def review_model(tmp_path_factory) -> Path:
     vectors; thresholds that flag some rows of a random-weights model): runs write the review columns."""
     import numpy as np
     import torch
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
-    from exporter.graph import export_fp32
     from skutag.card import ModelCard
-    from trainer.model import build_model
 
     torch.manual_seed(0)
     means = np.abs(np.random.default_rng(0).standard_normal((4, 512)))

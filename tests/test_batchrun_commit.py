@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.api import RunSummary, run_catalog
+from skutag.batchrun.commit.reader import CommittedRows
+from skutag.batchrun.loader import TaskDataset, _worker_id
+from skutag.batchrun.options import RunOptions
+from skutag.batchrun.out import CommitLog, OutputNames, remove_run
+from skutag.batchrun.shard import Shard
 
-from batchrun.api import RunSummary, run_catalog
-from batchrun.commit.reader import CommittedRows
-from batchrun.loader import TaskDataset, _worker_id
-from batchrun.options import RunOptions
-from batchrun.out import CommitLog, OutputNames, remove_run
-from batchrun.shard import Shard
 from skutag.errors import InputError
 from skutag.synth import SynthSpec, make_catalog
 from tests.cli import skutag
@@ -73,7 +73,7 @@ class RacingDataset(TaskDataset):
 
 
 def test_a_task_delivered_twice_commits_once_on_its_own_id(tiny_model, catalog, clean, tmp_path, monkeypatch):
-    import batchrun.engines.local as local
+    import skutag.batchrun.engines.local as local
 
     RacingDataset.marker = str(tmp_path / "raced")
     monkeypatch.setattr(local, "TaskDataset", RacingDataset)
@@ -173,7 +173,7 @@ def test_remove_run_takes_the_plan_away_first(tiny_model, catalog, tmp_path, mon
 
 
 def test_storage_option_values_stay_out_of_repr_and_metadata():
-    from batchrun.loader import ReadOptions
+    from skutag.batchrun.loader import ReadOptions
 
     options = RunOptions(storage_options={"secret": "hunter2", "key": "AKIAXXX"})
     assert "hunter2" not in repr(options) and "AKIAXXX" not in repr(options)
@@ -185,8 +185,7 @@ def test_run_options_drive_the_cli_and_the_run_key():
     import dataclasses
 
     import click
-
-    from batchrun.cli import run
+    from skutag.batchrun.cli import run
 
     flags = {opt for param in run.params if isinstance(param, click.Option) for opt in param.opts}
     declared = [f for f in dataclasses.fields(RunOptions) if f.metadata.get("flag")]

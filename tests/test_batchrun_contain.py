@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.options import RunOptions
 
-from batchrun.api import run_catalog
-from batchrun.options import RunOptions
 from skutag.synth import SynthSpec, render_file
 
 pytest.importorskip("aiohttp")  # fsspec's https:// reader

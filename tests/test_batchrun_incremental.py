@@ -10,10 +10,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.options import RunOptions
+from skutag.batchrun.plan import read_plan
 
-from batchrun.api import run_catalog
-from batchrun.options import RunOptions
-from batchrun.plan import read_plan
 from skutag.synth import SynthSpec, make_catalog, render_file
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.options import RunOptions
+from skutag.batchrun.plan import PLAN_DIR, read_plan
 
-from batchrun.api import run_catalog
-from batchrun.options import RunOptions
-from batchrun.plan import PLAN_DIR, read_plan
 from skutag.synth import SynthSpec, render_file
 from tests.cli import skutag
 

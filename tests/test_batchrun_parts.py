@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from skutag.batchrun.infer import host_model_input, topk_host
+from skutag.batchrun.loader import Collate, Preprocess, ReadOptions, Sample, decode_one, default_workers
+from skutag.batchrun.out import OutputNames, prepare_out
+from skutag.batchrun.plan import make_plan
+from skutag.batchrun.progress import ProgressReporter
+from skutag.batchrun.shard import Shard
 
-from batchrun.infer import host_model_input, topk_host
-from batchrun.loader import Collate, Preprocess, ReadOptions, Sample, decode_one, default_workers
-from batchrun.out import OutputNames, prepare_out
-from batchrun.plan import make_plan
-from batchrun.progress import ProgressReporter
-from batchrun.shard import Shard
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.synth import SynthSpec, render_file
@@ -111,10 +111,10 @@ def test_progress_without_a_terminal_prints_plain_lines():
 
 @pytest.mark.gpu
 def test_io_bound_cuda_predictions_equal_the_cpu_ones(tmp_path):
-    from batchrun.infer import make_predictor, open_session
-    from batchrun.model import read_contract
-    from exporter.graph import export_fp32
-    from trainer.model import build_model
+    from skutag.batchrun.infer import make_predictor, open_session
+    from skutag.batchrun.model import read_contract
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
     path = tmp_path / "m.onnx"
     export_fp32(

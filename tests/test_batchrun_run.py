@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.model import ForeignPreprocessing
+from skutag.batchrun.options import RunOptions
+from skutag.batchrun.shard import Shard
 
-from batchrun.api import run_catalog
-from batchrun.model import ForeignPreprocessing
-from batchrun.options import RunOptions
-from batchrun.shard import Shard
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 from skutag.images import is_image_path, load_image

@@ -12,8 +12,8 @@ from tests.cli import skutag
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from exporter.graph import export_fp32
-    from trainer.model import build_model
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
     card = ModelCard.for_training("resnet18", ["a", "b", "c"], image_size=64)
     path = tmp_path_factory.mktemp("bench") / "tiny.onnx"

@@ -42,7 +42,7 @@ def test_help_lists_every_command_and_imports_no_stage():
 def test_subcommand_help_does_not_import_torch(command):
     loaded = modules_after(command, "--help")
     assert "torch" not in loaded, f"`skutag {command} --help` imported torch"
-    assert not any(name == "trainer.loop" or name.startswith("torch.optim") for name in loaded)
+    assert not any(name == "skutag.trainer.loop" or name.startswith("torch.optim") for name in loaded)
 
 
 def test_run_help_never_imports_the_trainer():

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from skutag.exporter import formats
+from skutag.exporter.parity import torch_outputs
+from skutag.exporter.samples import load_directory
 
-from exporter import formats
-from exporter.parity import torch_outputs
-from exporter.samples import load_directory
 from tests.test_exporter_export import invoke, trained_run  # noqa: F401 (module fixture)
 
 pytestmark = pytest.mark.edge
@@ -91,8 +91,8 @@ def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog
     # The written file, loaded again, answers as PyTorch does on other images, with the card it carries.
     _, card, runner = formats.load_runner(out)
     assert card == run_card.replace(precision=precision, int8_target="cpu" if precision == "int8" else None)
-    from exporter.graph import ExportModule
-    from trainer.weights import load_trained
+    from skutag.exporter.graph import ExportModule
+    from skutag.trainer.weights import load_trained
 
     model, _ = load_trained(run)
     sample = load_directory(small_catalog, run_card, 8)
@@ -106,7 +106,7 @@ def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog
     if precision == "int8":  # weights stored in 8 bits: about a quarter of the fp32 file
         assert report["file_bytes"] < 0.4 * 4 * sum(p.numel() for p in model.parameters())
     if fmt == "openvino":  # the card is also inside the IR
-        from exporter.formats.openvino import read_card
+        from skutag.exporter.formats.openvino import read_card
 
         assert read_card(out) == card
 
@@ -118,11 +118,11 @@ def test_pt2e_int8_quantises_relu6_after_the_clamp_and_keeps_the_tail_float(smal
     The stock quantizers gave the clamp the conv's observer: the pretrained Lite0's stem was quantised
     over -75..+69 (scale 0.56, 11 steps for 0..6) and its int8 export was refused (RESULTS.md, issue 20)."""
     from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as xq
+    from skutag.exporter.formats import pt2e
+    from skutag.exporter.graph import ExportModule
+    from skutag.trainer.model import build_model
 
-    from exporter.formats import pt2e
-    from exporter.graph import ExportModule
     from skutag.card import ModelCard
-    from trainer.model import build_model
 
     card = ModelCard.for_training("timm/tf_efficientnet_lite0", ["a", "b", "c", "d"], image_size=64)
     module = ExportModule(build_model(card.arch, 4, "none"), card, embeddings=True).eval()
@@ -201,7 +201,7 @@ def test_pretrained_lite0_int8_passes_the_gates_in_every_runtime(capsys, tmp_pat
 
 @needs("executorch")
 def test_a_failed_check_writes_nothing(capsys, monkeypatch, trained_run, small_catalog, tmp_path):
-    from exporter import targets
+    from skutag.exporter import targets
 
     strict = targets.Limits(
         max_tv=0.0, p99_tv=0.0, min_top1_agreement=1.0, min_top5_overlap=1.0, max_embedding_error=1
@@ -230,7 +230,7 @@ def test_coreml_is_converted_with_its_card_and_says_parity_is_unverified(capsys,
     run, run_card = trained_run
     out = tmp_path / "model.mlpackage"
     report, stdout = export_edge(capsys, run, out, "coreml", "fp16")
-    from exporter.formats.coreml import read_card
+    from skutag.exporter.formats.coreml import read_card
 
     assert read_card(out) == run_card.replace(precision="fp16")
     if formats.get("coreml").runs_here():

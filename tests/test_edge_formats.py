@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from skutag.exporter import cli as export_cli
+from skutag.exporter import formats
 
-from exporter import cli as export_cli
-from exporter import formats
 from skutag.artifacts import format_of
 from skutag.card import ModelCard
 from skutag.fsio import sha256_file

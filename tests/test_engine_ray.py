@@ -25,8 +25,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from skutag.batchrun.engines.ray_resources import NodeResources, cluster_resources, local_resources
 
-from batchrun.engines.ray_resources import NodeResources, cluster_resources, local_resources
 from tests.cli import skutag
 from tests.test_batchrun_run import awkward, expected, model, read_rows, run  # noqa: F401  (fixtures)
 

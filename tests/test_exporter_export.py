@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from skutag.exporter import targets
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
+from skutag.exporter.quantize import optimised_op_types, quantised_conv_summary
+from skutag.exporter.samples import load_directory, model_input, select_files
 
-from exporter import targets
-from exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
-from exporter.quantize import optimised_op_types, quantised_conv_summary
-from exporter.samples import load_directory, model_input, select_files
 from skutag.card import ModelCard
 from skutag.cli import main
 from skutag.runtime import create_session, session_card
@@ -37,8 +37,8 @@ def invoke(capsys, *args: str) -> tuple[int, str, str]:
 def trained_run(small_catalog, tmp_path_factory) -> tuple[Path, ModelCard]:
     """A ResNet-18 trained for 20 Adam steps on the synthetic catalog: right on every class, and (label
     smoothing) with probabilities that are not saturated, so parity figures mean something."""
-    from trainer.model import build_model
-    from trainer.weights import save_weights
+    from skutag.trainer.model import build_model
+    from skutag.trainer.weights import save_weights
 
     classes = sorted(p.name for p in small_catalog.iterdir() if p.is_dir())
     card = ModelCard.for_training("resnet18", classes, image_size=IMAGE_SIZE)
@@ -68,7 +68,7 @@ def trained_run(small_catalog, tmp_path_factory) -> tuple[Path, ModelCard]:
 
 @pytest.fixture(scope="module")
 def torch_module(trained_run):
-    from trainer.weights import load_trained
+    from skutag.trainer.weights import load_trained
 
     model, card = load_trained(trained_run[0])
     return model, card

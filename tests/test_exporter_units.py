@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skutag.exporter import cli, targets
+from skutag.exporter.parity import compare
+from skutag.exporter.samples import load_directory, plan, select_files, synthetic
 
-from exporter import cli, targets
-from exporter.parity import compare
-from exporter.samples import load_directory, plan, select_files, synthetic
 from skutag.card import ModelCard
 from skutag.cli import main
 from tests.inputs import write_awkward_inputs
@@ -29,8 +29,8 @@ def invoke(capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """An untrained ResNet-18 run dir (enough for refusals, which happen before or at loading)."""
-    from trainer.model import build_model
-    from trainer.weights import save_weights
+    from skutag.trainer.model import build_model
+    from skutag.trainer.weights import save_weights
 
     run = tmp_path_factory.mktemp("run")
     save_weights(run / "best.safetensors", build_model("resnet18", 3), CARD)
@@ -61,8 +61,8 @@ def test_corrupted_weights_are_refused(capsys, tiny_run, tmp_path):
 
 
 def test_a_card_that_does_not_match_the_weights_is_refused(capsys, tiny_run, tmp_path):
-    from trainer.model import build_model
-    from trainer.weights import save_weights
+    from skutag.trainer.model import build_model
+    from skutag.trainer.weights import save_weights
 
     weights = tmp_path / "wrong.safetensors"
     save_weights(weights, build_model("resnet18", 5), CARD)  # card says 3 classes

@@ -4,8 +4,8 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from skutag.exporter.quantize import float_nodes, tail_nodes
 
-from exporter.quantize import float_nodes, tail_nodes
 from skutag.errors import SkutagError
 
 
@@ -69,7 +69,7 @@ class _Pooled(torch.nn.Module):
 @pytest.mark.edge
 def test_pt2e_tail_stops_at_the_pooling_and_refuses_a_graph_without_one():
     pytest.importorskip("torchao")  # the PT2E quantizer's home (skutag[executorch] / [litert])
-    from exporter.formats.pt2e import tail_nodes as fx_tail_nodes
+    from skutag.exporter.formats.pt2e import tail_nodes as fx_tail_nodes
 
     sample = (torch.rand(1, 3, 8, 8),)
     graph = torch.export.export(_Pooled(pooled=True).eval(), sample).module()

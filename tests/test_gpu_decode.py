@@ -19,9 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image, ImageOps
-
-from batchrun.fallback import CpuFallback
-from batchrun.gpu_decode import (
+from skutag.batchrun.fallback import CpuFallback
+from skutag.batchrun.gpu_decode import (
     MEAN_TOLERANCE,
     P99_TOLERANCE,
     GpuDecoder,
@@ -31,10 +30,11 @@ from batchrun.gpu_decode import (
     pixel_difference,
     resize_crop,
 )
-from batchrun.jpeg_probe import gpu_job
-from batchrun.loader import Collate, Preprocess, ReadOptions, TaskDataset, decode_one
-from batchrun.pipeline import run_pipeline
-from batchrun.supervise import SupervisedLoader, batches_of
+from skutag.batchrun.jpeg_probe import gpu_job
+from skutag.batchrun.loader import Collate, Preprocess, ReadOptions, TaskDataset, decode_one
+from skutag.batchrun.pipeline import run_pipeline
+from skutag.batchrun.supervise import SupervisedLoader, batches_of
+
 from skutag.images import _draft, exif_orientation, load_image
 from skutag.runtime import gpu_present
 
@@ -319,8 +319,8 @@ def test_a_failing_stage_stops_the_pipeline_and_raises_its_error():
 
 def test_gpu_path_pipeline_rows_match_the_cpu_path(tiny_model, small_catalog, tmp_path, fallback):
     """Read-only workers -> GpuDecoder (device cpu) -> ORT: every task's row as the CPU path's."""
-    from batchrun.infer import make_predictor, open_session
-    from batchrun.model import read_contract
+    from skutag.batchrun.infer import make_predictor, open_session
+    from skutag.batchrun.model import read_contract
 
     contract = read_contract(tiny_model)
     card = contract.card

@@ -540,7 +540,7 @@ def test_real_photos_are_listed_and_decode_as_before(folder):
     """Every real photo is listed; a spread of them decodes to the pixels of a full decode + torchvision."""
     from torchvision import transforms
 
-    from benchmarks.baselines import image_files
+    from skutag.bench.baselines import image_files
 
     files = image_files(REAL_PHOTOS / folder)
     on_disk = [p for p in (REAL_PHOTOS / folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from batchrun.api import run_catalog
-from batchrun.options import RunOptions
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.options import RunOptions
 
 HEAVY = {"torch", "onnxruntime"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +57,7 @@ def test_help_imports_neither_torch_nor_onnxruntime(tmp_path, args):
 def test_plan_imports_neither_torch_nor_onnxruntime(tmp_path, small_catalog):
     modules, result = imported(tmp_path, "plan", small_catalog, "--out", tmp_path / "out")
     assert (tmp_path / "out" / "_plan" / "_PLAN").exists(), result.stderr
-    assert "batchrun.plan" in modules  # the check ran the command, not just its help
+    assert "skutag.batchrun.plan" in modules  # the check ran the command, not just its help
     assert not heavy(modules), heavy(modules)
     assert not {m for m in modules if m.split(".")[0] == "pandas"}  # pyarrow's probe (batchrun.arrow)
 
@@ -77,7 +76,7 @@ def test_a_since_night_with_nothing_to_decode_imports_neither(tmp_path, request,
     summary = json.loads((tmp_path / "night2" / "_summary.json").read_text())
     assert summary["decoded"] == 0 and summary["reused"] == summary["rows"] > 0
     assert (tmp_path / "night2" / "_SUCCESS").exists()
-    assert "batchrun.incremental" in modules
+    assert "skutag.batchrun.incremental" in modules
     assert not heavy(modules), heavy(modules)
     light = {m for m in modules if m.split(".")[0] in ("onnx", "pandas", "ml_dtypes")} | (
         {"pyarrow.dataset"} & modules
@@ -108,13 +107,13 @@ def test_ray_decode_tasks_import_neither(tmp_path, small_catalog):
         "import numpy as np\n"
         "path = os.environ['SKUTAG_MODULES_OUT']\n"
         "atexit.register(lambda: open(path, 'w').write(json.dumps(sorted(sys.modules))))\n"
-        "from batchrun.engines.ray_stages import decode_block\n"
-        "from batchrun.loader import Preprocess, ReadOptions\n"
+        "from skutag.batchrun.engines.ray_stages import decode_block\n"
+        "from skutag.batchrun.loader import Preprocess, ReadOptions\n"
         "files = sys.argv[1:]\n"
         "block = {'task': np.arange(len(files)), 'uri': np.array(files, object), 'size': np.full(len(files), -1)}\n"
         "out = decode_block(block, Preprocess(32, 36, 'bilinear'), ReadOptions(1 << 26, {}), 60.0)\n"
         "assert out['ok'].all() and out['pixels'].shape == (len(files), 32, 32, 3), out\n"
     )
     modules, _ = imported(tmp_path, *files, code=code)
-    assert "batchrun.engines.ray_stages" in modules
+    assert "skutag.batchrun.engines.ray_stages" in modules
     assert not heavy(modules), heavy(modules)

@@ -70,9 +70,8 @@ CLASSES = ["boot", "cup", "lamp"]
 def model(tmp_path_factory) -> Path:
     """A resnet18 at 32 px with random weights, exported as the batchrun tests export theirs."""
     import torch
-
-    from exporter.graph import export_fp32
-    from trainer.model import build_model
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
     torch.manual_seed(0)
     card = ModelCard.for_training("resnet18", CLASSES, image_size=32)
@@ -130,7 +129,7 @@ def test_skutag_run_gives_every_fuzzed_file_one_row_5000_cases(model, tmp_path):
 
 
 def test_calibration_samples_skip_hostile_files_and_list_like_every_stage(tmp_path):
-    from exporter.samples import load_directory, select_files
+    from skutag.exporter.samples import load_directory, select_files
 
     root = tmp_path / "calib"
     expected = write_hostile_inputs(root / "a")
@@ -152,8 +151,9 @@ def test_calibration_samples_skip_hostile_files_and_list_like_every_stage(tmp_pa
 
 
 def test_contact_sheet_survives_hostile_and_non_utf8_paths(tmp_path):
+    from skutag.trainer.report import _contact_sheet
+
     from skutag.listing import local_uri
-    from trainer.report import _contact_sheet
 
     write_hostile_inputs(tmp_path)
     name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.heic")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skutag.insight.explain import explain_images, explain_mistakes
 
-from insight.explain import explain_images, explain_mistakes
 from skutag.images import is_image_path
 from tests.cli import skutag
 
@@ -22,10 +22,10 @@ CLASSES = ["boot", "cup", "lamp", "sock"]
 def run(tmp_path_factory) -> Path:
     """A run dir holding a seeded random resnet18 at 128 px with its card (what explain reads of a run)."""
     import torch
+    from skutag.trainer.model import build_model
+    from skutag.trainer.weights import BEST, save_weights
 
     from skutag.card import ModelCard
-    from trainer.model import build_model
-    from trainer.weights import BEST, save_weights
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("explain") / "run"

@@ -12,16 +12,16 @@ import numpy as np
 import onnx
 import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.options import RunOptions
+from skutag.batchrun.shard import Shard
+from skutag.batchrun.writer import prediction_schema
+from skutag.exporter.pipeline import ExportRequest, run_export
+from skutag.trainer.config import TrainConfig
+from skutag.trainer.train import train
 
-from batchrun.api import run_catalog
-from batchrun.options import RunOptions
-from batchrun.shard import Shard
-from batchrun.writer import prediction_schema
-from exporter.pipeline import ExportRequest, run_export
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.synth import SynthSpec, class_styles, make_catalog
-from trainer.config import TrainConfig
-from trainer.train import train
 
 FAST = dict(arch="resnet18", weights="none", image_size=64, batch_size=16, workers=0, seed=0)
 SEEN = 4  # the model learns the first four synthetic classes; the next four (other shapes) are unseen

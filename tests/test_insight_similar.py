@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.api import run_catalog
+from skutag.batchrun.options import RunOptions
+from skutag.insight.duplicates import DUPLICATES_NPROBE, calibrate_threshold, duplicate_groups
+from skutag.insight.index import build_index, load_index, normalize
+from skutag.insight.similar import id_queries, image_queries, similar
 
-from batchrun.api import run_catalog
-from batchrun.options import RunOptions
-from insight.duplicates import DUPLICATES_NPROBE, calibrate_threshold, duplicate_groups
-from insight.index import build_index, load_index, normalize
-from insight.similar import id_queries, image_queries, similar
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 from skutag.images import is_image_path

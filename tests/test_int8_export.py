@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from skutag.exporter import quantize, targets
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
+from skutag.exporter.parity import Outputs, ParityError, check, compare, relative_error
+from skutag.exporter.samples import load_files, plan
 
-from exporter import quantize, targets
-from exporter.graph import EMBEDDING, INPUT_NAME, PROBS
-from exporter.parity import Outputs, ParityError, check, compare, relative_error
-from exporter.samples import load_files, plan
 from skutag.card import ModelCard
 from skutag.runtime import create_session, gpu_present
 from tests.cli import skutag
@@ -38,7 +38,7 @@ POOLING = {"GlobalAveragePool", "ReduceMean", "AveragePool", "GlobalMaxPool", "R
 def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     """fp32, int8 cpu and int8 tensorrt files of the trained run, all with an `embedding` output,
     written by the export pipeline (parity-checked against PyTorch on the way)."""
-    from exporter.pipeline import ExportRequest, run_export
+    from skutag.exporter.pipeline import ExportRequest, run_export
 
     run, _ = trained_run
     work = tmp_path_factory.mktemp("int8")
@@ -145,7 +145,7 @@ def test_the_report_and_card_say_which_int8(exports, target):
 
 def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog, check_pixels, tmp_path):  # noqa: F811
     """The real int8 file passes; with its (float) head scrambled, or its probabilities moved, it fails."""
-    from exporter.samples import SampleSet
+    from skutag.exporter.samples import SampleSet
 
     _, card = trained_run
     limits = targets.TARGETS["int8-cpu"].limits
@@ -193,7 +193,7 @@ def test_tensorrt_refuses_a_cpu_int8_model_in_one_line_before_any_tensorrt_work(
 
 
 def test_an_old_int8_card_gets_its_target_from_the_graph(exports, tmp_path):
-    from batchrun.model import read_contract
+    from skutag.batchrun.model import read_contract
 
     for target in ("cpu", "tensorrt"):
         proto = onnx.load(str(exports[f"int8-{target}"]))

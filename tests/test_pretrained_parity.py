@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from skutag.trainer.model import build
+from skutag.trainer.pretrained import TFLITE_MEAN, TFLITE_STD, wheel_file
 
 from skutag.images import load_image
 from skutag.normalize import normalize, pixel_scale
 from tests.photos import REAL_PHOTOS as PHOTOS
-from trainer.model import build
-from trainer.pretrained import TFLITE_MEAN, TFLITE_STD, wheel_file
 
 
 def _photos(count: int, size: int, resize: int) -> torch.Tensor:

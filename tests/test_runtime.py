@@ -19,8 +19,8 @@ from skutag.runtime import (
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    from exporter.graph import export_fp32
-    from trainer.model import build_model
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
 
     card = ModelCard.for_training("resnet18", ["a", "b", "c"], image_size=64)
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
@@ -97,8 +97,7 @@ def test_an_int8_cpu_model_is_refused_on_tensorrt_only():
 @pytest.mark.skipif(gpu_present(), reason="checks the order of checks on a machine without a GPU")
 def test_the_target_refusal_comes_before_the_gpu_check(tiny_onnx, tmp_path):
     import onnx
-
-    from exporter.graph import set_metadata
+    from skutag.exporter.graph import set_metadata
 
     path, card = tiny_onnx
     proto = onnx.load(str(path))

@@ -25,8 +25,8 @@ FAST = dict(arch=f"timm/{ARCH}", weights="none", image_size=64, batch_size=16, w
 
 @pytest.fixture(scope="module")
 def timm_run(split_catalog, tmp_path_factory) -> Path:
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train
 
     out = tmp_path_factory.mktemp("timm") / "run"
     train(TrainConfig(data=str(split_catalog), out=str(out), epochs=4, lr=3e-3, gradcam=False, **FAST))
@@ -35,8 +35,7 @@ def timm_run(split_catalog, tmp_path_factory) -> Path:
 
 def test_card_records_the_timm_family_and_its_pretrained_cfg(timm_run):
     from safetensors.torch import load_file
-
-    from trainer.weights import read_card
+    from skutag.trainer.weights import read_card
 
     card = read_card(timm_run / "best.safetensors")
     cfg = timm.create_model(ARCH).pretrained_cfg
@@ -50,8 +49,8 @@ def test_card_records_the_timm_family_and_its_pretrained_cfg(timm_run):
 
 
 def test_head_phase_then_fine_tuning(split_catalog, tmp_path, capsys):
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train
 
     out = tmp_path / "run"
     train(TrainConfig(data=str(split_catalog), out=str(out), epochs=3, head_epochs=2, gradcam=False, **FAST))
@@ -80,9 +79,8 @@ def test_exported_timm_model_evaluates_like_pytorch(timm_run, split_catalog, tmp
 
 def test_int8_export_of_a_timm_model_keeps_the_head_in_float(timm_run, small_catalog, tmp_path):
     import onnx
-
-    from exporter import quantize
-    from exporter.pipeline import ExportRequest, run_export
+    from skutag.exporter import quantize
+    from skutag.exporter.pipeline import ExportRequest, run_export
 
     result = run_export(
         ExportRequest(
@@ -99,8 +97,8 @@ def test_int8_export_of_a_timm_model_keeps_the_head_in_float(timm_run, small_cat
 
 def test_gradcam_reads_the_last_feature_map_of_a_timm_model(timm_run, split_catalog, tmp_path):
     pytest.importorskip("pytorch_grad_cam")
-    from insight.explain import explain_images, target_layer
-    from trainer.weights import load_trained
+    from skutag.insight.explain import explain_images, target_layer
+    from skutag.trainer.weights import load_trained
 
     model, _ = load_trained(timm_run)
     assert target_layer(model) is model.bn2  # the head conv's output, normalised and activated
@@ -142,10 +140,9 @@ def test_fine_tuning_pretrained_weights_keeps_their_batchnorm_statistics(
     still lets them move."""
     import torch
     from safetensors.torch import save_file
-
-    from trainer.checkpoint import load_checkpoint
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from skutag.trainer.checkpoint import load_checkpoint
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train
 
     source = timm.create_model(ARCH)
     for module in source.modules():

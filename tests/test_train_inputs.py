@@ -78,8 +78,9 @@ def test_train_survives_and_uses_the_hostile_inputs(tmp_path):
 
 def test_scan_folder_lists_the_hostile_tree_once(tmp_path):
     """The same tree through the trainer's lister directly: uris, labels, counts."""
+    from skutag.trainer.data import CatalogDataset, scan_folder
+
     from skutag.listing import ListingCounts, local_path
-    from trainer.data import CatalogDataset, scan_folder
 
     expected = hostile_tree(tmp_path / "data")
     counts = ListingCounts()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
+from skutag.trainer.adapt_bn import adapt_batchnorm
 from torch import nn
-
-from trainer.adapt_bn import adapt_batchnorm
 
 
 def batches(images: torch.Tensor, size: int):

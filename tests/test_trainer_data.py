@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from skutag.trainer import checkpoint, metrics
+from skutag.trainer.augment import Normalizer, train_transform
+from skutag.trainer.data import CatalogDataset, find_labelled, find_splits, scan_folder
+from skutag.trainer.features import FrozenBackboneClassifier, split_head
+from skutag.trainer.freeze import apply_freeze, fully_frozen_backbone, set_train_mode
+from skutag.trainer.loop import amp_dtype, lr_factor
 
 from skutag.card import ModelCard
 from skutag.errors import DeviceError, InputError, SkutagError
 from skutag.images import load_image
 from tests.inputs import write_awkward_inputs
-from trainer import checkpoint, metrics
-from trainer.augment import Normalizer, train_transform
-from trainer.data import CatalogDataset, find_labelled, find_splits, scan_folder
-from trainer.features import FrozenBackboneClassifier, split_head
-from trainer.freeze import apply_freeze, fully_frozen_backbone, set_train_mode
-from trainer.loop import amp_dtype, lr_factor
 
 CARD = ModelCard.for_training("resnet18", ["a", "b"], image_size=64)
 
@@ -183,7 +183,7 @@ def test_lr_warms_up_then_decays_by_cosine():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure without CUDA")
 def test_cuda_requested_without_cuda_fails_loudly():
-    from trainer.distributed import resolve_device
+    from skutag.trainer.distributed import resolve_device
 
     with pytest.raises(DeviceError, match="--device cuda"):
         resolve_device("cuda")
@@ -227,7 +227,7 @@ def test_checkpoint_is_plain_data_and_restores_every_rng(tmp_path):
 
 
 def test_weights_path_loads_the_backbone_and_refuses_another_architecture(tmp_path):
-    from trainer.model import build_model
+    from skutag.trainer.model import build_model
 
     source = torchvision.models.resnet18(num_classes=10)
     torch.save(source.state_dict(), tmp_path / "r18.pth")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skutag.trainer.config import TrainConfig
+from skutag.trainer.evaluate import evaluate
+from skutag.trainer.train import train
 
 from skutag.cli import main
 from skutag.errors import InputError
-from trainer.config import TrainConfig
-from trainer.evaluate import evaluate
-from trainer.train import train
 
 SAME = ("samples", "accuracy", "macro_f1", "misclassified")
 
@@ -70,8 +70,8 @@ def test_the_training_report_has_gradcam_of_its_mistakes_and_eval_says_when_it_c
     assert (tmp_path / "off" / "metrics.json").is_file()
     assert not (tmp_path / "off" / "misclassified-gradcam.png").exists()
 
-    from exporter.graph import export_fp32
-    from trainer.weights import load_trained
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.weights import load_trained
 
     onnx_path = tmp_path / "model.onnx"
     export_fp32(*load_trained(cached_run), onnx_path)
@@ -88,8 +88,8 @@ def test_the_training_report_has_gradcam_of_its_mistakes_and_eval_says_when_it_c
 
 @pytest.mark.parametrize("input_kind", ["uint8", "float"])
 def test_eval_of_the_exported_onnx_matches_torch(cached_run, split_catalog, tmp_path, input_kind):
-    from exporter.graph import export_fp32
-    from trainer.weights import load_trained
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.weights import load_trained
 
     model, card = load_trained(cached_run)
     onnx_path = tmp_path / "model.onnx"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from skutag.trainer.config import TrainConfig
+from skutag.trainer.train import train
 
 from skutag.errors import SkutagError
 from skutag.synth import SynthSpec, make_catalog
-from trainer.config import TrainConfig
-from trainer.train import train
 
 OPTIONS = dict(
     arch="resnet18", weights="none", freeze="none", epochs=3, lr=1e-3, batch_size=8, image_size=32,

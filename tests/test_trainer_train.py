@@ -11,13 +11,13 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import load_file
+from skutag.trainer.config import TrainConfig
+from skutag.trainer.train import train
+from skutag.trainer.weights import read_card
 
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.synth import SynthSpec, make_catalog
-from trainer.config import TrainConfig
-from trainer.train import train
-from trainer.weights import read_card
 
 FAST = dict(arch="resnet18", weights="none", image_size=64, batch_size=16, workers=0, seed=0)
 
@@ -158,7 +158,7 @@ def test_impossible_option_combinations_are_refused(small_catalog, tmp_path):
 
 
 def test_imagenet_weights_offline_fail_in_one_sentence(capsys):
-    from trainer.model import build_model
+    from skutag.trainer.model import build_model
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
     if cached.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from skutag.trainer.config import BN_STATS  # no torch: the choices are declared once, beside TrainConfig
 
 from skutag.options import (
     batch_size_option,
@@ -13,7 +14,6 @@ from skutag.options import (
     seed_option,
     workers_option,
 )
-from trainer.config import BN_STATS  # no torch: the choices are declared once, beside TrainConfig
 
 NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 
@@ -163,8 +163,8 @@ def train(data: str, out: str, val_dir: str | None, **options: object) -> None:
 
     Multi-GPU: torchrun --nproc_per_node=N -m skutag train DATA --out RUN ...
     """
-    from trainer.config import TrainConfig
-    from trainer.train import train as run_training
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train as run_training
 
     run_training(TrainConfig(data=data, out=out, val=val_dir, **options))
 
@@ -184,6 +184,6 @@ def evaluate(
 
     DATA is an ImageFolder tree (its val/ part when it has one) or a CSV/Parquet manifest.
     """
-    from trainer.evaluate import evaluate as run_eval
+    from skutag.trainer.evaluate import evaluate as run_eval
 
     run_eval(model, data, out, device=device, batch_size=batch_size, workers=workers, gradcam=gradcam)

@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.trainer.augment import Normalizer
+from skutag.trainer.config import default_workers
+from skutag.trainer.data import CatalogDataset, find_labelled
+from skutag.trainer.display import Display
+from skutag.trainer.report import Evaluation, write_report
 from torch.utils.data import DataLoader
 
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, sha256_file
-from trainer.augment import Normalizer
-from trainer.config import default_workers
-from trainer.data import CatalogDataset, find_labelled
-from trainer.display import Display
-from trainer.report import Evaluation, write_report
 
 Predict = Callable[[torch.Tensor], np.ndarray]  # uint8 NCHW batch -> probabilities [N, K]
 
@@ -40,7 +40,7 @@ def evaluate(
     gradcam: bool | None = None,
 ) -> dict[str, Any]:
     """Write the report and metrics.json of `model_path` on `data` into `out`; returns the metrics."""
-    from insight.explain import check_gradcam, report_gradcam  # lazy: insight imports the trainer
+    from skutag.insight.explain import check_gradcam, report_gradcam  # lazy: insight imports the trainer
 
     display = Display()
     model_path = Path(model_path)
@@ -90,7 +90,7 @@ def _card_of(model_path: Path) -> ModelCard:
         if text is None:
             raise InputError(f"{model_path} has no skutag model card; export it with `skutag export`")
         return ModelCard.from_json(text)
-    from trainer.weights import read_card, resolve_weights
+    from skutag.trainer.weights import read_card, resolve_weights
 
     return read_card(resolve_weights(model_path))
 
@@ -98,8 +98,8 @@ def _card_of(model_path: Path) -> ModelCard:
 def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict, str]:
     if model_path.suffix == ".onnx":
         return _onnx_predictor(model_path, card, device)
-    from trainer.distributed import resolve_device
-    from trainer.weights import load_trained
+    from skutag.trainer.distributed import resolve_device
+    from skutag.trainer.weights import load_trained
 
     torch_device, line = resolve_device(device)
     model, _ = load_trained(model_path, torch_device)

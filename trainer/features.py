@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from skutag.trainer.model import classifier_name
 from torch import nn
-
-from trainer.model import classifier_name
 
 
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skutag.trainer.model import classifier_name
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from skutag.errors import SkutagError
-from trainer.model import classifier_name
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.trainer.config import TrainConfig
+from skutag.trainer.distributed import sum_across
 from torch import nn
-
-from trainer.config import TrainConfig
-from trainer.distributed import sum_across
 
 
 def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

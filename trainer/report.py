@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from skutag.trainer import metrics
 
 from skutag.fsio import atomic_path, atomic_write_json, atomic_write_text
-from trainer import metrics
 
 CONTACT_SHEET_SIZE = 24
 

@@ -18,27 +18,34 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.trainer import checkpoint, distributed
+from skutag.trainer.adapt_bn import adapt_batchnorm
+from skutag.trainer.augment import Normalizer, train_transform
+from skutag.trainer.config import TrainConfig, default_workers
+from skutag.trainer.data import CatalogDataset, Splits, find_splits
+from skutag.trainer.display import Display
+from skutag.trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
+from skutag.trainer.freeze import apply_freeze, fully_frozen_backbone, resolve_policy, set_train_mode
+from skutag.trainer.loop import (
+    Engine,
+    Predictions,
+    amp_dtype,
+    make_optimizer,
+    make_scheduler,
+    merge_predictions,
+)
+from skutag.trainer.metrics import SELECTABLE, summary_metrics
+from skutag.trainer.model import Built, build, classifier_name, read_state_dict
+from skutag.trainer.report import Evaluation, write_csv, write_report
+from skutag.trainer.review import review_section
+from skutag.trainer.seeding import epoch_seed, seed_everything, seed_worker
+from skutag.trainer.weights import BEST, save_weights
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from skutag.card import NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json
-from trainer import checkpoint, distributed
-from trainer.adapt_bn import adapt_batchnorm
-from trainer.augment import Normalizer, train_transform
-from trainer.config import TrainConfig, default_workers
-from trainer.data import CatalogDataset, Splits, find_splits
-from trainer.display import Display
-from trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
-from trainer.freeze import apply_freeze, fully_frozen_backbone, resolve_policy, set_train_mode
-from trainer.loop import Engine, Predictions, amp_dtype, make_optimizer, make_scheduler, merge_predictions
-from trainer.metrics import SELECTABLE, summary_metrics
-from trainer.model import Built, build, classifier_name, read_state_dict
-from trainer.report import Evaluation, write_csv, write_report
-from trainer.review import review_section
-from trainer.seeding import epoch_seed, seed_everything, seed_worker
-from trainer.weights import BEST, save_weights
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "accuracy", "top5_accuracy", "macro_precision", "macro_recall",
@@ -464,7 +471,7 @@ class Trainer:
         )
         card.save(self.out / "card.json")
         save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
-        from insight.explain import report_gradcam  # lazy: insight imports the trainer (DESIGN.md)
+        from skutag.insight.explain import report_gradcam  # lazy: insight imports the trainer (DESIGN.md)
 
         self.display.say(report_gradcam(self.out, self.out / "report", self.config.gradcam))
         write_csv(

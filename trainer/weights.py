@@ -56,8 +56,7 @@ def read_card(path: str | Path) -> ModelCard:
 def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the trained model (eval mode) and its card from a run dir or a .safetensors file."""
     from safetensors.torch import load_file
-
-    from trainer.model import build_model
+    from skutag.trainer.model import build_model
 
     path = resolve_weights(source)
     card = read_card(path)

@@ -32,8 +32,8 @@ class Engine(Protocol):
 
 # name -> "module:function"; the registry `--engine` chooses from.
 ENGINES: dict[str, str] = {
-    "local": "batchrun.engines.local:run_local",
-    "ray": "batchrun.engines.ray:run_ray",
+    "local": "skutag.batchrun.engines.local:run_local",
+    "ray": "skutag.batchrun.engines.ray:run_ray",
 }
 
 

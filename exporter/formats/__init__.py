@@ -71,7 +71,7 @@ class Format:
         return SUFFIXES[self.name][1]
 
     def backend(self) -> ModuleType:
-        return importlib.import_module(f"exporter.formats.{self.module}")
+        return importlib.import_module(f"skutag.exporter.formats.{self.module}")
 
 
 def _apple() -> bool:

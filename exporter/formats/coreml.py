@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.exporter.formats import first_line, require
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
+from skutag.exporter.samples import SampleSet
 
-from exporter.formats import first_line, require
-from exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
-from exporter.samples import SampleSet
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 

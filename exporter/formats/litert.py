@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from skutag.exporter.formats import first_line, require
+from skutag.exporter.formats.pt2e import example, quantise
+from skutag.exporter.graph import ExportModule
+from skutag.exporter.samples import SampleSet
 
-from exporter.formats import first_line, require
-from exporter.formats.pt2e import example, quantise
-from exporter.graph import ExportModule
-from exporter.samples import SampleSet
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from exporter.graph import EMBEDDING, INPUT_NAME, PROBS
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 
 
 class _Runner:

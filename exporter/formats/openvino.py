@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.exporter.formats import first_line, require
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
+from skutag.exporter.samples import SampleSet
+from skutag.exporter.tail import walk_tail
 
-from exporter.formats import first_line, require
-from exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
-from exporter.samples import SampleSet
-from exporter.tail import walk_tail
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
 

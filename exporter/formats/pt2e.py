@@ -27,11 +27,10 @@ quantizer's own annotation API (`EdgeQuantizer`) and module-type config:
 from __future__ import annotations
 
 import torch
+from skutag.exporter.graph import ExportModule
+from skutag.exporter.samples import SampleSet
+from skutag.exporter.tail import walk_tail
 from torch.fx import GraphModule, Node
-
-from exporter.graph import ExportModule
-from exporter.samples import SampleSet
-from exporter.tail import walk_tail
 
 ANNOTATION = "quantization_annotation"  # the node.meta key PT2E quantizers annotate under
 CONVS = frozenset({torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default})

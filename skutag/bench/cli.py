@@ -1,4 +1,4 @@
-"""`skutag bench`: the command around benchmarks.bench (heavy imports inside the command)."""
+"""`skutag bench`: the command around skutag.bench.run (heavy imports inside the command)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,8 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from benchmarks.bench import BenchConfig, run_bench
-    from benchmarks.report import COLUMNS, table_rows, write_results
+    from skutag.bench.report import COLUMNS, table_rows, write_results
+    from skutag.bench.run import BenchConfig, run_bench
 
     if baseline and not run_dir:
         raise click.UsageError("--baseline torch needs --run RUN (the trained run dir)")

@@ -1,6 +1,6 @@
 """`skutag bench`: every artifact, device and batch size side by side.
 
-Model-only latency and throughput come from `benchmarks.latency` on the session `skutag
+Model-only latency and throughput come from `skutag.bench.latency` on the session `skutag
 run` would open (`batchrun.infer.open_session`: the same contract checks and the same
 provider options from the export-target table, TensorRT with a profile of the timed batch
 size); end-to-end throughput runs the real `skutag run` pipeline and reads its
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.latency import Timing, random_inputs, time_calls, time_session, time_torch
 from skutag.artifacts import format_of
+from skutag.bench.latency import Timing, random_inputs, time_calls, time_session, time_torch
 from skutag.errors import InputError, SkutagError
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ class Row:
 
 def run_bench(config: BenchConfig, progress=None) -> list[Row]:
     """Measure every (model, device, batch size); the torch baseline first when asked for."""
-    from batchrun.infer import open_session
-    from batchrun.model import read_contract
+    from skutag.batchrun.infer import open_session
+    from skutag.batchrun.model import read_contract
     from skutag.runtime import model_card, runtime_target
 
     rows: list[Row] = []
@@ -128,7 +128,7 @@ def _edge_rows(model: Path, config: BenchConfig, progress) -> list[Row]:
     The file is checked against the sha256 its export recorded before its runtime opens it.
     Files that take one batch size (ExecuTorch, LiteRT, Core ML: batch 1) are timed at that size only.
     """
-    from exporter import formats
+    from skutag.exporter import formats
 
     if not any(d in ("auto", "cpu") for d in config.devices):
         raise InputError(f"{model}: edge formats are measured on the CPU here; add --device cpu")
@@ -169,8 +169,8 @@ def _edge_rows(model: Path, config: BenchConfig, progress) -> list[Row]:
 
 def _edge_accuracy(runner, card, data: Path) -> float:
     """Top-1 accuracy on an ImageFolder tree whose folder names are the card's classes."""
-    from exporter import formats
-    from exporter.samples import decode, image_files
+    from skutag.exporter import formats
+    from skutag.exporter.samples import decode, image_files
     from skutag.images import ImageError
 
     files = [f for f in image_files(data) if f.parent.name in card.classes]
@@ -195,7 +195,7 @@ def _edge_accuracy(runner, card, data: Path) -> float:
 def _torch_baseline(config: BenchConfig, progress) -> list[Row]:
     import torch
 
-    from trainer.weights import load_trained
+    from skutag.trainer.weights import load_trained
 
     device = "cuda" if "cuda" in config.devices and torch.cuda.is_available() else "cpu"
     model, card = load_trained(config.baseline_run, device)
@@ -213,7 +213,7 @@ def _torch_baseline(config: BenchConfig, progress) -> list[Row]:
 
 
 def _torch_end_to_end(model, card, config: BenchConfig, device: str, batch_size: int) -> float:
-    from benchmarks.baselines import plain_torch_loop
+    from skutag.bench.baselines import plain_torch_loop
 
     return plain_torch_loop(
         model, card, config.images, batch_size=batch_size, device=device, workers=config.workers

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.machine import machine_info, markdown_header
+from skutag.bench.machine import machine_info, markdown_header
 from skutag.fsio import atomic_path, atomic_write_json, atomic_write_text
 
 COLUMNS = [

@@ -1,0 +1,1 @@
+"""`skutag bench`: latency, throughput and accuracy of exported models, side by side."""
