@@ -186,7 +186,7 @@ def emit(table, fmt: str | None, out: str | None) -> None:
 )
 def explain(run: str, images: tuple[str, ...], out: str, target: str | None, report: str | None) -> None:
     """Grad-CAM heatmaps of a trained RUN (run dir or .safetensors) on IMAGE... or a report's mistakes."""
-    from skutag.insight.explain import explain_images, explain_mistakes
+    from skutag.trainer.explain import explain_images, explain_mistakes
 
     if not images and report is None:
         raise click.UsageError("give IMAGE... or --mistakes REPORT")

@@ -37,11 +37,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from skutag.batchrun.commit.reader import CommittedRows
-from skutag.insight import require
 
 from skutag import __version__
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
+from skutag.extras import require
 from skutag.fsio import atomic_path, atomic_write_json
 
 INDEX_FILE, ROWS_FILE, INFO_FILE = "index.faiss", "rows.parquet", "index.json"
@@ -184,7 +184,7 @@ def build_index(
     since: str | Path | None = None,
 ) -> SimilarityIndex:
     """Index the ok rows of the batch runs `outs` into the directory `out`; see the module docstring."""
-    faiss = require("faiss")
+    faiss = require("faiss", "insight", "the nearest-neighbour index")
     runs = open_runs(outs)
     model_path = _model_path(model, outs, runs.model_sha256)
     if kind == "auto":
@@ -266,7 +266,7 @@ def _previous_quantizer(since: str | Path | None, runs: Runs, nlist: int):
 
 
 def save_index(index: SimilarityIndex, out: str | Path) -> None:
-    faiss = require("faiss")
+    faiss = require("faiss", "insight", "the nearest-neighbour index")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / INDEX_FILE) as tmp:
@@ -278,7 +278,7 @@ def save_index(index: SimilarityIndex, out: str | Path) -> None:
 
 def load_index(path: str | Path, nprobe: int | None = None) -> SimilarityIndex:
     """Open an index directory written by `build_index`; `nprobe` overrides an IVF index's own."""
-    faiss = require("faiss")
+    faiss = require("faiss", "insight", "the nearest-neighbour index")
     path = Path(path)
     if not (path / INFO_FILE).is_file():
         raise InputError(f"{path} is not a skutag index (no {INFO_FILE}); build one with `skutag index`")

@@ -29,7 +29,7 @@ def read_manifest_entries(location: str, storage_options: dict[str, str] | None 
     remote = storage.is_remote(location)
     base = location.rsplit("/", 1)[0] if remote else os.path.dirname(os.path.abspath(location))
     folder = base.rstrip("/")
-    for batch in _batches(location, storage_options):
+    for batch in read_batches(location, storage_options):
         names = set(batch.schema.names)
         column = "path" if "path" in names else "uri" if "uri" in names else None
         if column is None:
@@ -59,7 +59,8 @@ def _plain(place: str) -> bool:
     )
 
 
-def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[pa.RecordBatch]:
+def read_batches(location: str, storage_options: dict[str, str] | None = None) -> Iterator[pa.RecordBatch]:
+    """A CSV or Parquet manifest's record batches (the one reader of manifests: batch runs and training)."""
     try:
         handle = storage.open_input(location, storage_options)
     except OSError as exc:
@@ -76,6 +77,7 @@ def _batches(location: str, storage_options: dict[str, str] | None) -> Iterator[
                         "uri": pa.string(),
                         "version": pa.string(),
                         "label": pa.string(),
+                        "split": pa.string(),
                     }
                 )
                 # A local file is opened by Arrow itself: through a Python file object its reader

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skutag.errors import InputError, ListingError
+from skutag.extras import MissingExtra
 from skutag.retries import (
     BUDGET_ENV,
     BUDGET_OPTION,
@@ -118,7 +119,7 @@ def filesystem(uri: str, options: dict[str, Any] | None = None):
     except ImportError as exc:
         extra = PROTOCOL_EXTRA.get(protocol)
         hint = f"pip install 'skutag[{extra}]'" if extra else "pip install aiohttp"
-        raise InputError(f"{protocol}:// needs an fsspec backend that is not installed: {hint}") from exc
+        raise MissingExtra(f"{protocol}:// needs an fsspec backend that is not installed: {hint}") from exc
 
 
 def info(uri: str, options: dict[str, Any] | None = None) -> ObjectInfo:

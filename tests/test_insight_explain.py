@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skutag.insight.explain import explain_images, explain_mistakes
+from skutag.trainer.explain import explain_images, explain_mistakes
 
 from skutag.images import is_image_path
 from tests.cli import skutag

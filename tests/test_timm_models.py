@@ -97,7 +97,7 @@ def test_int8_export_of_a_timm_model_keeps_the_head_in_float(timm_run, small_cat
 
 def test_gradcam_reads_the_last_feature_map_of_a_timm_model(timm_run, split_catalog, tmp_path):
     pytest.importorskip("pytorch_grad_cam")
-    from skutag.insight.explain import explain_images, target_layer
+    from skutag.trainer.explain import explain_images, target_layer
     from skutag.trainer.weights import load_trained
 
     model, _ = load_trained(timm_run)

@@ -102,7 +102,7 @@ class TrainConfig:
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise SkutagError("--warmup-epochs must be fewer than --epochs")
         if self.gradcam:
-            from skutag.insight.explain import check_gradcam
+            from skutag.trainer.explain import check_gradcam
 
             check_gradcam(self.out, wanted=True)  # the extra is missing: say so now, not after training
 

@@ -13,7 +13,6 @@ breaking the batch.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -138,7 +137,9 @@ def read_manifest(path: Path) -> tuple[list[Sample], list[str] | None]:
     """Rows `path,label[,split]` of a CSV or Parquet file; relative paths are relative to the manifest."""
     if path.suffix.lower() not in MANIFEST_SUFFIXES:
         raise InputError(f"{path}: a manifest must be .csv or .parquet (or pass a folder)")
-    rows = _parquet_rows(path) if path.suffix.lower() == ".parquet" else _csv_rows(path)
+    from skutag.manifests import read_batches
+
+    rows = [row for batch in read_batches(str(path)) for row in batch.to_pylist()]
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise InputError(f"{path}: a manifest needs the columns path,label[,split]")
     base = path.parent
@@ -149,23 +150,6 @@ def read_manifest(path: Path) -> tuple[list[Sample], list[str] | None]:
         samples.append(Sample(str(base / str(row["path"])), str(row["label"])))
         splits.append(str(row.get("split") or "").strip().lower())
     return samples, (splits if "split" in rows[0] else None)
-
-
-def _csv_rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read manifest {path}: {exc}") from exc
-
-
-def _parquet_rows(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:
-        raise InputError(f"cannot read manifest {path}: {exc}") from exc
 
 
 def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -40,7 +40,7 @@ def evaluate(
     gradcam: bool | None = None,
 ) -> dict[str, Any]:
     """Write the report and metrics.json of `model_path` on `data` into `out`; returns the metrics."""
-    from skutag.insight.explain import check_gradcam, report_gradcam  # lazy: insight imports the trainer
+    from skutag.trainer.explain import check_gradcam, report_gradcam  # lazy: grad-cam is an optional extra
 
     display = Display()
     model_path = Path(model_path)

@@ -471,7 +471,7 @@ class Trainer:
         )
         card.save(self.out / "card.json")
         save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
-        from skutag.insight.explain import report_gradcam  # lazy: insight imports the trainer (DESIGN.md)
+        from skutag.trainer.explain import report_gradcam  # lazy: grad-cam is an optional extra
 
         self.display.say(report_gradcam(self.out, self.out / "report", self.config.gradcam))
         write_csv(

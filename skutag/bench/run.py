@@ -11,7 +11,6 @@ re-implements a stage.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 
 from skutag.artifacts import format_of
 from skutag.bench.latency import Timing, random_inputs, time_calls, time_session, time_torch
-from skutag.errors import InputError, SkutagError
+from skutag.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -221,47 +220,23 @@ def _torch_end_to_end(model, card, config: BenchConfig, device: str, batch_size:
 
 
 def _end_to_end(model: Path, config: BenchConfig, device: str, batch_size: int) -> float:
-    """images/s of the real `skutag run` over --images (from its _summary.json)."""
+    """images/s of a real batch run (`skutag run`'s own engine) over --images, from its summary."""
+    from skutag.batchrun.api import run_catalog
+    from skutag.batchrun.options import RunOptions
+
+    options = RunOptions(device=device, batch_size=batch_size, max_error_rate=1.0, workers=config.workers)
     with tempfile.TemporaryDirectory(prefix="skutag-bench-") as tmp:
-        args = [
-            "run",
-            str(model),
-            str(config.images),
-            "--out",
-            f"{tmp}/out",
-            "--device",
-            device,
-            "--batch-size",
-            str(batch_size),
-            "--max-error-rate",
-            "1",
-        ]
-        if config.workers is not None:
-            args += ["--workers", str(config.workers)]
-        _invoke(args)
-        summary = json.loads(Path(tmp, "out", "_summary.json").read_text())
-    return float(summary["images_per_s"])
+        summary = run_catalog(model, [str(config.images)], f"{tmp}/out", options)
+    return float(summary.images_per_s)
 
 
 def _accuracy(model: Path, config: BenchConfig) -> float:
-    """Top-1 accuracy from `skutag eval MODEL DATA` (the trainer's report, through ONNX Runtime)."""
+    """Top-1 accuracy from the trainer's evaluation of MODEL on --data (through the model's own runtime)."""
+    from skutag.trainer.evaluate import evaluate
+
     with tempfile.TemporaryDirectory(prefix="skutag-bench-") as tmp:
-        _invoke(["eval", str(model), str(config.data), "--out", f"{tmp}/report"])
-        metrics = json.loads(Path(tmp, "report", "metrics.json").read_text())
+        metrics = evaluate(model, config.data, f"{tmp}/report", gradcam=False)
     return float(metrics["accuracy"])
-
-
-def _invoke(args: list[str]) -> None:
-    import click
-
-    from skutag.cli import cli
-
-    try:
-        cli.main(args=args, prog_name="skutag", standalone_mode=False)
-    except click.ClickException as exc:
-        raise SkutagError(
-            f"`skutag {' '.join(args[:1])}` failed inside bench: {exc.format_message()}"
-        ) from exc
 
 
 def _say(progress, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps of a trained model (run dir or .safetensors): where it looked for a class.
+"""Grad-CAM heatmaps of a trained model (`skutag explain`, and the sheet in training and eval reports) (run dir or .safetensors): where it looked for a class.
 
 `explain_images` writes, per image, `<stem>-gradcam.png` (the heatmap over the model's own
 input pixels, decoded by `load_image` with the card's preprocessing) and `<stem>-gradcam.npy`
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from skutag.insight import INSTALL_HINT, require
 
 from skutag.errors import InputError
+from skutag.extras import install_hint, require
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class Explainer:
     """A trained model and its Grad-CAM, on the CPU (heatmaps are a few images, not a catalog)."""
 
     def __init__(self, run: str | Path) -> None:
-        cam = require("pytorch_grad_cam")
-        from skutag.trainer.augment import Normalizer
-        from skutag.trainer.weights import load_trained
+        cam = require("pytorch_grad_cam", "insight", "Grad-CAM")
+        from .augment import Normalizer
+        from .weights import load_trained
 
         self.model, self.card = load_trained(run, "cpu")
         self.normalizer = Normalizer(self.card)
@@ -151,10 +151,11 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from skutag.trainer.report import contact_grid
 
     from skutag.fsio import atomic_path
     from skutag.listing import local_path
+
+    from .report import contact_grid
 
     listed = Path(report) / "misclassified.csv"
     if not listed.is_file():
@@ -202,7 +203,7 @@ def check_gradcam(weights: str | Path, wanted: bool | None) -> str | None:
     if Path(weights).suffix == ".onnx":
         reason = f"Grad-CAM needs the PyTorch weights (the run dir or its .safetensors), not {weights}"
     elif importlib.util.find_spec("pytorch_grad_cam") is None:
-        reason = f"Grad-CAM needs the optional extra insight: {INSTALL_HINT}"
+        reason = f"Grad-CAM needs the optional extra insight: {install_hint('insight')}"
     if reason is not None and wanted:
         raise InputError(reason)
     return reason
