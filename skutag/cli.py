@@ -2,7 +2,7 @@
 
 `skutag --help` imports no stage, and `skutag run --help` imports batchrun's CLI
 module only (which imports neither torch nor the trainer). Errors a user can cause
-print one line and exit with the code DESIGN.md gives; `--verbose` adds tracebacks.
+print one line and exit with the code docs/design.md gives; `--verbose` adds tracebacks.
 """
 
 from __future__ import annotations
@@ -20,16 +20,28 @@ from skutag.errors import SkutagError
 # name -> "module:attribute" of the click command; imported only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("skutag.synth_cli:synth", "make a synthetic product catalog (no downloads)"),
-    "train": ("skutag.trainer.cli:train", "fine-tune a torchvision classifier on a catalog"),
+    "train": (
+        "skutag.trainer.cli:train",
+        "fine-tune an ImageNet-pretrained backbone (timm or torchvision) on labelled photos",
+    ),
     "eval": ("skutag.trainer.cli:evaluate", "evaluate a run dir, .safetensors or .onnx on labelled images"),
-    "export": ("skutag.exporter.cli:export", "export a trained run to one self-describing ONNX file"),
+    "export": (
+        "skutag.exporter.cli:export",
+        "export a trained run to one self-describing file: ONNX or an edge format, fp16 or int8",
+    ),
     "plan": ("skutag.batchrun.cli:plan", "list a catalog once into OUT/_plan/ for shards and reruns"),
-    "run": ("skutag.batchrun.cli:run", "predict a catalog with an ONNX model into Parquet"),
-    "bench": ("skutag.bench.cli:bench", "latency and throughput of ONNX models, side by side"),
+    "run": (
+        "skutag.batchrun.cli:run",
+        "tag a catalog with an exported model into Parquet (local or Ray), resumable",
+    ),
+    "bench": (
+        "skutag.bench.cli:bench",
+        "latency, throughput and accuracy of exported models (every format), side by side",
+    ),
     "index": ("skutag.insight.cli:index", "a nearest-neighbour index over the embeddings of batch runs"),
     "similar": ("skutag.insight.cli:similar", "similar listings of ids or images, or near-duplicate groups"),
     "explain": ("skutag.insight.cli:explain", "Grad-CAM heatmaps: where a trained model looked"),
-    "demo": ("skutag.demo:demo", "the whole pipeline end to end on a synthetic catalog"),
+    "demo": ("skutag.demo:demo", "the whole pipeline end to end on the real photos in demo/photos"),
 }
 
 
@@ -85,9 +97,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
     \b
     skutag synth OUT                    make a synthetic catalog
-    skutag train DATA --out RUN         fine-tune (ResNet-50 by default)
-    skutag export RUN --out MODEL.onnx  one ONNX file, card inside
-    skutag run MODEL.onnx SRC --out OUT predictions to Parquet
+    skutag train DATA --out RUN         fine-tune a pretrained backbone
+    skutag export RUN --out MODEL.onnx  one self-describing file (.onnx, .pte, .tflite, .xml, .mlpackage)
+    skutag run MODEL SRC --out OUT      tags to Parquet, one row per input
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -176,12 +177,14 @@ def _summary(console, root: Path, fp32: Path, int8: Path, predictions: Path, sec
     )
     table.add_row("models", f"{fp32}, {int8}")
     console.print(table)
+    read = "import pyarrow.parquet as pq; t = pq.read_table"
     console.print(
-        f"Read the predictions: duckdb -c \"SELECT label, count(*) FROM '{predictions}/*.parquet' GROUP BY label\""
+        f"Read the predictions: {_short(sys.executable)} -c \"{read}('{predictions}'); "
+        "print(t.group_by('label').aggregate([('id', 'count')]))\""
     )
     console.print(
-        f"The review queue: duckdb -c \"SELECT id, label, score, review_reason FROM '{predictions}/*.parquet' "
-        'WHERE review"'
+        f"The review queue: {_short(sys.executable)} -c \"{read}('{predictions}', filters=[('review', '==', True)]); "
+        "print(t.select(['id', 'label', 'score', 'review_reason']))\""
     )
 
 

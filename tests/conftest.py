@@ -108,7 +108,7 @@ def split_catalog(tmp_path_factory) -> Path:
 def s3():
     """A real S3-compatible server (moto_server on 127.0.0.1) with a bucket `shop`, one per test module
     (a module may override it); stopped after."""
-    from tests.s3server import moto_server
+    from tests.support.s3server import moto_server
 
     with moto_server() as server:
         server.client().create_bucket(Bucket="shop")
@@ -117,8 +117,8 @@ def s3():
 
 @pytest.fixture
 def fault_proxy(s3):
-    """A `tests.faultproxy.FaultProxy` in front of the module's `s3` server, all rules off; stopped after."""
-    from tests.faultproxy import FaultProxy
+    """A `tests.support.faultproxy.FaultProxy` in front of the module's `s3` server, all rules off; stopped after."""
+    from tests.support.faultproxy import FaultProxy
 
     with FaultProxy(s3) as proxy:
         yield proxy

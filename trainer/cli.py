@@ -159,7 +159,7 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.ckpt.")
 @gradcam_option
 def train(data: str, out: str, val_dir: str | None, **options: object) -> None:
-    """Fine-tune a torchvision classifier on DATA (an ImageFolder tree or a CSV/Parquet manifest).
+    """Fine-tune an ImageNet-pretrained backbone (torchvision name or timm/NAME) on DATA (an ImageFolder tree or a CSV/Parquet manifest).
 
     Multi-GPU: torchrun --nproc_per_node=N -m skutag train DATA --out RUN ...
     """

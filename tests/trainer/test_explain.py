@@ -13,7 +13,7 @@ import pytest
 from skutag.trainer.explain import explain_images, explain_mistakes
 
 from skutag.images import is_image_path
-from tests.cli import skutag
+from tests.support.cli import skutag
 
 CLASSES = ["boot", "cup", "lamp", "sock"]
 

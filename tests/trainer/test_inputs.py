@@ -16,8 +16,8 @@ from PIL import Image
 
 from skutag.formats import avif_available
 from skutag.images import DEFAULT_MAX_BYTES
-from tests.cli import skutag
-from tests.inputs import avif_bytes, encode, heic_bytes, smooth_image
+from tests.support.cli import skutag
+from tests.support.inputs import avif_bytes, encode, heic_bytes, smooth_image
 
 GOOD_PER_CLASS = 6
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli import skutag
+from tests.support.cli import skutag
 
 timm = pytest.importorskip("timm")
 

@@ -8,7 +8,6 @@ import os
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from skutag.images import (
     open_image,
     read_file,
 )
-from tests.inputs import (
+from tests.support.inputs import (
     avif_bytes,
     awkward_inputs,
     encode,
@@ -36,6 +35,7 @@ from tests.inputs import (
     smooth_image,
     tiff_with_strip_offsets_type,
 )
+from tests.support.photos import REAL_PHOTOS, needs_photos
 
 
 def exact(data: bytes, size: int = 256):
@@ -531,10 +531,8 @@ def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch
 
 # -- real photos (../shared/data; a user's clone does not have them) ---------------------------
 
-REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-
-@pytest.mark.skipif(not REAL_PHOTOS.is_dir(), reason="../shared/data (real photos) is absent")
+@needs_photos
 @pytest.mark.parametrize("folder", ["catalog-photos", "clothing"])
 def test_real_photos_are_listed_and_decode_as_before(folder):
     """Every real photo is listed; a spread of them decodes to the pixels of a full decode + torchvision."""

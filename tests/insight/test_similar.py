@@ -26,8 +26,8 @@ from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 from skutag.images import is_image_path
 from skutag.synth import SynthSpec, make_catalog
-from tests.cli import skutag
-from tests.insight_catalog import plant_copies
+from tests.support.cli import skutag
+from tests.support.insight_catalog import plant_copies
 
 CLASSES = ["boot", "cup", "lamp", "sock"]
 

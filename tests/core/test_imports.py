@@ -19,7 +19,7 @@ from skutag.batchrun.api import run_catalog
 from skutag.batchrun.options import RunOptions
 
 HEAVY = {"torch", "onnxruntime"}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = (
     "import atexit, json, os, sys\n"
     "path = os.environ['SKUTAG_MODULES_OUT']\n"

@@ -10,7 +10,7 @@ import pytest
 
 from skutag import __version__
 from skutag.cli import COMMANDS
-from tests.cli import skutag
+from tests.support.cli import skutag
 
 
 def modules_after(*args: str) -> set[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import skutag
+from tests.support.cli import skutag
 
-PHOTOS = Path(__file__).resolve().parents[1] / "demo" / "photos"
+PHOTOS = Path(__file__).resolve().parents[2] / "demo" / "photos"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (PHOTOS / "train").is_dir(), reason="demo/photos is absent"),

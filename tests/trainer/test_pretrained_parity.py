@@ -14,7 +14,7 @@ from skutag.trainer.pretrained import TFLITE_MEAN, TFLITE_STD, wheel_file
 
 from skutag.images import load_image
 from skutag.normalize import normalize, pixel_scale
-from tests.photos import REAL_PHOTOS as PHOTOS
+from tests.support.photos import REAL_PHOTOS as PHOTOS
 
 
 def _photos(count: int, size: int, resize: int) -> torch.Tensor:

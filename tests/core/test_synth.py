@@ -10,7 +10,7 @@ from PIL import Image
 
 from skutag.images import load_image
 from skutag.synth import SynthSpec, class_styles, make_catalog, render_file
-from tests.cli import skutag
+from tests.support.cli import skutag
 
 
 def digest(root: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Hostile bytes never escape as anything but an ImageError, and never stop a stage (issue 9).
 
 A seeded fuzz of mutated JPEG, progressive JPEG, PNG, TIFF, WebP, GIF and AVIF files
-(tests/inputs.py: bit flips, truncations, chunk duplications, header and TIFF tag
+(tests/support/inputs.py: bit flips, truncations, chunk duplications, header and TIFF tag
 corruptions): every case through `load_image` returns pixels or raises ImageError, and one
 `skutag run` over a hundred of them gives every case exactly one row. `-m slow` runs 20,000
 cases through `load_image` and 5,000 through `skutag run`. Export calibration and the
@@ -21,8 +21,8 @@ import pytest
 from skutag.card import ModelCard
 from skutag.formats import avif_available
 from skutag.images import ERROR_KINDS, ImageError, load_image
-from tests.cli import skutag
-from tests.inputs import fuzz_cases, fuzz_seeds, hostile_inputs, write_hostile_inputs
+from tests.support.cli import skutag
+from tests.support.inputs import fuzz_cases, fuzz_seeds, hostile_inputs, write_hostile_inputs
 
 pytestmark = pytest.mark.skipif(not avif_available(), reason="this Pillow has no AVIF support")
 

@@ -21,7 +21,7 @@ from skutag.trainer.loop import amp_dtype, lr_factor
 from skutag.card import ModelCard
 from skutag.errors import DeviceError, InputError, SkutagError
 from skutag.images import load_image
-from tests.inputs import write_awkward_inputs
+from tests.support.inputs import write_awkward_inputs
 
 CARD = ModelCard.for_training("resnet18", ["a", "b"], image_size=64)
 
