@@ -1,4 +1,4 @@
-"""The CPU suite: every figure of benchmarks/RESULTS.md from one command (`make bench-cpu`).
+"""The CPU suite: the CPU figures of five suites from one command (`make bench-cpu`; RESULTS.md, cpu_suite).
 
 Runs, one after another on a quiet machine, each printing its own markdown:
   1. decode: skutag.images vs full decode + torchvision (issue 2);
