@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import header, load_average
+
 
 def run_steps(steps: dict[str, list[list[object]]], work: Path, only: list[str] | None = None) -> None:
     """Run each step's commands in order, echoing their stdout; stderr goes to WORK/STEP.log."""
@@ -187,7 +189,14 @@ def main() -> None:
             ]
         ],
     }
+    load = load_average()
     run_steps(steps, work, args.only)
+    print("\n## The whole suite\n")
+    print(
+        header(
+            "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "pillow", "numpy", before=load
+        )
+    )
     if (work / "bench" / "results.md").exists():
         print((work / "bench" / "results.md").read_text())
     for m in (fp32, fp16, int8):
