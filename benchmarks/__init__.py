@@ -1,1 +1,4 @@
-"""Benchmark suites (scripts reproducing benchmarks/RESULTS.md) and the `skutag bench` command."""
+"""The benchmark suites behind benchmarks/RESULTS.md (see benchmarks/README.md); not installed.
+
+`skutag bench`, the command users run, is part of the package: skutag.bench.
+"""

@@ -1,6 +1,6 @@
 """Batchrun benchmark: `skutag run` end to end vs the plain PyTorch loop vs ORT model-only.
 
-All in one run on the same images (DESIGN.md, performance method):
+All in one run on the same images (docs/design.md, the rules of measurement):
   * plain loop: torchvision ImageFolder + Resize(256)/CenterCrop(224)/ToTensor/Normalize
     + DataLoader + eager ResNet-50 under `torch.inference_mode`;
   * `skutag run` through `batchrun.api.run_catalog`, fp32 and (with --int8) int8 models;
@@ -18,17 +18,21 @@ depend on the weights). Prints a markdown table with the machine, versions and c
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from skutag.bench.machine import cpu_model
+from benchmarks.common import (
+    header,
+    load_average,
+    measure,
+    model_only,
+    photos,
+    random_onnx,
+    repeated_links,
+    skutag_command,
+)
 
 CLASSES = 10
 
@@ -61,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     args.cache.mkdir(parents=True, exist_ok=True)
+    load = load_average()
     images = synthetic_images(args.cache, args.images)
-    models = {"fp32": args.fp32 or resnet50_onnx(args.cache)}
+    models = {"fp32": args.fp32 or random_onnx(args.cache / "resnet50-random-fp32.onnx", "resnet50", CLASSES)}
     for name in ("int8", "fp16"):
         if getattr(args, name):
             models[name] = getattr(args, name)
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         (n, peak_memory(models.get("int8", models["fp32"]), images, n, args))
         for n in _sizes(args.memory_sizes)
     ]
-    report(rows, memory, args, models)
+    report(rows, memory, args, models, load)
 
 
 def _sizes(text: str) -> list[int]:
@@ -112,37 +117,6 @@ def synthetic_images(cache: Path, count: int) -> Path:
     if not (root / ".complete").exists():
         shutil.rmtree(root, ignore_errors=True)
         make_catalog(root, SynthSpec(count=count, classes=CLASSES, seed=0))
-        (root / ".complete").write_text("")
-    return root
-
-
-def resnet50_onnx(cache: Path) -> Path:
-    path = cache / "resnet50-random-fp32.onnx"
-    if not path.exists():
-        import torch
-        from skutag.exporter.graph import export_fp32
-        from skutag.trainer.model import build_model
-
-        from skutag.card import ModelCard
-
-        torch.manual_seed(0)
-        card = ModelCard.for_training("resnet50", [f"class{i}" for i in range(CLASSES)])
-        export_fp32(build_model("resnet50", CLASSES).eval(), card, path)
-    return path
-
-
-def linked_catalog(images: Path, count: int, cache: Path) -> Path:
-    """`count` distinct paths (symlinks) cycling over the benchmark images."""
-    from skutag.bench.baselines import image_files
-
-    root = cache / f"links-{images.name}-{count}"
-    if not (root / ".complete").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        files = image_files(images)
-        for i in range(count):
-            source = files[i % len(files)]
-            (root / f"{i:07d}{source.suffix}").symlink_to(source.resolve())
         (root / ".complete").write_text("")
     return root
 
@@ -186,101 +160,46 @@ def skutag_run(model: Path, images: Path, args, *, workers: int | None, threads:
 
 
 def ort_model_only(model: Path, args, count: int) -> float:
-    """The ceiling: ORT's own settings on a ready batch, `count` images in batches. On a GPU the batch
-    already lives on the device (IO binding), so this is the model alone."""
-    import numpy as np
-    from skutag.batchrun.infer import BoundPredictor, open_session
-    from skutag.batchrun.model import read_contract
-
-    contract = read_contract(model)
-    session, info = open_session(contract, args.device, batch_size=args.batch_size, threads=args.threads)
-    if info.device == "cpu":
-        size = contract.card.image_size
-        batch = np.random.default_rng(0).integers(0, 256, (args.batch_size, size, size, 3), dtype=np.uint8)
-        feed = {contract.input_name: batch}
-
-        def step() -> None:
-            session.run([contract.scores_output], feed)
-    else:
-        binding = BoundPredictor(
-            session, contract, topk=1, embeddings=False, batch_size=args.batch_size
-        ).binding
-
-        def step() -> None:
-            session.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-
-    step()  # warm-up
+    """The ceiling: the session `skutag run` opens, on ready uint8 batches, `count` images in batches
+    (images/s = batch / median latency). On a GPU the batch already lives on the device (IO binding),
+    so this is the model alone."""
     batches = max(1, round(count / args.batch_size))
-    started = time.perf_counter()
-    for _ in range(batches):
-        step()
-    return batches * args.batch_size / (time.perf_counter() - started)
+    timing = model_only(
+        model, args.device, args.batch_size, args.threads,
+        warmup=1, min_repetitions=batches, min_seconds=0.0, max_repetitions=batches,
+    )  # fmt: skip
+    return timing.images_per_s
 
 
 def peak_memory(model: Path, images: Path, count: int, args) -> float:
     """Peak memory (MiB, PSS) of `skutag run` plus its DataLoader workers, sampled every 0.1 s from /proc."""
-    catalog = linked_catalog(images, count, args.cache)
+    catalog = repeated_links(photos(images), count, args.cache / f"links-{images.name}-{count}")
     with tempfile.TemporaryDirectory(dir=args.cache) as out:
-        command = [sys.executable, "-m", "skutag", "run", str(model), str(catalog), "--out", out,
-                   "--device", args.device, "--batch-size", str(args.batch_size), "--no-progress"]  # fmt: skip
+        command = skutag_command("run", model, catalog, "--out", out, "--device", args.device,
+                                 "--batch-size", args.batch_size, "--no-progress")  # fmt: skip
         if args.workers is not None:
             command += ["--workers", str(args.workers)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak = [0]
-
-        def sample() -> None:
-            while process.poll() is None:
-                peak[0] = max(peak[0], tree_pss(process.pid))
-                time.sleep(0.1)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        process.wait()
-        sampler.join()
-        if process.returncode != 0:
-            raise RuntimeError(f"skutag run exited {process.returncode}: {' '.join(command)}")
-    return peak[0] / 2**20
-
-
-def tree_pss(pid: int) -> int:
-    """Proportional set size in bytes of `pid` and all its descendants (Linux /proc): pages a forked
-    worker shares with its parent count once, split between them (a sum of RSS would count them twice)."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            with open(f"/proc/{current}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError, StopIteration):
-            continue
-    return total
+        done = measure(command, tree=True, interval=0.1)
+        if done.returncode != 0:
+            raise RuntimeError(f"skutag run exited {done.returncode}: {' '.join(command)}")
+    return done.peak_pss_mib
 
 
 # -- report ------------------------------------------------------------------------------
 
 
-def report(rows, memory, args, models) -> None:
-    import onnxruntime
-    import torch
-    import torchvision
+def report(rows, memory, args, models, load: float) -> None:
     from skutag.batchrun.loader import available_cores, default_workers
 
-    print(f"## Batchrun benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
-    print(f"- machine: {cpu_model()}, {available_cores()} cores, {platform.system()} {platform.release()}")
-    print(
-        f"- python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}"
-    )
+    print("## Batchrun benchmark\n")
+    print(header("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", before=load), end="")
+    print(f"- cores available to the run: {available_cores()}, {platform.system()} {platform.release()}")
     print(f"- models: {', '.join(f'{k} = {v}' for k, v in models.items())}")
     workers = args.workers if args.workers is not None else default_workers("cpu")
     print(
         f"- {args.images} images (600-1200 px JPEG/PNG), batch {args.batch_size}, workers {workers}, device {args.device}"
     )
-    print(f"- command: `python -m benchmarks.batchrun_suite {' '.join(sys.argv[1:])}`\n")
+    print()
     print("| pipeline | images/s | x plain loop | x model-only | time split |")
     print("|---|---|---|---|---|")
     for row in rows:

@@ -1,4 +1,4 @@
-"""The CPU suite: every figure of benchmarks/RESULTS.md from one command (`make bench-cpu`).
+"""The CPU suite: the CPU figures of five suites from one command (`make bench-cpu`; RESULTS.md, cpu_suite).
 
 Runs, one after another on a quiet machine, each printing its own markdown:
   1. decode: skutag.images vs full decode + torchvision (issue 2);
@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import header, load_average
 
 
 def run_steps(steps: dict[str, list[list[object]]], work: Path, only: list[str] | None = None) -> None:
@@ -187,7 +189,14 @@ def main() -> None:
             ]
         ],
     }
+    load = load_average()
     run_steps(steps, work, args.only)
+    print("\n## The whole suite\n")
+    print(
+        header(
+            "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "pillow", "numpy", before=load
+        )
+    )
     if (work / "bench" / "results.md").exists():
         print((work / "bench" / "results.md").read_text())
     for m in (fp32, fp16, int8):

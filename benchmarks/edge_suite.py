@@ -2,8 +2,7 @@
 
 `memory`: every format's int8 export (`skutag export --format F --precision int8`) run
 as a child process on N calibration images (the real photos repeated by symlinks to
-reach N), its peak resident set read from the kernel (`os.wait4`, ru_maxrss of that
-child). `speed`: every format x precision exported from one run through the real CLI
+reach N), its peak resident set (VmHWM) read from /proc while it runs (`benchmarks.common.measure`). `speed`: every format x precision exported from one run through the real CLI
 (each checked in its runtime; the report's parity figures give top-1 agreement with
 PyTorch on check images disjoint from calibration), then `skutag bench` on all files at
 batch 1 (edge is batch 1), with accuracy on labelled images. Pin the cores with
@@ -26,50 +25,23 @@ from pathlib import Path
 
 import click
 
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import DATA, header, measure, photos, random_run, repeated_links, skutag_command
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FORMATS = ("onnx", "executorch", "litert", "openvino", "coreml")
-SUFFIX = {
-    "onnx": ".onnx",
-    "executorch": ".pte",
-    "litert": ".tflite",
-    "openvino": ".xml",
-    "coreml": ".mlpackage",
-}
-PRECISIONS = {
-    "onnx": ("fp32", "int8"),
-    "executorch": ("fp32", "int8"),
-    "litert": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "coreml": ("fp32", "fp16"),
-}
 
 
-def repeated_photos(source: Path, count: int, work: Path) -> Path:
-    """`count` symlinks to the photos under `source`, cycling through them (distinct names, same pixels)."""
-    from skutag.exporter.samples import image_files
+def suffix(name: str) -> str:
+    from skutag.exporter.formats import get
 
-    photos = image_files(source)
-    folder = work / f"calib-{count}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        (folder / f"{i:05d}{photo.suffix.lower()}").symlink_to(photo)
-    return folder
+    return get(name).suffix
 
 
-def peak_rss_mb(args: list[str]) -> tuple[int, float, float, str]:
-    """Run `python -m skutag ARGS`; (exit code, peak RSS in MB of that process, seconds, last stderr line)."""
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "skutag", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-    return child.returncode, usage.ru_maxrss / 1024, time.perf_counter() - started, tail
+def precisions(name: str) -> tuple[str, ...]:
+    """The format's precisions from the exporter's table; ONNX fp16 left out (it is for GPUs: on a
+    CPU it runs slower than fp32, see RESULTS.md), as edge files run batch 1 on a CPU here."""
+    from skutag.exporter.formats import get
+
+    return tuple(p for p in get(name).precisions if (name, p) != ("onnx", "fp16"))
 
 
 @click.group()
@@ -86,29 +58,29 @@ def main() -> None:
 )
 @click.option("--arch", default="resnet50", show_default=True, help="Architecture for random weights.")
 @click.option("--image-size", default=224, show_default=True)
-@click.option("--photos", type=click.Path(exists=True, path_type=Path), default=PHOTOS / "catalog-photos")
+@click.option(
+    "--photos", "photo_dir", type=click.Path(exists=True, path_type=Path), default=DATA / "catalog-photos"
+)
 @click.option(
     "--check",
     type=click.Path(exists=True, path_type=Path),
-    default=PHOTOS / "clothing",
+    default=DATA / "clothing",
     help="Parity-check images (other photos, so calibration takes exactly N).",
 )
 @click.option("--sizes", default="200,1000", show_default=True, help="Calibration image counts.")
 @click.option("--formats", "names", default=",".join(f for f in FORMATS if f != "coreml"), show_default=True)
 def memory(
-    run_dir: Path | None, arch: str, image_size: int, photos: Path, check: Path, sizes: str, names: str
+    run_dir: Path | None, arch: str, image_size: int, photo_dir: Path, check: Path, sizes: str, names: str
 ) -> None:
     """Peak RSS of int8 export per format and calibration size."""
-    from benchmarks.export_suite import make_run
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="skutag-edge-mem-") as tmp:
         work = Path(tmp)
-        run = run_dir or make_run(work, arch, image_size, 6)
+        run = run_dir or random_run(work / "run", arch, 6, image_size)
         for size in [int(s) for s in sizes.split(",")]:
-            calib = repeated_photos(photos, size, work)
+            calib = repeated_links(photos(photo_dir), size, work / f"calib-{size}")
             for name in names.split(","):
-                out = work / f"{name}-{size}{SUFFIX[name]}"
+                out = work / f"{name}-{size}{suffix(name)}"
                 args = [
                     "export",
                     str(run),
@@ -128,28 +100,30 @@ def memory(
                     "16",
                 ]
                 load = os.getloadavg()[0]
-                code, rss, seconds, tail = peak_rss_mb(args)
+                done = measure(skutag_command(*args))
                 rows.append(
                     {
                         "format": name,
                         "calib_images": size,
-                        "peak_rss_mb": round(rss),
-                        "exit": code,
-                        "seconds": round(seconds, 1),
+                        "peak_rss_mb": round(done.peak_rss_mib),
+                        "exit": done.returncode,
+                        "seconds": round(done.wall_s, 1),
                         "load_before": round(load, 2),
-                        "error": tail if code else "",
+                        "error": done.last_error_line if done.returncode else "",
                     }
                 )
                 click.echo(json.dumps(rows[-1]), err=True)
-    info = machine_info("torch", "onnxruntime-gpu", "executorch", "litert-torch", "openvino", "nncf")
-    click.echo(markdown_header(info))
+    click.echo(header("torch", "onnxruntime-gpu", "executorch", "litert-torch", "openvino", "nncf"))
     click.echo(
-        f"run: {run_dir or f'{arch} {image_size} px, random weights'}; calibration: {photos} repeated\n"
+        f"run: {run_dir or f'{arch} {image_size} px, random weights'}; calibration: {photo_dir} repeated\n"
     )
-    click.echo("| format | calibration images | peak RSS MB | export s | exit |\n|---|---|---|---|---|")
+    click.echo(
+        "| format | calibration images | peak RSS MiB | export s | load before | exit |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
         click.echo(
-            f"| {r['format']} | {r['calib_images']} | {r['peak_rss_mb']} | {r['seconds']} | {r['exit']} {r['error']} |"
+            f"| {r['format']} | {r['calib_images']} | {r['peak_rss_mb']} | {r['seconds']} | {r['load_before']} "
+            f"| {r['exit']} {r['error']} |"
         )
 
 
@@ -173,8 +147,8 @@ def speed(
     out.mkdir(parents=True, exist_ok=True)
     models, agreement = [], {}
     for name in names.split(","):
-        for precision in PRECISIONS[name]:
-            model = out / f"{name}-{precision}{SUFFIX[name]}"
+        for precision in precisions(name):
+            model = out / f"{name}-{precision}{suffix(name)}"
             args = [
                 "export",
                 str(run_dir),
@@ -228,7 +202,8 @@ def speed(
     subprocess.run(bench, check=True, stdout=subprocess.DEVNULL)
     load_after = os.getloadavg()
     rows = json.loads((out / "bench" / "results.json").read_text())["results"]
-    click.echo(f"load average before {load_before}, after {load_after}\n")
+    click.echo(header("onnxruntime", "executorch", "ai-edge-litert", "openvino"))
+    click.echo(f"load average before the bench {load_before}, after {load_after}\n")
     click.echo(
         "| file | MB | p50 ms | p99 ms | images/s | top-1 agreement with PyTorch (check images) | TV p99 "
         "| embedding error max | accuracy |"

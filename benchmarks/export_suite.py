@@ -1,7 +1,7 @@
 """Exporter benchmark: model-only ONNX Runtime throughput, file size and agreement of fp32, fp16 and int8.
 
 Each precision is exported by the real `skutag export` pipeline, then timed in the
-session `skutag run` would open (`batchrun.infer.open_session`) on a fixed uint8 batch:
+session `skutag run` would open (`benchmarks.common.session_step`) on random uint8 batches:
 warm-up runs, then `--reps` rounds in which each artifact runs once in turn (so a shared
 machine's changing load hits them alike), median reported.
 
@@ -33,24 +33,10 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import load_average, random_run, session_step
 
 if TYPE_CHECKING:
     from skutag.exporter.parity import Parity
-
-
-def make_run(work: Path, arch: str, image_size: int, classes: int) -> Path:
-    """A run dir with random weights and a card, as the trainer would write it."""
-    from skutag.trainer.model import build_model
-    from skutag.trainer.weights import save_weights
-
-    from skutag.card import ModelCard
-
-    card = ModelCard.for_training(arch, [f"class_{i}" for i in range(classes)], image_size=image_size)
-    run = work / "run"
-    save_weights(run / "best.safetensors", build_model(arch, classes, "none").eval(), card)
-    card.save(run / "card.json")
-    return run
 
 
 def export_all(
@@ -81,49 +67,19 @@ def export_all(
     return paths, convs
 
 
-def open_session(path: Path, device: str, threads: int, batch: int):
-    """The session `skutag run` would open for this file (provider options from the export-target table)."""
-    from skutag.batchrun.infer import open_session as run_session
-    from skutag.batchrun.model import read_contract
-
-    cpu_threads = threads if device == "cpu" else None
-    return run_session(read_contract(path), device, batch_size=batch, threads=cpu_threads)[0]
-
-
-def runner(path: Path, device: str, batch: int, image_size: int, threads: int) -> Callable[[], None]:
-    """One inference on a fixed uint8 batch; on a GPU with IO binding (input and outputs on the device)."""
-    session = open_session(path, device, threads, batch)
-    name = session.get_inputs()[0].name
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
-    if device == "cpu":
-        return lambda: session.run(None, {name: pixels})
-
-    import onnxruntime as ort
-
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(pixels, "cuda", 0))
-    for output in session.get_outputs():
-        binding.bind_output(output.name, "cuda", 0)
-
-    def run() -> None:
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-
-    return run
-
-
 def images_per_second(
-    runs: dict[str, Callable[[], None]], batch: int, warmup: int, reps: int
+    runs: dict[str, Callable[[int], None]], batch: int, warmup: int, reps: int
 ) -> dict[str, float]:
-    """Median throughput of each runner, timed round-robin so that load changes hit every artifact alike."""
+    """Median throughput of each step (`benchmarks.common.session_step`), timed round-robin so that
+    load changes hit every artifact alike."""
     for run in runs.values():
-        for _ in range(warmup):
-            run()
+        for i in range(warmup):
+            run(i)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(reps):
+    for rep in range(reps):
         for name, run in runs.items():
             start = time.perf_counter()
-            run()
+            run(rep)
             times[name].append(time.perf_counter() - start)
     return {name: batch / statistics.median(values) for name, values in times.items()}
 
@@ -231,13 +187,14 @@ def main(
     targets = (int8_targets or ("tensorrt" if device == "tensorrt" else "cpu")).split(",")
     with tempfile.TemporaryDirectory(prefix="skutag-bench-export-") as tmp:
         work = Path(tmp)
+        load = load_average()
         started = time.perf_counter()
         if run_dir is None:
             calib = work / "calib"
             make_catalog(
                 calib, SynthSpec(count=calib_size, classes=classes, min_size=image_size + 40, max_size=400)
             )
-            run = make_run(work, arch, image_size, classes)
+            run = random_run(work / "run", arch, classes, image_size)
         else:
             run = run_dir
             card = ModelCard.load(run_dir / "card.json")
@@ -249,7 +206,7 @@ def main(
         names = list(paths)
         by_batch = {
             b: images_per_second(
-                {n: runner(paths[n], device, b, image_size, threads) for n in names}, b, warmup, reps
+                {n: session_step(paths[n], device, b, threads) for n in names}, b, warmup, reps
             )
             for b in sizes
         }
@@ -290,7 +247,7 @@ def main(
                 f"| {f.mean_tv:.4f} | {emb} | {'fail: ' + '; '.join(problems) if problems else 'pass'} |"
             )
         print()
-    print(markdown_header(machine_info("torch", "onnx", "onnxruntime-gpu", "onnxruntime")))
+    print(header("torch", "onnx", "onnxruntime-gpu", "onnxruntime", before=load))
     source = f"{calib_size} images of {calib}" if run_dir else "synthetic catalog images"
     for name, count in convs.items():
         print(

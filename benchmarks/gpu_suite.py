@@ -23,6 +23,10 @@ one that fails as failed, and the suite goes on):
 
 Writes OUT/gpu-suite.json (everything, with machine, versions and commands) and
 OUT/gpu-suite.md (the tables), after every step, so a call cut short still returns them.
+
+The machine has the source tree and no install: when `skutag.trainer` does not import, the
+suite puts benchmarks/device/ first on PYTHONPATH, whose sitecustomize.py maps the stage
+folders onto `skutag.*` as an install does, in this process and every command it starts.
 """
 
 from __future__ import annotations
@@ -32,15 +36,37 @@ import csv
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from skutag.bench.latency import Timing
 
 BATCH_SIZES = (1, 32, 256)
+DEVICE_DIR = Path(__file__).resolve().parent / "device"
+
+
+def source_tree() -> bool:
+    """Make `skutag.trainer`, ... importable from a bare checkout (benchmarks/device/sitecustomize.py);
+    True if that was needed."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("skutag.trainer") is not None:
+            return False
+    except ModuleNotFoundError:
+        pass
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(DEVICE_DIR), os.environ.get("PYTHONPATH")) if p
+    )
+    spec = importlib.util.spec_from_file_location("skutag_source_tree", DEVICE_DIR / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # this process: the finder; the commands it starts: PYTHONPATH
+    return True
 
 
 class Suite:
@@ -189,7 +215,9 @@ def train(data: Path, work: Path, timeout: float) -> dict[str, Any]:
 def export(work: Path, data: Path, tensorrt: bool, timeout: float) -> dict[str, str]:
     run = work / "run"
     if not (run / "best.safetensors").exists():  # training failed: random weights, same graph
-        _random_run(run)
+        from benchmarks.common import random_run
+
+        random_run(run, "resnet50", 6, 224)
     models = {}
     jobs = {"fp32": [], "fp16": ["--precision", "fp16"]}
     if tensorrt:
@@ -205,17 +233,6 @@ def export(work: Path, data: Path, tensorrt: bool, timeout: float) -> dict[str, 
             raise RuntimeError(f"export {name} exited {result.returncode}: {result.stderr.strip()[-800:]}")
         models[name] = str(path)
     return models
-
-
-def _random_run(run: Path) -> None:
-    from skutag.trainer.model import build_model
-    from skutag.trainer.weights import save_weights
-
-    from skutag.card import ModelCard
-
-    card = ModelCard.for_training("resnet50", [f"class_{i}" for i in range(6)], image_size=224)
-    save_weights(run / "best.safetensors", build_model("resnet50", 6, "none").eval(), card)
-    card.save(run / "card.json")
 
 
 def model_only(models: dict[str, str], device: str, names: list[str], trt_cache: Path) -> dict[str, Any]:
@@ -257,12 +274,12 @@ def model_only(models: dict[str, str], device: str, names: list[str], trt_cache:
             )
             torch.cuda.synchronize()
 
-            latencies = _latencies(session, binding, contract, inputs, warmup=5 if batch_size == 256 else 20)
-            median = statistics.median(latencies)
+            timing = _latencies(session, binding, contract, inputs, warmup=5 if batch_size == 256 else 20)
+            median = timing.p50_ms / 1000
             table[f"{name} b{batch_size}"] = {
                 "model": name, "device": info.device, "providers": info.providers[:1], "batch": batch_size,
                 "median_ms": round(median * 1000, 3), "images_per_s": round(batch_size / median, 1),
-                "runs": len(latencies), "setup_s": round(setup_s, 1),
+                "runs": timing.repetitions, "setup_s": round(setup_s, 1),
             }  # fmt: skip
             print(
                 f"  {name} batch {batch_size}: {batch_size / median:,.0f} images/s on {info.device}",
@@ -271,25 +288,22 @@ def model_only(models: dict[str, str], device: str, names: list[str], trt_cache:
     return table
 
 
-def _latencies(session, binding, contract, inputs: list, *, warmup: int) -> list[float]:
-    """Seconds per `run_with_iobinding`, the input rebound to the next of `inputs` each time (at least
-    10 runs, then up to 2 s or 400 runs); ORT's run returns when the GPU is done."""
+def _latencies(session, binding, contract, inputs: list, *, warmup: int) -> Timing:
+    """Latencies of `run_with_iobinding`, the input rebound to the next of `inputs` each time (at least
+    10 runs, then up to 2 s or 400 runs: `skutag.bench.latency.time_calls`); ORT's run returns when
+    the GPU is done."""
     import numpy as np
+
+    from skutag.bench.latency import time_calls
 
     def run(i: int) -> None:
         tensor = inputs[i % len(inputs)]
         binding.bind_input(contract.input_name, "cuda", 0, np.uint8, tuple(tensor.shape), tensor.data_ptr())
         session.run_with_iobinding(binding)
 
-    for i in range(warmup):
-        run(i)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    while len(latencies) < 10 or (time.perf_counter() - started < 2.0 and len(latencies) < 400):
-        t0 = time.perf_counter()
-        run(len(latencies))
-        latencies.append(time.perf_counter() - t0)
-    return latencies
+    return time_calls(
+        run, len(inputs[0]), warmup=warmup, min_repetitions=10, min_seconds=2.0, max_repetitions=400
+    )
 
 
 def _scores_dtype(session, name: str):
@@ -355,16 +369,13 @@ def _decode_rate(tensors: list, preprocess) -> float:
 def end_to_end(models: dict[str, str], data: Path, work: Path, images: int, model_rate: float | None) -> dict:
     """`skutag run` from JPEG with --decode cpu and gpu, the real photos repeated through a manifest.
 
-    Each repetition k has ids `rKKK/...`, and --part-size is the number of photos, so every unit
+    Each repetition k has ids `rKKKK/...`, and --part-size is the number of photos, so every unit
     of the plan holds each photo once: every row is decoded (a unit decodes a shared uri once)."""
-    photos = sorted(p for p in data.rglob("*.jpg"))
-    manifest = work / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "path"])
-        for row in range(images):
-            path = photos[row % len(photos)]
-            writer.writerow([f"r{row // len(photos):04d}/{path.relative_to(data)}", str(path.resolve())])
+    from benchmarks.common import photos as image_files
+    from benchmarks.common import repeated_manifest
+
+    photos = image_files(data)
+    manifest = repeated_manifest(photos, images, work / "manifest.csv")
     figures: dict[str, Any] = {"photos": len(photos), "images": images, "model": "fp16"}
     for mode in ("cpu", "gpu"):
         out = work / f"e2e-{mode}"
@@ -453,10 +464,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000, help="end to end: photos per `skutag run`")
     parser.add_argument("--budget-s", type=float, default=450.0, help="stop starting steps after this")
     args = parser.parse_args()
+    mapped = source_tree()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data.resolve()
     suite = Suite(args.out, args.budget_s)
+    suite.results["source_tree_mapped"] = mapped
     env = suite.step("environment", 5, environment) or {}
     cuda, tensorrt = env.get("cuda_active", False), env.get("tensorrt_active", False)
     torch_cuda = env.get("cuda_available", False)  # torch (training, GPU decode) needs no onnxruntime-gpu

@@ -6,31 +6,28 @@ both methods see the same machine state; the best round of each is reported.
     python -m benchmarks.image_suite [--n 300] [--size 1000] [--rounds 5]
 
 `--real DIR` measures on real photos instead (every image file under each DIR, listed by
-`skutag.listing.walk_images`): `load_image` ms per image against Pillow's draft decode alone
-(`Image.open` + `draft` + `load`, no resize), and, with `--before TREE` (a checkout of an older
-release, e.g. `git worktree add /tmp/skutag-0.1.0 2c8ac00`), that release's `load_image` loaded
-from TREE/skutag/images.py in the same process. Rounds are interleaved (the order rotates each
+`skutag.listing.walk_images`): `load_image` CPU ms per image against Pillow's draft decode alone
+(`Image.open` + `draft` + `load`, no resize). Rounds are interleaved (the order rotates each
 round); the median round per method and the median of the per-round ratios are reported.
+(`benchmarks.experiments.release_decode` adds an older release's `load_image` to the same table.)
 
-    python -m benchmarks.image_suite --real ../shared/data/catalog-photos --real ../shared/data/clothing \
-        --before /tmp/skutag-0.1.0 --rounds 9
+    python -m benchmarks.image_suite --real ../shared/data/catalog-photos --real ../shared/data/clothing --rounds 9
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import header, photos
 from skutag.images import load_image
 from skutag.synth import SynthSpec, make_catalog
 
@@ -77,15 +74,6 @@ def pillow_draft_decode(resize_size: int = 256):
     return decode
 
 
-def release_load_image(tree: Path):
-    """`load_image` of another skutag source tree, imported under its own module name."""
-    spec = importlib.util.spec_from_file_location("skutag_before_images", tree / "skutag" / "images.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return lambda path: module.load_image(path).pixels
-
-
 def interleaved_ms(methods: dict[str, object], paths: list[Path], rounds: int) -> dict[str, list[float]]:
     """CPU ms per image of each method in each round, interleaved file by file.
 
@@ -107,33 +95,38 @@ def interleaved_ms(methods: dict[str, object], paths: list[Path], rounds: int) -
     return per_round
 
 
-def report_real(folders: list[Path], before: Path | None, rounds: int) -> str:
-    """A RESULTS.md section: ms per image of each method on each folder of real photos."""
-    from skutag.bench.baselines import image_files
+def report_real(
+    folders: list[Path], rounds: int, release: tuple[str, Callable[[Path], object]] | None = None
+) -> str:
+    """A RESULTS.md section: ms per image of each method on each folder of real photos.
 
-    methods: dict[str, object] = {"Pillow draft decode alone (open + draft + load)": pillow_draft_decode()}
-    if before is not None:
-        methods[f"load_image before ({before})"] = release_load_image(before)
+    `release`: (name, decode) of another `load_image` (an older release's) for the "x before" column.
+    """
+    methods: dict[str, Callable[[Path], object]] = {
+        "Pillow draft decode alone (open + draft + load)": pillow_draft_decode()
+    }
+    if release is not None:
+        methods[release[0]] = release[1]
     methods["load_image now"] = skutag_images
-    baseline, release = (
-        next(iter(methods)),
-        next((m for m in methods if m.startswith("load_image before")), None),
-    )
-    info = machine_info("pillow", "numpy")
+    baseline = next(iter(methods))
+    release_name = release[0] if release else None
     lines = [
         f"### load_image on real photos vs Pillow's draft decode alone ({rounds} rounds, CPU ms, "
         "interleaved file by file)\n",
-        markdown_header(info),
+        header("pillow", "numpy"),
         "| photos | method | ms/image (median round) | min | max | x Pillow draft | x before |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for folder in folders:
-        paths = image_files(folder)
+        paths = photos(folder)
         for path in paths:  # warm the page cache: every method reads from memory
             path.read_bytes()
         times = interleaved_ms(methods, paths, rounds)
         for name, values in times.items():
-            versus = [_ratio(values, times[baseline]), _ratio(values, times[release]) if release else "-"]
+            versus = [
+                _ratio(values, times[baseline]),
+                _ratio(values, times[release_name]) if release_name else "-",
+            ]
             lines.append(
                 f"| {folder.name} ({len(paths)}) | {name} | {statistics.median(values):.2f} | "
                 f"{min(values):.2f} | {max(values):.2f} | {versus[0]} | {versus[1]} |"
@@ -146,7 +139,7 @@ def _ratio(values: list[float], reference: list[float]) -> str:
     return f"{statistics.median(v / r for v, r in zip(values, reference, strict=True)):.3f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="number of JPEGs")
     parser.add_argument("--size", type=int, default=1000, help="side of the square catalog JPEGs")
@@ -154,12 +147,9 @@ def main() -> None:
     parser.add_argument(
         "--real", action="append", type=Path, help="measure on the photos under DIR (repeatable)"
     )
-    parser.add_argument(
-        "--before", type=Path, help="a source tree of an older skutag to compare (with --real)"
-    )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.real:
-        print(report_real(args.real, args.before, args.rounds))
+        print(report_real(args.real, args.rounds))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,10 +169,9 @@ def main() -> None:
             for name, decode in methods.items():
                 best[name] = max(best[name], images_per_second(decode, paths))
 
-    info = machine_info("pillow", "torchvision", "numpy")
     ours, theirs = best.values()
     print(f"### Decode to 224x224 uint8, {len(paths)} JPEGs of {args.size}x{args.size}, one process\n")
-    print(markdown_header(info))
+    print(header("pillow", "torchvision", "numpy"))
     print(f"| method | images/s (best of {args.rounds} rounds) |")
     print("|---|---|")
     for name, value in best.items():

@@ -28,11 +28,9 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
-from benchmarks.recipe_cv import folds, link_tree
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import folds, header, link_tree, skutag_command
 from skutag.fsio import atomic_write_json, atomic_write_text
 
 
@@ -73,7 +71,7 @@ MODELS = {
 
 
 def skutag(*args: object) -> None:
-    command = [sys.executable, "-m", "skutag", *map(str, args)]
+    command = skutag_command(*args)
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
@@ -131,9 +129,7 @@ def accuracy_stage(name: str, data: Path, train: Path, test: Path, work: Path, e
         if kind != "torch" and not model.exists():
             args = ["export", out, "--out", model, "--precision", kind, "--check-images", test]
             args += ["--calib", train] if kind == "int8" else []
-            done = subprocess.run(
-                [sys.executable, "-m", "skutag", *map(str, args)], capture_output=True, text=True
-            )
+            done = subprocess.run(skutag_command(*args), capture_output=True, text=True)
             if done.returncode != 0:  # the gate refused it: say so, and measure the file it would have been
                 refused.write_text(done.stderr.strip().splitlines()[-1])
                 skutag(*args, "--no-check")
@@ -252,10 +248,9 @@ def main(argv: list[str] | None = None) -> None:
             if "bench" in stages and key in results:
                 results[key] = bench_stage(results[key], test, args.work)
             atomic_write_json(store, list(results.values()))
-    load["after"] = os.getloadavg()[0]
     text = (
-        markdown_header(machine_info("torch", "timm", "onnxruntime"))
-        + f"\n- load average (1 min) before {load['before']:.1f}, after {load['after']:.1f}\n\n"
+        header("torch", "timm", "onnxruntime", before=load["before"])
+        + "\n"
         + (cv_table if args.cv else table)(list(results.values()))
         + "\n"
     )

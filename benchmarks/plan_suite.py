@@ -3,71 +3,46 @@
     python -m benchmarks.plan_suite --rows 200000,2000000 [--photos ../shared/data]
 
 Each manifest is a CSV of `id,path` rows over real files (the photos, named many times under
-different ids, as colour variants and relisted products do), so every row is stat'ed as a
-user's would be. Each plan runs in a fresh process (`skutag plan`) under `/usr/bin/time -v`,
-whose "Maximum resident set size" is the peak RSS. Prints a Markdown table.
+different ids, as colour variants and relisted products do, ids not in file order), so every
+row is stat'ed as a user's would be. Each plan runs in a fresh process (`skutag plan`) whose
+peak RSS (VmHWM) is read from /proc while it runs (`benchmarks.common.measure`). Prints a
+Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import DATA, header, load_average, measure, photos, repeated_manifest, skutag_command
 
 
-def write_manifest(path: Path, rows: int, files: list[str]) -> None:
-    with open(path, "w") as f:
-        f.write("id,path\n")
-        for i in range(rows):
-            f.write(f"sku-{(i * 7919) % rows:09d},{files[i % len(files)]}\n")  # ids not in file order
-
-
-def plan_once(manifest: Path, out: Path) -> tuple[float, int]:
-    """(wall seconds, peak RSS in bytes) of one `skutag plan` process."""
-    command = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-m",
-        "skutag",
-        "plan",
-        str(manifest),
-        "--out",
-        str(out),
-    ]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - started
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)[1])
-    return wall, peak_kb * 1024
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="200000,2000000")
-    parser.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--photos", type=Path, default=DATA)
     parser.add_argument("--scratch", default=None)
-    args = parser.parse_args()
-    files = sorted(str(p) for p in Path(args.photos).rglob("*.jpg"))
-    if not files:
-        sys.exit(f"no photos under {args.photos}")
-    print(markdown_header(machine_info("pyarrow")) + "\n")
-    print("| manifest rows | plan wall s | peak RSS MiB | rows/s |")
-    print("|---:|---:|---:|---:|")
+    args = parser.parse_args(argv)
+    files = photos(args.photos)
+    load = load_average()
+    lines = ["| manifest rows | plan wall s | peak RSS MiB | rows/s |", "|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         for rows in (int(r) for r in args.rows.split(",")):
-            manifest = Path(scratch, f"manifest-{rows}.csv")
-            write_manifest(manifest, rows, files)
-            wall, peak = plan_once(manifest, Path(scratch, f"out-{rows}"))
-            print(f"| {rows:,} | {wall:.1f} | {peak / 2**20:.0f} | {rows / wall:,.0f} |", flush=True)
+            manifest = repeated_manifest(
+                files, rows, Path(scratch, f"manifest-{rows}.csv"), scattered_ids=True
+            )
+            done = measure(skutag_command("plan", manifest, "--out", Path(scratch, f"out-{rows}")))
+            if done.returncode != 0:
+                raise SystemExit(f"skutag plan exited {done.returncode}: {done.last_error_line}")
+            lines.append(
+                f"| {rows:,} | {done.wall_s:.1f} | {done.peak_rss_mib:.0f} | {rows / done.wall_s:,.0f} |"
+            )
+            print(lines[-1], flush=True)
             os.unlink(manifest)
+    print(header("pyarrow", before=load))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -25,21 +25,16 @@ own commands (`skutag synth`, `skutag train --weights none --freeze backbone
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
-from skutag.bench.machine import cpu_model
+from benchmarks.common import DATA, header, load_average, photos, repeated_manifest, skutag_command
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PIPELINES = ("local", "ray", "canonical")
 
 
@@ -59,11 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     precisions = args.precisions.split(",")
     pipelines = args.pipelines.split(",")
     models = {p: getattr(args, p) or resnet50(args.cache, p) for p in precisions}
-    photos = sorted(
-        p for folder in ("catalog-photos", "clothing") for p in (args.data / folder).rglob("*.jpg")
-    )
-    manifest, part = photo_manifest(photos, args.images, args.cache)
-    load = [os.getloadavg()]
+    files = [p for folder in ("catalog-photos", "clothing") for p in photos(args.data / folder)]
+    manifest = repeated_manifest(files, args.images, args.cache / f"photos-{args.images}.csv")
+    part = min(len(files), 500)  # every unit's images distinct: every row is decoded
+    load = [load_average()]
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
         for precision in precisions:
@@ -71,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                 result = run_one(pipeline, models[precision], manifest, part, args)
                 results.setdefault((precision, pipeline), []).append(result)
                 print(f"{precision} {pipeline}: {describe(result)}", file=sys.stderr, flush=True)
-    load.append(os.getloadavg())
-    print(report(results, models, args, len(photos), part, load))
+    load.append(load_average())
+    print(report(results, models, args, len(files), part, load))
 
 
 def resnet50(cache: Path, precision: str) -> Path:
@@ -92,19 +86,8 @@ def resnet50(cache: Path, precision: str) -> Path:
     calib = ["--calib", cache / "train", "--no-check"] if precision == "int8" else []
     steps.append(["export", cache / "run", "--out", model, "--precision", precision, *calib])
     for step in steps:
-        subprocess.run([sys.executable, "-m", "skutag", *map(str, step)], check=True)
+        subprocess.run(skutag_command(*step), check=True)
     return model
-
-
-def photo_manifest(photos: list[Path], rows: int, cache: Path, name: str = "photos") -> tuple[Path, int]:
-    """A CSV manifest of `rows` ids cycling over `photos`; the part size that keeps units' images distinct."""
-    path = cache / f"{name}-{rows}.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "path"])
-        for row in range(rows):
-            writer.writerow([f"r{row // len(photos):02d}/{row % len(photos):05d}", photos[row % len(photos)]])
-    return path, min(len(photos), 500)
 
 
 def run_one(pipeline: str, model: Path, manifest: Path, part: int, args) -> dict:
@@ -116,9 +99,9 @@ def run_one(pipeline: str, model: Path, manifest: Path, part: int, args) -> dict
             command = [sys.executable, "-m", "benchmarks.ray_canonical", str(model), str(manifest), out,
                        "--batch-size", str(args.batch_size)]  # fmt: skip
         else:
-            command = [sys.executable, "-m", "skutag", "run", str(model), str(manifest), "--out", out,
-                       "--engine", pipeline, "--batch-size", str(args.batch_size), "--part-size", str(part),
-                       "--max-error-rate", "1", "--no-progress"]  # fmt: skip
+            command = skutag_command("run", model, manifest, "--out", out, "--engine", pipeline,
+                                     "--batch-size", args.batch_size, "--part-size", part,
+                                     "--max-error-rate", "1", "--no-progress")  # fmt: skip
         started_at = time.time()
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
@@ -154,16 +137,10 @@ def describe(result: dict) -> str:
 
 
 def report(results, models, args, photos: int, part: int, load) -> str:
-    import onnxruntime
-    import ray
-
     lines = [
-        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.machine()}, Python "
-        f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, ray {ray.__version__}; "
-        f"{date.today().isoformat()}; load average before {load[0][0]:.2f} / after {load[1][0]:.2f} (1 min).",
+        header("onnxruntime", "onnxruntime-gpu", "ray", before=load[0]),
         f"Models: {', '.join(f'{k}: {v.name}' for k, v in models.items())}; {args.images} rows over {photos} "
         f"real photos (CSV manifest, part size {part}), --batch-size {args.batch_size}, each engine's defaults.",
-        f"Command: python -m benchmarks.ray_suite --images {args.images} --rounds {args.rounds}",
         "",
         "| model | pipeline | steady images/s (per round) | median | x local | start-up s | whole process s |",
         "|---|---|---|---:|---:|---|---|",

@@ -1,12 +1,28 @@
-"""The nightly job: a `--since` rerun after 1% of a catalog changed, against the full run.
+"""The nightly job: a `skutag run --since` night against the full run, on real photos and at catalog scale.
 
-    python -m benchmarks.since_suite --model MODEL.onnx [--count 2000] [--changed 0.01]
-
-Builds a catalog of `--count` real photos (../shared/data, copied and repeated to reach the
-count), tags it in full (night 1), rewrites `--changed` of the files with other photos'
-bytes (new size and mtime), then times `skutag run ... --since night1` (night 2) and, for
+`photos`: a catalog of `--count` real photos (../shared/data, copied and repeated to reach the
+count) is tagged in full (night 1); `--changed` of the files are rewritten with other photos'
+bytes (new size and mtime); then `skutag run ... --since night1` (night 2) is timed and, for
 reference, a full run of the changed catalog. Whole processes (`python -m skutag run`), so
-start-up, planning and the copy of reused rows count. Prints a Markdown table.
+start-up, planning and the copy of reused rows count.
+
+    python -m benchmarks.since_suite photos --model MODEL.onnx [--count 2000] [--changed 0.01]
+
+`scale`: a plan of `--count` inputs (1,000,000) of which `--changed` (1%) changed. The catalog is a
+Parquet manifest (id, path, version), as a catalog export would give. Night 1 is a real `skutag run`
+of the whole manifest: its rows name `--distinct` tiny images (ids that share an image share one
+decode per unit), so the previous OUT is written by the real plan, decode, predict and writer path
+in minutes instead of decoding a million photos. Night 2 changes `--changed` of the rows to new
+versions and new tiny images (one each), then runs `skutag plan` and `skutag run --since night1` in
+fresh processes: their wall time and peak RSS (the main process's VmHWM and RssAnon, sampled from
+/proc) are the figures. Then, in this process, the phases of night 2 are timed one by one on a
+scratch copy (the `--since` matching of every unit, the count of removed inputs) next to the run's
+own decode / inference / write times, so the table says where the time goes. Without `--model`, a
+resnet18 at 32 px (random weights) is exported first.
+
+    python -m benchmarks.since_suite scale --count 1000000 [--changed 0.01] [--model MODEL.onnx] [--scratch DIR]
+
+Both print a Markdown table.
 """
 
 from __future__ import annotations
@@ -14,54 +30,49 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from skutag.bench.machine import machine_info, markdown_header
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from benchmarks.common import (
+    DATA,
+    header,
+    load_average,
+    measure,
+    photos,
+    random_onnx,
+    repeated_copies,
+    skutag_command,
+)
 
-def build_catalog(root: Path, photos: list[Path], count: int) -> list[Path]:
-    files = []
-    for i in range(count):
-        source = photos[i % len(photos)]
-        target = root / f"batch-{i // 500:02d}" / f"{i:05d}-{source.name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        files.append(target)
-    return files
+# -- photos: 2,000 real photos, 1% changed ---------------------------------------------------------
 
 
 def timed_run(model: Path, catalog: Path, out: Path, *extra: str) -> tuple[float, dict]:
-    command = [sys.executable, "-m", "skutag", "run", str(model), str(catalog), "--out", str(out), "--no-progress",
-               "--max-error-rate", "1", *extra]  # fmt: skip
+    command = skutag_command(
+        "run", model, catalog, "--out", out, "--no-progress", "--max-error-rate", "1", *extra
+    )
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     wall = time.perf_counter() - started
     return wall, json.loads((out / "_summary.json").read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--changed", type=float, default=0.01)
-    parser.add_argument("--scratch", default=None)
-    args = parser.parse_args()
-    photos = sorted(Path(args.photos).rglob("*.jpg"))
-    print(markdown_header(machine_info("onnxruntime", "onnxruntime-gpu", "pillow")) + "\n")
+def photo_night(args: argparse.Namespace) -> None:
+    files = photos(args.photos)
+    print(header("onnxruntime", "onnxruntime-gpu", "pillow") + "\n")
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         catalog = Path(scratch, "catalog")
-        files = build_catalog(catalog, photos, args.count)
+        copies = repeated_copies(files, args.count, catalog)
         full_s, full = timed_run(args.model, catalog, Path(scratch, "night1"))
         rng = random.Random(0)
-        changed = rng.sample(files, max(1, round(args.count * args.changed)))
+        changed = rng.sample(copies, max(1, round(args.count * args.changed)))
         for path in changed:
-            path.write_bytes(rng.choice(photos).read_bytes() + b"\0")  # other bytes, other size
+            path.write_bytes(rng.choice(files).read_bytes() + b"\0")  # other bytes, other size
         since_s, since = timed_run(
             args.model, catalog, Path(scratch, "night2"), "--since", str(Path(scratch, "night1"))
         )
@@ -76,6 +87,142 @@ def main() -> None:
     print(
         f"| night 2, full (reference) | {since['rows']:,} | {since['rows']:,} | 0 | {fresh_s:.1f} | {fresh_s / full_s:.2f} |"
     )
+
+
+# -- scale: a Parquet plan of 1,000,000 inputs, 1% changed ----------------------------------------
+
+
+SIZE = (32, 48)  # tiny images: decode is not what `scale` measures
+TINY_CLASSES = ("boot", "cup", "lamp", "sock")
+
+
+def write_images(folder: Path, count: int, seed: int) -> list[str]:
+    from skutag.synth import SynthSpec, render_file
+
+    spec = SynthSpec(count=count, classes=4, min_size=SIZE[0], max_size=SIZE[1], png_fraction=0.0, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        name = f"img-{seed}-{i:06d}.jpg"
+        (folder / name).write_bytes(render_file(spec, i)[1])
+        names.append(f"{folder.name}/{name}")
+    return names
+
+
+def write_manifest(path: Path, count: int, distinct: list[str], changed: dict[int, str]) -> None:
+    """id, path, version for `count` rows, written in slices (memory stays small at 1M)."""
+    writer = None
+    step = 100_000
+    for start in range(0, count, step):
+        rows = range(start, min(count, start + step))
+        paths = [changed.get(i) or distinct[i % len(distinct)] for i in rows]
+        versions = [("v2-" if i in changed else "v1-") + str(i) for i in rows]
+        table = pa.table({"id": [f"sku-{i:07d}" for i in rows], "path": paths, "version": versions})
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    writer.close()
+
+
+def skutag(*args: object) -> tuple[float, int, int]:
+    """Run `python -m skutag ARGS` to completion: (wall s, peak RSS MiB, peak anonymous MiB) of its main
+    process (`benchmarks.common.measure`). RSS counts the shared libraries' pages it touched (importing
+    torch alone shows ~750 MiB, ~415 MiB of it file pages); RssAnon is the memory the run itself allocated."""
+    done = measure(skutag_command(*args))
+    if done.returncode != 0:
+        raise SystemExit(f"skutag {' '.join(map(str, args))} failed:\n{done.stderr[-2000:]}")
+    return done.wall_s, int(done.peak_rss_mib), int(done.peak_anon_mib)
+
+
+def phases(night2: Path, night1: Path) -> dict[str, float]:
+    """Night 2's bookkeeping beyond the plan, phase by phase, in this process (nothing decoded)."""
+    from skutag.batchrun.incremental import Previous, removed_inputs
+    from skutag.batchrun.plan import read_plan
+    from skutag.batchrun.work import prepare_work
+
+    plan = read_plan(str(night2))
+    timings = {}
+    started = time.perf_counter()
+    previous = Previous(str(night1))
+    prepare_work(plan, plan.units, previous)
+    timings["--since matching of every unit (measured apart)"] = time.perf_counter() - started
+    started = time.perf_counter()
+    removed_inputs(previous.plan, plan)
+    timings["removed inputs: merge of two plans (measured apart)"] = time.perf_counter() - started
+    return timings
+
+
+def scale(args: argparse.Namespace) -> None:
+    load = load_average()
+    with tempfile.TemporaryDirectory(dir=args.scratch, prefix="since-scale-") as tmp:
+        scratch = Path(tmp)
+        model = args.model or random_onnx(scratch / "tiny.onnx", "resnet18", TINY_CLASSES, image_size=32)
+        distinct = write_images(scratch / "base", args.distinct, seed=0)
+        n_changed = max(1, round(args.count * args.changed))
+        step = args.count // n_changed
+        fresh = write_images(scratch / "new", n_changed, seed=1)
+        changed = {i * step: fresh[i] for i in range(n_changed)}
+        write_manifest(scratch / "night1.parquet", args.count, distinct, {})
+        write_manifest(scratch / "night2.parquet", args.count, distinct, changed)
+        common = ("--no-progress", "--max-error-rate", "0", "--batch-size", "64")
+        n1_s, n1_rss, n1_anon = skutag(
+            "run", model, scratch / "night1.parquet", "--out", scratch / "night1", *common
+        )
+        plan_s, plan_rss, plan_anon = skutag("plan", scratch / "night2.parquet", "--out", scratch / "night2")
+        n2_s, n2_rss, n2_anon = skutag(
+            "run", model, scratch / "night2.parquet", "--out", scratch / "night2", "--since", scratch / "night1",
+            *common,
+        )  # fmt: skip
+        summary = json.loads((scratch / "night2" / "_summary.json").read_text())
+        timings = {} if args.no_phases else phases(scratch / "night2", scratch / "night1")
+    assert summary["reused"] == args.count - n_changed and summary["changed"] == n_changed, summary
+    print(header("onnxruntime", "pyarrow", before=load))
+    print(f"Plan of {args.count:,} inputs, {n_changed:,} changed ({args.changed:.1%}); part rows: default.\n")
+    print(
+        "| night | wall s | peak RSS MiB (main process) | peak RssAnon MiB | rows | reused | changed | decoded |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| 1: full (rows share {args.distinct} images) | {n1_s:.1f} | {n1_rss:,} | {n1_anon:,} | "
+        f"{args.count:,} | 0 | 0 | - |"
+    )
+    print(
+        f"| 2a: `skutag plan` (the night's listing) | {plan_s:.1f} | {plan_rss:,} | {plan_anon:,} | - | - | - | - |"
+    )
+    print(
+        f"| 2b: `skutag run --since night1` | {n2_s:.1f} | {n2_rss:,} | {n2_anon:,} | {summary['rows']:,} | "
+        f"{summary['reused']:,} | {summary['changed']:,} | {summary['decoded']:,} |"
+    )
+    print(f"| 2: the night (2a + 2b) | {plan_s + n2_s:.1f} | {max(plan_rss, n2_rss):,} | "
+          f"{max(plan_anon, n2_anon):,} | | | | |")  # fmt: skip
+    print("\nWhere night 2's time goes (s; the run's stages overlap in its pipeline):\n")
+    print("| phase | s |")
+    print("|---|---:|")
+    print(f"| 2a `skutag plan`, whole process (read the manifest, sort, write units) | {plan_s:.1f} |")
+    print(f"| 2b start-up: imports, model, before `run_catalog` | {n2_s - summary['wall_s']:.1f} |")
+    for name, seconds in timings.items():
+        print(f"| 2b {name} | {seconds:.1f} |")
+    for key in ("decode_s", "wait_s", "inference_s", "write_s", "wall_s"):
+        print(f"| 2b run's own `{key}` | {summary[key]:.1f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    nights = parser.add_subparsers(dest="night", required=True)
+    real = nights.add_parser("photos", help="real photos copied to --count, --changed of them rewritten")
+    real.add_argument("--model", required=True, type=Path)
+    real.add_argument("--photos", type=Path, default=DATA)
+    real.add_argument("--count", type=int, default=2000)
+    real.add_argument("--changed", type=float, default=0.01)
+    real.add_argument("--scratch", default=None)
+    big = nights.add_parser("scale", help="a Parquet manifest of --count rows over tiny images")
+    big.add_argument("--count", type=int, default=100_000)
+    big.add_argument("--changed", type=float, default=0.01)
+    big.add_argument("--distinct", type=int, default=50, help="tiny images night 1's rows share")
+    big.add_argument("--model", type=Path, default=None)
+    big.add_argument("--scratch", default=None)
+    big.add_argument("--no-phases", action="store_true", help="skip the in-process phase timings")
+    args = parser.parse_args(argv)
+    (photo_night if args.night == "photos" else scale)(args)
 
 
 if __name__ == "__main__":

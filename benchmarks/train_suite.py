@@ -1,6 +1,6 @@
 """Trainer benchmark: the frozen-backbone path versus the plain loop, and 30 epochs with --cache-features.
 
-All in one run on the same synthetic catalog (DESIGN.md, performance method):
+All in one run on the same synthetic catalog (docs/design.md, the rules of measurement):
   * training images/s with `--freeze backbone` (the backbone under `torch.no_grad`, only the
     head differentiated, frozen BatchNorm in eval mode), through `skutag train`;
   * the plain loop: the same DataLoader and augmentation, the whole torchvision model in
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import header, load_average
 from skutag.fsio import atomic_write_text
 from skutag.synth import SynthSpec, make_catalog
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args(argv)
 
+    load = load_average()
     with tempfile.TemporaryDirectory(prefix="skutag-train-bench-") as tmp:
         data = args.data or _catalog(Path(tmp) / "data", args)
         rows = [
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             uncached_epochs / cached_epochs,
         ),
     ]
-    text = _markdown(args, rows, speedups)
+    text = _markdown(args, rows, speedups, load)
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
@@ -219,14 +220,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _markdown(
-    args: argparse.Namespace, rows: list[tuple[str, float]], speedups: list[tuple[str, float]]
+    args: argparse.Namespace, rows: list[tuple[str, float]], speedups: list[tuple[str, float]], load: float
 ) -> str:
-    info = machine_info("torch", "torchvision")
     lines = [
         f"### Trainer: frozen backbone and --cache-features ({args.arch}, {args.image_size} px, "
         f"batch {args.batch_size}, {args.images} images, device {args.device})",
         "",
-        markdown_header(info),
+        header("torch", "torchvision", before=load),
         "| measurement | value |",
         "|---|---:|",
         *(

@@ -1,4 +1,4 @@
-"""A synthetic catalog with planted near copies and byte copies, for the insight tests and benchmarks."""
+"""A synthetic catalog with planted near copies and byte copies, for the insight tests."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def test_pretrained_lite0_beats_a_random_backbone_by_a_wide_margin(runs, tmp_pat
     random = _eval(runs["random"], tmp_path / "random")
     assert pretrained["samples"] == random["samples"] == 83
     # 5-fold on the 341 clothing photos the recipe scores 0.69-0.84 per fold (benchmarks/RESULTS.md,
-    # issue 19); this split gave 0.747 and 0.783: a floor of 0.70, far above a random backbone's
+    # model_table); this split gave 0.747 and 0.783: a floor of 0.70, far above a random backbone's
     assert pretrained["accuracy"] >= 0.70, pretrained
     assert pretrained["accuracy"] >= random["accuracy"] + 0.3, (pretrained, random)
 

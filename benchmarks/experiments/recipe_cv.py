@@ -1,4 +1,6 @@
-"""Choose the training defaults by measurement: k-fold cross-validation of training configs on real photos.
+"""Does a whole-network fine-tune after the head (LP-FT) reach 0.93 / 0.86? No: 0.908 / 0.806 at the last epoch, 5-fold (RESULTS.md, model_table; history/0.1-0.3.md, issue 19).
+
+Choose the training defaults by measurement: k-fold cross-validation of training configs on real photos.
 
 Each config trains once per fold through `trainer.train.train` (the code `skutag train` runs),
 on an ImageFolder view of the fold (symlinks), validating on the held-out fold; history.csv
@@ -7,7 +9,7 @@ config and data set: mean (and min) over folds of the held-out accuracy and macr
 best epoch (chosen by val macro F1, as the trainer does) and at the last epoch, seconds per
 head epoch and per fine-tuning epoch, with the load average before and after.
 
-    python -m benchmarks.recipe_cv ../shared/data/clothing ../shared/data/catalog-photos --folds 3 \\
+    python -m benchmarks.experiments.recipe_cv ../shared/data/clothing ../shared/data/catalog-photos --folds 3 \\
         --config head=cache_features=1,augment=none,epochs=20,lr=1e-3 \\
         --config recipe=epochs=24,head_epochs=20,lr=1e-3
 
@@ -26,29 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import folds, header, link_tree
 from skutag.fsio import atomic_write_text
-
-
-def folds(root: Path, k: int, seed: int) -> list[tuple[list[Path], list[Path]]]:
-    """Stratified k folds of the class folders' images: (train files, val files) per fold."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from skutag.listing import local_path, walk_images
-
-    root = root.resolve()  # the listing gives absolute paths
-    files = sorted(Path(os.fsdecode(local_path(e.uri))) for e in walk_images(root) if e.size is not None)
-    labels = [f.relative_to(root).parts[0] for f in files]
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [([files[i] for i in a], [files[i] for i in b]) for a, b in splitter.split(files, labels)]
-
-
-def link_tree(root: Path, files: list[Path], out: Path) -> Path:
-    for f in files:
-        dest = out / f.relative_to(root.resolve())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.symlink_to(f.resolve())
-    return out
 
 
 def parse_config(text: str) -> tuple[str, dict[str, object]]:
@@ -121,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from skutag.trainer.config import TrainConfig
 
-    lines = [markdown_header(machine_info("torch", "timm")), ""]
+    lines = [header("torch", "timm"), ""]
     lines.append(
         "| data | config | best-epoch acc (min fold) | best-epoch macro F1 | last-epoch acc | last macro F1 "
         "| s/head epoch | s/fine-tune epoch | load before -> after | mean acc per epoch |"

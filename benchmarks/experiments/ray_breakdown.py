@@ -1,4 +1,6 @@
-"""Where an `--engine ray` run's CPU goes: CPU seconds per process role, and Ray Data's per-stage stats.
+"""Where does an `--engine ray` run's CPU go, by process role? ORT in the actor about 80% of a batch; start-up is Ray's (history/0.1-0.3.md, issue 21).
+
+Where an `--engine ray` run's CPU goes: CPU seconds per process role, and Ray Data's per-stage stats.
 
 Runs one `skutag -v run --engine ray` process (or any command given after `--`) and, every
 0.2 s, reads the CPU time (user + system, from /proc) of every process that carries this
@@ -10,7 +12,7 @@ stats actors, idle workers). CPU seconds are work done, so they compare across r
 a busy machine, where wall times do not. The Ray Data stats that `--verbose` logs (remote
 wall and CPU time per stage) are printed after.
 
-    python -m benchmarks.ray_breakdown --model m.onnx --manifest photos-500.csv [--pythonpath OLD_TREE]
+    python -m benchmarks.experiments.ray_breakdown --model m.onnx --manifest photos-500.csv [--pythonpath OLD_TREE]
 """
 
 from __future__ import annotations

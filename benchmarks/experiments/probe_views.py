@@ -1,14 +1,16 @@
-"""Would other pixels help the head? 5-fold linear probe of a frozen backbone under four views.
+"""Would other pixels (crop, squash, pad, flips) help a linear probe? No view gains more than 1.4 points (RESULTS.md, model_table; history/0.1-0.3.md, issue 19).
+
+Would other pixels help the head? 5-fold linear probe of a frozen backbone under four views.
 
 For each data set, the backbone's pooled features of every photo are computed once per view:
 `crop0.875` (shorter side to 256, centre 224: timm's default and the card's), `crop1.0` (shorter
 side to 224, centre 224), `squash` (the whole photo resized to 224x224) and `pad` (the whole
 photo padded to a white square, then resized), each with and without a horizontally flipped
 copy (flipped features added to training, test features averaged over both). A linear head is
-trained as the trainer's head phase trains it (`benchmarks.head_sweep.train_head`: Adam 1e-3,
+trained as the trainer's head phase trains it (`benchmarks.experiments.head_sweep.train_head`: Adam 1e-3,
 40 epochs, label smoothing 0.1) on k-1 folds and scored on the held-out fold.
 
-    python -m benchmarks.probe_views ../shared/data/catalog-photos ../shared/data/clothing
+    python -m benchmarks.experiments.probe_views ../shared/data/catalog-photos ../shared/data/clothing
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from benchmarks.head_sweep import train_head
-from benchmarks.recipe_cv import folds
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import folds, header
+from benchmarks.experiments.head_sweep import train_head
 
 VIEWS = ("crop0.875", "crop1.0", "squash", "pad")
 
@@ -64,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     from skutag.trainer.features import split_head
     from skutag.trainer.model import build
 
-    print(markdown_header(machine_info("torch", "timm")))
-    print(f"load average before: {os.getloadavg()[0]:.1f}\n")
+    print(header("torch", "timm"))
     print("| data | view | probe acc (min fold) | + flipped copy (min fold) |\n|---|---|---|---|")
     for root in args.data:
         samples = find_labelled(root)

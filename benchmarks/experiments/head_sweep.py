@@ -1,11 +1,13 @@
-"""The head phase's defaults by measurement: k-fold CV of the head alone on cached backbone features.
+"""Which lr, epochs and label smoothing for the head phase? lr 1e-3, 40 epochs, smoothing 0.1 (RESULTS.md, model_table; history/0.1-0.3.md, issue 19).
+
+The head phase's defaults by measurement: k-fold CV of the head alone on cached backbone features.
 
 Features of every photo are computed once (the eval pixels, as the trainer's cache), then for
 each (lr, epochs, label smoothing) the head trains as the trainer's head phase does (Adam,
 batch 32, cosine per step, the same Engine) on k-1 folds and is scored on the held-out fold.
 Cheap (seconds per setting once the features exist), so it can sweep what fine-tuning cannot.
 
-    python -m benchmarks.head_sweep ../shared/data/clothing ../shared/data/catalog-photos --folds 3
+    python -m benchmarks.experiments.head_sweep ../shared/data/clothing ../shared/data/catalog-photos --folds 3
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.recipe_cv import folds
-from skutag.bench.machine import machine_info, markdown_header
+from benchmarks.common import folds, header
 
 
 def features(
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoothing", default="0,0.1")
     parser.add_argument("--image-sizes", default="", help="crop sizes to compare (default: the weights' own)")
     args = parser.parse_args(argv)
-    print(markdown_header(machine_info("torch", "timm")))
-    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    print(header("torch", "timm"))
     print("| data | image size | lr | head epochs | label smoothing | accuracy (min fold) | macro F1 |")
     print("|---|---|---|---|---|---|---|")
     sizes = [int(v) for v in args.image_sizes.split(",") if v] or [None]

@@ -1,7 +1,9 @@
-"""Whole-process `skutag run` against the previous release and the plain PyTorch loop, on real photos.
+"""Is `skutag run` as fast as 0.1.0's? Whole process 1.10x 0.1.0, in-run 0.91-1.02x (RESULTS.md, ray_suite; history/0.1-0.3.md, issues 9, 10, 21).
+
+Whole-process `skutag run` against the previous release and the plain PyTorch loop, on real photos.
 
     git worktree add /tmp/skutag-0.1.0 2c8ac00
-    python -m benchmarks.release_compare --model int8.onnx --images ../shared/data --old /tmp/skutag-0.1.0
+    python -m benchmarks.experiments.release_compare --model int8.onnx --images ../shared/data --old /tmp/skutag-0.1.0
 
 Each round runs, as separate processes over the same files: the previous release's
 `skutag run` (its own source tree on PYTHONPATH), this tree's `skutag run`, and the plain
@@ -23,10 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from skutag.bench.machine import machine_info, markdown_header
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from benchmarks.common import ROOT, header, photos
 
 CPU_SECONDS: dict[str, list[float]] = {}  # command label -> user + system CPU s of each run, workers included
 
@@ -70,9 +69,7 @@ def main() -> None:
     if args.plain:
         plain_loop(args.model, args.images, args.batch_size)
         return
-    from skutag.bench.baselines import image_files
-
-    files = len(image_files(args.images))
+    files = len(photos(args.images))
     model, images = str(Path(args.model).resolve()), str(Path(args.images).resolve())
     walls: dict[str, list[float]] = {"previous release": [], "this tree": []}
     inner: dict[str, list[float]] = {"previous release": [], "this tree": []}  # run_catalog's wall_s
@@ -95,10 +92,10 @@ def main() -> None:
             inner["this tree"].append(in_run(new_out))
             if args.no_plain_loop:
                 continue
-            plain = [sys.executable, "-m", "benchmarks.release_compare", "--plain", "--model", model,
+            plain = [sys.executable, "-m", "benchmarks.experiments.release_compare", "--plain", "--model", model,
                      "--images", images, "--old", str(args.old), "--batch-size", str(args.batch_size)]  # fmt: skip
             walls["plain PyTorch loop"].append(timed(plain, cwd=ROOT, pythonpath=ROOT))
-    print(markdown_header(machine_info("onnxruntime", "onnxruntime-gpu", "torch", "pillow")) + "\n")
+    print(header("onnxruntime", "onnxruntime-gpu", "torch", "pillow") + "\n")
     baseline = files / statistics.median(walls.get("plain PyTorch loop") or walls["previous release"])
     print(f"{files} photos, {args.rounds} interleaved rounds, whole process (start-up included)\n")
     base_name = "plain loop" if "plain PyTorch loop" in walls else "previous release"

@@ -1,8 +1,10 @@
-"""An int8 model that both 0.1.0 and this tree read: a run dir's card without the fields 0.1.0 refuses,
-exported by 0.1.0's own exporter (for `benchmarks.release_compare`).
+"""Which int8 file can 0.1.0 and this tree both read? One exported by 0.1.0's own exporter, for experiments.release_compare (history/0.1-0.3.md, issue 21).
+
+An int8 model that both 0.1.0 and this tree read: a run dir's card without the fields 0.1.0 refuses,
+exported by 0.1.0's own exporter (for `benchmarks.experiments.release_compare`).
 
     git worktree add /tmp/skutag-0.1.0 2c8ac00
-    python -m benchmarks.old_release_model RUN_DIR --calib TRAIN_DIR --old /tmp/skutag-0.1.0 --out r50-int8-010.onnx
+    python -m benchmarks.experiments.old_release_model RUN_DIR --calib TRAIN_DIR --old /tmp/skutag-0.1.0 --out r50-int8-010.onnx
 
 RUN_DIR is a run of this tree's trainer (e.g. the one `benchmarks.ray_suite` makes in its
 cache: `/tmp/skutag-ray-bench/run`, calibration images `/tmp/skutag-ray-bench/train`). The
