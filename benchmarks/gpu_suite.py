@@ -408,7 +408,7 @@ def tests(work: Path, timeout: float) -> dict[str, Any]:
         "tests/test_gpu_decode.py",
         "tests/test_batchrun_parts.py",
         "tests/test_exporter_export.py",
-        "tests/test_trainer_train.py",
+        "tests/trainer/test_train.py",
     ]  # fmt: skip  (every module with `gpu` tests)
     command = [sys.executable, "-m", "pytest", *files, "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rA"]
     result = sh(command, timeout, work / "tests.log")
