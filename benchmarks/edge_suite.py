@@ -26,24 +26,12 @@ from pathlib import Path
 
 import click
 
+from skutag.artifacts import FORMAT_NAMES, get
 from skutag.bench.machine import machine_info, markdown_header
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FORMATS = ("onnx", "executorch", "litert", "openvino", "coreml")
-SUFFIX = {
-    "onnx": ".onnx",
-    "executorch": ".pte",
-    "litert": ".tflite",
-    "openvino": ".xml",
-    "coreml": ".mlpackage",
-}
-PRECISIONS = {
-    "onnx": ("fp32", "int8"),
-    "executorch": ("fp32", "int8"),
-    "litert": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "coreml": ("fp32", "fp16"),
-}
+# The one model-format table: every format, its suffix, and the precisions worth measuring on a CPU.
+FORMATS = FORMAT_NAMES
 
 
 def repeated_photos(source: Path, count: int, work: Path) -> Path:
@@ -94,7 +82,12 @@ def main() -> None:
     help="Parity-check images (other photos, so calibration takes exactly N).",
 )
 @click.option("--sizes", default="200,1000", show_default=True, help="Calibration image counts.")
-@click.option("--formats", "names", default=",".join(f for f in FORMATS if f != "coreml"), show_default=True)
+@click.option(
+    "--formats",
+    "names",
+    default=",".join(f for f in FORMATS if "int8" in get(f).precisions),  # Core ML offers no int8
+    show_default=True,
+)
 def memory(
     run_dir: Path | None, arch: str, image_size: int, photos: Path, check: Path, sizes: str, names: str
 ) -> None:
@@ -108,7 +101,7 @@ def memory(
         for size in [int(s) for s in sizes.split(",")]:
             calib = repeated_photos(photos, size, work)
             for name in names.split(","):
-                out = work / f"{name}-{size}{SUFFIX[name]}"
+                out = work / f"{name}-{size}{get(name).suffix}"
                 args = [
                     "export",
                     str(run),
@@ -173,8 +166,8 @@ def speed(
     out.mkdir(parents=True, exist_ok=True)
     models, agreement = [], {}
     for name in names.split(","):
-        for precision in PRECISIONS[name]:
-            model = out / f"{name}-{precision}{SUFFIX[name]}"
+        for precision in get(name).for_cpu:
+            model = out / f"{name}-{precision}{get(name).suffix}"
             args = [
                 "export",
                 str(run_dir),

@@ -1,14 +1,17 @@
 """The format table and the refusals that need no converter (default suite): `skutag run` takes ONNX only,
-`skutag bench` refuses an edge file whose bytes differ from what its export recorded, or that has no report."""
+`skutag bench` refuses an edge file whose bytes differ from what its export recorded, or that has no report,
+and a format whose optional extra is missing is one line naming it, exit 2, in `export` and in `bench`."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from skutag.exporter import cli as export_cli
 from skutag.exporter import formats
 
+from skutag import artifacts
 from skutag.artifacts import format_of
 from skutag.card import ModelCard
 from skutag.fsio import sha256_file
@@ -16,11 +19,11 @@ from tests.test_exporter_export import invoke
 
 
 def test_the_cli_offers_the_table_s_formats_and_suffixes_name_them():
-    assert tuple(formats.FORMATS) == export_cli.FORMATS
-    for name, fmt in formats.FORMATS.items():
-        assert format_of(f"dir/model{fmt.suffix}") == name and formats.for_path(f"m{fmt.suffix}") is fmt
+    assert tuple(artifacts.FORMATS) == export_cli.FORMATS
+    for name, fmt in artifacts.FORMATS.items():
+        assert format_of(f"dir/model{fmt.suffix}") == name and artifacts.for_path(f"m{fmt.suffix}") is fmt
     assert format_of("m.ort") == "onnx" and format_of("m.bin") is None
-    assert "int8" not in formats.get("coreml").precisions  # calibration would need Apple's runtime
+    assert "int8" not in artifacts.get("coreml").precisions  # calibration would need Apple's runtime
 
 
 def _fake_export(tmp_path, name: str = "model.pte"):
@@ -50,3 +53,52 @@ def test_run_takes_onnx_only_and_says_so(tmp_path, capsys, small_catalog, name):
     code, _, stderr = invoke(capsys, "run", str(model), str(small_catalog), "--out", str(tmp_path / "out"))
     assert code == 2 and stderr.count("\n") == 1 and "skutag run takes ONNX models" in stderr
     assert not (tmp_path / "out").exists()
+
+
+MISSING = [
+    ("executorch", "fp32"),
+    ("executorch", "int8"),
+    ("litert", "fp32"),
+    ("litert", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "int8"),
+    ("coreml", "fp16"),
+]
+
+
+def _uninstall(monkeypatch, modules) -> None:
+    """What `import` meets where the extra is not installed (whether or not it is installed here)."""
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module.split(".")[0], None)
+
+
+@pytest.mark.parametrize("name, precision", MISSING)
+def test_a_missing_extra_is_exit_2_and_one_line_naming_it(
+    capsys, monkeypatch, tmp_path, small_catalog, name, precision
+):
+    fmt = artifacts.get(name)
+    _uninstall(monkeypatch, fmt.export_modules(precision))
+    out = tmp_path / f"model{fmt.suffix}"
+    calib = ["--calib", str(small_catalog)] if precision == "int8" else []
+    code, _, stderr = invoke(
+        capsys, "export", str(tmp_path), "--out", str(out), "--format", name, "--precision", precision, *calib
+    )
+    expected = f"skutag export --format {name} needs the {name} extra: pip install 'skutag[{name}]'"
+    assert code == 2 and stderr.count("\n") == 1 and expected in stderr, stderr
+    assert "Traceback" not in stderr and "ModuleNotFoundError" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["model.pte", "model.tflite", "model.xml"])
+def test_bench_of_a_format_whose_extra_is_missing_is_exit_2_and_one_line(capsys, monkeypatch, tmp_path, name):
+    model, _ = _fake_export(tmp_path, name)
+    if name.endswith(".xml"):  # the IR's weights are part of the model
+        model.with_suffix(".bin").write_bytes(b"weights")
+        report = json.loads(formats.report_path(model).read_text())
+        report["files"] = formats.file_hashes(model)
+        formats.report_path(model).write_text(json.dumps(report))
+    fmt = artifacts.for_path(model)
+    _uninstall(monkeypatch, fmt.runtime)
+    code, _, stderr = invoke(capsys, "bench", str(model), "--out", str(tmp_path / "b"), "--batch-sizes", "1")
+    expected = f"skutag bench {model.name} needs the {fmt.extra} extra: pip install 'skutag[{fmt.extra}]'"
+    assert code == 2 and stderr.count("\n") == 1 and expected in stderr, stderr

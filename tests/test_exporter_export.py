@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from skutag.exporter import targets
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
 from skutag.exporter.quantize import optimised_op_types, quantised_conv_summary
 from skutag.exporter.samples import load_directory, model_input, select_files
 
-from skutag.card import ModelCard
+from skutag import artifacts
+from skutag.card import METADATA_KEY, ModelCard
 from skutag.cli import main
-from skutag.runtime import create_session, session_card
+from skutag.runtime import create_session
 
 IMAGE_SIZE = 64
 
@@ -81,6 +81,11 @@ def export(capsys, run: Path, out: Path, *options: str) -> dict:
     return json.loads(out.with_name(out.name + ".json").read_text())
 
 
+def session_card(session) -> ModelCard:
+    """The skutag card in a session's model metadata."""
+    return ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+
+
 def assert_card(session, run_card: ModelCard, precision: str, int8_target: str | None = None) -> None:
     assert session_card(session) == run_card.replace(precision=precision, int8_target=int8_target)
     metadata = session.get_modelmeta().custom_metadata_map
@@ -90,7 +95,7 @@ def assert_card(session, run_card: ModelCard, precision: str, int8_target: str |
 
 
 def assert_passed(report: dict, target: str) -> None:
-    limits = targets.TARGETS[target].limits
+    limits = artifacts.TARGETS[target].limits
     parity = report["parity"]
     assert parity["images"] > 0 and report["target"] == target
     assert parity["max_tv"] < limits.max_tv and parity["p99_tv"] < limits.p99_tv
@@ -236,11 +241,11 @@ def test_float_input(capsys, trained_run, small_catalog, tmp_path):
 
 
 def test_a_failed_parity_check_writes_nothing(capsys, monkeypatch, trained_run, tmp_path):
-    impossible = targets.Limits(
+    impossible = artifacts.Limits(
         max_tv=0.0, p99_tv=0.0, min_top1_agreement=1.0, min_top5_overlap=1.0, max_embedding_error=0.0
     )
     monkeypatch.setitem(
-        targets.TARGETS, "fp32", dataclasses.replace(targets.TARGETS["fp32"], limits=impossible)
+        artifacts.TARGETS, "fp32", dataclasses.replace(artifacts.TARGETS["fp32"], limits=impossible)
     )
     out = tmp_path / "model.onnx"
     code, _, stderr = invoke(capsys, "export", str(trained_run[0]), "--out", str(out), "--check-size", "4")
@@ -261,6 +266,6 @@ def test_fp16_runs_on_cuda_like_fp32_on_the_cpu(capsys, trained_run, small_catal
     assert info.device == "cuda"
     expected = cpu.run([PROBS], {INPUT_NAME: pixels})[0]
     probs = cuda.run([PROBS], {INPUT_NAME: pixels})[0]
-    limits = targets.TARGETS["fp16"].limits
+    limits = artifacts.TARGETS["fp16"].limits
     assert 0.5 * np.abs(probs - expected).sum(axis=1).max() < limits.max_tv
     assert np.mean(probs.argmax(1) == expected.argmax(1)) >= limits.min_top1_agreement

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skutag.exporter import cli, targets
+from skutag.exporter import cli
 from skutag.exporter.parity import compare
 from skutag.exporter.samples import load_directory, plan, select_files, synthetic
 
+from skutag import artifacts
 from skutag.card import ModelCard
 from skutag.cli import main
 from tests.inputs import write_awkward_inputs
@@ -84,11 +85,11 @@ def test_an_unwritable_out_is_refused_before_loading(capsys, tiny_run, tmp_path)
 
 
 def test_cli_choices_are_the_table():
-    assert set(cli.INT8_TARGETS) == set(targets.INT8_TARGETS)
-    assert set(cli.CALIB_METHODS) == set(targets.CALIB_METHODS)
-    names = {targets.resolve(p, t).name for p in cli.PRECISIONS for t in cli.INT8_TARGETS}
-    assert names == set(targets.TARGETS)
-    assert {t.precision for t in targets.TARGETS.values()} == set(cli.PRECISIONS)
+    assert set(cli.INT8_TARGETS) == set(artifacts.INT8_TARGETS)
+    assert set(cli.CALIB_METHODS) == set(artifacts.CALIB_METHODS)
+    names = {artifacts.resolve(p, t).name for p in cli.PRECISIONS for t in cli.INT8_TARGETS}
+    assert names == set(artifacts.TARGETS)
+    assert {t.precision for t in artifacts.TARGETS.values()} == set(cli.PRECISIONS)
 
 
 def test_fp16_help_says_it_is_not_faster_on_cpus():
@@ -140,8 +141,8 @@ def test_parity_figures():
     # image 0: |dprob| 0.5 + 0.5 + 0 -> TV 0.5; image 1: 0
     assert flipped.top1_agreement == 0.5 and flipped.max_tv == pytest.approx(0.5)
     assert flipped.mean_tv == pytest.approx(0.25)
-    assert flipped.failures(targets.TARGETS["fp32"].limits)
-    assert not same.failures(targets.TARGETS["int8-cpu"].limits)
+    assert flipped.failures(artifacts.TARGETS["fp32"].limits)
+    assert not same.failures(artifacts.TARGETS["int8-cpu"].limits)
 
 
 def test_embedding_error_is_relative_per_image():
@@ -150,7 +151,7 @@ def test_embedding_error_is_relative_per_image():
     moved = embedding + np.array([[0.5, 0.0], [0.5, 0.0]], dtype=np.float32)
     parity = compare(probs, probs, embedding, moved)
     assert parity.max_embedding_error == pytest.approx(0.1) and parity.p99_embedding_error < 0.1
-    limits = targets.TARGETS["fp32"].limits
+    limits = artifacts.TARGETS["fp32"].limits
     assert any("embedding" in problem for problem in parity.failures(limits))
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from skutag.exporter import quantize, targets
+from skutag.exporter import quantize
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 from skutag.exporter.parity import Outputs, ParityError, check, compare, relative_error
 from skutag.exporter.samples import load_files, plan
 
+from skutag import artifacts
 from skutag.card import ModelCard
 from skutag.runtime import create_session, gpu_present
 from tests.cli import skutag
@@ -129,7 +130,7 @@ def test_int8_embedding_is_within_tolerance_of_fp32(exports, check_pixels, targe
     errors = relative_error(fp32_embedding, embedding)
     assert errors.max() < EMBEDDING_TOLERANCE, errors.max()
     assert len(np.unique(embedding)) > 256  # not 256 levels of one 8-bit tensor
-    assert not compare(fp32_probs, probs).failures(targets.TARGETS[target].limits)
+    assert not compare(fp32_probs, probs).failures(artifacts.TARGETS[target].limits)
 
 
 @pytest.mark.parametrize("target", ["int8-cpu", "int8-tensorrt"])
@@ -137,7 +138,7 @@ def test_the_report_and_card_say_which_int8(exports, target):
     report = json.loads(exports[target].with_name(exports[target].name + ".json").read_text())
     parity = report["parity"]
     assert parity["shared_with_calibration"] == 0 and parity["images"] == 64
-    assert parity["max_embedding_error"] < targets.TARGETS[target].limits.max_embedding_error
+    assert parity["max_embedding_error"] < artifacts.TARGETS[target].limits.max_embedding_error
     assert report["card"]["int8_target"] == target.removeprefix("int8-")
     session, _ = create_session(exports[target], "cpu")
     assert session.get_modelmeta().custom_metadata_map["skutag.int8_target"] == target.removeprefix("int8-")
@@ -148,7 +149,7 @@ def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog,
     from skutag.exporter.samples import SampleSet
 
     _, card = trained_run
-    limits = targets.TARGETS["int8-cpu"].limits
+    limits = artifacts.TARGETS["int8-cpu"].limits
     reference = Outputs(*run_model(exports["fp32"], check_pixels))
     check_set = SampleSet(check_pixels, str(small_catalog), 0)
     check(exports["int8-cpu"], reference, check_set, card, "uint8", limits, "int8-cpu")  # passes

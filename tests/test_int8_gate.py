@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from skutag.exporter.parity import compare, total_variation
-from skutag.exporter.targets import TARGETS
+
+from skutag.artifacts import TARGETS
 
 CLASSES = (2, 100, 1000)
 IMAGES = 200
