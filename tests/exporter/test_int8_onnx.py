@@ -24,7 +24,6 @@ from skutag import artifacts
 from skutag.card import ModelCard
 from skutag.runtime import create_session, gpu_present
 from tests.cli import skutag
-from tests.test_exporter_export import trained_run  # noqa: F401  (the shared trained model)
 
 # Measured on this fixture (ResNet-18 64 px, 20 Adam steps, 40 calibration images, 80 other images):
 # the worst per-image relative L2 error of int8's embedding against fp32's was 0.020 (cpu) and
@@ -36,7 +35,7 @@ POOLING = {"GlobalAveragePool", "ReduceMean", "AveragePool", "GlobalMaxPool", "R
 
 
 @pytest.fixture(scope="module")
-def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:
     """fp32, int8 cpu and int8 tensorrt files of the trained run, all with an `embedding` output,
     written by the export pipeline (parity-checked against PyTorch on the way)."""
     from skutag.exporter.pipeline import ExportRequest, run_export
@@ -59,7 +58,7 @@ def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:  #
 
 
 @pytest.fixture(scope="module")
-def check_pixels(small_catalog, trained_run) -> np.ndarray:  # noqa: F811
+def check_pixels(small_catalog, trained_run) -> np.ndarray:
     """The catalog images the int8 calibration did not see (as `skutag export` chooses them)."""
     _, card = trained_run
     _, check_files = plan(small_catalog, CALIB_SIZE, None, 1000)
@@ -109,7 +108,7 @@ def test_nothing_after_the_pooled_features_touches_8_bit_tensors(exports, target
     assert on_input == ["Cast"]
 
 
-def test_the_check_sees_8_bit_heads(exports, small_catalog, trained_run, tmp_path):  # noqa: F811
+def test_the_check_sees_8_bit_heads(exports, small_catalog, trained_run, tmp_path):
     """ORT's default settings (the head quantised too): the same checks find the 8-bit nodes."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -144,7 +143,7 @@ def test_the_report_and_card_say_which_int8(exports, target):
     assert session.get_modelmeta().custom_metadata_map["skutag.int8_target"] == target.removeprefix("int8-")
 
 
-def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog, check_pixels, tmp_path):  # noqa: F811
+def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog, check_pixels, tmp_path):
     """The real int8 file passes; with its (float) head scrambled, or its probabilities moved, it fails."""
     from skutag.exporter.samples import SampleSet
 

@@ -15,7 +15,7 @@ from skutag import artifacts
 from skutag.artifacts import format_of
 from skutag.card import ModelCard
 from skutag.fsio import sha256_file
-from tests.test_exporter_export import invoke
+from tests.exporter.support import invoke
 
 
 def test_the_cli_offers_the_table_s_formats_and_suffixes_name_them():

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the module fixture trained_run is imported from test_exporter_export)
 """Edge formats end to end (`make test-edge`): export a small trained run, check it by running it, bench it.
 
 ExecuTorch, LiteRT and OpenVINO are run in their own runtimes (fp32 and int8, OpenVINO
@@ -21,7 +20,7 @@ from skutag.exporter.parity import torch_outputs
 from skutag.exporter.samples import load_directory
 
 from skutag import artifacts
-from tests.test_exporter_export import invoke, trained_run  # noqa: F401 (module fixture)
+from tests.exporter.support import invoke
 
 pytestmark = pytest.mark.edge
 

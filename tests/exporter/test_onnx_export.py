@@ -12,58 +12,12 @@ import pytest
 import torch
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
 from skutag.exporter.quantize import optimised_op_types, quantised_conv_summary
-from skutag.exporter.samples import load_directory, model_input, select_files
+from skutag.exporter.samples import load_directory
 
 from skutag import artifacts
-from skutag.card import METADATA_KEY, ModelCard
-from skutag.cli import main
+from skutag.card import ModelCard
 from skutag.runtime import create_session
-
-IMAGE_SIZE = 64
-
-
-def invoke(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `skutag ARGS` in this process; (exit code, stdout, stderr)."""
-    try:
-        main([*args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def trained_run(small_catalog, tmp_path_factory) -> tuple[Path, ModelCard]:
-    """A ResNet-18 trained for 20 Adam steps on the synthetic catalog: right on every class, and (label
-    smoothing) with probabilities that are not saturated, so parity figures mean something."""
-    from skutag.trainer.model import build_model
-    from skutag.trainer.weights import save_weights
-
-    classes = sorted(p.name for p in small_catalog.iterdir() if p.is_dir())
-    card = ModelCard.for_training("resnet18", classes, image_size=IMAGE_SIZE)
-    images = load_directory(small_catalog, card, count=1000)
-    files = select_files(small_catalog, count=1000)
-    labels = torch.tensor([classes.index(p.parent.name) for p in files])
-    x = torch.from_numpy(model_input(images.pixels, card, "float"))
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(classes), "none")
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(20):
-        batch = torch.randint(0, len(x), (32,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch], label_smoothing=0.3)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    with torch.inference_mode():
-        predicted = model.eval()(x).argmax(dim=1)
-    assert len(set(predicted.tolist())) == len(classes), "the fixture model must not be degenerate"
-    run = tmp_path_factory.mktemp("run")
-    save_weights(run / "best.safetensors", model.eval(), card)
-    card.save(run / "card.json")
-    return run, card
+from tests.exporter.support import invoke, session_card
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +33,6 @@ def export(capsys, run: Path, out: Path, *options: str) -> dict:
     assert code == 0, stderr
     assert "parity" in stdout
     return json.loads(out.with_name(out.name + ".json").read_text())
-
-
-def session_card(session) -> ModelCard:
-    """The skutag card in a session's model metadata."""
-    return ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
 
 
 def assert_card(session, run_card: ModelCard, precision: str, int8_target: str | None = None) -> None:
