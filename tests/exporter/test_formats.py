@@ -26,6 +26,33 @@ def test_the_cli_offers_the_table_s_formats_and_suffixes_name_them():
     assert "int8" not in artifacts.get("coreml").precisions  # calibration would need Apple's runtime
 
 
+def test_the_table_is_coherent_and_every_backend_imports_without_its_extra():
+    import importlib
+
+    from skutag import card as card_module
+    from skutag.runtime import runtime_target
+
+    suffixes = [s for f in artifacts.FORMATS.values() for s in f.suffixes]
+    assert len(suffixes) == len(set(suffixes))
+    for fmt in artifacts.FORMATS.values():
+        assert set(fmt.precisions) <= set(artifacts.PRECISIONS) and set(fmt.for_cpu) <= set(fmt.precisions)
+        assert set(fmt.int8_targets) <= set(artifacts.INT8_TARGETS)
+        assert (fmt.extra is None) == (not fmt.export_modules("int8"))  # what needs no extra imports nothing
+        backend = importlib.import_module(fmt.backend_module)  # converters are imported only when used
+        assert all(callable(getattr(backend, f)) for f in ("export", "report_fields", "load", "versions"))
+    assert (
+        card_module.PRECISIONS is artifacts.PRECISIONS and card_module.INT8_TARGETS is artifacts.INT8_TARGETS
+    )
+    for target in artifacts.TARGETS.values():
+        card = ModelCard.for_training(
+            "resnet18", ["a", "b"], precision=target.precision, int8_target=target.int8_target
+        )
+        assert (
+            runtime_target(card) is target
+            and artifacts.resolve(target.precision, target.int8_target) is target
+        )
+
+
 def _fake_export(tmp_path, name: str = "model.pte"):
     """An edge file and the report its export writes (card + sha256 of its bytes)."""
     model = tmp_path / name
