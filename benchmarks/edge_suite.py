@@ -26,22 +26,10 @@ from pathlib import Path
 import click
 
 from benchmarks.common import DATA, header, measure, photos, random_run, repeated_links, skutag_command
+from skutag.artifacts import FORMAT_NAMES, get
 
-FORMATS = ("onnx", "executorch", "litert", "openvino", "coreml")
-
-
-def suffix(name: str) -> str:
-    from skutag.exporter.formats import get
-
-    return get(name).suffix
-
-
-def precisions(name: str) -> tuple[str, ...]:
-    """The format's precisions from the exporter's table; ONNX fp16 left out (it is for GPUs: on a
-    CPU it runs slower than fp32, see RESULTS.md), as edge files run batch 1 on a CPU here."""
-    from skutag.exporter.formats import get
-
-    return tuple(p for p in get(name).precisions if (name, p) != ("onnx", "fp16"))
+# The one model-format table: every format, its suffix, and the precisions worth measuring on a CPU.
+FORMATS = FORMAT_NAMES
 
 
 @click.group()
@@ -68,7 +56,12 @@ def main() -> None:
     help="Parity-check images (other photos, so calibration takes exactly N).",
 )
 @click.option("--sizes", default="200,1000", show_default=True, help="Calibration image counts.")
-@click.option("--formats", "names", default=",".join(f for f in FORMATS if f != "coreml"), show_default=True)
+@click.option(
+    "--formats",
+    "names",
+    default=",".join(f for f in FORMATS if "int8" in get(f).precisions),  # Core ML offers no int8
+    show_default=True,
+)
 def memory(
     run_dir: Path | None, arch: str, image_size: int, photo_dir: Path, check: Path, sizes: str, names: str
 ) -> None:
@@ -80,7 +73,7 @@ def memory(
         for size in [int(s) for s in sizes.split(",")]:
             calib = repeated_links(photos(photo_dir), size, work / f"calib-{size}")
             for name in names.split(","):
-                out = work / f"{name}-{size}{suffix(name)}"
+                out = work / f"{name}-{size}{get(name).suffix}"
                 args = [
                     "export",
                     str(run),
@@ -147,8 +140,8 @@ def speed(
     out.mkdir(parents=True, exist_ok=True)
     models, agreement = [], {}
     for name in names.split(","):
-        for precision in precisions(name):
-            model = out / f"{name}-{precision}{suffix(name)}"
+        for precision in get(name).for_cpu:
+            model = out / f"{name}-{precision}{get(name).suffix}"
             args = [
                 "export",
                 str(run_dir),

@@ -92,7 +92,6 @@ def agreement(
     what the export gate of each file's target says about these figures."""
     from skutag.exporter.parity import compare
     from skutag.exporter.samples import load_files, plan
-    from skutag.exporter.targets import TARGETS
 
     from skutag.runtime import create_session, model_card, runtime_target
 
@@ -111,7 +110,7 @@ def agreement(
         if name != "fp32":
             other = values[1] if len(values) > 1 and embedding is not None else None
             parity = compare(probs, values[0], embedding if other is not None else None, other)
-            limits = TARGETS[runtime_target(model_card(paths[name])).name].limits
+            limits = runtime_target(model_card(paths[name])).limits
             figures[name] = (parity, parity.failures(limits))
     return figures, len(pixels)
 

@@ -404,13 +404,7 @@ def end_to_end(models: dict[str, str], data: Path, work: Path, images: int, mode
 
 
 def tests(work: Path, timeout: float) -> dict[str, Any]:
-    files = [
-        "tests/test_gpu_decode.py",
-        "tests/test_batchrun_parts.py",
-        "tests/test_exporter_export.py",
-        "tests/trainer/test_train.py",
-    ]  # fmt: skip  (every module with `gpu` tests)
-    command = [sys.executable, "-m", "pytest", *files, "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rA"]
+    command = [sys.executable, "-m", "pytest", "tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rA"]
     result = sh(command, timeout, work / "tests.log")
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return {

@@ -1,4 +1,6 @@
-"""`skutag export`: the click command around exporter.pipeline (heavy imports inside the function)."""
+"""`skutag export`: the click command around exporter.pipeline (heavy imports inside the function).
+
+Its choices and the --format help come from the one model-format table, `skutag.artifacts`."""
 
 from __future__ import annotations
 
@@ -6,14 +8,18 @@ from pathlib import Path
 
 import click
 
+from skutag import artifacts
 from skutag.options import input_path, out_option
 
-# Kept literal here so `--help` imports nothing; tests check them against exporter.targets.
-PRECISIONS = ("fp32", "fp16", "int8")
-INT8_TARGETS = ("cpu", "tensorrt")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
-INPUT_KINDS = ("uint8", "float")
-FORMATS = ("onnx", "executorch", "litert", "openvino", "coreml")
+# From the one model-format table (skutag.artifacts imports neither torch nor a converter).
+PRECISIONS = artifacts.PRECISIONS
+INT8_TARGETS = artifacts.INT8_TARGETS
+CALIB_METHODS = artifacts.CALIB_METHODS
+INPUT_KINDS = tuple(dict.fromkeys(kind for f in artifacts.FORMATS.values() for kind in f.input_kinds))
+FORMATS = artifacts.FORMAT_NAMES
+FORMAT_HELP = " ".join(
+    f"{f.name}: {f.suffix}, {f.platform} ({', '.join(f.precisions)})." for f in artifacts.FORMATS.values()
+)
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -30,9 +36,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     type=click.Choice(FORMATS),
     default="onnx",
     show_default=True,
-    help="onnx: ONNX Runtime anywhere. executorch: .pte, XNNPACK (fp32, int8). litert: .tflite for Android "
-    "(fp32, int8). openvino: IR .xml + .bin (fp32, fp16, int8). coreml: .mlpackage (fp32, fp16; runs only "
-    "on Apple platforms). Each is checked by running it in its own runtime where it runs.",
+    help=FORMAT_HELP + " Each is checked by running it in its own runtime where it runs.",
 )
 @click.option(
     "--precision",
@@ -88,7 +92,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     "--check/--no-check",
     default=True,
     show_default=True,
-    help="Compare the exported model in ONNX Runtime with PyTorch; a failed check writes nothing.",
+    help="Compare the exported model in its own runtime with PyTorch; a failed check writes nothing.",
 )
 @click.option(
     "--check-images",
@@ -124,10 +128,11 @@ def export(
     ort_format: bool,
     format_name: str,
 ) -> None:
-    """Export the trained model in RUN (a run dir or a .safetensors with a card) to one ONNX file.
+    """Export the trained model in RUN (a run dir or a .safetensors with a card) to one checked model file.
 
-    The file carries the model card in its metadata, takes uint8 pixels by default,
-    outputs `probs`, and has a dynamic batch dimension named `batch`.
+    ONNX by default (--format for ExecuTorch, LiteRT, OpenVINO or Core ML). The file takes
+    uint8 pixels by default and outputs `probs`; its card travels in MODEL.<ext>.json beside
+    it (and inside ONNX, OpenVINO and Core ML files).
     """
     from skutag.exporter.pipeline import ExportRequest, run_export
 

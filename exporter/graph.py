@@ -78,6 +78,11 @@ def export_fp32(
     return proto
 
 
+def edge_example(size: int) -> tuple[torch.Tensor]:
+    """The batch-1 uint8 NHWC example the edge formats are exported with."""
+    return (torch.zeros(1, size, size, 3, dtype=torch.uint8),)
+
+
 def exported_card(
     card: ModelCard, input_kind: str, precision: str = "fp32", int8_target: str | None = None
 ) -> ModelCard:

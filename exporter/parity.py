@@ -1,12 +1,12 @@
-"""The parity check: the exported file in ONNX Runtime (CPU) against the PyTorch model.
+"""The parity check: the exported file in its own runtime (CPU) against the PyTorch model.
 
 Both see the same uint8 images (or the same float tensors for `--input float`). The
 figures are per image, so they mean the same at 2 classes and at 1,000: the total
 variation distance between the two probability vectors of each image (TV, half the
 sum of |dprob| over its classes, in [0, 1]) with its max, p99 and mean over the
 images; top-1 agreement; mean top-k overlap; and, when the model has an `embedding`
-output, each image's relative L2 error of the embedding. A target's `Limits`
-(exporter.targets) decide pass or fail (`Parity.failures`, the gate).
+output, each image's relative L2 error of the embedding. A precision's `Limits`
+(skutag.artifacts.TARGETS) decide pass or fail (`Parity.failures`, the gate).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
+from skutag.exporter import formats
 from skutag.exporter.samples import SampleSet, batches, model_input
-from skutag.exporter.targets import Limits
 from torch import nn
 
+from skutag.artifacts import Limits, for_path
 from skutag.card import ModelCard
 from skutag.errors import SkutagError
 
@@ -132,18 +132,10 @@ def torch_outputs(module: nn.Module, samples: SampleSet, card: ModelCard, input_
     return Outputs(np.concatenate(probs), np.concatenate(embedding) if embedding else None)
 
 
-def ort_outputs(path: str | Path, samples: SampleSet, card: ModelCard, input_kind: str) -> Outputs:
-    """Outputs of the exported file in ONNX Runtime on the CPU."""
-    from skutag.runtime import create_session
-
-    session, _ = create_session(path, "cpu")
-    names = [PROBS] + [o.name for o in session.get_outputs() if o.name == EMBEDDING]
-    results = [
-        session.run(names, {INPUT_NAME: model_input(batch, card, input_kind)})
-        for batch in batches(samples.pixels, CHECK_BATCH)
-    ]
-    probs = np.concatenate([r[0] for r in results])
-    embedding = np.concatenate([r[1] for r in results]) if len(names) > 1 else None
+def exported_outputs(path: str | Path, samples: SampleSet, card: ModelCard, input_kind: str) -> Outputs:
+    """Outputs of the exported file in its format's runtime on the CPU (by its suffix)."""
+    runner = formats.backend(for_path(path)).load(Path(path))
+    probs, embedding = formats.run_all(runner, model_input(samples.pixels, card, input_kind), CHECK_BATCH)
     return Outputs(probs, embedding)
 
 
@@ -157,7 +149,7 @@ def check(
     label: str,
 ) -> Parity:
     """Run the exported file and compare with `reference`; raise `ParityError` outside `limits`."""
-    exported = ort_outputs(path, samples, card, input_kind)
+    exported = exported_outputs(path, samples, card, input_kind)
     parity = compare(reference.probs, exported.probs, reference.embedding, exported.embedding)
     problems = parity.failures(limits)
     if problems:

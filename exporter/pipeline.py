@@ -1,32 +1,38 @@
-"""`skutag export` end to end: trained weights -> checked ONNX file, its report, optionally an .ort file.
+"""`skutag export` end to end, for every format: trained weights -> one checked model file and its report.
 
-Steps: validate the request (before any heavy work), load the trained model and
-card (trainer.weights), choose calibration and check images (disjoint by default,
-exporter.samples.plan), export fp32, convert to the target's precision (table in
-exporter.targets; int8 keeps its head in float, which is verified on the result), run
-the parity check on the final bytes, and only then rename the file onto `--out`. A failed step leaves nothing at `--out`. The report
-`MODEL.onnx.json` and the optional `MODEL.ort` are written after the model.
+Steps, the same for each row of the format table (`skutag.artifacts.FORMATS`): validate
+the request against the table (precision, int8 target, input kind, suffix, the
+format's extra installed) before any heavy work; load the trained model and card
+(trainer.weights) and wrap it (`exporter.graph.ExportModule`: pixels in, preprocessing
+and softmax inside, `probs` and optionally `embedding` out); choose calibration and
+check images (disjoint by default, exporter.samples.plan); convert with the format's
+backend (`exporter.formats.<name>.export`) into a staging folder beside `--out`; load
+the result in its own runtime (`<name>.load`) and compare it per image with PyTorch
+under the limits of its precision row (`skutag.artifacts.TARGETS`); only then rename
+its files onto `--out`. A failed step leaves nothing at `--out`. The report
+`MODEL.<ext>.json` (card, parity figures, calibration, sha256 of every file) is written
+after the model. A format whose runtime does not run here (Core ML off Apple platforms)
+is exported with its parity recorded as unverified, and the CLI says so.
 """
 
 from __future__ import annotations
 
-import logging
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-from skutag.exporter import graph, quantize, samples
+from skutag.exporter import formats, graph, samples
 from skutag.exporter.parity import Parity, check, torch_outputs
-from skutag.exporter.targets import Target, resolve
 
+from skutag import artifacts
+from skutag.artifacts import Format, Target, resolve
 from skutag.card import ModelCard
-from skutag.errors import InputError, SkutagError
-from skutag.fsio import atomic_path, atomic_write_json, sha256_file
-
-log = logging.getLogger(__name__)
+from skutag.errors import InputError
+from skutag.fsio import atomic_write_json, sha256_file
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class ExportRequest:
     check_dir: Path | None = None
     check_size: int = 64
     ort_format: bool = False
-    format: str = "onnx"  # a row of exporter.formats.FORMATS
+    format: str = "onnx"  # a row of skutag.artifacts.FORMATS
 
     @property
     def target(self) -> Target:
@@ -61,10 +67,43 @@ class ExportResult:
     summary: dict[str, Any]
 
 
-def validate(request: ExportRequest) -> None:
-    """Refuse what cannot work before loading anything: no calibration data, an unwritable --out."""
+def validate(request: ExportRequest) -> Format:
+    """Refuse what cannot work before loading anything: a precision or option the format does not offer,
+    no calibration data, an unwritable --out, the format's extra not installed."""
+    fmt = artifacts.get(request.format)
+    if request.precision not in fmt.precisions:
+        raise InputError(
+            f"--format {fmt.name} offers --precision {', '.join(fmt.precisions)}, not {request.precision}"
+            + (
+                " (Core ML calibrates int8 activations by running the model: Apple platforms only)"
+                if fmt.apple_only and request.precision == "int8"
+                else ""
+            )
+        )
+    if request.input_kind not in fmt.input_kinds:
+        offered = " / ".join(
+            f.title for f in artifacts.FORMATS.values() if request.input_kind in f.input_kinds
+        )
+        raise InputError(
+            f"--format {fmt.name} takes {' or '.join(fmt.input_kinds)} pixels only; "
+            f"--input {request.input_kind} is for {offered}"
+        )
+    if request.ort_format and ".ort" not in fmt.suffixes:
+        offered = ", ".join(f"--format {f.name}" for f in artifacts.FORMATS.values() if ".ort" in f.suffixes)
+        raise InputError(f"--ort-format is for {offered}")
+    if request.precision == "int8" and request.int8_target not in fmt.int8_targets:
+        offered = " / ".join(
+            f.title for f in artifacts.FORMATS.values() if request.int8_target in f.int8_targets
+        )
+        raise InputError(
+            f"--int8-target {request.int8_target} is for {offered}; {fmt.title} int8 targets its CPU delegate"
+        )
+    if fmt.suffix_required and request.out.suffix.lower() != fmt.suffix:
+        raise InputError(
+            f"--format {fmt.name} writes {fmt.suffix} files; --out {request.out} does not end in it"
+        )
     target = request.target
-    if target.quantisation is not None and request.calib_dir is None:
+    if target.calibrated and request.calib_dir is None:
         raise InputError(
             "--precision int8 needs calibration images: pass --calib DIR with real images like the ones "
             "you will tag (skutag never calibrates on default data)"
@@ -78,49 +117,75 @@ def validate(request: ExportRequest) -> None:
             pass
     except OSError as exc:
         raise InputError(f"cannot write --out {out}: {exc.strerror or exc}") from exc
+    # A missing converter is one line naming the extra (exit 2), before loading anything.
+    artifacts.require_extra(fmt, fmt.export_modules(request.precision), f"skutag export --format {fmt.name}")
+    return fmt
 
 
 def run_export(request: ExportRequest) -> ExportResult:
     """Export, convert, check and write; see the module docstring."""
     from skutag.trainer.weights import load_trained
 
-    if request.format != "onnx":
-        from skutag.exporter.edge import run_edge_export
-
-        return run_edge_export(request, _samples)
-    validate(request)
+    fmt = validate(request)
+    backend = formats.backend(fmt)
     started = time.perf_counter()
     target = request.target
     model, run_card = load_trained(request.source)
     # A card with a review section needs the `embedding` output: batchrun scores it against the class means.
     embeddings = request.embeddings or run_card.review is not None
-    module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=embeddings)
-    module.eval()
+    module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=embeddings).eval()
     card = graph.exported_card(run_card, request.input_kind, target.precision, target.int8_target)
-    calibration, check_set = _samples(request, target, run_card)
+    calibration, check_set = choose_samples(request, target, run_card)
 
     parity = None
-    with tempfile.TemporaryDirectory(prefix="skutag-export-") as work:
-        fp32_path = Path(work) / "fp32.onnx"
-        graph.save(graph.to_onnx(module, run_card), fp32_path)
-        final = _convert(request, target, fp32_path, Path(work), card, calibration)
-        with atomic_path(request.out) as staged:
-            graph.save(final, staged)
-            if check_set is not None:
+    unverified = None
+    with tempfile.TemporaryDirectory(prefix=".skutag-export-", dir=request.out.parent) as tmp:
+        stage, work = Path(tmp) / "stage", Path(tmp) / "work"
+        stage.mkdir()
+        work.mkdir()
+        staged = stage / request.out.name
+        job = formats.Job(
+            module=module,
+            run_card=run_card,
+            card=card,
+            target=target,
+            calibration=calibration,
+            input_kind=request.input_kind,
+            calib_method=request.calib_method,
+            ort_format=request.ort_format,
+            work=work,
+        )
+        notes = backend.export(job, staged)
+        if check_set is not None:
+            if fmt.runs_here():
                 reference = torch_outputs(module, check_set, run_card, request.input_kind)
                 parity = check(
-                    staged, reference, check_set, run_card, request.input_kind, target.limits, target.name
+                    staged,
+                    reference,
+                    check_set,
+                    run_card,
+                    request.input_kind,
+                    target.limits,
+                    f"{fmt.title} {target.name}",
                 )
-    ort_model = _write_ort(request.out) if request.ort_format else None
-    summary = _summary(request, target, card, final, parity, calibration, check_set, started, ort_model)
-    if target.quantisation is not None:
-        summary["calibration"]["ort_cpu_graph"] = _conv_fusion(request.out, target)
-    report = request.out.with_name(request.out.name + ".json")
+            else:
+                unverified = f"{fmt.title} runs only on {fmt.platform}: this export was not run here"
+        files = formats.file_hashes(staged)
+        _move_into_place(stage, staged, request.out)
+    summary = _summary(request, fmt, target, card, files, parity, unverified, calibration, check_set, notes)
+    fields = backend.report_fields(job, request.out, notes)
+    if "calibration" in fields:
+        summary["calibration"] = {**(summary["calibration"] or {}), **fields.pop("calibration")}
+    summary.update(fields)
+    summary["export_seconds"] = round(time.perf_counter() - started, 2)
+    summary["versions"] = _versions(backend)
+    report = formats.report_path(request.out)
     atomic_write_json(report, summary)
+    ort_model = Path(summary["ort_format"]) if summary.get("ort_format") else None
     return ExportResult(request.out, report, ort_model, card, parity, summary)
 
 
-def _samples(
+def choose_samples(
     request: ExportRequest, target: Target, card: ModelCard
 ) -> tuple[samples.SampleSet | None, samples.SampleSet | None]:
     """Calibration images (int8 only) and parity-check images (None with --no-check).
@@ -129,7 +194,7 @@ def _samples(
     else the --calib files calibration did not take. Otherwise --check-images, else --calib,
     else synthetic images.
     """
-    if target.quantisation is not None:
+    if target.calibrated:
         assert request.calib_dir is not None  # validate() refused int8 without --calib
         calib_files, check_files = samples.plan(
             request.calib_dir, request.calib_size, request.check_dir, request.check_size
@@ -147,138 +212,58 @@ def _samples(
     return None, samples.synthetic(card, request.check_size)
 
 
-def _convert(
-    request: ExportRequest,
-    target: Target,
-    fp32_path: Path,
-    work: Path,
-    card: ModelCard,
-    calibration: samples.SampleSet | None,
-) -> onnx.ModelProto:
-    """The target's ModelProto, with `card` (its precision set) in the metadata."""
-    if target.quantisation is not None:
-        assert calibration is not None  # validate() refused int8 without --calib
-        int8_path = work / "int8.onnx"
-        quantize.to_int8(
-            fp32_path,
-            int8_path,
-            target.quantisation,
-            calibration,
-            card,
-            input_name=graph.INPUT_NAME,
-            input_kind=request.input_kind,
-            method=request.calib_method,
-        )
-        proto = onnx.load(str(int8_path))
-        touched = quantize.eight_bit_tail(proto)
-        if touched:  # the quantiser did not honour the exclusions: refuse rather than ship it
-            raise SkutagError(
-                f"int8: nodes after the pooled features use 8-bit tensors: {', '.join(touched)}"
-            )
-    elif target.precision == "fp16":
-        proto = quantize.to_fp16(onnx.load(str(fp32_path)))
-    else:
-        proto = onnx.load(str(fp32_path))
-    # Drop the quantiser's bookkeeping keys; the card and readable keys describe the file.
-    kept = [p for p in proto.metadata_props if not p.key.startswith("onnx.")]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    graph.set_metadata(proto, card)
-    return proto
+def _move_into_place(stage: Path, staged: Path, out: Path) -> None:
+    """Rename every staged file onto its place beside --out, the model file last (OpenVINO: the .bin
+    before the .xml; ONNX: the .ort before the .onnx), each fsynced first."""
+    for path in sorted(stage.iterdir(), key=lambda p: p == staged):
+        final = out if path == staged else out.with_name(out.stem + path.suffix)
+        if path.is_dir():  # .mlpackage
+            if final.exists():
+                shutil.rmtree(final)
+        else:
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(path, final)
 
 
-def _conv_fusion(path: Path, target: Target) -> dict[str, int]:
-    """Quantised vs float convs in ORT's optimised CPU graph; a float conv on the CPU target is a warning."""
-    convs = quantize.quantised_conv_summary(quantize.optimised_op_types(path))
-    if target.name == "int8-cpu" and convs["float_convs"]:
-        log.warning("%d convs stayed float in ORT's optimised CPU graph of %s", convs["float_convs"], path)
-    return convs
-
-
-def _write_ort(model_path: Path) -> Path:
-    """The ORT-format file ONNX Runtime Mobile loads, beside the model (portable optimisations only)."""
-    import onnxruntime as ort
-
-    ort_path = model_path.with_suffix(".ort")
-    with atomic_path(ort_path) as staged:
-        options = ort.SessionOptions()
-        # EXTENDED, not ALL: level-3 layout transforms (NCHWc) are specific to the exporting CPU.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(staged)
-        options.add_session_config_entry("session.save_model_format", "ORT")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    return ort_path
-
-
-def _summary(
-    request: ExportRequest,
-    target: Target,
-    card: ModelCard,
-    proto: onnx.ModelProto,
-    parity: Parity | None,
-    calibration: samples.SampleSet | None,
-    check_set: samples.SampleSet | None,
-    started: float,
-    ort_model: Path | None,
-) -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    from skutag import __version__
-
-    def signature(values) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": v.name,
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-            }
-            for v in values
-        ]
-
+def _summary(request, fmt, target, card, files, parity, unverified, calibration, check_set, notes) -> dict:
     return {
         "model": str(request.out),
-        "sha256": sha256_file(request.out),
-        "file_bytes": request.out.stat().st_size,
+        "format": fmt.name,
+        "sha256": files.get(request.out.name),  # None for a .mlpackage directory: see "files"
+        "files": files,
+        "file_bytes": formats.size_bytes(request.out),
         "precision": target.precision,
         "target": target.name,
         "target_note": target.note,
-        "opset": graph.OPSET,
-        "inputs": signature(proto.graph.input),
-        "outputs": signature(proto.graph.output),
+        "runtime": fmt.platform,
+        "notes": notes,
+        "card_inside": fmt.card_inside is not None,
         "source": {"weights": str(request.source), "sha256": sha256_file(_weights_path(request.source))},
         "parity": None
         if parity is None
         else {
             **parity.to_dict(),
-            "sample": check_set.describe() if check_set else None,
+            "sample": check_set.describe(),
             "shared_with_calibration": _shared(check_set, calibration),
             "limits": asdict(target.limits),
             "reference": "PyTorch fp32 on the CPU",
+            "runtime": f"{fmt.title} runtime on this machine's CPU",
         },
+        "parity_unverified": unverified,
         "calibration": None
-        if calibration is None or target.quantisation is None
-        else {
-            **calibration.describe(),
-            "method": request.calib_method,
-            "int8_target": request.int8_target,
-            "activation_type": target.quantisation.activation_type,
-            "weight_type": target.quantisation.weight_type,
-            "per_channel": target.quantisation.per_channel,
-            "extra_options": target.quantisation.extra_options,
-            "format": "QDQ",
-        },
-        "ort_format": str(ort_model) if ort_model else None,
-        "export_seconds": round(time.perf_counter() - started, 2),
+        if calibration is None
+        else {**calibration.describe(), "note": "one image per calibration step"},
         "card": card.to_dict(),
-        "versions": {
-            "skutag": __version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        },
     }
+
+
+def _versions(backend) -> dict[str, str]:
+    import torch
+
+    from skutag import __version__
+
+    return {"skutag": __version__, "torch": torch.__version__, **backend.versions()}
 
 
 def _shared(check_set: samples.SampleSet | None, calibration: samples.SampleSet | None) -> int:

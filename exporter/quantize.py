@@ -24,13 +24,14 @@ import contextlib
 import io
 import logging
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from skutag.exporter.samples import SampleSet, batches, model_input
 from skutag.exporter.tail import NO_POOLING, walk_tail
-from skutag.exporter.targets import Quantisation
 
 from skutag.card import ModelCard
 from skutag.errors import SkutagError
@@ -52,6 +53,30 @@ EIGHT_BIT_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 # Conv ops in ORT's optimised CPU graph: quantised kernels, and float ones (a conv the QDQ fusion missed).
 QUANTISED_CONV_OPS = frozenset({"QLinearConv", "ConvInteger", "NhwcQLinearConv"})
 FLOAT_CONV_OPS = frozenset({"Conv", "FusedConv", "NchwcConv"})
+
+
+@dataclass(frozen=True)
+class Quantisation:
+    """ORT static quantisation settings, by name (onnxruntime is imported only when converting)."""
+
+    activation_type: str  # a `QuantType` member name
+    weight_type: str
+    per_channel: bool
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+
+# One per int8 target of the ONNX format (skutag.artifacts: `cpu`, `tensorrt`).
+QUANTISATION: dict[str, Quantisation] = {
+    # U8S8 QDQ: uint8 activations, int8 per-channel weights; every conv fuses into QLinearConv.
+    "cpu": Quantisation("QUInt8", "QInt8", per_channel=True),
+    # TensorRT reads explicit QDQ and wants symmetric int8 for activations and weights.
+    "tensorrt": Quantisation(
+        "QInt8",
+        "QInt8",
+        per_channel=True,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    ),
+}
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:

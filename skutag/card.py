@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from skutag import __version__
+from skutag.artifacts import INT8_TARGETS, PRECISIONS
 from skutag.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -31,9 +32,6 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 INPUT_LAYOUTS = {"uint8": "NHWC", "float32": "NCHW"}
-PRECISIONS = ("fp32", "fp16", "int8")
-# Which int8: `cpu` is U8S8 asymmetric QDQ (uint8 activations), `tensorrt` S8S8 symmetric QDQ.
-INT8_TARGETS = ("cpu", "tensorrt")
 
 
 class CardError(InputError):
@@ -117,16 +115,6 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def family(self) -> str:
-        """`timm` for `timm/NAME` archs, else `torchvision`."""
-        return "timm" if self.arch.startswith("timm/") else "torchvision"
-
-    @property
-    def model_name(self) -> str:
-        """The name within its family (`tf_efficientnet_lite0`, `resnet50`)."""
-        return self.arch.removeprefix("timm/")
 
     # -- validation ---------------------------------------------------------
 

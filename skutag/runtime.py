@@ -6,11 +6,10 @@ that is actually active; `cuda` and `tensorrt` fail loudly, `auto` falls back an
 says so. GPU sessions use one intra-op thread. Sessions are created in the main
 process only (callers must not create them in DataLoader workers or before a fork).
 
-Provider options come from one table: `RUNTIME_TARGETS` holds the runtime columns of
-the export-target table (`exporter.targets.TARGETS` points each of its rows here; the
-table lives here because batchrun may import only `skutag`). A file's card names its
-target; `create_session` refuses a target that cannot run on the requested device
-before any provider is created, and sets TensorRT's precision flags from the row.
+Provider options come from the one model-format table (`skutag.artifacts.TARGETS`: each
+precision row says how ONNX Runtime runs its files). A file's card names its target;
+`create_session` refuses a target that cannot run on the requested device before any
+provider is created, and sets TensorRT's precision flags from the row.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skutag.artifacts import TARGETS, Target, target_name
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import DeviceError, InputError
 
@@ -36,34 +36,9 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_strea
 DEFAULT_TRT_CACHE = Path.home() / ".cache" / "skutag" / "tensorrt"
 
 
-@dataclass(frozen=True)
-class RuntimeTarget:
-    """How ONNX Runtime runs the files of one export target (a row of the export-target table)."""
-
-    name: str  # the export target: fp32 | fp16 | int8-cpu | int8-tensorrt
-    trt_fp16: bool = False  # TensorRT may build fp16 kernels
-    trt_int8: bool = False  # TensorRT reads the file's explicit QDQ int8
-    tensorrt_refusal: str | None = None  # why TensorRT cannot run such a file (None: it can)
-
-
-RUNTIME_TARGETS: dict[str, RuntimeTarget] = {
-    "fp32": RuntimeTarget("fp32"),
-    "fp16": RuntimeTarget("fp16", trt_fp16=True),
-    "int8-cpu": RuntimeTarget(
-        "int8-cpu",
-        tensorrt_refusal="is an int8 model for CPUs (U8S8 QDQ: uint8 activations), which TensorRT cannot "
-        "build; export it with `skutag export RUN --precision int8 --int8-target tensorrt`, "
-        "or run this one with --device cpu",
-    ),
-    # The float head (everything after the pooled features) stays fp32 in TensorRT too.
-    "int8-tensorrt": RuntimeTarget("int8-tensorrt", trt_int8=True),
-}
-
-
-def runtime_target(card: ModelCard) -> RuntimeTarget:
+def runtime_target(card: ModelCard) -> Target:
     """The table row of a card's export target (an int8 card without a target counts as `cpu`)."""
-    name = f"int8-{card.int8_target or 'cpu'}" if card.precision == "int8" else card.precision
-    return RUNTIME_TARGETS[name]
+    return TARGETS[target_name(card.precision, card.int8_target)]
 
 
 def check_device(card: ModelCard | None, device: str, model: object = "the model") -> None:
@@ -102,7 +77,7 @@ def provider_chain(
 ) -> list[Any]:
     """ORT's provider list for `device`, most preferred first, always ending in the CPU.
 
-    TensorRT: precision flags from the card's row of `RUNTIME_TARGETS` (fp32 for a model
+    TensorRT: precision flags from the card's row of `skutag.artifacts.TARGETS` (fp32 for a model
     without a card), engine and timing caches under `trt_cache_dir`, and with `batch_size`
     one optimisation profile of exactly that input shape (the shape `skutag run` feeds).
     """
@@ -112,7 +87,7 @@ def provider_chain(
     if device == "cuda":
         return [cuda, "CPUExecutionProvider"]
     if device == "tensorrt":
-        target = runtime_target(card) if card is not None else RUNTIME_TARGETS["fp32"]
+        target = runtime_target(card) if card is not None else TARGETS["fp32"]
         cache = str(Path(trt_cache_dir or DEFAULT_TRT_CACHE))
         Path(cache).mkdir(parents=True, exist_ok=True)
         trt: dict[str, Any] = {
@@ -237,13 +212,6 @@ def _preload_gpu_libraries(device: str) -> None:
             preload(cuda=True, cudnn=True, msvc=False)
         except Exception as exc:  # best effort: the provider check after session creation decides
             log.debug("preload_dlls failed: %s", exc)
-
-
-def session_card(session) -> ModelCard | None:
-    """The skutag card inside a session's model, or None for a model skutag did not export."""
-    metadata = session.get_modelmeta().custom_metadata_map
-    text = metadata.get(METADATA_KEY)
-    return ModelCard.from_json(text) if text else None
 
 
 def model_card(path: str | os.PathLike) -> ModelCard | None:

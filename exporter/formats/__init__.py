@@ -1,27 +1,28 @@
-"""The table of export formats: one row per format drives export, the check, and `skutag bench`.
+"""The format backends: one module per row of the model-format table (`skutag.artifacts.FORMATS`).
 
-Each row names its converter module (imported only when used), the optional extra
-that installs it, the precisions it offers, whether its runtime runs here, and where
-the model card travels. Every module exposes the same three functions:
+`skutag.exporter.pipeline` runs every format through the same steps and calls the row's
+module, `skutag.exporter.formats.<name>`, for what differs. Each module exposes:
 
-- `export(module, card, out, precision, calibration) -> dict`: write the file at `out`
-  from the PyTorch `exporter.graph.ExportModule` (uint8 NHWC pixels in, preprocessing
-  and softmax inside, `probs` and optionally `embedding` out); int8 is calibrated on
-  `calibration` (a `SampleSet`), one image at a time. Returns what the report records.
+- `export(job, out) -> dict`: write the file at `out` from `job.module`, the PyTorch
+  `exporter.graph.ExportModule` (uint8 NHWC pixels in, or float NCHW for ONNX's
+  `--input float`; preprocessing and softmax inside, `probs` and optionally `embedding`
+  out), at `job.target`'s precision; int8 is calibrated on `job.calibration` (a
+  `SampleSet`), one image at a time. Returns the notes the report records.
+- `report_fields(job, out, notes) -> dict`: the format's own keys of the report
+  (`MODEL.<ext>.json`) beside the common ones (ONNX: opset, signature, ORT's quantiser).
 - `load(path) -> Runner`: the file in its own runtime on the CPU (InputError when it
-  cannot be loaded), or MissingRuntime where the runtime does not run on this platform.
+  cannot be loaded).
 - `versions() -> dict`: converter and runtime versions for the report.
 
-The ONNX row is here so that bench and `skutag run`'s refusal read one table; its export
-is `exporter.pipeline` (ONNX Runtime's quantiser, the .ort file, TensorRT targets).
+The modules import their converter and runtime inside these functions; whether the
+format's extra is installed is checked once, from the table, by
+`skutag.artifacts.require_extra` (the export's validation, `load_runner`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -29,15 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from skutag.artifacts import SUFFIXES, format_of
+from skutag.artifacts import FORMATS, Format, Target, for_path, format_of, require_extra
 from skutag.card import ModelCard
 from skutag.errors import InputError, SkutagError
-
-FORMAT_NAMES = tuple(SUFFIXES)
-
-
-class MissingExtra(InputError):
-    """The format's converter or runtime is not installed (exit 2): one line naming the extra."""
 
 
 class MissingRuntime(SkutagError):
@@ -45,7 +40,7 @@ class MissingRuntime(SkutagError):
 
 
 class Runner(Protocol):
-    """An exported file loaded in its runtime: uint8 [N, H, W, 3] pixels -> (probs, embedding or None)."""
+    """An exported file loaded in its runtime: [N, ...] model input -> (probs, embedding or None)."""
 
     batch_size: int | None  # the one batch size the file takes, or None (any)
 
@@ -53,70 +48,23 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
-class Format:
-    name: str
-    module: str  # exporter.formats.<module>
-    extra: str | None  # pip extra that installs the converter and runtime
-    precisions: tuple[str, ...]
-    platform: str  # who runs these files
-    card_inside: bool  # the card is also in the file's own metadata (always in MODEL.<ext>.json)
-    runs_here: Callable[[], bool] = lambda: True
+class Job:
+    """What a backend converts: the PyTorch wrapper, its cards, the precision row and the calibration."""
 
-    @property
-    def suffix(self) -> str:
-        return SUFFIXES[self.name][0]
-
-    @property
-    def title(self) -> str:
-        return SUFFIXES[self.name][1]
-
-    def backend(self) -> ModuleType:
-        return importlib.import_module(f"skutag.exporter.formats.{self.module}")
+    module: Any  # exporter.graph.ExportModule
+    run_card: ModelCard  # the trained model's card
+    card: ModelCard  # the exported file's card (precision, int8 target, input kind set)
+    target: Target  # the precision row of skutag.artifacts.TARGETS
+    calibration: Any  # exporter.samples.SampleSet (int8) or None
+    input_kind: str = "uint8"
+    calib_method: str = "minmax"
+    ort_format: bool = False  # ONNX: also write MODEL.ort beside the file
+    work: Path | None = None  # scratch directory for intermediate files
 
 
-def _apple() -> bool:
-    return sys.platform == "darwin"
-
-
-FORMATS: dict[str, Format] = {
-    "onnx": Format("onnx", "onnx", None, ("fp32", "fp16", "int8"), "ONNX Runtime anywhere", True),
-    "executorch": Format(
-        "executorch", "executorch", "executorch", ("fp32", "int8"), "PyTorch-native apps (XNNPACK)", False
-    ),
-    "litert": Format("litert", "litert", "litert", ("fp32", "int8"), "Android (LiteRT / TFLite)", False),
-    "openvino": Format(
-        "openvino", "openvino", "openvino", ("fp32", "fp16", "int8"), "Intel CPUs, GPUs, NPUs", True
-    ),
-    "coreml": Format(
-        "coreml", "coreml", "coreml", ("fp32", "fp16"), "Apple platforms (iOS, macOS)", True, _apple
-    ),
-}
-
-
-def get(name: str) -> Format:
-    if name not in FORMATS:
-        raise InputError(f"unknown export format {name!r}; expected one of {', '.join(FORMATS)}")
-    return FORMATS[name]
-
-
-def for_path(path: str | Path) -> Format:
-    """The row for a model file, by its suffix; InputError for a file of no known format."""
-    name = format_of(path)
-    if name is None:
-        known = ", ".join(f"{f.suffix} ({f.title})" for f in FORMATS.values())
-        raise InputError(f"{path}: not a model file skutag knows (expected {known})")
-    return FORMATS[name]
-
-
-def require(module: str, extra: str, title: str) -> ModuleType:
-    """Import a converter or runtime module, or raise MissingExtra naming the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtra(
-            f"{title} needs the optional extra: pip install 'skutag[{extra}]' ({module} is not importable: "
-            f"{str(exc).splitlines()[0]})"
-        ) from exc
+def backend(fmt: Format) -> ModuleType:
+    """The module that exports, loads and versions `fmt`'s files."""
+    return importlib.import_module(fmt.backend_module)
 
 
 def report_path(model: str | Path) -> Path:
@@ -141,11 +89,10 @@ def read_report(model: str | Path) -> dict[str, Any]:
 def model_files(model: str | Path) -> list[Path]:
     """Every file an exported model consists of (OpenVINO IR: the .xml and its .bin)."""
     model = Path(model)
-    if model.suffix == ".xml":
-        return [model, model.with_suffix(".bin")]
-    if model.is_dir():
+    if model.is_dir():  # .mlpackage
         return sorted(p for p in model.rglob("*") if p.is_file())
-    return [model]
+    name = format_of(model)
+    return [model] + [model.with_suffix(s) for s in (FORMATS[name].companions if name else ())]
 
 
 def size_bytes(model: str | Path) -> int:
@@ -193,12 +140,13 @@ def file_hashes(model: str | Path) -> dict[str, str]:
     }
 
 
-def load_runner(model: str | Path) -> tuple[Format, ModelCard, Runner]:
+def load_runner(model: str | Path, command: str = "skutag bench") -> tuple[Format, ModelCard, Runner]:
     """An exported edge model, verified against its report and loaded in its runtime on the CPU."""
     fmt, card, _ = verified_card(model)
     if not fmt.runs_here():
         raise MissingRuntime(f"{model}: {fmt.title} models run only on {fmt.platform}; not on this machine")
-    return fmt, card, fmt.backend().load(Path(model))
+    require_extra(fmt, fmt.runtime, f"{command} {Path(model).name}")
+    return fmt, card, backend(fmt).load(Path(model))
 
 
 def run_all(runner: Runner, pixels: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray | None]:

@@ -19,21 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from skutag.exporter.formats import first_line, require
-from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
-from skutag.exporter.samples import SampleSet
+from skutag.exporter.formats import Job, first_line
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 
+from skutag.artifacts import FORMATS
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 
-TITLE = "Core ML export"
+BATCH = FORMATS["coreml"].batch
 
 
-def export(
-    module: ExportModule, card: ModelCard, out: Path, precision: str, calibration: SampleSet | None
-) -> dict[str, Any]:
-    del calibration
-    ct = require("coremltools", "coreml", TITLE)
+def export(job: Job, out: Path) -> dict[str, Any]:
+    import coremltools as ct
+
+    module, card, precision = job.module, job.card, job.target.precision
     size = card.image_size
     example = torch.zeros(1, size, size, 3)  # float32 holding pixel values: Core ML has no uint8 inputs
     with torch.no_grad():
@@ -54,21 +53,26 @@ def export(
         shutil.rmtree(out)
     model.save(str(out))
     return {
-        "batch_size": 1,
+        "batch_size": BATCH,
         "input": "float32 [1, H, W, 3] holding 0-255 RGB pixel values",
         "target": "iOS17",
     }
 
 
+def report_fields(job: Job, out: Path, notes: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
 def read_card(path: Path) -> ModelCard:
     """The card in the package's user-defined metadata (readable without the Core ML runtime)."""
-    ct = require("coremltools", "coreml", "reading Core ML models")
+    import coremltools as ct
+
     spec = ct.utils.load_spec(str(path))
     return ModelCard.from_json(spec.description.metadata.userDefined[METADATA_KEY])
 
 
 class _Runner:
-    batch_size = 1
+    batch_size = BATCH
 
     def __init__(self, model) -> None:
         self._model = model
@@ -79,7 +83,8 @@ class _Runner:
 
 
 def load(path: Path) -> _Runner:
-    ct = require("coremltools", "coreml", "running Core ML models")
+    import coremltools as ct
+
     try:
         return _Runner(ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY))
     except Exception as exc:

@@ -12,28 +12,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from skutag.exporter.formats import first_line, require
-from skutag.exporter.formats.pt2e import example, quantise
-from skutag.exporter.graph import ExportModule
-from skutag.exporter.samples import SampleSet
+from skutag.exporter.formats import Job, first_line
+from skutag.exporter.graph import edge_example
 
-from skutag.card import ModelCard
+from skutag.artifacts import FORMATS
 from skutag.errors import InputError
 
-TITLE = "ExecuTorch export"
+BATCH = FORMATS["executorch"].batch
 
 
-def export(
-    module: ExportModule, card: ModelCard, out: Path, precision: str, calibration: SampleSet | None
-) -> dict[str, Any]:
-    exir = require("executorch.exir", "executorch", TITLE)
-    xnnpack = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch", TITLE)
-    args = example(module, card.image_size)
+def export(job: Job, out: Path) -> dict[str, Any]:
+    from executorch import exir
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    module, calibration = job.module, job.calibration
+    args = edge_example(job.card.image_size)
     program: Any = module
-    notes: dict[str, Any] = {"delegate": "XNNPACK", "batch_size": 1}
-    if precision == "int8":
+    notes: dict[str, Any] = {"delegate": "XNNPACK", "batch_size": BATCH}
+    if job.target.precision == "int8":
         assert calibration is not None
-        qmod = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch", TITLE)
+        from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as qmod
+        from skutag.exporter.formats.pt2e import quantise  # torchao: int8 only
+
         config = qmod.get_symmetric_quantization_config(is_per_channel=True)
         quantizer = qmod.XNNPACKQuantizer().set_global(config)
         program, quantised = quantise(module, args, quantizer, calibration, fold=True)
@@ -44,13 +44,17 @@ def export(
         notes.update(quantised)
     with torch.no_grad():
         exported = torch.export.export(program, args)
-    lowered = exir.to_edge_transform_and_lower(exported, partitioner=[xnnpack.XnnpackPartitioner()])
+    lowered = exir.to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     out.write_bytes(lowered.to_executorch().buffer)
     return notes
 
 
+def report_fields(job: Job, out: Path, notes: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
 class _Runner:
-    batch_size = 1
+    batch_size = BATCH
 
     def __init__(self, method) -> None:
         self._method = method
@@ -62,7 +66,8 @@ class _Runner:
 
 
 def load(path: Path) -> _Runner:
-    runtime = require("executorch.runtime", "executorch", "running ExecuTorch programs")
+    from executorch import runtime
+
     try:
         method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
     except Exception as exc:

@@ -13,29 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from skutag.exporter.formats import first_line, require
-from skutag.exporter.formats.pt2e import example, quantise
-from skutag.exporter.graph import ExportModule
-from skutag.exporter.samples import SampleSet
+from skutag.exporter.formats import Job, first_line
+from skutag.exporter.graph import edge_example
 
-from skutag.card import ModelCard
+from skutag.artifacts import FORMATS
 from skutag.errors import InputError, SkutagError
 
 TITLE = "LiteRT export"
+BATCH = FORMATS["litert"].batch
 
 
-def export(
-    module: ExportModule, card: ModelCard, out: Path, precision: str, calibration: SampleSet | None
-) -> dict[str, Any]:
-    litert_torch = require("litert_torch", "litert", TITLE)
-    args = example(module, card.image_size)
-    notes: dict[str, Any] = {"converter": "litert-torch", "batch_size": 1}
+def export(job: Job, out: Path) -> dict[str, Any]:
+    import litert_torch
+
+    module, calibration = job.module, job.calibration
+    args = edge_example(job.card.image_size)
+    notes: dict[str, Any] = {"converter": "litert-torch", "batch_size": BATCH}
     options: dict[str, Any] = {}
     program: Any = module
-    if precision == "int8":
+    if job.target.precision == "int8":
         assert calibration is not None
-        quantizer_module = require("litert_torch.quantize.pt2e_quantizer", "litert", TITLE)
-        quant_config = require("litert_torch.quantize.quant_config", "litert", TITLE)
+        from litert_torch.quantize import pt2e_quantizer as quantizer_module
+        from litert_torch.quantize import quant_config
+        from skutag.exporter.formats.pt2e import quantise  # torchao: int8 only
+
         config = quantizer_module.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
         quantizer = quantizer_module.PT2EQuantizer().set_global(config)
         program, quantised = quantise(module, args, quantizer, calibration, fold=False)
@@ -63,8 +64,12 @@ def export(
     return notes
 
 
+def report_fields(job: Job, out: Path, notes: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
 class _Runner:
-    batch_size = 1
+    batch_size = BATCH
 
     def __init__(self, interpreter) -> None:
         self._interpreter = interpreter
@@ -80,7 +85,8 @@ class _Runner:
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:
-    interpreter_module = require("ai_edge_litert.interpreter", "litert", "running LiteRT models")
+    from ai_edge_litert import interpreter as interpreter_module
+
     try:
         interpreter = interpreter_module.Interpreter(
             model_path=str(path), num_threads=threads or os.cpu_count() or 1

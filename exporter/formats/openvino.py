@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from skutag.exporter.formats import first_line, require
-from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
-from skutag.exporter.samples import SampleSet
+from skutag.exporter.formats import Job, first_line
+from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 from skutag.exporter.tail import walk_tail
 
 from skutag.card import ModelCard
@@ -41,10 +40,10 @@ TITLE = "OpenVINO export"
 CARD_KEY = ["skutag", "card"]
 
 
-def export(
-    module: ExportModule, card: ModelCard, out: Path, precision: str, calibration: SampleSet | None
-) -> dict[str, Any]:
-    ov = require("openvino", "openvino", TITLE)
+def export(job: Job, out: Path) -> dict[str, Any]:
+    import openvino as ov
+
+    module, card, calibration, precision = job.module, job.card, job.calibration, job.target.precision
     size = card.image_size
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     with torch.no_grad():
@@ -57,7 +56,7 @@ def export(
     notes: dict[str, Any] = {"batch_size": "dynamic"}
     if precision == "int8":
         assert calibration is not None
-        nncf = require("nncf", "openvino", TITLE)
+        import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
         dataset = nncf.Dataset(calibration.pixels, lambda image: image[None])
@@ -82,6 +81,10 @@ def export(
     ov.save_model(model, str(out), compress_to_fp16=precision == "fp16")
     notes["files"] = [out.name, out.with_suffix(".bin").name]
     return notes
+
+
+def report_fields(job: Job, out: Path, notes: dict[str, Any]) -> dict[str, Any]:
+    return {}
 
 
 # The ops that make the pooled features (walking back from the outputs, the tail ends at the first one).
@@ -112,7 +115,8 @@ def float_tail(model) -> list[str]:
 
 def read_card(path: Path) -> ModelCard:
     """The card in the IR's rt_info."""
-    ov = require("openvino", "openvino", "reading OpenVINO models")
+    import openvino as ov
+
     return ModelCard.from_json(ov.Core().read_model(str(path)).get_rt_info(CARD_KEY).astype(str))
 
 
@@ -130,7 +134,8 @@ class _Runner:
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:
-    ov = require("openvino", "openvino", "running OpenVINO models")
+    import openvino as ov
+
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads

@@ -27,7 +27,7 @@ quantizer's own annotation API (`EdgeQuantizer`) and module-type config:
 from __future__ import annotations
 
 import torch
-from skutag.exporter.graph import ExportModule
+from skutag.exporter.graph import ExportModule, edge_example
 from skutag.exporter.samples import SampleSet
 from skutag.exporter.tail import walk_tail
 from torch.fx import GraphModule, Node
@@ -56,9 +56,9 @@ CLAMPS = frozenset(
 
 
 def example(module: ExportModule, card_size: int) -> tuple[torch.Tensor]:
-    """The batch-1 uint8 NHWC example the edge formats are exported with."""
+    """The batch-1 uint8 NHWC example the edge formats are exported with (`graph.edge_example`)."""
     del module
-    return (torch.zeros(1, card_size, card_size, 3, dtype=torch.uint8),)
+    return edge_example(card_size)
 
 
 def _quantizer_base():

@@ -14,7 +14,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]

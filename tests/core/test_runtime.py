@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from skutag.card import ModelCard
+from skutag.artifacts import TARGETS
+from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import DeviceError, InputError
 from skutag.runtime import (
-    RUNTIME_TARGETS,
     check_device,
     create_session,
     gpu_present,
     provider_chain,
     runtime_target,
-    session_card,
 )
 
 
@@ -32,7 +31,7 @@ def test_cpu_session_and_card_round_trip(tiny_onnx):
     path, card = tiny_onnx
     session, info = create_session(path, "cpu")
     assert info.device == "cpu" and info.providers[0] == "CPUExecutionProvider"
-    assert session_card(session) == card
+    assert ModelCard.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == card
 
 
 @pytest.mark.skipif(gpu_present(), reason="checks the behaviour of a machine without a GPU")
@@ -90,7 +89,7 @@ def test_an_int8_cpu_model_is_refused_on_tensorrt_only():
     for device in ("cpu", "cuda", "auto"):
         check_device(cpu, device, "m.onnx")
     legacy = cpu.replace(int8_target=None)  # an int8 card written before the target was recorded
-    assert runtime_target(legacy) is RUNTIME_TARGETS["int8-cpu"]
+    assert runtime_target(legacy) is TARGETS["int8-cpu"]
     check_device(cpu.replace(int8_target="tensorrt"), "tensorrt", "m.onnx")
 
 

@@ -1,4 +1,4 @@
-"""The int8 parity gate on synthetic probability arrays: per image, so it fires at 2 classes and at 1,000.
+"""The parity figures and gates on synthetic probability arrays: per image, so they fire at 2 classes and at 1,000.
 
 A gate on the mean |dprob| over images x classes (the old one) is bounded by 2/K and
 could not see a broken model with many classes; the per-image total variation (TV)
@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from skutag.exporter.parity import compare, total_variation
-from skutag.exporter.targets import TARGETS
+
+from skutag import artifacts
+from skutag.artifacts import TARGETS
 
 CLASSES = (2, 100, 1000)
 IMAGES = 200
@@ -90,3 +92,26 @@ def test_one_confident_image_moved_completely_fails_the_max(k):
     parity = compare(reference, one_flip)
     assert parity.top1_agreement == 0.995  # agreement and p99 alone would let it through
     assert parity.failures(TARGETS["int8-cpu"].limits) == [f"max per-image TV {parity.max_tv:.3g} >= 0.9"]
+
+
+def test_parity_figures():
+    reference = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32)
+    same = compare(reference, reference)
+    assert same.max_tv == 0 and same.top1_agreement == 1 and same.top5_overlap == 1 and same.k == 3
+    assert same.max_embedding_error is None
+    flipped = compare(reference, np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32))
+    # image 0: |dprob| 0.5 + 0.5 + 0 -> TV 0.5; image 1: 0
+    assert flipped.top1_agreement == 0.5 and flipped.max_tv == pytest.approx(0.5)
+    assert flipped.mean_tv == pytest.approx(0.25)
+    assert flipped.failures(artifacts.TARGETS["fp32"].limits)
+    assert not same.failures(artifacts.TARGETS["int8-cpu"].limits)
+
+
+def test_embedding_error_is_relative_per_image():
+    probs = np.full((2, 3), 1 / 3, dtype=np.float32)
+    embedding = np.array([[3.0, 4.0], [30.0, 40.0]], dtype=np.float32)
+    moved = embedding + np.array([[0.5, 0.0], [0.5, 0.0]], dtype=np.float32)
+    parity = compare(probs, probs, embedding, moved)
+    assert parity.max_embedding_error == pytest.approx(0.1) and parity.p99_embedding_error < 0.1
+    limits = artifacts.TARGETS["fp32"].limits
+    assert any("embedding" in problem for problem in parity.failures(limits))

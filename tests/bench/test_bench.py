@@ -7,7 +7,7 @@ import json
 import pytest
 
 from skutag.card import ModelCard
-from tests.cli import skutag
+from tests.support.cli import skutag
 
 
 @pytest.fixture(scope="module")

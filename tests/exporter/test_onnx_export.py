@@ -10,60 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from skutag.exporter import targets
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS, ExportModule
 from skutag.exporter.quantize import optimised_op_types, quantised_conv_summary
-from skutag.exporter.samples import load_directory, model_input, select_files
+from skutag.exporter.samples import load_directory
 
+from skutag import artifacts
 from skutag.card import ModelCard
-from skutag.cli import main
-from skutag.runtime import create_session, session_card
-
-IMAGE_SIZE = 64
-
-
-def invoke(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `skutag ARGS` in this process; (exit code, stdout, stderr)."""
-    try:
-        main([*args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def trained_run(small_catalog, tmp_path_factory) -> tuple[Path, ModelCard]:
-    """A ResNet-18 trained for 20 Adam steps on the synthetic catalog: right on every class, and (label
-    smoothing) with probabilities that are not saturated, so parity figures mean something."""
-    from skutag.trainer.model import build_model
-    from skutag.trainer.weights import save_weights
-
-    classes = sorted(p.name for p in small_catalog.iterdir() if p.is_dir())
-    card = ModelCard.for_training("resnet18", classes, image_size=IMAGE_SIZE)
-    images = load_directory(small_catalog, card, count=1000)
-    files = select_files(small_catalog, count=1000)
-    labels = torch.tensor([classes.index(p.parent.name) for p in files])
-    x = torch.from_numpy(model_input(images.pixels, card, "float"))
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(classes), "none")
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(20):
-        batch = torch.randint(0, len(x), (32,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch], label_smoothing=0.3)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    with torch.inference_mode():
-        predicted = model.eval()(x).argmax(dim=1)
-    assert len(set(predicted.tolist())) == len(classes), "the fixture model must not be degenerate"
-    run = tmp_path_factory.mktemp("run")
-    save_weights(run / "best.safetensors", model.eval(), card)
-    card.save(run / "card.json")
-    return run, card
+from skutag.runtime import create_session
+from tests.exporter.support import invoke, session_card
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +44,7 @@ def assert_card(session, run_card: ModelCard, precision: str, int8_target: str |
 
 
 def assert_passed(report: dict, target: str) -> None:
-    limits = targets.TARGETS[target].limits
+    limits = artifacts.TARGETS[target].limits
     parity = report["parity"]
     assert parity["images"] > 0 and report["target"] == target
     assert parity["max_tv"] < limits.max_tv and parity["p99_tv"] < limits.p99_tv
@@ -236,11 +190,11 @@ def test_float_input(capsys, trained_run, small_catalog, tmp_path):
 
 
 def test_a_failed_parity_check_writes_nothing(capsys, monkeypatch, trained_run, tmp_path):
-    impossible = targets.Limits(
+    impossible = artifacts.Limits(
         max_tv=0.0, p99_tv=0.0, min_top1_agreement=1.0, min_top5_overlap=1.0, max_embedding_error=0.0
     )
     monkeypatch.setitem(
-        targets.TARGETS, "fp32", dataclasses.replace(targets.TARGETS["fp32"], limits=impossible)
+        artifacts.TARGETS, "fp32", dataclasses.replace(artifacts.TARGETS["fp32"], limits=impossible)
     )
     out = tmp_path / "model.onnx"
     code, _, stderr = invoke(capsys, "export", str(trained_run[0]), "--out", str(out), "--check-size", "4")
@@ -261,6 +215,6 @@ def test_fp16_runs_on_cuda_like_fp32_on_the_cpu(capsys, trained_run, small_catal
     assert info.device == "cuda"
     expected = cpu.run([PROBS], {INPUT_NAME: pixels})[0]
     probs = cuda.run([PROBS], {INPUT_NAME: pixels})[0]
-    limits = targets.TARGETS["fp16"].limits
+    limits = artifacts.TARGETS["fp16"].limits
     assert 0.5 * np.abs(probs - expected).sum(axis=1).max() < limits.max_tv
     assert np.mean(probs.argmax(1) == expected.argmax(1)) >= limits.min_top1_agreement
