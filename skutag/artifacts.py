@@ -52,12 +52,12 @@ images disjoint from the calibration images):
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from skutag.errors import InputError
+from skutag.extras import require
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Which int8: `cpu` is U8S8 asymmetric QDQ (uint8 activations), `tensorrt` S8S8 symmetric QDQ.
@@ -277,10 +277,6 @@ FORMATS: dict[str, Format] = {
 FORMAT_NAMES = tuple(FORMATS)
 
 
-class MissingExtra(InputError):
-    """The format's converter or runtime is not installed (exit 2): one line naming the extra."""
-
-
 def get(name: str) -> Format:
     if name not in FORMATS:
         raise InputError(f"unknown export format {name!r}; expected one of {', '.join(FORMATS)}")
@@ -307,13 +303,7 @@ def for_path(path: str | Path) -> Format:
 
 
 def require_extra(fmt: Format, modules: tuple[str, ...], command: str) -> None:
-    """Import `modules` (what `command` needs of `fmt`), or raise MissingExtra: exit 2, one line
-    naming the extra to install. The one place a missing optional extra is detected."""
+    """Import `modules` (what `command` needs of `fmt`), or raise MissingExtra (exit 2, one line
+    naming the extra to install)."""
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise MissingExtra(
-                f"{command} needs the {fmt.extra} extra: pip install 'skutag[{fmt.extra}]' "
-                f"({module} is not importable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-            ) from exc
+        require(module, fmt.extra, command)

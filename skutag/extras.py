@@ -27,6 +27,6 @@ def require(module: str, extra: str, title: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtra(
-            f"{title} needs the optional extra {extra}: {install_hint(extra)} ({module} is not importable: "
-            f"{str(exc).splitlines()[0]})"
+            f"{title} needs the {extra} extra: {install_hint(extra)} ({module} is not importable: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from exc
