@@ -27,16 +27,16 @@ from skutag.errors import InputError
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
+from .commit.out import CommitLog, OutputNames, prepare_out, read_summary, remove_run
 from .commit.reader import is_complete, publish_if_complete, require_complete
-from .engines import get_engine
-from .incremental import Previous, removed_inputs
-from .model import ForeignPreprocessing, ModelContract, read_contract
+from .commit.writer import UnitWriter, prediction_schema
+from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
-from .out import CommitLog, OutputNames, prepare_out, read_summary, remove_run
-from .plan import Plan, ensure_plan, make_plan, plan_exists, read_plan
-from .reuse import run_key
-from .work import prepare_work
-from .writer import UnitWriter, prediction_schema
+from .plan.catalog import Plan, ensure_plan, make_plan, plan_exists, read_plan
+from .plan.incremental import Previous, removed_inputs
+from .plan.reuse import run_key
+from .plan.work import prepare_work
+from .predict.model import ForeignPreprocessing, ModelContract, read_contract
 
 log = logging.getLogger(__name__)
 

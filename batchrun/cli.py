@@ -164,7 +164,7 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
     from pathlib import Path
 
     from skutag.batchrun.api import run_catalog
-    from skutag.batchrun.model import ForeignPreprocessing
+    from skutag.batchrun.predict.model import ForeignPreprocessing
 
     from skutag.errors import TooManyErrors
 

@@ -152,7 +152,7 @@ def linked_catalog(images: Path, count: int, cache: Path) -> Path:
 
 def plain_loop(images: Path, batch_size: int, workers: int | None) -> float:
     """images/s of the textbook eager loop (skutag.bench.baselines) with a ResNet-50 of this suite's classes."""
-    from skutag.batchrun.loader import default_workers
+    from skutag.batchrun.decode.loader import default_workers
     from torchvision import models
 
     from skutag.bench.baselines import plain_torch_loop
@@ -189,8 +189,8 @@ def ort_model_only(model: Path, args, count: int) -> float:
     """The ceiling: ORT's own settings on a ready batch, `count` images in batches. On a GPU the batch
     already lives on the device (IO binding), so this is the model alone."""
     import numpy as np
-    from skutag.batchrun.infer import BoundPredictor, open_session
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.infer import BoundPredictor, open_session
+    from skutag.batchrun.predict.model import read_contract
 
     contract = read_contract(model)
     session, info = open_session(contract, args.device, batch_size=args.batch_size, threads=args.threads)
@@ -267,7 +267,7 @@ def report(rows, memory, args, models) -> None:
     import onnxruntime
     import torch
     import torchvision
-    from skutag.batchrun.loader import available_cores, default_workers
+    from skutag.batchrun.decode.loader import available_cores, default_workers
 
     print(f"## Batchrun benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     print(f"- machine: {cpu_model()}, {available_cores()} cores, {platform.system()} {platform.release()}")

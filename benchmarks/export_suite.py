@@ -1,7 +1,7 @@
 """Exporter benchmark: model-only ONNX Runtime throughput, file size and agreement of fp32, fp16 and int8.
 
 Each precision is exported by the real `skutag export` pipeline, then timed in the
-session `skutag run` would open (`batchrun.infer.open_session`) on a fixed uint8 batch:
+session `skutag run` would open (`batchrun.predict.infer.open_session`) on a fixed uint8 batch:
 warm-up runs, then `--reps` rounds in which each artifact runs once in turn (so a shared
 machine's changing load hits them alike), median reported.
 
@@ -83,8 +83,8 @@ def export_all(
 
 def open_session(path: Path, device: str, threads: int, batch: int):
     """The session `skutag run` would open for this file (provider options from the export-target table)."""
-    from skutag.batchrun.infer import open_session as run_session
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.infer import open_session as run_session
+    from skutag.batchrun.predict.model import read_contract
 
     cpu_threads = threads if device == "cpu" else None
     return run_session(read_contract(path), device, batch_size=batch, threads=cpu_threads)[0]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun.api import RunSummary, run_catalog
+from skutag.batchrun.commit.out import CommitLog, OutputNames, remove_run
 from skutag.batchrun.commit.reader import CommittedRows
-from skutag.batchrun.loader import TaskDataset, _worker_id
+from skutag.batchrun.decode.loader import TaskDataset, _worker_id
 from skutag.batchrun.options import RunOptions
-from skutag.batchrun.out import CommitLog, OutputNames, remove_run
-from skutag.batchrun.shard import Shard
+from skutag.batchrun.plan.shard import Shard
 
 from skutag.errors import InputError
 from skutag.synth import SynthSpec, make_catalog
@@ -173,7 +173,7 @@ def test_remove_run_takes_the_plan_away_first(tiny_model, catalog, tmp_path, mon
 
 
 def test_storage_option_values_stay_out_of_repr_and_metadata():
-    from skutag.batchrun.loader import ReadOptions
+    from skutag.batchrun.decode.loader import ReadOptions
 
     options = RunOptions(storage_options={"secret": "hunter2", "key": "AKIAXXX"})
     assert "hunter2" not in repr(options) and "AKIAXXX" not in repr(options)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun.api import run_catalog
 from skutag.batchrun.options import RunOptions
-from skutag.batchrun.plan import read_plan
+from skutag.batchrun.plan.catalog import read_plan
 
 from skutag.synth import SynthSpec, make_catalog, render_file
 

@@ -20,7 +20,7 @@ import duckdb
 import pytest
 from skutag.batchrun.api import run_catalog
 from skutag.batchrun.options import RunOptions
-from skutag.batchrun.plan import PLAN_DIR, read_plan
+from skutag.batchrun.plan.catalog import PLAN_DIR, read_plan
 
 from skutag.synth import SynthSpec, render_file
 from tests.cli import skutag

@@ -8,12 +8,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from skutag.batchrun.infer import host_model_input, topk_host
-from skutag.batchrun.loader import Collate, Preprocess, ReadOptions, Sample, decode_one, default_workers
-from skutag.batchrun.out import OutputNames, prepare_out
-from skutag.batchrun.plan import make_plan
-from skutag.batchrun.progress import ProgressReporter
-from skutag.batchrun.shard import Shard
+from skutag.batchrun.commit.out import OutputNames, prepare_out
+from skutag.batchrun.decode.loader import (
+    Collate,
+    Preprocess,
+    ReadOptions,
+    Sample,
+    decode_one,
+    default_workers,
+)
+from skutag.batchrun.engines.progress import ProgressReporter
+from skutag.batchrun.plan.catalog import make_plan
+from skutag.batchrun.plan.shard import Shard
+from skutag.batchrun.predict.infer import host_model_input, topk_host
 
 from skutag.card import ModelCard
 from skutag.errors import InputError
@@ -111,8 +118,8 @@ def test_progress_without_a_terminal_prints_plain_lines():
 
 @pytest.mark.gpu
 def test_io_bound_cuda_predictions_equal_the_cpu_ones(tmp_path):
-    from skutag.batchrun.infer import make_predictor, open_session
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.infer import make_predictor, open_session
+    from skutag.batchrun.predict.model import read_contract
     from skutag.exporter.graph import export_fp32
     from skutag.trainer.model import build_model
 

@@ -23,9 +23,9 @@ import onnx
 import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun.api import run_catalog
-from skutag.batchrun.model import ForeignPreprocessing
 from skutag.batchrun.options import RunOptions
-from skutag.batchrun.shard import Shard
+from skutag.batchrun.plan.shard import Shard
+from skutag.batchrun.predict.model import ForeignPreprocessing
 
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError

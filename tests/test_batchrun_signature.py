@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun import arrow
-from skutag.batchrun.model import read_contract
-from skutag.batchrun.signature import SIGNATURE_VERSION, cache_dir, read_signature
+from skutag.batchrun.predict.model import read_contract
+from skutag.batchrun.predict.signature import SIGNATURE_VERSION, cache_dir, read_signature
 
 from skutag.card import METADATA_KEY
 from skutag.errors import InputError
@@ -55,7 +55,7 @@ def test_a_damaged_entry_is_read_again_from_the_model(tmp_path, tiny_model, monk
     monkeypatch.setenv("SKUTAG_CACHE_DIR", str(tmp_path / "cache"))
     good = read_contract(tiny_model)
     _entry(good.sha256).write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="skutag.batchrun.signature"):
+    with caplog.at_level(logging.WARNING, logger="skutag.batchrun.predict.signature"):
         again = read_contract(tiny_model)
     assert again == good
     assert "unusable" in caplog.text

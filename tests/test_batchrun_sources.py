@@ -1,4 +1,4 @@
-"""skutag.listing and batchrun.plan: what the inputs are, and the plan that fixes them once."""
+"""skutag.listing and batchrun.plan.catalog: what the inputs are, and the plan that fixes them once."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import threading
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from skutag.batchrun import plan as plan_module
-from skutag.batchrun.plan import ensure_plan, make_plan, read_plan
-from skutag.batchrun.shard import Shard
+from skutag.batchrun.plan import catalog as plan_module
+from skutag.batchrun.plan.catalog import ensure_plan, make_plan, read_plan
+from skutag.batchrun.plan.shard import Shard
 
 from skutag.errors import InputError
 from skutag.listing import ListingCounts, list_sources, local_path
@@ -174,7 +174,7 @@ def test_manifest_labels_travel_in_the_plan_through_the_external_sort(tree, tmp_
 
 @pytest.mark.parametrize("units,count", [(1, 3), (10, 3), (131, 4), (5, 7)])
 def test_shards_partition_the_units(units, count):
-    from skutag.batchrun.plan import Plan, Unit
+    from skutag.batchrun.plan.catalog import Plan, Unit
 
     plan = Plan("o", "id", [], 1, units, 0, {}, [Unit(i, f"f{i}", 1, i, "a", "a") for i in range(units)])
     slices = [plan.shard_units(i, count) for i in range(count)]

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image, ImageOps
-from skutag.batchrun.fallback import CpuFallback
-from skutag.batchrun.gpu_decode import (
+from skutag.batchrun.decode.contained import ContainedDecoder
+from skutag.batchrun.decode.gpu import (
     MEAN_TOLERANCE,
     P99_TOLERANCE,
     GpuDecoder,
@@ -30,10 +30,10 @@ from skutag.batchrun.gpu_decode import (
     pixel_difference,
     resize_crop,
 )
-from skutag.batchrun.jpeg_probe import gpu_job
-from skutag.batchrun.loader import Collate, Preprocess, ReadOptions, TaskDataset, decode_one
-from skutag.batchrun.pipeline import run_pipeline
-from skutag.batchrun.supervise import SupervisedLoader, batches_of
+from skutag.batchrun.decode.jpeg_probe import gpu_job
+from skutag.batchrun.decode.loader import Collate, Preprocess, ReadOptions, TaskDataset, decode_one
+from skutag.batchrun.decode.supervise import SupervisedLoader, batches_of
+from skutag.batchrun.engines.pipeline import run_pipeline
 
 from skutag.images import _draft, exif_orientation, load_image
 from skutag.runtime import gpu_present
@@ -75,7 +75,7 @@ def png(pixels: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def fallback():
-    decoder = CpuFallback(PREPROCESS, timeout_s=60)
+    decoder = ContainedDecoder(PREPROCESS, timeout_s=60)
     yield decoder
     decoder.close()
 
@@ -89,7 +89,7 @@ def write_files(folder: Path, files: dict[str, bytes]) -> list[str]:
     return paths
 
 
-def decode_on(paths: list[str], device: str, fallback: CpuFallback, batch_size: int | None = None):
+def decode_on(paths: list[str], device: str, fallback: ContainedDecoder, batch_size: int | None = None):
     """The GPU path on `device` for `paths` as one batch: read-only workers' samples -> GpuDecoder."""
     dataset = TaskDataset(pa.array(paths), np.full(len(paths), -1), PREPROCESS, READ, read_only=True)
     batch = Collate(PREPROCESS.image_size)([dataset[i] for i in range(len(paths))])
@@ -249,7 +249,7 @@ def test_jpegs_the_gpu_cannot_take_are_not_handed_to_it():
 
 
 def test_a_cpu_decode_that_runs_past_its_time_limit_is_a_timeout_row():
-    slow = CpuFallback(PREPROCESS, timeout_s=0.001)
+    slow = ContainedDecoder(PREPROCESS, timeout_s=0.001)
     try:
         sample = slow.decode(7, jpeg(photo(4000, 3000, 16)))
     finally:
@@ -319,8 +319,8 @@ def test_a_failing_stage_stops_the_pipeline_and_raises_its_error():
 
 def test_gpu_path_pipeline_rows_match_the_cpu_path(tiny_model, small_catalog, tmp_path, fallback):
     """Read-only workers -> GpuDecoder (device cpu) -> ORT: every task's row as the CPU path's."""
-    from skutag.batchrun.infer import make_predictor, open_session
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.infer import make_predictor, open_session
+    from skutag.batchrun.predict.model import read_contract
 
     contract = read_contract(tiny_model)
     card = contract.card
@@ -338,7 +338,9 @@ def test_gpu_path_pipeline_rows_match_the_cpu_path(tiny_model, small_catalog, tm
             nice=0, timeout_s=60,
         )  # fmt: skip
         found, order = {}, []
-        decoder = GpuDecoder(preprocess, device="cpu", batch_size=8, fallback=CpuFallback(preprocess, 60))
+        decoder = GpuDecoder(
+            preprocess, device="cpu", batch_size=8, fallback=ContainedDecoder(preprocess, 60)
+        )
 
         def decode(batch):
             time.sleep(random.random() * 0.01)  # shuffle the stages' timing

@@ -7,7 +7,7 @@ again; an image's OOD score is `1 - max_c cos(feature, mean_c)` (0 = on a class 
 images scores at or below it (a 95% true-positive rate by default). `confidence_threshold` is
 the same quantile taken from the other side over the correctly classified validation images:
 the top-1 probability below which the least confident (1 - tpr) of the right answers fall.
-batchrun.review applies them.
+batchrun.predict.review applies them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,6 @@
 
 `guard` stops a run whose first inputs all fail with one storage-level cause; `lease` keeps
 one live process per shard; `reader` is the one way to read committed rows (through the
-commit logs, never a glob). The commit log itself and the writer live in `batchrun.out` and
-`batchrun.writer`.
+commit logs, never a glob). The commit log itself and the writer live in `batchrun.commit.out` and
+`batchrun.commit.writer`.
 """

@@ -2,7 +2,7 @@
 
 A part is a row source only when a commit log (`_manifest[.TAG].json`) lists it: a part file
 that a crashed attempt left behind, or one a zombie wrote after its lease expired, is never
-read. `--since`, `--retry-errors` (`batchrun.incremental.Previous`) and `skutag index`
+read. `--since`, `--retry-errors` (`batchrun.plan.incremental.Previous`) and `skutag index`
 (`insight.index`) read OUT through `CommittedRows`, never through a glob of `part-*`.
 
 `OUT/_SUCCESS` means every unit of the plan is committed. Each shard, after its own
@@ -21,9 +21,9 @@ from skutag import storage
 from skutag.errors import InputError
 
 from ..arrow import read_parquet
-from ..out import GLOBAL_SUCCESS, _read_json, read_commit_logs
-from ..plan import Plan
-from ..reuse import RESUME_FIELDS
+from ..plan.catalog import Plan
+from ..plan.reuse import RESUME_FIELDS
+from .out import GLOBAL_SUCCESS, _read_json, read_commit_logs
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds

@@ -33,13 +33,13 @@ import pyarrow as pa
 from skutag.errors import SkutagError, SystemicFault
 from skutag.runtime import gpu_present
 
-from ..loader import CPU_WORKER_NICE, Preprocess, ReadOptions
-from ..model import ModelContract
+from ..commit.writer import UnitWriter
+from ..decode.loader import CPU_WORKER_NICE, Preprocess, ReadOptions
 from ..options import RunOptions
-from ..progress import ProgressReporter
-from ..work import WorkList
-from ..writer import UnitWriter
-from .local import Stats, committing
+from ..plan.work import WorkList
+from ..predict.model import ModelContract
+from .base import Stats, committing
+from .progress import ProgressReporter
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
 from .ray_stages import Predictor, PredictorConfig, decode_block, to_batch, to_predictions
 

@@ -1,10 +1,10 @@
 """The two Ray Data stages of `--engine ray` and the columns that travel between them.
 
 `decode_block` (CPU tasks) reads and decodes a block of decode tasks through
-`batchrun.loader.decode_one`, the local engine's one decode path, in a child process with a
-time limit (`batchrun.fallback`). `Predictor` (actors) holds one ONNX Runtime session, opened from the model's bytes (shipped through the
+`batchrun.decode.loader.decode_one`, the local engine's one decode path, in a child process with a
+time limit (`batchrun.decode.contained`). `Predictor` (actors) holds one ONNX Runtime session, opened from the model's bytes (shipped through the
 object store, so worker nodes need no copy of the file) and predicts through
-`batchrun.infer`'s predictors. A decode failure never escapes (Ray Data fails the whole job
+`batchrun.predict.infer`'s predictors. A decode failure never escapes (Ray Data fails the whole job
 on a UDF exception, and its `max_errored_blocks` would drop a block's good rows with it): an
 input that cannot be processed becomes an error row (`crashed` or `timeout`, which
 `--retry-errors` retries). A model that raises is not an input's fault: the actor raises
@@ -26,18 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from .. import review
-from ..fallback import CpuFallback
-from ..infer import Predictions, make_predictor, open_session
-from ..loader import Batch, Preprocess, ReadOptions, Sample, error_sample
-from ..model import ModelContract
-from ..writer import empty_predictions
-from . import inference_failed
+from ..commit.writer import empty_predictions
+from ..decode.contained import ContainedDecoder
+from ..decode.loader import Batch, Preprocess, ReadOptions, Sample, error_sample
+from ..predict import review
+from ..predict.infer import Predictions, make_predictor, open_session
+from ..predict.model import ModelContract
+from .base import inference_failed
 
 FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
 
 
-_DECODERS: dict[tuple, CpuFallback] = {}  # per Ray worker process: one contained decoder child
+_DECODERS: dict[tuple, ContainedDecoder] = {}  # per Ray worker process: one contained decoder child
 
 
 def decode_block(
@@ -50,7 +50,9 @@ def decode_block(
     costs that input a `timeout` or `crashed` row, and a fresh child takes the next input.
     """
     key = (preprocess, timeout_s, nice)
-    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s, nice=nice))
+    decoder = _DECODERS.get(key) or _DECODERS.setdefault(
+        key, ContainedDecoder(preprocess, timeout_s, nice=nice)
+    )
     jobs = [
         (int(t), str(u), int(s)) for t, u, s in zip(block["task"], block["uri"], block["size"], strict=True)
     ]
@@ -146,7 +148,7 @@ class Predictor:
         }
         if self.dim is not None:
             out["embedding"] = np.ascontiguousarray(predictions.embedding[:rows], np.float32)
-        if self.review:  # the writer turns it into the review columns (batchrun.review)
+        if self.review:  # the writer turns it into the review columns (batchrun.predict.review)
             ood = predictions.ood_score
             out["ood_score"] = ood[:rows] if ood is not None else np.full(rows, np.nan, np.float32)
         return out

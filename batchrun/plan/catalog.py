@@ -38,8 +38,8 @@ from skutag import storage
 from skutag.errors import InputError
 from skutag.listing import Entry, ListingCounts, list_sources
 
-from .arrow import array, int64s, read_parquet, strings
-from .options import DEFAULT_PART_ROWS
+from ..arrow import array, int64s, read_parquet, strings
+from ..options import DEFAULT_PART_ROWS
 
 log = logging.getLogger(__name__)
 

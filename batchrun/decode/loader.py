@@ -8,12 +8,12 @@ pixels of good rows into one uint8 `[rows, H, W, 3]` tensor (zeros for error row
 to a fixed batch size for GPUs) and keeps the per-row facts beside it.
 
 In `read_only` mode (the GPU decodes) a worker reads, sizes and hashes an input and checks
-its header (`batchrun.jpeg_probe`): a JPEG the GPU can take comes back as its bytes (all
+its header (`batchrun.decode.jpeg_probe`): a JPEG the GPU can take comes back as its bytes (all
 of a batch's files back to back in one uint8 tensor, `EncodedRows`), with its EXIF
 orientation; anything else is decoded right there, as above, so its row is the CPU path's.
 
 Workers are forked when the first loader's iterator is created, which the caller does
-BEFORE it creates the ONNX Runtime session. `batchrun.supervise` restarts them (spawned,
+BEFORE it creates the ONNX Runtime session. `batchrun.decode.supervise` restarts them (spawned,
 never forked from a process that holds a session) when one dies or hangs.
 """
 
@@ -191,7 +191,7 @@ def decode_one(
 ) -> Sample:
     """Read, hash and decode one input; every failure becomes the sample's status.
 
-    `read_only`: a JPEG the GPU can decode (`batchrun.jpeg_probe.gpu_job`) is not decoded here;
+    `read_only`: a JPEG the GPU can decode (`batchrun.decode.jpeg_probe.gpu_job`) is not decoded here;
     the sample carries its bytes (`encoded`) and orientation, and its upright width and height.
     """
     return _sample(index, lambda: read_input(uri, size, read), preprocess, read_only)

@@ -127,10 +127,10 @@ class SupervisedLoader:
 
     def _in_process(self, remaining: list[list[int]]) -> Iterator[Batch]:
         """`--workers 0`: no worker pool, but never without a process boundary: each input is read and
-        decoded in one spawned child with the time limit (`fallback.CpuFallback`, as Ray's decode tasks),
+        decoded in one spawned child with the time limit (`contained.ContainedDecoder`, as Ray's decode tasks),
         so a decoder that hangs or crashes still costs one row. Only GPU decoding (`read_only`: the
         child would send bytes back) reads in this process, and says so."""
-        from .fallback import CpuFallback
+        from .contained import ContainedDecoder
 
         yield None  # primed: nothing to fork
         data = self.dataset
@@ -139,7 +139,7 @@ class SupervisedLoader:
             for tasks in remaining:
                 yield self.collate([data[t] for t in tasks])
             return
-        child = CpuFallback(data.preprocess, self.timeout_s)
+        child = ContainedDecoder(data.preprocess, self.timeout_s)
         try:
             for tasks in remaining:
                 samples = [

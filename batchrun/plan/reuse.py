@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow import bools
+from ..arrow import bools
 
 if TYPE_CHECKING:
-    from .model import ModelContract
-    from .options import RunOptions
-    from .plan import Plan
+    from ..options import RunOptions
+    from ..predict.model import ModelContract
+    from .catalog import Plan
 
 # Fields of the run key that must be equal to copy an earlier run's rows (model and output shape).
 MODEL_FIELDS = ("model_sha256", "model", "topk", "embeddings")

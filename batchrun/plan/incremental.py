@@ -1,6 +1,6 @@
 """`--since PREV_OUT` and `--retry-errors`: which rows of an earlier run can be copied instead of predicted.
 
-A row of PREV_OUT is reused when its input is proven unchanged (`batchrun.reuse`, the one
+A row of PREV_OUT is reused when its input is proven unchanged (`batchrun.plan.reuse`, the one
 place that says what must match: same id, uri and version; without a version, the same
 sha256 of its bytes, read here but not decoded) and it is not an error of a retryable kind,
 provided the model (sha256) and preprocessing are the same. Both plans are sorted by id, so the rows
@@ -26,11 +26,11 @@ import pyarrow.compute as pc
 from skutag import storage
 from skutag.entries import local_path
 
-from .arrow import bools, numbers, read_parquet, strings
-from .commit.reader import committed_parts
-from .options import RETRYABLE_KINDS
-from .out import read_commit_logs
-from .plan import Plan, read_plan
+from ..arrow import bools, numbers, read_parquet, strings
+from ..commit.out import read_commit_logs
+from ..commit.reader import committed_parts
+from ..options import RETRYABLE_KINDS
+from .catalog import Plan, read_plan
 from .reuse import copy_problem, input_verdicts
 
 log = logging.getLogger(__name__)

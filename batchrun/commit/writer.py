@@ -37,16 +37,16 @@ import pyarrow.parquet as pq
 from skutag import storage
 from skutag.fsio import atomic_path
 
-from .arrow import numbers, strings
-from .commit.guard import SystemicGuard
-from .incremental import Previous
-from .infer import Predictions
-from .loader import Batch
+from ..arrow import numbers, strings
+from ..decode.loader import Batch
+from ..plan.catalog import Plan
+from ..plan.incremental import Previous
+from ..plan.work import UnitWork, WorkList
+from ..predict.infer import Predictions
+from ..predict.review import FIELDS as REVIEW_FIELDS
+from ..predict.review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
+from .guard import SystemicGuard
 from .out import CommitLog, OutputNames, part_name
-from .plan import Plan
-from .review import FIELDS as REVIEW_FIELDS
-from .review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
-from .work import UnitWork, WorkList
 
 log = logging.getLogger(__name__)
 ROW_GROUP_ROWS = 64 * 1024
@@ -58,7 +58,7 @@ def prediction_schema(
     embedding_dim: int | None, metadata: dict[str, str], labelled: bool = False
 ) -> pa.Schema:
     """DESIGN.md's columns; `embedding` only when the run writes embeddings; `manifest_label` when the
-    plan has manifest labels; `ood_score`, `review` and `review_reason` (batchrun.review) only when
+    plan has manifest labels; `ood_score`, `review` and `review_reason` (batchrun.predict.review) only when
     the card in `metadata` has a review section."""
     fields = [
         pa.field("id", pa.string(), nullable=False),

@@ -1,4 +1,4 @@
-"""An ONNX file's signature: the part of a model `batchrun.model` checks, read once per file content.
+"""An ONNX file's signature: the part of a model `batchrun.predict.model` checks, read once per file content.
 
 What the contract needs from a file is small: the card text, the graph inputs that are not
 initializers, the outputs (name, element type, dims) and whether any tensor keeps its data in an
@@ -51,7 +51,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """What `batchrun.model.read_contract` checks: card JSON (None: no skutag card; an int8 card
+    """What `batchrun.predict.model.read_contract` checks: card JSON (None: no skutag card; an int8 card
     written before cards recorded their target has it filled in from the graph), the inputs that are
     not initializers, the outputs in graph order, and whether any tensor lives in external data."""
 

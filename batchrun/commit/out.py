@@ -28,9 +28,9 @@ from typing import Any
 from skutag import storage
 from skutag.errors import InputError
 
-from .plan import PLAN_DIR, PLAN_FILE, Plan
-from .reuse import resume_problem
-from .shard import Shard
+from ..plan.catalog import PLAN_DIR, PLAN_FILE, Plan
+from ..plan.reuse import resume_problem
+from ..plan.shard import Shard
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from skutag.card import METADATA_KEY
 
-from .arrow import filled_false, scalar
+from ..arrow import filled_false, scalar
 from .infer import Predictions
 
 LABEL_MISMATCH = "label_mismatch"

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .catalog import Plan, Unit
 from .incremental import Match, Previous, match, sha256_of
-from .plan import Plan, Unit
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The card (from `metadata_props["skutag.card"]`), the input's name and dtype, the output
 that holds class scores and the optional `embedding` output, from the file's signature
-(`batchrun.signature`: read with `onnx` once per file content, then from a cache keyed by its
+(`batchrun.predict.signature`: read with `onnx` once per file content, then from a cache keyed by its
 sha256; no session, so DataLoader workers can be forked afterwards). A model without a skutag card needs `--labels` and the preprocessing flags;
 a model with one refuses them, so nothing downstream guesses preprocessing.
 

@@ -1,6 +1,6 @@
 """Decode a batch's JPEGs on the GPU and resize and crop them there, as `skutag.images` does.
 
-`GpuDecoder` takes a `Batch` from read-only workers (`batchrun.loader`: JPEG bytes plus
+`GpuDecoder` takes a `Batch` from read-only workers (`batchrun.decode.loader`: JPEG bytes plus
 the rows the workers decoded themselves) and returns it with `pixels` a uint8
 `[batch_size, H, W, 3]` tensor on the device, padded to one shape, ready to be bound to
 ONNX Runtime's input. Steps, per batch:
@@ -9,7 +9,7 @@ ONNX Runtime's input. Steps, per batch:
    CUDA; the same call with device="cpu" runs libjpeg-turbo, which is how the CPU tests
    exercise this code). One bad file fails the whole call (no partial results), so a failed
    call is retried file by file; a file that still fails, or decodes to another size than
-   its header says, is decoded by the CPU path in a contained process (`CpuFallback`):
+   its header says, is decoded by the CPU path in a contained process (`ContainedDecoder`):
    same pixels, same error kinds.
 2. The geometry of `skutag.images.load_image`, on float tensors: Pillow decodes JPEGs with
    DCT scaling ("draft") at 1/2, 1/4 or 1/8 while the shorter side stays >= resize_size;
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from skutag.images import center_box, resized_size
 
-from .fallback import CpuFallback
+from .contained import ContainedDecoder
 from .loader import Batch, Preprocess
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class GpuDecoder:
         *,
         device: str | torch.device,
         batch_size: int,
-        fallback: CpuFallback,
+        fallback: ContainedDecoder,
         host_output: bool = False,
     ):
         if preprocess.interpolation not in INTERPOLATIONS:

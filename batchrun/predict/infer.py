@@ -21,7 +21,7 @@ import numpy as np
 from skutag.normalize import normalize, normalize_nhwc_uint8, pixel_scale
 from skutag.runtime import SessionInfo, create_session
 
-from .loader import Batch
+from ..decode.loader import Batch
 from .model import EMBEDDING, ModelContract
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -32,7 +32,9 @@ class Predictions:
     topk_indices: np.ndarray  # int32 [rows, k], best first
     topk_scores: np.ndarray  # float32 [rows, k]
     embedding: np.ndarray | None  # float32 [rows, D]
-    ood_score: np.ndarray | None = None  # float32 [rows], batchrun.review (models whose card has `review`)
+    ood_score: np.ndarray | None = (
+        None  # float32 [rows], batchrun.predict.review (models whose card has `review`)
+    )
 
 
 def open_session(
@@ -199,7 +201,7 @@ class BoundPredictor:
 
 
 class DevicePredictor(BoundPredictor):
-    """Pixels already on the GPU (decoded there, `batchrun.gpu_decode`): the batch's own device
+    """Pixels already on the GPU (decoded there, `batchrun.decode.gpu`): the batch's own device
     memory is bound as the model input, no copy at all. The decoder synchronised its stream
     before handing the batch over; ORT's `run` returns when its own stream is done.
     Host pixels, float-input models and other shapes take `BoundPredictor`'s path."""

@@ -1,12 +1,15 @@
-"""The CPU decode of JPEGs the GPU could not decode, in a child process with a time limit.
+"""The contained CPU decode: an input read and decoded in a child process with a time limit.
 
-The GPU decoder hands such an input's bytes back; `CpuFallback` decodes them through
-`batchrun.loader.decode_bytes` (the CPU path: same pixels, same error kinds) in one
-child process (the parent holds CUDA and an ONNX Runtime session: never fork it), so a
-decoder that hangs or dies costs that input a `timeout` or `crashed` row, as in the
-decode workers, and a fresh process takes the next one. Started on first use: a catalog
-the GPU decodes entirely never pays for it. The child is a fresh interpreter started with
-`subprocess` that imports this module only (no torch, no parent's `__main__`).
+`ContainedDecoder` is the main decoder wherever no supervised DataLoader workers decode:
+Ray's decode tasks (`decode_input(s)`: read and decode) and `--workers 0`
+(`batchrun.decode.supervise`). The GPU decoder hands the bytes of a JPEG it cannot decode to
+one too (`decode`). It decodes through `batchrun.decode.loader.decode_one` / `decode_bytes`
+(the CPU path: same pixels, same error kinds) in one child process (the parent may hold
+CUDA and an ONNX Runtime session: never fork it), so a decoder that hangs or dies costs
+that input a `timeout` or `crashed` row, as in the decode workers, and a fresh process
+takes the next one. Started on first use: a catalog the GPU decodes entirely never pays
+for it. The child is a fresh interpreter started with `subprocess` that imports this
+module only (no torch, no parent's `__main__`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .loader import (
 STARTUP_TIMEOUT_S = 300.0  # a child on a loaded node can take long to import numpy, Pillow, pyarrow
 
 
-class CpuFallback:
+class ContainedDecoder:
     """`decode(index, data)` -> the Sample the CPU path makes of those bytes, contained."""
 
     def __init__(self, preprocess: Preprocess, timeout_s: float, *, nice: int = 0):
@@ -129,7 +132,7 @@ class CpuFallback:
         return conn
 
 
-_CHILD = "import sys; from skutag.batchrun.fallback import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+_CHILD = "import sys; from skutag.batchrun.decode.contained import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
 
 
 def serve(fd: int, nice: int = 0) -> None:
