@@ -27,7 +27,7 @@ from skutag.errors import InputError
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
-from .commit.out import CommitLog, OutputNames, prepare_out, read_summary, remove_run
+from .commit.out import CommitEntry, CommitLog, OutputNames, prepare_out, read_summary, remove_run
 from .commit.reader import is_complete, publish_if_complete, require_complete
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
@@ -234,11 +234,9 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
 
 def _with_retryable_errors(commit_log: CommitLog) -> set[int]:
     return {
-        part["unit"]
-        for part in commit_log.parts
-        if any(
-            kind.split(":", 1)[-1] in RETRYABLE_KINDS for kind in part["counts"] if kind.startswith("error:")
-        )
+        entry.unit
+        for entry in commit_log.parts
+        if any(kind in RETRYABLE_KINDS for kind in entry.errors_by_kind)
     }
 
 
@@ -255,11 +253,9 @@ def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, o
                since_note, started, started_at) -> RunSummary:  # fmt: skip
     counts: Counter = Counter()
     totals: Counter = Counter()
-    for part in commit_log.parts:
-        counts.update(part["counts"])
-        totals.update(
-            {k: part.get(k, 0) for k in ("reused", "new", "changed", "retried", "predicted", "decoded")}
-        )
+    for entry in commit_log.parts:
+        counts.update(entry.counts)
+        totals.update({name: getattr(entry, name) for name in CommitEntry.TOTALS})
     ok = counts.pop("ok", 0)
     by_kind = {kind.split(":", 1)[1]: n for kind, n in sorted(counts.items())}
     errors = sum(by_kind.values())

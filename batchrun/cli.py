@@ -33,7 +33,7 @@ def _out_option(f):
         "--out",
         required=True,
         help="Output folder or object-store prefix (s3://bucket/prefix, gs://...): _plan/, parts, "
-        "_manifest.json, _summary.json, _SUCCESS.",
+        "_commits.json (the commit log), _summary.json, _SUCCESS.",
     )(f)
 
 

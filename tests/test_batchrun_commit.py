@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun.api import RunSummary, run_catalog
-from skutag.batchrun.commit.out import CommitLog, OutputNames, remove_run
+from skutag.batchrun.commit.out import CommitEntry, CommitLog, OutputNames, remove_run
 from skutag.batchrun.commit.reader import CommittedRows
 from skutag.batchrun.decode.loader import TaskDataset, _worker_id
 from skutag.batchrun.options import RunOptions
@@ -93,9 +93,11 @@ def test_commit_log_never_goes_backwards(tmp_path):
     names = OutputNames(Shard())
     out = str(tmp_path)
     key = {"plan_id": "p", "model_sha256": "m"}
-    longer = CommitLog(key, [{"unit": u, "file": f"part-{u:05d}.parquet"} for u in range(3)])
+    longer = CommitLog(
+        key, [CommitEntry.from_json({"unit": u, "file": f"part-{u:05d}.parquet"}) for u in range(3)]
+    )
     longer.save(out, names)
-    zombie = CommitLog(key, [{"unit": 1, "file": "part-00001.parquet", "rows": 7}])
+    zombie = CommitLog(key, [CommitEntry.from_json({"unit": 1, "file": "part-00001.parquet", "rows": 7})])
     zombie.save(out, names)
     stored = json.loads((tmp_path / names.commit_log).read_text())
     assert [p["unit"] for p in stored["parts"]] == [0, 1, 2] and stored["parts"][1]["rows"] == 7

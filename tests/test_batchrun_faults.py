@@ -151,13 +151,13 @@ def test_a_live_shard_refuses_a_second_process_and_a_zombie_cannot_shorten_the_l
         rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr
         assert "taking over the expired lease" in rerun.stderr
-        log = json.loads(read("_manifest.json"))
+        log = json.loads(read("_commits.json"))
         assert exists("_SUCCESS") and len(log["parts"]) == 4 and not exists("_lease.json")
         holder.send_signal(signal.SIGCONT)
         _, stderr = holder.communicate(timeout=120)
         assert holder.returncode == 75, stderr
         assert "lost the lease" in stderr
-        assert json.loads(read("_manifest.json"))["parts"] == log["parts"]  # never shortened
+        assert json.loads(read("_commits.json"))["parts"] == log["parts"]  # never shortened
         assert exists("_SUCCESS")
     finally:
         with contextlib.suppress(ProcessLookupError):

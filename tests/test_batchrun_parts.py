@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from skutag.batchrun.commit.out import OutputNames, prepare_out
+from skutag.batchrun.commit.out import CommitEntry, OutputNames, prepare_out
 from skutag.batchrun.decode.loader import (
     Collate,
     Preprocess,
@@ -89,7 +89,9 @@ def test_prepare_out_resumes_refuses_another_run_and_overwrite_spares_other_shar
     names = OutputNames(Shard(1, 2))
     key = {"model_sha256": "a" * 64, "plan_id": plan.plan_id, "shard_index": 1, "shard_count": 2, "topk": 5}
     prepared = prepare_out(out, names, key, plan, overwrite=False)
-    prepared.commit_log.parts = [{"unit": 0, "file": "part-00000.parquet", "rows": 1, "counts": {"ok": 1}}]
+    prepared.commit_log.parts = [
+        CommitEntry.from_json({"unit": 0, "file": "part-00000.parquet", "rows": 1, "counts": {"ok": 1}})
+    ]
     prepared.commit_log.save(out, names)
     (tmp_path / "out" / "part-00000.parquet").write_bytes(b"committed")
     other = OutputNames(Shard(0, 2))

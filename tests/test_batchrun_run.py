@@ -117,7 +117,7 @@ def test_duckdb_counts_match_summary_json_and_files_carry_the_metadata(baseline,
         ).fetchall()
     )
     assert kinds == summary["errors_by_kind"]
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / "_commits.json").read_text())
     assert sorted(p.name for p in out.glob("*.parquet")) == [part["file"] for part in manifest["parts"]]
     assert pq.read_table(out).num_rows == summary["rows"]  # OUT reads as one table (`_` files ignored)
     metadata = pq.read_schema(out / manifest["parts"][0]["file"]).metadata
@@ -164,7 +164,7 @@ def test_two_shards_sharing_one_out_equal_the_unsharded_run(
             model, [small_catalog, awkward[0]], tmp_path, shard=f"{index}/2", part_rows=40, max_error_rate=1.0
         )
     assert (tmp_path / "_SUCCESS.s0000-of-0002").exists() and (
-        tmp_path / "_manifest.s0001-of-0002.json"
+        tmp_path / "_commits.s0001-of-0002.json"
     ).exists()
     sharded, whole = read_rows(tmp_path), read_rows(out)
     assert sharded.keys() == whole.keys()
@@ -211,7 +211,7 @@ def test_sigkill_after_the_first_part_then_rerun_gives_one_row_per_input(
 
 def _committed_parts(out: Path) -> list[dict]:
     try:
-        return json.loads((out / "_manifest.json").read_text())["parts"]
+        return json.loads((out / "_commits.json").read_text())["parts"]
     except (OSError, ValueError, KeyError):
         return []
 

@@ -82,7 +82,7 @@ def test_s3_to_s3_gives_one_row_per_object_with_bad_objects_as_error_rows(s3, mo
         else:
             assert (row["status"], row["error_kind"]) == ("error", kind), key
     names = {key.removeprefix("out1/") for key in s3.objects("shop", "out1/")}
-    assert {"_SUCCESS", "_summary.json", "_manifest.json", "_plan/_PLAN"} <= names
+    assert {"_SUCCESS", "_summary.json", "_commits.json", "_plan/_PLAN"} <= names
     summary = json.loads(s3.objects("shop", "out1/_summary.json")["out1/_summary.json"])
     assert summary["rows"] == len(catalog) and summary["errors"] == sum(
         k is not None for k in catalog.values()
@@ -119,7 +119,7 @@ def test_sigkill_during_an_s3_run_then_rerun_gives_exactly_one_row_per_object(s3
 
 
 def _committed(s3: S3Server, prefix: str) -> list[dict]:
-    found = s3.objects("shop", f"{prefix}/_manifest.json")
+    found = s3.objects("shop", f"{prefix}/_commits.json")
     if not found:
         return []
     return json.loads(next(iter(found.values())))["parts"]

@@ -103,7 +103,7 @@ def command_line(pid: int) -> str:
 
 def committed(out: Path) -> list[dict]:
     try:
-        return json.loads((out / "_manifest.json").read_text())["parts"]
+        return json.loads((out / "_commits.json").read_text())["parts"]
     except (OSError, ValueError, KeyError):
         return []
 
@@ -217,7 +217,7 @@ def test_ray_engine_gives_the_local_engines_rows_and_leaves_no_process(
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["engine"] == "ray" and summary["rows"] == len(expected) and (out / "_SUCCESS").exists()
     assert summary["errors_by_kind"] == {k: 1 for k in expected.values() if k}
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / "_commits.json").read_text())
     assert sorted(p.name for p in out.glob("*.parquet")) == [p["file"] for p in manifest["parts"]]
     assert [p["file"] for p in manifest["parts"]] == sorted(
         p.name for p in local_out.glob("*.parquet")

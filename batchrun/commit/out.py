@@ -2,8 +2,10 @@
 
 OUT (a local folder or an `s3://` / `gs://` prefix) holds `_plan/`, one `part-NNNNN.parquet`
 per unit of the plan (the same name on every attempt and in every engine, so a redone unit
-replaces its file instead of adding one), and per shard the commit log `_manifest[.TAG].json`
-(the committed parts and the run key; its on-disk name is DESIGN's), a lease
+replaces its file instead of adding one), and per shard the commit log `_commits[.TAG].json`
+(the run key and one `CommitEntry` per committed part; 0.3 and earlier named it
+`_manifest[.TAG].json`, which is still read, and replaced by `_commits` when a run of this
+version takes the shard over), a lease
 `_lease[.TAG].json` (`batchrun.commit.lease`), `_summary[.TAG].json` and `_SUCCESS[.TAG]`,
 written last; `OUT/_SUCCESS` once every unit of the plan is committed, whichever shard
 finishes last. Everything but the parts starts with `_`, so OUT reads as one table.
@@ -35,6 +37,8 @@ from ..plan.shard import Shard
 log = logging.getLogger(__name__)
 
 FORMAT = 2
+COMMIT_LOG = "_commits"  # the commit log's stem: _commits[.TAG].json
+LEGACY_COMMIT_LOG = "_manifest"  # its stem up to 0.3: read, never written
 PART = re.compile(r"part-(\d{5,})\.parquet")
 
 
@@ -53,7 +57,12 @@ class OutputNames:
 
     @property
     def commit_log(self) -> str:
-        return self._tagged("_manifest", ".json")
+        return self._tagged(COMMIT_LOG, ".json")
+
+    @property
+    def legacy_commit_log(self) -> str:
+        """This shard's commit log as 0.3 and earlier named it (read, then replaced)."""
+        return self._tagged(LEGACY_COMMIT_LOG, ".json")
 
     @property
     def lease(self) -> str:
@@ -71,18 +80,78 @@ class OutputNames:
 GLOBAL_SUCCESS = "_SUCCESS"
 
 
-@dataclass
-class CommitLog:
-    """One shard's commit log (on disk `_manifest[.TAG].json`): the run key and its committed parts."""
+@dataclass(frozen=True)
+class CommitEntry:
+    """One committed part, as the commit log lists it: written by `commit.writer`, read here only."""
 
-    key: dict[str, Any]
-    parts: list[dict[str, Any]] = field(default_factory=list)
+    unit: int
+    file: str  # part-NNNNN.parquet, relative to OUT
+    rows: int
+    counts: dict[str, int]  # "ok" and "error:KIND" -> rows
+    reused: int = 0  # rows copied from --since / kept error rows
+    new: int = 0
+    changed: int = 0
+    retried: int = 0
+    predicted: int = 0
+    decoded: int = 0  # decode tasks (distinct images)
 
-    def committed_units(self) -> set[int]:
-        return {part["unit"] for part in self.parts}
+    TOTALS = ("reused", "new", "changed", "retried", "predicted", "decoded")
+
+    @property
+    def errors_by_kind(self) -> dict[str, int]:
+        """error kind -> rows of this part with that kind."""
+        return {kind.split(":", 1)[1]: n for kind, n in self.counts.items() if kind.startswith("error:")}
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "key": self.key, "parts": self.parts}
+        return {
+            "unit": self.unit,
+            "file": self.file,
+            "rows": self.rows,
+            "counts": dict(sorted(self.counts.items())),
+            **{name: getattr(self, name) for name in self.TOTALS},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitEntry:
+        """An entry written by this or an earlier version (a missing total is 0)."""
+        return cls(
+            unit=int(data["unit"]),
+            file=data["file"],
+            rows=int(data.get("rows", 0)),
+            counts=dict(data.get("counts", {})),
+            **{name: int(data.get(name, 0)) for name in cls.TOTALS},
+        )
+
+
+@dataclass
+class CommitLog:
+    """One shard's commit log (on disk `_commits[.TAG].json`): the run key and its committed parts."""
+
+    key: dict[str, Any]
+    parts: list[CommitEntry] = field(default_factory=list)
+    legacy_file: str | None = None  # a 0.3 `_manifest[.TAG].json` this log replaces on its next save
+
+    def committed_units(self) -> set[int]:
+        return {part.unit for part in self.parts}
+
+    def commit(self, entry: CommitEntry) -> None:
+        """Record `entry`, replacing an earlier entry of its unit; parts stay in unit order."""
+        self.parts = sorted([p for p in self.parts if p.unit != entry.unit] + [entry], key=lambda p: p.unit)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "key": self.key, "parts": [part.to_json() for part in self.parts]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "commit log") -> CommitLog:
+        """A stored log (this version's or 0.3's: the entries did not change); refuses another format."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT or "key" not in data:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise InputError(f"{where} is not a skutag commit log (format {found!r})")
+        return cls(data["key"], [CommitEntry.from_json(part) for part in data.get("parts", [])])
+
+    @classmethod
+    def read(cls, uri: str, storage_options: dict[str, Any] | None = None) -> CommitLog:
+        return cls.from_json(read_json(uri, storage_options), uri)
 
     def save(
         self,
@@ -97,18 +166,25 @@ class CommitLog:
         uri = storage.join(out, names.commit_log)
         stored = None
         if merge and storage.exists(uri, storage_options):
-            stored = _read_json(uri, storage_options)
+            stored = read_json(uri, storage_options)
         if stored and stored.get("key") == self.key:
             known = self.committed_units()
-            extra = [part for part in stored.get("parts", []) if part["unit"] not in known]
+            extra = [
+                entry
+                for entry in (CommitEntry.from_json(part) for part in stored.get("parts", []))
+                if entry.unit not in known
+            ]
             if extra:
                 log.warning(
                     "%s lists %d unit(s) this process did not commit (another process ran this shard); "
                     "keeping them", names.commit_log, len(extra),
                 )  # fmt: skip
-                self.parts = sorted(self.parts + extra, key=lambda p: p["unit"])
+                self.parts = sorted(self.parts + extra, key=lambda p: p.unit)
         data = json.dumps(self.to_json(), indent=1).encode()
         storage.write_bytes(uri, data, storage_options)
+        if self.legacy_file is not None:  # a 0.3 log taken over: `_commits` now says it all
+            storage.remove(storage.join(out, self.legacy_file), storage_options)
+            self.legacy_file = None
 
 
 @dataclass
@@ -128,22 +204,26 @@ def prepare_out(
 ) -> Prepared:
     """Make OUT ready for this shard: fresh, resumed, or complete; refuse an incompatible OUT."""
     existing = dict(read_commit_logs(out, storage_options))
-    for name, other_key in existing.items():
-        problem = resume_problem(other_key, key, same_shard=name == names.commit_log)
+    own_names = (names.commit_log, names.legacy_commit_log)
+    for name, other in existing.items():
+        problem = resume_problem(other.key, key, same_shard=name in own_names)
         if problem and not overwrite:
             raise InputError(
                 f"{out} holds a different run ({problem}, see {name}); "
                 "use another --out or pass --overwrite to replace it"
             )
-        if problem and name != names.commit_log:
+        if problem and name not in own_names:
             log.warning("%s in %s belongs to a different run; its files are left alone", name, out)
     commit_log = CommitLog(key)
-    if names.commit_log in existing and not overwrite:
-        commit_log.parts = _read_json(storage.join(out, names.commit_log), storage_options)["parts"]
+    own = next((name for name in own_names if name in existing), None)  # this version's log first
+    if own is not None and not overwrite:
+        commit_log.parts = list(existing[own].parts)
+        if own == names.legacy_commit_log:
+            commit_log.legacy_file = own
         if storage.exists(storage.join(out, names.success), storage_options):
             return Prepared(commit_log, complete=True)
     if overwrite:  # the global _SUCCESS first: this shard's units are about to be redone
-        for name in (GLOBAL_SUCCESS, names.success, names.summary, names.commit_log):
+        for name in (GLOBAL_SUCCESS, names.success, names.summary, *own_names):
             storage.remove(storage.join(out, name), storage_options)
     _forget_missing(out, commit_log, storage_options)
     commit_log.save(out, names, storage_options, merge=False)  # read just now, under this shard's lease
@@ -162,7 +242,12 @@ def remove_run(out: str, storage_options: dict[str, Any] | None = None) -> None:
     for name in storage.list_names(plan_dir, storage_options):
         storage.remove(storage.join(plan_dir, name), storage_options)
     names = storage.list_names(out, storage_options)
-    for prefix in ("_SUCCESS", "_manifest", "_summary"):  # leases stay: they belong to live processes
+    for prefix in (
+        "_SUCCESS",
+        COMMIT_LOG,
+        LEGACY_COMMIT_LOG,
+        "_summary",
+    ):  # leases stay: they belong to live processes
         for name in names:
             if name.startswith(prefix):
                 storage.remove(storage.join(out, name), storage_options)
@@ -173,7 +258,7 @@ def remove_run(out: str, storage_options: dict[str, Any] | None = None) -> None:
 
 def _forget_missing(out: str, commit_log: CommitLog, storage_options: dict[str, Any] | None) -> None:
     present = set(storage.list_names(out, storage_options))
-    kept = [part for part in commit_log.parts if part["file"] in present]
+    kept = [part for part in commit_log.parts if part.file in present]
     if len(kept) != len(commit_log.parts):
         log.warning(
             "%d committed part(s) are missing from %s; redoing them", len(commit_log.parts) - len(kept), out
@@ -181,24 +266,20 @@ def _forget_missing(out: str, commit_log: CommitLog, storage_options: dict[str, 
     commit_log.parts = kept
 
 
-def read_commit_logs(
-    out: str, storage_options: dict[str, Any] | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """(file name, run key) of every shard's commit log in OUT."""
-    found = []
-    for name in storage.list_names(out, storage_options):
-        if not (name.startswith("_manifest") and name.endswith(".json")):
-            continue
-        data = _read_json(storage.join(out, name), storage_options)
-        if data.get("format") != FORMAT or "key" not in data:
-            raise InputError(
-                f"{storage.join(out, name)} is not a skutag commit log (format {data.get('format')!r})"
-            )
-        found.append((name, data["key"]))
-    return found
+def is_commit_log(name: str) -> bool:
+    """A commit log's file name: `_commits[.TAG].json`, or 0.3's `_manifest[.TAG].json`."""
+    return name.endswith(".json") and (name.startswith(COMMIT_LOG) or name.startswith(LEGACY_COMMIT_LOG))
 
 
-def _read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def read_commit_logs(out: str, storage_options: dict[str, Any] | None = None) -> list[tuple[str, CommitLog]]:
+    """(file name, log) of every shard's commit log in OUT, each read once: 0.3's `_manifest*` before
+    `_commits*`, so that where both list a unit, this version's entry is read last and wins."""
+    names = [name for name in storage.list_names(out, storage_options) if is_commit_log(name)]
+    names.sort(key=lambda name: (not name.startswith(LEGACY_COMMIT_LOG), name))
+    return [(name, CommitLog.read(storage.join(out, name), storage_options)) for name in names]
+
+
+def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         return json.loads(storage.read_bytes(uri, storage_options))
     except (OSError, ValueError) as exc:
@@ -208,4 +289,4 @@ def _read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[
 def read_summary(
     out: str, names: OutputNames, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return _read_json(storage.join(out, names.summary), storage_options)
+    return read_json(storage.join(out, names.summary), storage_options)

@@ -1,6 +1,7 @@
 """The one reader of committed rows, and the global `OUT/_SUCCESS`.
 
-A part is a row source only when a commit log (`_manifest[.TAG].json`) lists it: a part file
+A part is a row source only when a commit log (`_commits[.TAG].json`, or 0.3's
+`_manifest[.TAG].json`) lists it: a part file
 that a crashed attempt left behind, or one a zombie wrote after its lease expired, is never
 read. `--since`, `--retry-errors` (`batchrun.plan.incremental.Previous`) and `skutag index`
 (`insight.index`) read OUT through `CommittedRows`, never through a glob of `part-*`.
@@ -23,7 +24,7 @@ from skutag.errors import InputError
 from ..arrow import read_parquet
 from ..plan.catalog import Plan
 from ..plan.reuse import RESUME_FIELDS
-from .out import GLOBAL_SUCCESS, _read_json, read_commit_logs
+from .out import GLOBAL_SUCCESS, CommitEntry, read_commit_logs
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -31,15 +32,15 @@ if TYPE_CHECKING:
 
 def committed_parts(
     out: str, storage_options: dict[str, Any] | None = None, key: dict[str, Any] | None = None
-) -> dict[int, dict[str, Any]]:
+) -> dict[int, CommitEntry]:
     """unit -> commit-log entry of every committed part in OUT (only logs of the run `key`, when given:
     the same plan, model and options that shape the rows)."""
-    parts: dict[int, dict[str, Any]] = {}
-    for name, log_key in read_commit_logs(out, storage_options):
-        if key is not None and any(log_key.get(f) != key.get(f) for f in RESUME_FIELDS):
+    parts: dict[int, CommitEntry] = {}
+    for _name, commit_log in read_commit_logs(out, storage_options):
+        if key is not None and any(commit_log.key.get(f) != key.get(f) for f in RESUME_FIELDS):
             continue
-        for part in _read_json(storage.join(out, name), storage_options)["parts"]:
-            parts[part["unit"]] = part
+        for entry in commit_log.parts:
+            parts[entry.unit] = entry
     return parts
 
 
@@ -55,13 +56,13 @@ class CommittedRows:
         return is_complete(self.out, self.storage_options)
 
     def uris(self) -> list[str]:
-        return [storage.join(self.out, self.parts[unit]["file"]) for unit in sorted(self.parts)]
+        return [storage.join(self.out, self.parts[unit].file) for unit in sorted(self.parts)]
 
     def read_unit(self, unit: int, columns: list[str] | None = None) -> pa.Table | None:
         part = self.parts.get(unit)
         if part is None:
             return None
-        with storage.open_input(storage.join(self.out, part["file"]), self.storage_options) as handle:
+        with storage.open_input(storage.join(self.out, part.file), self.storage_options) as handle:
             return read_parquet(handle, columns=columns)
 
     def dataset(self) -> ds.Dataset:

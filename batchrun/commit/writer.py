@@ -46,7 +46,7 @@ from ..predict.infer import Predictions
 from ..predict.review import FIELDS as REVIEW_FIELDS
 from ..predict.review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
 from .guard import SystemicGuard
-from .out import CommitLog, OutputNames, part_name
+from .out import CommitEntry, CommitLog, OutputNames, part_name
 
 log = logging.getLogger(__name__)
 ROW_GROUP_ROWS = 64 * 1024
@@ -322,22 +322,20 @@ class UnitWriter:
                 table.column("status").to_pylist(), table.column("error_kind").to_pylist(), strict=True
             )
         )
-        self.commit_log.parts = [p for p in self.commit_log.parts if p["unit"] != work.number]
-        self.commit_log.parts.append(
-            {
-                "unit": work.number,
-                "file": name,
-                "rows": table.num_rows,
-                "counts": dict(sorted(counts.items())),
-                "reused": work.match.reused,
-                "new": work.match.new,
-                "changed": work.match.changed,
-                "retried": work.match.retried,
-                "predicted": table.num_rows - work.match.reused,
-                "decoded": work.tasks,
-            }
+        self.commit_log.commit(
+            CommitEntry(
+                unit=work.number,
+                file=name,
+                rows=table.num_rows,
+                counts=dict(sorted(counts.items())),
+                reused=work.match.reused,
+                new=work.match.new,
+                changed=work.match.changed,
+                retried=work.match.retried,
+                predicted=table.num_rows - work.match.reused,
+                decoded=work.tasks,
+            )
         )
-        self.commit_log.parts.sort(key=lambda p: p["unit"])
         self.commit_log.save(self.out, self.names, self.storage_options)
         self.committed_rows += table.num_rows
 

@@ -6,7 +6,7 @@ decodes them in CPU tasks through the local engine's `decode_one`, and `ray_stag
 actors predict them. The driver iterates the results and hands them to the same
 `writer.UnitWriter` as the local engine, which commits each unit of the plan once all its
 tasks are back: one part under its deterministic name (`out.part_name`), written in one
-step, then the manifest. So a decode task or actor lost mid-run is retried by Ray and its
+step, then the commit log. So a decode task or actor lost mid-run is retried by Ray and its
 rows arrive once (the writer also drops any task id it has already seen), and a driver killed
 mid-run leaves only committed units, which the rerun skips after `api.py` has checked the
 run key.

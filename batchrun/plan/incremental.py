@@ -59,7 +59,7 @@ class Previous:
         self.out, self.storage_options = out, storage_options
         self.plan = read_plan(out, storage_options)
         self.parts = committed_parts(out, storage_options)  # the one reader: through the commit logs
-        keys = [key for _name, key in read_commit_logs(out, storage_options)]
+        keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
         self.key = keys[0] if keys else {}
         self._firsts = [unit.first_id for unit in self.plan.units]
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
@@ -98,7 +98,7 @@ class Previous:
         part = self.parts.get(unit)
         table = None
         if part is not None:
-            with storage.open_input(storage.join(self.out, part["file"]), self.storage_options) as handle:
+            with storage.open_input(storage.join(self.out, part.file), self.storage_options) as handle:
                 table = read_parquet(handle)
             if "version" not in table.column_names:  # a 0.1.0 OUT: nothing to compare with
                 table = None

@@ -3,7 +3,7 @@
 Two kinds of reuse, two sets of fields of one run key (`run_key`):
 
 - **Continue an OUT** (a rerun, a resume, another shard): `RESUME_FIELDS` equal, and for the
-  shard's own manifest the shard index too (`resume_problem`; used by `out.prepare_out`).
+  shard's own commit log the shard index too (`resume_problem`; used by `out.prepare_out`).
 - **Copy rows of an earlier run** (`--since PREV_OUT`, `--retry-errors`): `MODEL_FIELDS` equal
   (`copy_problem`; used by `incremental.Previous`), then per input `input_verdicts`: the same id
   and uri, and the same version when the listing gave one (S3 ETag, GCS generation, HTTP ETag /
@@ -37,7 +37,7 @@ RESUME_FIELDS = ("model_sha256", "plan_id", "shard_count", "topk", "embeddings",
 
 
 def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[str, Any]:
-    """The run key: what a manifest records, and what `RESUME_FIELDS` / `MODEL_FIELDS` compare."""
+    """The run key: what a commit log records, and what `RESUME_FIELDS` / `MODEL_FIELDS` compare."""
     card = contract.card
     return {
         "model_sha256": contract.sha256,
