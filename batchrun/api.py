@@ -28,12 +28,12 @@ from skutag.runtime import check_device
 
 from .commit.lease import Lease
 from .commit.out import CommitEntry, CommitLog, OutputNames, prepare_out, read_summary, remove_run
-from .commit.reader import is_complete, publish_if_complete, require_complete
+from .commit.reader import Previous, is_complete, publish_if_complete, require_complete
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
 from .plan.catalog import Plan, ensure_plan, make_plan, plan_exists, read_plan
-from .plan.incremental import Previous, removed_inputs
+from .plan.incremental import removed_inputs
 from .plan.reuse import run_key
 from .plan.work import prepare_work
 from .predict.model import ForeignPreprocessing, ModelContract, read_contract

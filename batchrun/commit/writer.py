@@ -40,13 +40,13 @@ from skutag.fsio import atomic_path
 from ..arrow import numbers, strings
 from ..decode.loader import Batch
 from ..plan.catalog import Plan
-from ..plan.incremental import Previous
 from ..plan.work import UnitWork, WorkList
 from ..predict.infer import Predictions
 from ..predict.review import FIELDS as REVIEW_FIELDS
 from ..predict.review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
 from .guard import SystemicGuard
 from .out import CommitEntry, CommitLog, OutputNames, part_name
+from .reader import Previous
 
 log = logging.getLogger(__name__)
 ROW_GROUP_ROWS = 64 * 1024

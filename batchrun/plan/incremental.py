@@ -1,5 +1,8 @@
 """`--since PREV_OUT` and `--retry-errors`: which rows of an earlier run can be copied instead of predicted.
 
+The earlier run's committed rows come from `commit.reader.Previous` (the one reader); `match`
+decides, row by row of a unit, which of them stand for the new plan's rows.
+
 A row of PREV_OUT is reused when its input is proven unchanged (`batchrun.plan.reuse`, the one
 place that says what must match: same id, uri and version; without a version, the same
 sha256 of its bytes, read here but not decoded) and it is not an error of a retryable kind,
@@ -10,10 +13,8 @@ overlap it: reading stays proportional to one unit, never to the catalog.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,14 +28,11 @@ from skutag import storage
 from skutag.entries import local_path
 
 from ..arrow import bools, numbers, read_parquet, strings
-from ..commit.out import read_commit_logs
-from ..commit.reader import committed_parts
 from ..options import RETRYABLE_KINDS
-from .catalog import Plan, read_plan
-from .reuse import copy_problem, input_verdicts
+from .catalog import Plan
+from .reuse import input_verdicts
 
 log = logging.getLogger(__name__)
-_CACHED_PARTS = 4
 HASH_READERS = 16  # concurrent reads when version-less inputs are hashed
 Hasher = Callable[[Sequence[str]], list[str | None]]
 _RETRYABLE = strings(sorted(RETRYABLE_KINDS))
@@ -50,62 +48,6 @@ class Match:
     changed: int  # same id, other uri or version (or, without a version, other bytes)
     retried: int  # unchanged, but an error of a retryable kind
     reused: int
-
-
-class Previous:
-    """The committed rows of an earlier OUT, looked up by unit of the new plan."""
-
-    def __init__(self, out: str, storage_options: dict[str, Any] | None = None):
-        self.out, self.storage_options = out, storage_options
-        self.plan = read_plan(out, storage_options)
-        self.parts = committed_parts(out, storage_options)  # the one reader: through the commit logs
-        keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
-        self.key = keys[0] if keys else {}
-        self._firsts = [unit.first_id for unit in self.plan.units]
-        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
-
-    def unusable(self, key: dict[str, Any]) -> str | None:
-        """Why this run cannot reuse the previous one's rows (None when it can)."""
-        return copy_problem(self.key, key)
-
-    def is_snapshot_of(self, plan: Plan) -> bool:
-        """True when these rows are `plan`'s own OUT (`--retry-errors`): the same listing, not a new night."""
-        return storage.join(self.out, "") == storage.join(plan.out, "") and self.plan.plan_id == plan.plan_id
-
-    def rows_for(self, ids: pa.Array) -> pa.Table | None:
-        """The previous run's committed rows whose id is in `ids` (sorted), or None."""
-        if len(ids) == 0:
-            return None
-        first, last = ids[0].as_py(), ids[len(ids) - 1].as_py()
-        start = max(0, bisect.bisect_right(self._firsts, first) - 1)
-        tables = []
-        for unit in self.plan.units[start:]:
-            if unit.first_id > last:
-                break
-            if unit.last_id < first:
-                continue
-            table = self._part(unit.number)
-            if table is not None:
-                tables.append(table.filter(pc.is_in(table.column("id"), value_set=ids)))
-        if not tables:
-            return None
-        return pa.concat_tables(tables, promote_options="permissive")
-
-    def _part(self, unit: int) -> pa.Table | None:
-        if unit in self._cache:
-            self._cache.move_to_end(unit)
-            return self._cache[unit]
-        part = self.parts.get(unit)
-        table = None
-        if part is not None:
-            with storage.open_input(storage.join(self.out, part.file), self.storage_options) as handle:
-                table = read_parquet(handle)
-            if "version" not in table.column_names:  # a 0.1.0 OUT: nothing to compare with
-                table = None
-        self._cache[unit] = table
-        if len(self._cache) > _CACHED_PARTS:
-            self._cache.popitem(last=False)
-        return table
 
 
 def match(

@@ -11,13 +11,21 @@ order, the order in which engines decode them and the writer completes units.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from .catalog import Plan, Unit
-from .incremental import Match, Previous, match, sha256_of
+from .incremental import Match, match, sha256_of
+
+
+class PreviousRows(Protocol):
+    """An earlier run's committed rows, as `commit.reader.Previous` reads them."""
+
+    def rows_for(self, ids: pa.Array) -> pa.Table | None: ...
+
+    def is_snapshot_of(self, plan: Plan) -> bool: ...
 
 
 @dataclass
@@ -50,7 +58,10 @@ class WorkList:
 
 
 def prepare_work(
-    plan: Plan, units: list[Unit], previous: Previous | None, storage_options: dict[str, Any] | None = None
+    plan: Plan,
+    units: list[Unit],
+    previous: PreviousRows | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> WorkList:
     """The WorkList of `units` (a shard's pending units), reusing `previous` rows where allowed."""
     work: list[UnitWork] = []
