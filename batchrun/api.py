@@ -4,7 +4,7 @@ Order of events: read the model's contract, take the shard's lease (`commit.leas
 live process per shard, exit 75 otherwise), read or make the plan (`OUT/_plan/`, listed
 once), prepare OUT (resume / refuse / already complete), work out what the shard still has
 to do (`--since` and `--retry-errors` rows to copy, distinct images to decode), hand it to
-the engine chosen from `engines.ENGINES` with one `UnitWriter`, then write `_summary.json`,
+the engine chosen from `engines.base.ENGINES` with one `UnitWriter`, then write `_summary.json`,
 the shard's `_SUCCESS[.TAG]` and, when every unit of the plan is committed, `OUT/_SUCCESS`
 (`commit.reader`). A systemic fault (`commit.guard`, a model that raises) stops the run
 with exit 4 before anything of it is published.

@@ -270,19 +270,7 @@ class Collate:
             for row, sample in enumerate(samples):
                 if sample.pixels is not None:
                     target[row] = sample.pixels
-        return Batch(
-            indices=np.fromiter((s.index for s in samples), np.int64, rows),
-            pixels=pixels,
-            ok=np.fromiter((s.pixels is not None or s.encoded is not None for s in samples), bool, rows),
-            error_kinds=[s.error_kind for s in samples],
-            errors=[s.error for s in samples],
-            widths=_ints([s.width for s in samples], np.int32),
-            heights=_ints([s.height for s in samples], np.int32),
-            nbytes=_ints([s.nbytes for s in samples], np.int64),
-            sha256=[s.sha256 for s in samples],
-            decode_seconds=sum(s.seconds for s in samples),
-            encoded=encoded,
-        )
+        return batch_of(columns_of(samples), pixels=pixels, encoded=encoded)
 
 
 def _encoded_rows(samples: list[Sample]) -> EncodedRows | None:
@@ -302,8 +290,54 @@ def _encoded_rows(samples: list[Sample]) -> EncodedRows | None:
     return EncodedRows(data, offsets, orientations)
 
 
-def _ints(values: list[int | None], dtype) -> np.ndarray:
-    return np.array([-1 if v is None else v for v in values], dtype=dtype)
+# The facts of a row besides its pixels, as columns: what Collate puts in a Batch and what travels
+# between Ray's stages (Ray Data infers each block's schema: no nulls, "" and -1 stand for none).
+FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
+
+
+def columns_of(samples: list[Sample]) -> dict[str, np.ndarray]:
+    """Samples -> their FACTS columns, one row each (the one place samples become columns)."""
+
+    def ints(values, dtype) -> np.ndarray:
+        return np.array([-1 if v is None else v for v in values], dtype)
+
+    def texts(values) -> np.ndarray:
+        return np.array(["" if v is None else v for v in values], dtype=object)
+
+    return {
+        "task": ints([s.index for s in samples], np.int64),
+        "ok": np.array([s.pixels is not None or s.encoded is not None for s in samples], bool),
+        "error_kind": texts([s.error_kind for s in samples]),
+        "error": texts([s.error for s in samples]),
+        "width": ints([s.width for s in samples], np.int32),
+        "height": ints([s.height for s in samples], np.int32),
+        "nbytes": ints([s.nbytes for s in samples], np.int64),
+        "sha256": texts([s.sha256 for s in samples]),
+        "decode_s": np.array([s.seconds for s in samples], np.float64),
+    }
+
+
+def batch_of(
+    columns: dict[str, np.ndarray], pixels: torch.Tensor | None = None, encoded: EncodedRows | None = None
+) -> Batch:
+    """FACTS columns (`columns_of`, or a Ray block) -> a Batch, "" and -1 back to none."""
+
+    def texts(values) -> list[str | None]:
+        return [str(v) if v else None for v in values]
+
+    return Batch(
+        indices=np.asarray(columns["task"], np.int64),
+        pixels=pixels,
+        ok=np.asarray(columns["ok"], bool),
+        error_kinds=texts(columns["error_kind"]),
+        errors=texts(columns["error"]),
+        widths=np.asarray(columns["width"], np.int32),
+        heights=np.asarray(columns["height"], np.int32),
+        nbytes=np.asarray(columns["nbytes"], np.int64),
+        sha256=texts(columns["sha256"]),
+        decode_seconds=float(np.sum(columns["decode_s"])),
+        encoded=encoded,
+    )
 
 
 def available_cores() -> int:

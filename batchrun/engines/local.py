@@ -22,9 +22,9 @@ from ..decode.loader import CPU_WORKER_NICE, Batch, Preprocess, ReadOptions, Tas
 from ..decode.supervise import SupervisedLoader, batches_of
 from ..options import RunOptions
 from ..plan.work import WorkList
-from ..predict import review
-from ..predict.infer import DevicePredictor, make_predictor, open_session
+from ..predict.infer import open_session
 from ..predict.model import ModelContract
+from ..predict.predictor import assemble_predictor
 from .base import Stats, committing, inference_failed
 from .pipeline import run_pipeline
 from .progress import ProgressReporter
@@ -101,21 +101,10 @@ def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, optio
             )
             if not on_gpu:
                 log.warning("decoding JPEGs on the GPU, predicting on the CPU (%s)", info.fallback_reason)
-        if decode == "cuda" and on_gpu:
-            predict = DevicePredictor(
-                session, contract, topk=options.topk, embeddings=options.embeddings or review.wanted(contract),
-                batch_size=options.batch_size,
-            )  # fmt: skip
-        else:
-            predict = make_predictor(
-                session,
-                info,
-                contract,
-                topk=options.topk,
-                embeddings=options.embeddings or review.wanted(contract),
-                batch_size=options.batch_size,
-            )
-        predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
+        predict = assemble_predictor(
+            session, info, contract, topk=options.topk, embeddings=options.embeddings,
+            batch_size=options.batch_size, device_pixels=decode == "cuda" and on_gpu,
+        )  # fmt: skip
         writer.start()
         with committing(writer, stats):
             _predict_all(batches, decoder, predict, writer, stats, options, contract, work.tasks)

@@ -34,14 +34,14 @@ from skutag.errors import SkutagError, SystemicFault
 from skutag.runtime import gpu_present
 
 from ..commit.writer import UnitWriter
-from ..decode.loader import CPU_WORKER_NICE, Preprocess, ReadOptions
+from ..decode.loader import CPU_WORKER_NICE, Preprocess, ReadOptions, batch_of
 from ..options import RunOptions
 from ..plan.work import WorkList
 from ..predict.model import ModelContract
 from .base import Stats, committing
 from .progress import ProgressReporter
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
-from .ray_stages import Predictor, PredictorConfig, decode_block, to_batch, to_predictions
+from .ray_stages import Predictor, PredictorConfig, decode_block, to_predictions
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
                 stats.providers = str(block["providers"][0]).split(",")
                 stats.fallback_reason = str(block["fallback"][0]) or None
             stats.inference_s += float(np.sum(block["infer_s"]))
-            batch = to_batch(block)
+            batch = batch_of(block)
             writer.put(batch, to_predictions(block, options.embeddings))
             stats.tasks += fresh
             stats.decode_s += batch.decode_seconds
