@@ -32,7 +32,7 @@ from .commit.reader import Previous, is_complete, publish_if_complete, require_c
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
-from .plan.catalog import Plan, ensure_plan, make_plan, plan_exists, read_plan
+from .plan.catalog import Plan, ensure_plan, plan_exists, read_plan
 from .plan.incremental import removed_inputs
 from .plan.reuse import run_key
 from .plan.work import prepare_work
@@ -120,11 +120,7 @@ def plan_catalog(
     """`skutag plan`: list SOURCE... once into OUT/_plan/ (or return the plan that is there)."""
     if overwrite:
         remove_run(out, storage_options)
-    if plan_exists(out, storage_options):
-        return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
-    from .options import DEFAULT_PART_ROWS
-
-    return make_plan(sources, out, part_rows=part_rows or DEFAULT_PART_ROWS, storage_options=storage_options)
+    return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
 
 
 def run_catalog(

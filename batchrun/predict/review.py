@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skutag.card import METADATA_KEY
+from skutag.review_stats import ood_scores
 
 from ..arrow import filled_false, scalar
 from .infer import Predictions
@@ -58,9 +59,7 @@ class Review:
 
     def scores(self, embedding: np.ndarray) -> np.ndarray:
         """`1 - max cosine` to the class means, float32 [rows]."""
-        e = np.asarray(embedding, np.float32)
-        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        return (1.0 - (e @ self.means.T).max(axis=1)).astype(np.float32)
+        return ood_scores(embedding, self.means, np.float32)
 
     def columns(self, ok: np.ndarray, top1: np.ndarray, ood: np.ndarray | None) -> dict[str, pa.Array]:
         """The three columns for rows with `ok`, top-1 probability and OOD score (null where not ok)."""
