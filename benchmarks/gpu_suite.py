@@ -394,8 +394,8 @@ def end_to_end(models: dict[str, str], data: Path, work: Path, images: int, mode
 
 def tests(work: Path, timeout: float) -> dict[str, Any]:
     files = [
-        "tests/test_gpu_decode.py",
-        "tests/test_batchrun_parts.py",
+        "tests/batchrun/test_decode_gpu.py",
+        "tests/batchrun/test_predict.py",
         "tests/test_exporter_export.py",
         "tests/test_trainer_train.py",
     ]  # fmt: skip  (every module with `gpu` tests)

@@ -37,8 +37,7 @@ from skutag.batchrun.engines.pipeline import run_pipeline
 
 from skutag.images import _draft, exif_orientation, load_image
 from skutag.runtime import gpu_present
-
-from .cli import skutag
+from tests.cli import skutag
 
 REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data"
 PREPROCESS = Preprocess(image_size=224, resize_size=256, interpolation="bilinear")

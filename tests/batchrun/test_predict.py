@@ -1,22 +1,22 @@
-"""A model's signature is read with onnx once per file content, then from a cache named by its sha256:
-the cached contract equals the parsed one, other bytes at the same path are read afresh, a damaged
-entry is read again from the model, and a refused model is refused from the cache too.
-Also the Arrow builders that keep pandas out of a night with nothing to decode."""
+"""Predict: top-k, the model input, the device path; and the model's signature, read with onnx once per
+file content, then from a cache named by its sha256: the cached contract equals the parsed one, other
+bytes at the same path are read afresh, a damaged entry is read again from the model, and a refused
+model is refused from the cache too."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from skutag.batchrun import arrow
+from skutag.batchrun.decode.loader import Collate
+from skutag.batchrun.predict.infer import host_model_input, topk_host
 from skutag.batchrun.predict.model import read_contract
 from skutag.batchrun.predict.signature import SIGNATURE_VERSION, cache_dir, read_signature
 
-from skutag.card import METADATA_KEY
+from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
+from tests.batchrun.support import sample
 
 
 def _entry(sha256: str):
@@ -89,26 +89,46 @@ def test_a_broken_card_is_never_cached(tmp_path, tiny_model, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.json"))
 
 
-def test_arrow_builders_equal_pyarrows_own():
-    values = ["a", None, "ccc", ""]
-    assert arrow.strings(values).equals(pa.array(values, pa.string()))
-    numbers = [3, None, -1, 2**40]
-    assert arrow.int64s(numbers).equals(pa.array(numbers, pa.int64()))
-    assert arrow.int64s([1, 2]).null_count == 0
-    flags = np.array([True, False, True] * 5)
-    assert arrow.numbers(flags).equals(pa.array(flags))
-    assert arrow.numbers(np.arange(5)[::2]).equals(pa.array(np.arange(5)[::2]))
-    mask = pa.chunked_array([pa.array([True, None, False]), pa.array([None, True]).slice(1)])
-    assert arrow.bools(mask).tolist() == [True, False, False, True]
-    assert arrow.scalar(None, pa.bool_()).equals(pa.scalar(None, pa.bool_()))
-    assert arrow.scalar("ok", pa.string()).equals(pa.scalar("ok"))
+def test_topk_host_is_sorted_breaks_ties_by_index_and_clips_k():
+    scores = np.array([[0.1, 0.4, 0.1, 0.4], [0.7, 0.1, 0.15, 0.05]], np.float32)
+    indices, values = topk_host(scores, 3)
+    assert indices.tolist() == [[1, 3, 0], [0, 2, 1]] and indices.dtype == np.int32
+    np.testing.assert_allclose(values, [[0.4, 0.4, 0.1], [0.7, 0.15, 0.1]])
+    random = np.random.default_rng(0).random((50, 30)).astype(np.float32)
+    indices, _ = topk_host(random, 5)
+    assert indices.tolist() == np.argsort(-random, axis=1, kind="stable")[:, :5].tolist()
+    assert topk_host(scores, 10)[0].shape == (2, 4)
 
 
-def test_read_parquet_fills_columns_an_older_file_lacks(tmp_path):
-    path = tmp_path / "old.parquet"
-    pq.write_table(pa.table({"id": ["x", "y"], "bytes": pa.array([1, 2], pa.int32())}), path)
-    schema = pa.schema([("id", pa.string()), ("bytes", pa.int64()), ("label", pa.string())])
-    table = arrow.read_parquet(path, schema=schema)
-    assert table.schema == schema
-    assert table.column("label").null_count == 2
-    assert table.equals(pq.read_table(path, schema=schema))
+def test_host_input_of_a_float_model_is_normalised_nchw():
+    card = ModelCard.for_training("x", ["a", "b"], image_size=4)
+    contract = type("C", (), {"input_dtype": "float32", "card": card})()
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    expected = ((pixels / 255.0 - np.array(card.mean)) / np.array(card.std)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(host_model_input(pixels, contract), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_io_bound_cuda_predictions_equal_the_cpu_ones(tmp_path):
+    from skutag.batchrun.predict.infer import make_predictor, open_session
+    from skutag.batchrun.predict.model import read_contract
+    from skutag.exporter.graph import export_fp32
+    from skutag.trainer.model import build_model
+
+    path = tmp_path / "m.onnx"
+    export_fp32(
+        build_model("resnet18", 4).eval(),
+        ModelCard.for_training("resnet18", list("abcd"), image_size=64),
+        path,
+    )
+    contract = read_contract(path)
+    batch = Collate(image_size=64, pad_to=8)([sample(i, i != 2, size=64) for i in range(5)])
+    results = {}
+    for device in ("cpu", "cuda"):
+        session, info = open_session(contract, device, batch_size=8)
+        predict = make_predictor(session, info, contract, topk=3, embeddings=False, batch_size=8)
+        results[device] = predict(batch.pin_memory() if device == "cuda" else batch)
+    assert results["cuda"].topk_indices[:5].tolist() == results["cpu"].topk_indices.tolist()
+    np.testing.assert_allclose(
+        results["cuda"].topk_scores[:5], results["cpu"].topk_scores, rtol=1e-3, atol=1e-4
+    )

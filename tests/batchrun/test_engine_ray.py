@@ -6,20 +6,15 @@ environment variable, which Ray's raylets and workers inherit, so it finds, chec
 stops exactly its own processes (by pid), whatever else runs on the machine.
 """
 
-# The fixtures `model`, `awkward` and `expected` are test_batchrun_run's, imported by name.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,85 +22,23 @@ from pathlib import Path
 import pytest
 from skutag.batchrun.engines.ray_resources import NodeResources, cluster_resources, local_resources
 
+from tests.batchrun.support import (
+    Tag,
+    command_line,
+    committed_parts,
+    read_rows,
+    run,
+    run_ray_cli,
+    tiny_catalog,
+)
 from tests.cli import skutag
-from tests.test_batchrun_run import awkward, expected, model, read_rows, run  # noqa: F401  (fixtures)
 
 pytest.importorskip("ray")
 
 
-class Tag:
-    """The processes one test starts: an environment variable they inherit and Ray's temp dir (RAY_TMPDIR).
-
-    Ray workers and agents overwrite their command line and environment block with their process
-    title, so those are found by the files they hold open under the temp dir (their logs, sockets).
-    """
-
-    VARIABLE = "SKUTAG_TEST_RAY"
-
-    def __init__(self) -> None:
-        self.mark = uuid.uuid4().hex
-        self.temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths stay < 108 bytes
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, self.VARIABLE: self.mark, "RAY_TMPDIR": self.temp,
-                "SKUTAG_RAY_NO_PROGRESS_S": "240", **extra}  # fmt: skip
-
-    def pids(self) -> list[int]:
-        """Live (non-zombie) processes of this tag, this process excluded."""
-        needle = f"{self.VARIABLE}={self.mark}".encode()
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                mine = needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") or self.temp in (
-                    command_line(int(entry)) + " ".join(_links(int(entry)))
-                )
-            except OSError:
-                continue
-            if mine and state != "Z":
-                found.append(int(entry))
-        return found
-
-    def kill(self) -> None:
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.temp, ignore_errors=True)
-
-    def wait_gone(self, seconds: float = 30) -> list[str]:
-        """Command lines of this tag's processes still alive after `seconds`."""
-        deadline = time.monotonic() + seconds
-        while self.pids() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return [command_line(pid) for pid in self.pids()]
-
-
-def _links(pid: int) -> list[str]:
-    links = []
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    return links
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def committed(out: Path) -> list[dict]:
-    try:
-        return json.loads((out / "_commits.json").read_text())["parts"]
-    except (OSError, ValueError, KeyError):
-        return []
+@pytest.fixture(scope="module")
+def model(embedding_model) -> Path:
+    return embedding_model
 
 
 def assert_same_rows(out: Path, reference: Path) -> None:
@@ -126,22 +59,6 @@ def local_out(model, small_catalog, awkward, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local")
     run(model, [small_catalog, awkward[0]], out, batch_size=8, part_rows=40, max_error_rate=1.0)
     return out
-
-
-def run_ray_cli(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a `skutag run --engine ray` command line to success under a fresh Tag; check that none of
-    its processes outlive it (and stop them if they do)."""
-    tag = Tag()
-    try:
-        result = subprocess.run(
-            command, env=tag.env(**(env or {})), capture_output=True, text=True, timeout=600
-        )
-        left = tag.wait_gone()
-    finally:
-        tag.close()
-    assert result.returncode == 0, result.stderr
-    assert not left, f"processes of the run survived it: {left}"
-    return result
 
 
 def ray_command(model: Path, sources: list[Path], out: Path, *extra: object) -> list[str]:
@@ -242,11 +159,11 @@ def test_driver_sigkilled_after_its_first_part_then_rerun_gives_one_row_per_inpu
         process = subprocess.Popen(command, env=tag.env(), start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 240
-        while not committed(out) and process.poll() is None and time.monotonic() < deadline:
+        while not committed_parts(out) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        first = committed(out)
+        first = committed_parts(out)
         assert first and not (out / "_SUCCESS").exists(), "the run ended before it could be killed"
         tag.kill()  # what a SIGKILLed driver may leave of its local Ray
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=tag.env())
@@ -278,7 +195,7 @@ def test_ray_workers_killed_mid_run_lose_and_duplicate_nothing(
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
         deadline = time.monotonic() + 240
         while process.poll() is None and time.monotonic() < deadline and len(killed) < 2:
-            if committed(out):
+            if committed_parts(out):
                 for pid in tag.pids():
                     name = command_line(pid)
                     kind = next((k for k in ("Predictor", "decode_block") if k in name), None)
@@ -294,7 +211,7 @@ def test_ray_workers_killed_mid_run_lose_and_duplicate_nothing(
     finally:
         tag.close()
     assert any("Predictor" in k for k in killed) and not finished_first, killed
-    assert len(committed(out)) == -(-len(read_rows(local_out)) // 8)
+    assert len(committed_parts(out)) == -(-len(read_rows(local_out)) // 8)
     assert_same_rows(out, local_out)
 
 
@@ -348,7 +265,7 @@ def test_two_nodes_one_stopped_mid_run_lose_and_duplicate_nothing(
         while process.poll() is None and time.monotonic() < deadline:
             busy = [p for p in _descendants(raylet[0]) if command_line(p).startswith("ray::MapWorker")
                     or "decode_block" in command_line(p)]  # fmt: skip
-            if busy and committed(out):
+            if busy and committed_parts(out):
                 worked_there = True
                 for pid in set(_descendants(raylet[0])) | second_node:  # the whole node, raylet first
                     with contextlib.suppress(ProcessLookupError):
@@ -448,10 +365,10 @@ def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_e
 def test_a_nightly_since_run_on_ray_reuses_the_local_runs_rows_and_predicts_only_what_changed(
     model, tmp_path
 ):
-    from skutag.synth import SynthSpec, make_catalog, render_file
+    from skutag.synth import SynthSpec, render_file
 
     catalog = tmp_path / "catalog"
-    make_catalog(catalog, SynthSpec(count=40, classes=4, min_size=48, max_size=64, seed=5))
+    tiny_catalog(catalog, 40, seed=5)
     run(model, [catalog], tmp_path / "night1", batch_size=8, part_rows=16)
     before = read_rows(tmp_path / "night1")
     files = sorted(before)

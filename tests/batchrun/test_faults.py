@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from skutag.synth import SynthSpec, make_catalog
+from tests.batchrun.support import run_command
 from tests.cli import skutag
 from tests.s3server import moto_server
 
@@ -32,22 +31,11 @@ BUCKET = "night"
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cat")
-    make_catalog(root, SynthSpec(count=6, classes=2, min_size=64, max_size=96, seed=5))
-    return root
-
-
-@pytest.fixture(scope="module")
-def s3(catalog):
+def s3(six_images):
     with moto_server() as server:
         server.client().create_bucket(Bucket=BUCKET)
-        server.upload_tree(catalog, BUCKET, "cat")
+        server.upload_tree(six_images, BUCKET, "cat")
         yield server
-
-
-def command(model, *args: object) -> list[str]:
-    return [sys.executable, "-m", "skutag", "run", str(model), *map(str, args), "--no-progress"]
 
 
 def one_line(stderr: str) -> str:
@@ -108,9 +96,9 @@ def lease_expired(read_lease) -> bool:
 
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
 def test_a_live_shard_refuses_a_second_process_and_a_zombie_cannot_shorten_the_log(
-    where, tiny_model, catalog, tmp_path, request
+    where, tiny_model, six_images, tmp_path, request
 ):
-    stall = Stall(next(catalog.rglob("*.jpg")).read_bytes())
+    stall = Stall(next(six_images.rglob("*.jpg")).read_bytes())
     urls = tmp_path / "urls.txt"
     urls.write_text(stall.url + "\n")
     env = dict(os.environ)
@@ -135,7 +123,7 @@ def test_a_live_shard_refuses_a_second_process_and_a_zombie_cannot_shorten_the_l
         def exists(name: str) -> bool:
             return (Path(out) / name).exists()
 
-    args = command(tiny_model, catalog, urls, "--out", out, "--lease-ttl", 3, "--workers", 1,
+    args = run_command(tiny_model, six_images, urls, "--out", out, "--lease-ttl", 3, "--workers", 1,
                    "--batch-size", 1, "--part-rows", 2, "--max-error-rate", 1)  # fmt: skip
     holder = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -186,7 +174,7 @@ def test_every_object_denied_stops_the_local_run_with_exit_4_and_publishes_nothi
     denied.deny_gets()
     out, metrics = tmp_path / "out", tmp_path / "skutag.prom"
     result = subprocess.run(
-        command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--max-error-rate", 1,
+        run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--max-error-rate", 1,
                 "--metrics-file", metrics),
         env=denied.s3.env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -204,7 +192,7 @@ def test_one_denied_object_among_good_ones_is_a_row(tiny_model, denied, tmp_path
     denied.deny_gets(r"cat/.*000001\.jpg$")
     out = tmp_path / "out"
     result = subprocess.run(
-        command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--max-error-rate", 1),
+        run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--max-error-rate", 1),
         env=denied.s3.env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -215,14 +203,14 @@ def test_one_denied_object_among_good_ones_is_a_row(tiny_model, denied, tmp_path
 
 @pytest.mark.slow
 def test_every_object_denied_stops_the_ray_run_with_exit_4(tiny_model, denied, tmp_path):
-    from tests.test_engine_ray import Tag
+    from tests.batchrun.support import Tag
 
     denied.deny_gets()
     out = tmp_path / "out"
     tag = Tag()
     try:
         result = subprocess.run(
-            command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--engine", "ray", "--max-error-rate", 1),
+            run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--engine", "ray", "--max-error-rate", 1),
             env=tag.env(**{k: v for k, v in denied.s3.env.items() if k.startswith("AWS_")}),
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
@@ -276,9 +264,9 @@ def failing_model(tiny_model, tmp_path_factory) -> Path:
     return path
 
 
-def test_a_model_that_raises_stops_the_local_run_with_exit_4(failing_model, catalog, tmp_path):
+def test_a_model_that_raises_stops_the_local_run_with_exit_4(failing_model, six_images, tmp_path):
     out = tmp_path / "out"
-    result = skutag("run", failing_model, catalog, "--out", out, "--workers", 1, "--no-progress")
+    result = skutag("run", failing_model, six_images, "--out", out, "--workers", 1, "--no-progress")
     assert result.returncode == 4, result.stderr
     last = result.stderr.strip().splitlines()[-1]  # ONNX Runtime logs the kernel's error itself first
     assert last.startswith("Error: stopped: inference failed") and "Gather" in last
@@ -287,14 +275,16 @@ def test_a_model_that_raises_stops_the_local_run_with_exit_4(failing_model, cata
 
 
 @pytest.mark.slow
-def test_a_model_that_raises_stops_the_ray_run_with_exit_4_not_crashed_rows(failing_model, catalog, tmp_path):
-    from tests.test_engine_ray import Tag
+def test_a_model_that_raises_stops_the_ray_run_with_exit_4_not_crashed_rows(
+    failing_model, six_images, tmp_path
+):
+    from tests.batchrun.support import Tag
 
     out = tmp_path / "out"
     tag = Tag()
     try:
         result = subprocess.run(
-            command(failing_model, catalog, "--out", out, "--engine", "ray", "--max-error-rate", 1),
+            run_command(failing_model, six_images, "--out", out, "--engine", "ray", "--max-error-rate", 1),
             env=tag.env(), capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         left = tag.wait_gone()
@@ -306,11 +296,11 @@ def test_a_model_that_raises_stops_the_ray_run_with_exit_4_not_crashed_rows(fail
     assert not left
 
 
-def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model, s3, catalog, tmp_path):
+def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model, s3, six_images, tmp_path):
     client = s3.client()
     for bucket in ("gone", "emptied"):
         client.create_bucket(Bucket=bucket)
-        keys = s3.upload_tree(catalog, bucket, "cat")
+        keys = s3.upload_tree(six_images, bucket, "cat")
         planned = skutag("plan", f"s3://{bucket}/cat", "--out", tmp_path / bucket, env=s3.env)
         assert planned.returncode == 0, planned.stderr
         for key in keys:

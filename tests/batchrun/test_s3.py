@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.batchrun.support import skutag_in
 from tests.inputs import write_awkward_inputs
 from tests.s3server import S3Server
 
@@ -38,16 +39,6 @@ def catalog(s3: S3Server, small_catalog, tmp_path_factory) -> dict[str, str | No
     kinds = {key.removeprefix("catalog/"): None for key in good}
     kinds.update({key.removeprefix("catalog/"): expected[key.rsplit("/", 1)[1]] for key in bad})
     return {k: v for k, v in kinds.items() if k.lower().endswith((".jpg", ".jpeg", ".png"))}
-
-
-def skutag_run(s3: S3Server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "skutag", "run", *args, "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=s3.env,
-    )
 
 
 def out_rows(s3: S3Server, prefix: str) -> list[dict]:
@@ -200,7 +191,7 @@ def test_the_ray_engine_reads_and_writes_s3_with_storage_options_reaching_its_wo
     """Credentials only as --storage-option (not in the environment Ray's workers inherit): the decode
     tasks read with them, the driver's writer commits with them; the local engine's rows come out."""
     pytest.importorskip("ray")
-    from tests.test_engine_ray import run_ray_cli
+    from tests.batchrun.support import run_ray_cli
 
     env = {k: v for k, v in s3.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     credentials = ["--storage-option", "key=testing", "--storage-option", "secret=testing"]
@@ -221,3 +212,7 @@ def test_the_ray_engine_reads_and_writes_s3_with_storage_options_reaching_its_wo
             row["status"], row["error_kind"], row["label"],
         ), key  # fmt: skip
     assert json.loads(s3.objects("shop", "ray-out/")["ray-out/_summary.json"])["engine"] == "ray"
+
+
+def skutag_run(s3: S3Server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return skutag_in(s3.env, "run", *args, "--no-progress", timeout=timeout)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
+from tests.batchrun.support import skutag_in
 from tests.s3server import S3Server
 
 pytest.importorskip("s3fs")
@@ -35,13 +35,7 @@ def skutag(server: S3Server, *args: object, budget: float | None = None, timeout
     env = dict(server.env)
     if budget is not None:
         env["SKUTAG_RETRY_BUDGET_S"] = str(budget)
-    return subprocess.run(
-        [sys.executable, "-m", "skutag", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return skutag_in(env, *args, timeout=timeout)
 
 
 # botocore's own retries off: a fault reaches skutag at once (the tests stay short).

@@ -1,4 +1,6 @@
-"""A decoder that dies or hangs costs one row: the run finishes in one invocation, every other input ok.
+"""Decode: samples and their collation, the inputs users really have (every one gets its row, none stops
+the run), and containment: a decoder that dies or hangs costs one row, the run finishes in one
+invocation, every other input ok.
 
 The inputs are served by a real HTTP server on 127.0.0.1 (as a CDN or image service would
 serve them). For one URL the server never answers (a read that hangs: NFS, a stalled
@@ -9,6 +11,7 @@ it with SIGKILL while that worker is reading the file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -16,12 +19,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import torch
 from skutag.batchrun.api import run_catalog
+from skutag.batchrun.decode.loader import (
+    Collate,
+    Preprocess,
+    ReadOptions,
+    decode_one,
+    default_workers,
+)
 from skutag.batchrun.options import RunOptions
 
+from skutag.listing import local_path
 from skutag.synth import SynthSpec, render_file
+from tests.batchrun.support import sample
+from tests.cli import skutag
+from tests.inputs import noise_jpeg, write_hostile_inputs
 
 pytest.importorskip("aiohttp")  # fsspec's https:// reader
 
@@ -191,3 +207,65 @@ def test_workers_0_still_contains_a_hung_or_killed_decoder(model, server, tmp_pa
     assert rows[bad]["error_kind"] == expected, rows[bad]
     assert all(rows[n]["status"] == "ok" for n in names if n != bad)
     assert summary.rows == len(names) and summary.worker_restarts == 1
+
+
+def test_collate_keeps_error_rows_aligned_and_pads_to_a_fixed_batch():
+    batch = Collate(image_size=4, pad_to=5)([sample(7, True), sample(8, False), sample(9, True)])
+    assert batch.indices.tolist() == [7, 8, 9] and batch.ok.tolist() == [True, False, True]
+    assert batch.pixels.shape == (5, 4, 4, 3) and batch.pixels.dtype == torch.uint8
+    assert batch.pixels[:, 0, 0, 0].tolist() == [8, 0, 10, 0, 0]
+    assert batch.error_kinds == [None, "truncated", None] and batch.widths.tolist() == [10, -1, 10]
+    assert len(batch) == 3 and batch.decode_seconds == pytest.approx(1.5)
+
+
+def test_decode_one_reports_failures_as_samples(tmp_path):
+    preprocess = Preprocess(image_size=32, resize_size=40, interpolation="bilinear")
+    read = ReadOptions(max_bytes=1 << 20, storage_options={})
+    missing = decode_one(0, str(tmp_path / "gone.jpg"), -1, preprocess, read)
+    assert missing.pixels is None and missing.error_kind == "unreadable" and missing.nbytes is None
+    name, data = render_file(SynthSpec(count=1, classes=2, min_size=64, max_size=96), 0)
+    (tmp_path / "good.jpg").write_bytes(data)
+    good = decode_one(1, str(tmp_path / "good.jpg"), len(data), preprocess, read)
+    assert good.pixels.shape == (32, 32, 3) and good.nbytes == len(data) and len(good.sha256) == 64
+    small = ReadOptions(max_bytes=len(data) - 1, storage_options={})
+    big = decode_one(2, str(tmp_path / "good.jpg"), len(data), preprocess, small)
+    assert big.error_kind == "too_large" and big.nbytes is None  # judged from the size, never read
+
+
+def test_default_workers_leave_the_cpu_to_inference_and_feed_a_gpu():
+    assert default_workers("cpu", cores=1) == 1  # never more decode processes than cores
+    assert default_workers("cpu", cores=2) == 2 and default_workers("cpu", cores=16) == 8
+    assert default_workers("cuda", cores=16) == 15
+
+
+def test_awkward_names_layouts_and_formats_each_get_one_row(model, tmp_path):
+    root = tmp_path / "catalog"
+    expected = write_hostile_inputs(root / "hostile")
+    expected = {f"hostile/{name}": kind for name, kind in expected.items()}
+    (root / "shoes").mkdir()
+    (root / "shoes" / "plain.jpg").write_bytes(noise_jpeg(64, 48))
+    expected["shoes/plain.jpg"] = None
+    with open(os.path.join(os.fsencode(root / "shoes"), b"caf\xe9.jpg"), "wb") as f:
+        f.write(noise_jpeg(64, 48, seed=5))
+    expected["shoes/caf%E9.jpg"] = None
+    (root / "shoes" / "._plain.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # macOS resource fork
+    os.symlink(root, root / "shoes" / "loop")  # back to the top: must not multiply inputs
+    (root / "huge.jpg").write_bytes(noise_jpeg(64, 48) + bytes(300_000))
+    expected["huge.jpg"] = "too_large"
+    out = tmp_path / "out"
+    result = skutag(
+        "run", model, root, "--out", out, "--max-bytes", 200_000, "--max-error-rate", "1", "--no-progress"
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    rows = ds.dataset(out, format="parquet").to_table().to_pylist()
+    by_id = {row["id"]: row for row in rows}
+    assert len(rows) == len(by_id) == len(expected) and set(by_id) == set(expected)
+    for input_id, kind in expected.items():
+        row = by_id[input_id]
+        got = None if row["status"] == "ok" else row["error_kind"]
+        assert got == kind, (input_id, row["error"])
+    odd = by_id["shoes/caf%E9.jpg"]
+    assert os.path.basename(local_path(odd["uri"])) == b"caf\xe9.jpg"
+    assert "not read" in by_id["huge.jpg"]["error"] and by_id["huge.jpg"]["sha256"] is None
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["skipped"]["hidden"] == 1 and summary["skipped"]["revisited_dirs"] == 1

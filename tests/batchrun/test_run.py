@@ -1,4 +1,5 @@
-"""`skutag run` end to end on a small model: one row per input, resume after SIGKILL, shards, refusals.
+"""`skutag run` end to end on a small model: one row per input, resume after SIGKILL, shards, refusals;
+its options, progress lines and metrics file.
 
 The model is a resnet18 at 64 px exported once per module (tests may import the exporter;
 batchrun itself never does). The catalog is the shared small catalog plus every bad-input
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -22,25 +24,19 @@ import numpy as np
 import onnx
 import pyarrow.parquet as pq
 import pytest
-from skutag.batchrun.api import run_catalog
+from skutag.batchrun.engines.progress import ProgressReporter
 from skutag.batchrun.options import RunOptions
 from skutag.batchrun.plan.shard import Shard
 from skutag.batchrun.predict.model import ForeignPreprocessing
 
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
-from skutag.images import is_image_path, load_image
+from skutag.images import load_image
 from skutag.runtime import create_session, gpu_present
+from tests.batchrun.support import committed_parts, read_rows, run
 from tests.cli import skutag
-from tests.inputs import write_awkward_inputs
 
 CLASSES = ["boot", "cup", "lamp", "sock"]
-
-
-def run(model, sources, out, *, foreign=None, shard: str = "0/1", **options):
-    """run_catalog with RunOptions built from keywords (as the CLI builds them from flags)."""
-    options = RunOptions(shard=Shard.parse(shard), **options)
-    return run_catalog(model, [str(s) for s in sources], out, options, foreign=foreign)
 
 
 @pytest.fixture(scope="module")
@@ -49,33 +45,11 @@ def model(embedding_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def awkward(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
-    root = tmp_path_factory.mktemp("awkward")
-    return root, write_awkward_inputs(root)
-
-
-@pytest.fixture(scope="module")
-def expected(small_catalog, awkward) -> dict[str, str | None]:
-    """id -> expected error kind (None: must be ok) for the mixed catalog."""
-    good = {
-        p.relative_to(small_catalog).as_posix(): None for p in small_catalog.rglob("*") if is_image_path(p)
-    }
-    return {**good, **awkward[1]}
-
-
-@pytest.fixture(scope="module")
 def baseline(model, small_catalog, awkward, tmp_path_factory):
     """An uninterrupted run of the mixed catalog, in several parts."""
     out = tmp_path_factory.mktemp("baseline")
     summary = run(model, [small_catalog, awkward[0]], out, batch_size=8, part_rows=40, max_error_rate=1.0)
     return out, summary
-
-
-def read_rows(out: Path, pattern: str = "*.parquet") -> dict[str, dict]:
-    rows = duckdb.sql(f"SELECT * FROM '{out}/{pattern}'").to_arrow_table().to_pylist()
-    by_id = {row["id"]: row for row in rows}
-    assert len(by_id) == len(rows), "duplicate ids"
-    return by_id
 
 
 def without_times(rows: dict[str, dict]) -> dict[str, dict]:
@@ -187,14 +161,14 @@ def test_sigkill_after_the_first_part_then_rerun_gives_one_row_per_input(
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not _committed_parts(out) and process.poll() is None and time.monotonic() < deadline:
+        while not committed_parts(out) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the orphaned workers too
-    committed = _committed_parts(out)
+    committed = committed_parts(out)
     assert committed and not (out / "_SUCCESS").exists(), "the run ended before it could be killed"
     summary = run(model, [small_catalog, awkward[0]], out, batch_size=4, part_rows=8, max_error_rate=1.0)
     assert summary.resumed_rows == sum(p["rows"] for p in committed) > 0
@@ -207,13 +181,6 @@ def test_sigkill_after_the_first_part_then_rerun_gives_one_row_per_input(
         if row["status"] == "ok":
             assert resumed[input_id]["topk_scores"] == pytest.approx(row["topk_scores"], rel=1e-4, abs=1e-6)
     assert not list(out.glob(".*.tmp"))
-
-
-def _committed_parts(out: Path) -> list[dict]:
-    try:
-        return json.loads((out / "_commits.json").read_text())["parts"]
-    except (OSError, ValueError, KeyError):
-        return []
 
 
 def test_an_existing_out_of_another_model_is_refused_unless_overwrite(model, awkward, tmp_path):
@@ -296,3 +263,55 @@ def test_cli_missing_model_or_source_is_exit_2_without_traceback(model, tmp_path
         assert result.returncode == 2 and "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and name in errors[0]
+
+
+def test_progress_without_a_terminal_prints_plain_lines():
+    stream = io.StringIO()
+    with ProgressReporter(10, stream=stream, interval=0.0) as progress:
+        progress.advance(4)
+        progress.advance(6)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("skutag run: 4/10 images (40.0%)") and "images/s" in lines[0]
+    assert lines[-1].startswith("skutag run: 10/10 images (100.0%)")
+
+
+def test_storage_option_values_stay_out_of_repr_and_metadata():
+    from skutag.batchrun.decode.loader import ReadOptions
+
+    options = RunOptions(storage_options={"secret": "hunter2", "key": "AKIAXXX"})
+    assert "hunter2" not in repr(options) and "AKIAXXX" not in repr(options)
+    assert "hunter2" not in json.dumps(options.record())
+    assert "hunter2" not in repr(ReadOptions(1, {"secret": "hunter2"}))
+
+
+def test_run_options_drive_the_cli_and_the_run_key():
+    import dataclasses
+
+    import click
+    from skutag.batchrun.cli import run
+
+    flags = {opt for param in run.params if isinstance(param, click.Option) for opt in param.opts}
+    declared = [f for f in dataclasses.fields(RunOptions) if f.metadata.get("flag")]
+    assert {f.metadata["flag"].split(",")[0] for f in declared} <= flags
+    defaults = {param.name: param.default for param in run.params}
+    assert defaults["topk"] == RunOptions().topk and defaults["batch_size"] == RunOptions().batch_size
+    key = RunOptions(topk=3, embeddings=True, shard=Shard(1, 4)).key_values()
+    assert key == {"topk": 3, "embeddings": True, "shard_index": 1, "shard_count": 4}
+
+
+def test_metrics_file_parses_as_prometheus_text_and_carries_the_counts(tiny_model, six_images, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = tmp_path / "metrics" / "skutag.prom"
+    out = tmp_path / "out"
+    result = skutag("run", tiny_model, six_images, "--out", out, "--no-progress", "--metrics-file", metrics)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "_summary.json").read_text())
+    samples = {
+        s.name: s for family in text_string_to_metric_families(metrics.read_text()) for s in family.samples
+    }
+    assert samples["skutag_run_rows"].value == summary["rows"] == 6
+    assert samples["skutag_run_rows_ok"].value == summary["ok"]
+    assert samples["skutag_run_success"].value == 1 and samples["skutag_run_complete"].value == 1
+    assert samples["skutag_run_rows"].labels == {"out": str(out), "shard": "0/1"}
+    assert not any(p.name.startswith(".") for p in metrics.parent.iterdir())  # renamed into place

@@ -1,4 +1,7 @@
-"""skutag.listing and batchrun.plan.catalog: what the inputs are, and the plan that fixes them once."""
+"""skutag.listing and batchrun.plan: what the inputs are, the plan that fixes them once, and its shards.
+
+A listing fails whole or not at all: a local folder that cannot be listed fails the plan with exit 75.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun.plan import catalog as plan_module
-from skutag.batchrun.plan.catalog import ensure_plan, make_plan, read_plan
+from skutag.batchrun.plan.catalog import PLAN_DIR, ensure_plan, make_plan, read_plan
 from skutag.batchrun.plan.shard import Shard
 
 from skutag.errors import InputError
 from skutag.listing import ListingCounts, list_sources, local_path
+from skutag.synth import render_file
+from tests.batchrun.support import SPEC
+from tests.cli import skutag
 
 
 @pytest.fixture()
@@ -205,3 +211,38 @@ def test_a_plan_on_another_filesystem_than_the_scratch_space(tree, tmp_path, mon
         import shutil
 
         shutil.rmtree(out)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads a folder whatever its mode")
+def test_an_unreadable_subfolder_fails_the_plan_with_exit_75_and_publishes_nothing(tmp_path):
+    catalog = tmp_path / "catalog"
+    for folder in ("a", "b"):
+        (catalog / folder).mkdir(parents=True)
+        (catalog / folder / "x.jpg").write_bytes(render_file(SPEC, 0)[1])
+    (catalog / "b").chmod(0)
+    try:
+        result = skutag("plan", catalog, "--out", tmp_path / "out")
+    finally:
+        (catalog / "b").chmod(0o755)
+    assert result.returncode == 75, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(catalog / "b") in result.stderr
+    assert not (tmp_path / "out" / PLAN_DIR).exists() or not list((tmp_path / "out" / PLAN_DIR).iterdir())
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_an_empty_folder(tmp_path):
+    """The listing itself, as root too: a folder that vanishes (or is denied) raises ListingError."""
+    from skutag.errors import ListingError
+    from skutag.listing import walk_images
+
+    catalog = tmp_path / "catalog"
+    (catalog / "a").mkdir(parents=True)
+    (catalog / "a" / "x.jpg").write_bytes(b"x")
+    (catalog / "c").mkdir()
+    (catalog / "c" / "y.jpg").write_bytes(b"y")
+    listing = walk_images(catalog)
+    first = next(listing)
+    (catalog / "c" / "y.jpg").unlink()
+    (catalog / "c").rmdir()  # vanishes between the parent's listing and its own
+    with pytest.raises(ListingError, match="cannot list .*catalog/c"):
+        list(listing)
+    assert first.id == "a/x.jpg"
