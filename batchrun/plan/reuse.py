@@ -5,7 +5,7 @@ Two kinds of reuse, two sets of fields of one run key (`run_key`):
 - **Continue an OUT** (a rerun, a resume, another shard): `RESUME_FIELDS` equal, and for the
   shard's own commit log the shard index too (`resume_problem`; used by `out.prepare_out`).
 - **Copy rows of an earlier run** (`--since PREV_OUT`, `--retry-errors`): `MODEL_FIELDS` equal
-  (`copy_problem`; used by `incremental.Previous`), then per input `input_verdicts`: the same id
+  (`copy_problem`; used by `commit.reader.Previous`), then per input `input_verdicts`: the same id
   and uri, and the same version when the listing gave one (S3 ETag, GCS generation, HTTP ETag /
   Last-Modified, local size:mtime_ns). An input without a version is read (not decoded) and
   reused only when its sha256 equals the earlier row's (`needs_sha256`). Equal plan ids prove
