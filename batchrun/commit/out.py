@@ -218,8 +218,8 @@ def prepare_out(
     own = next((name for name in own_names if name in existing), None)  # this version's log first
     if own is not None and not overwrite:
         commit_log.parts = list(existing[own].parts)
-        if own == names.legacy_commit_log:
-            commit_log.legacy_file = own
+        if names.legacy_commit_log in existing:  # replaced by `_commits` on this shard's next save
+            commit_log.legacy_file = names.legacy_commit_log
         if storage.exists(storage.join(out, names.success), storage_options):
             return Prepared(commit_log, complete=True)
     if overwrite:  # the global _SUCCESS first: this shard's units are about to be redone
