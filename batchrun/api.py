@@ -4,7 +4,7 @@ Order of events: read the model's contract, take the shard's lease (`commit.leas
 live process per shard, exit 75 otherwise), read or make the plan (`OUT/_plan/`, listed
 once), prepare OUT (resume / refuse / already complete), work out what the shard still has
 to do (`--since` and `--retry-errors` rows to copy, distinct images to decode), hand it to
-the engine chosen from `engines.ENGINES` with one `UnitWriter`, then write `_summary.json`,
+the engine chosen from `engines.base.ENGINES` with one `UnitWriter`, then write `_summary.json`,
 the shard's `_SUCCESS[.TAG]` and, when every unit of the plan is committed, `OUT/_SUCCESS`
 (`commit.reader`). A systemic fault (`commit.guard`, a model that raises) stops the run
 with exit 4 before anything of it is published.
@@ -27,16 +27,16 @@ from skutag.errors import InputError
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
-from .commit.reader import is_complete, publish_if_complete, require_complete
-from .engines import get_engine
-from .incremental import Previous, removed_inputs
-from .model import ForeignPreprocessing, ModelContract, read_contract
+from .commit.out import CommitEntry, CommitLog, OutputNames, prepare_out, read_summary, remove_run
+from .commit.reader import Previous, is_complete, publish_if_complete, require_complete
+from .commit.writer import UnitWriter, prediction_schema
+from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
-from .out import CommitLog, OutputNames, prepare_out, read_summary, remove_run
-from .plan import Plan, ensure_plan, make_plan, plan_exists, read_plan
-from .reuse import run_key
-from .work import prepare_work
-from .writer import UnitWriter, prediction_schema
+from .plan.catalog import Plan, ensure_plan, plan_exists, read_plan
+from .plan.incremental import removed_inputs
+from .plan.reuse import run_key
+from .plan.work import prepare_work
+from .predict.model import ForeignPreprocessing, ModelContract, read_contract
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,7 @@ def plan_catalog(
     """`skutag plan`: list SOURCE... once into OUT/_plan/ (or return the plan that is there)."""
     if overwrite:
         remove_run(out, storage_options)
-    if plan_exists(out, storage_options):
-        return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
-    from .options import DEFAULT_PART_ROWS
-
-    return make_plan(sources, out, part_rows=part_rows or DEFAULT_PART_ROWS, storage_options=storage_options)
+    return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
 
 
 def run_catalog(
@@ -234,11 +230,9 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
 
 def _with_retryable_errors(commit_log: CommitLog) -> set[int]:
     return {
-        part["unit"]
-        for part in commit_log.parts
-        if any(
-            kind.split(":", 1)[-1] in RETRYABLE_KINDS for kind in part["counts"] if kind.startswith("error:")
-        )
+        entry.unit
+        for entry in commit_log.parts
+        if any(kind in RETRYABLE_KINDS for kind in entry.errors_by_kind)
     }
 
 
@@ -255,11 +249,9 @@ def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, o
                since_note, started, started_at) -> RunSummary:  # fmt: skip
     counts: Counter = Counter()
     totals: Counter = Counter()
-    for part in commit_log.parts:
-        counts.update(part["counts"])
-        totals.update(
-            {k: part.get(k, 0) for k in ("reused", "new", "changed", "retried", "predicted", "decoded")}
-        )
+    for entry in commit_log.parts:
+        counts.update(entry.counts)
+        totals.update({name: getattr(entry, name) for name in CommitEntry.TOTALS})
     ok = counts.pop("ok", 0)
     by_kind = {kind.split(":", 1)[1]: n for kind, n in sorted(counts.items())}
     errors = sum(by_kind.values())

@@ -2,7 +2,7 @@
 
 Imports only click, batchrun.options (RunOptions: the options of `skutag run` are generated
 from its fields' metadata) and the stdlib at module level, so `--help` stays fast;
-everything heavy is imported when the command runs. Exit codes (DESIGN.md, README): 0 done
+everything heavy is imported when the command runs. Exit codes (docs/design.md, README): 0 done
 (or already complete), 2 bad input paths or options, 3 every row written but more inputs
 failed than --max-error-rate allows, 4 stopped on a systemic fault, 75 a transient fault
 or a live lease on the shard (retry later), 1 anything else.
@@ -33,7 +33,7 @@ def _out_option(f):
         "--out",
         required=True,
         help="Output folder or object-store prefix (s3://bucket/prefix, gs://...): _plan/, parts, "
-        "_manifest.json, _summary.json, _SUCCESS.",
+        "_commits.json (the commit log), _summary.json, _SUCCESS.",
     )(f)
 
 
@@ -164,7 +164,7 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
     from pathlib import Path
 
     from skutag.batchrun.api import run_catalog
-    from skutag.batchrun.model import ForeignPreprocessing
+    from skutag.batchrun.predict.model import ForeignPreprocessing
 
     from skutag.errors import TooManyErrors
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from skutag import storage
 
-from .shard import Shard
+from .plan.shard import Shard
 
 DEFAULT_PART_ROWS = 10_000
 DEFAULT_DECODE_TIMEOUT_S = 120.0
@@ -60,7 +60,7 @@ def _floats(low: float, high: float | None = None):
 
 
 def _engine_choice():
-    from .engines import ENGINES  # the registry: one list of engine names
+    from .engines.base import ENGINES  # the registry: one list of engine names
 
     return _choice(*ENGINES)
 

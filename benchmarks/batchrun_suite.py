@@ -126,7 +126,7 @@ def synthetic_images(cache: Path, count: int) -> Path:
 
 def plain_loop(images: Path, batch_size: int, workers: int | None) -> float:
     """images/s of the textbook eager loop (skutag.bench.baselines) with a ResNet-50 of this suite's classes."""
-    from skutag.batchrun.loader import default_workers
+    from skutag.batchrun.decode.loader import default_workers
     from torchvision import models
 
     from skutag.bench.baselines import plain_torch_loop
@@ -189,7 +189,7 @@ def peak_memory(model: Path, images: Path, count: int, args) -> float:
 
 
 def report(rows, memory, args, models, load: float) -> None:
-    from skutag.batchrun.loader import available_cores, default_workers
+    from skutag.batchrun.decode.loader import available_cores, default_workers
 
     print("## Batchrun benchmark\n")
     print(header("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", before=load), end="")

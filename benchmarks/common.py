@@ -245,8 +245,8 @@ def session_step(
     """One inference of the session `skutag run` would open for `model`, on random uint8 batches
     (four sets, rotated by the call number); on a GPU with IO binding (inputs and outputs stay on
     the device, so the call times the model alone)."""
-    from skutag.batchrun.infer import open_session
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.infer import open_session
+    from skutag.batchrun.predict.model import read_contract
 
     from skutag.bench.latency import random_inputs
 

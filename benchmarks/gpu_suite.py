@@ -133,7 +133,7 @@ def environment() -> dict[str, Any]:
     import onnxruntime as ort
     import torch
     import torchvision
-    from skutag.batchrun.gpu_decode import gpu_decode_unavailable
+    from skutag.batchrun.decode.gpu import gpu_decode_unavailable
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -238,7 +238,7 @@ def export(work: Path, data: Path, tensorrt: bool, timeout: float) -> dict[str, 
 def model_only(models: dict[str, str], device: str, names: list[str], trt_cache: Path) -> dict[str, Any]:
     """images/s = batch / median latency of session.run_with_iobinding, inputs rotated among 3 buffers."""
     import torch
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.model import read_contract
 
     from skutag.runtime import create_session
 
@@ -325,7 +325,7 @@ def decode(data: Path) -> dict[str, Any]:
     photos; beside it the CPU path's ms per image on one core (the work-sum bound's decode term)."""
     import numpy as np
     import torch
-    from skutag.batchrun.loader import Preprocess
+    from skutag.batchrun.decode.loader import Preprocess
 
     from skutag.images import load_image
 
@@ -351,7 +351,7 @@ def decode(data: Path) -> dict[str, Any]:
 def _decode_rate(tensors: list, preprocess) -> float:
     """Images/s of decode_jpegs (one call per batch) + resize_crop per image on CUDA, synchronised."""
     import torch
-    from skutag.batchrun.gpu_decode import decode_jpegs, resize_crop
+    from skutag.batchrun.decode.gpu import decode_jpegs, resize_crop
 
     def once() -> None:
         for image in decode_jpegs(tensors, torch.device("cuda")):

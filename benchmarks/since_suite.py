@@ -135,9 +135,10 @@ def skutag(*args: object) -> tuple[float, int, int]:
 
 def phases(night2: Path, night1: Path) -> dict[str, float]:
     """Night 2's bookkeeping beyond the plan, phase by phase, in this process (nothing decoded)."""
-    from skutag.batchrun.incremental import Previous, removed_inputs
-    from skutag.batchrun.plan import read_plan
-    from skutag.batchrun.work import prepare_work
+    from skutag.batchrun.commit.reader import Previous
+    from skutag.batchrun.plan.catalog import read_plan
+    from skutag.batchrun.plan.incremental import removed_inputs
+    from skutag.batchrun.plan.work import prepare_work
 
     plan = read_plan(str(night2))
     timings = {}

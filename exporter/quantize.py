@@ -1,6 +1,6 @@
 """fp32 ONNX -> fp16 or calibrated int8 ONNX, with ONNX Runtime's own tools.
 
-fp16: `onnxruntime.transformers.float16` with `keep_io_types=True` (DESIGN.md: the
+fp16: `onnxruntime.transformers.float16` with `keep_io_types=True` (docs/design.md: the
 onnxconverter-common converter broke the Cast after the uint8 input). The uint8
 input stays uint8 and the outputs stay float32.
 

@@ -1,4 +1,4 @@
-"""The exceptions a user can cause, each carrying its exit code (see DESIGN.md: exit codes).
+"""The exceptions a user can cause, each carrying its exit code (see docs/design.md: "Exit codes").
 
 The CLI prints these as one line; anything else is a bug and prints as one line too,
 with the traceback only under `--verbose`.

@@ -1,6 +1,6 @@
 """ONNX Runtime sessions on a named device, the card inside an ONNX file, and how each target runs.
 
-One place applies DESIGN.md's rules: ORT lists CUDA as available even when its
+One place applies docs/design.md's rules: ORT lists CUDA as available even when its
 libraries are missing and then silently runs on the CPU, so we check the provider
 that is actually active; `cuda` and `tensorrt` fail loudly, `auto` falls back and
 says so. GPU sessions use one intra-op thread. Sessions are created in the main

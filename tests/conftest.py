@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def signature_cache(tmp_path_factory):
-    """Model signatures (batchrun.signature) cached in this session's temporary directory, not in the
+    """Model signatures (batchrun.predict.signature) cached in this session's temporary directory, not in the
     user's ~/.cache; the CLI subprocesses of the tests inherit it."""
     patch = pytest.MonkeyPatch()
     patch.setenv("SKUTAG_CACHE_DIR", str(tmp_path_factory.mktemp("skutag-cache")))

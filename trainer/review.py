@@ -7,7 +7,7 @@ again; an image's OOD score is `1 - max_c cos(feature, mean_c)` (0 = on a class 
 images scores at or below it (a 95% true-positive rate by default). `confidence_threshold` is
 the same quantile taken from the other side over the correctly classified validation images:
 the top-1 probability below which the least confident (1 - tpr) of the right answers fall.
-batchrun.review applies them.
+batchrun.predict.review applies them; both score through skutag.review_stats.
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ from typing import Any
 import numpy as np
 
 from skutag.card import REVIEW_SCORE
+from skutag.review_stats import normalise, ood_scores
 
 DEFAULT_TPR = 0.95
-
-
-def normalise(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, np.float64)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 def review_section(
@@ -37,7 +33,7 @@ def review_section(
         if (labels == c).any():
             means[c] = unit[labels == c].mean(axis=0)
     means = normalise(means) * (np.linalg.norm(means, axis=1, keepdims=True) > 0)
-    scores = 1.0 - (unit @ means.T).max(axis=1)
+    scores = ood_scores(features, means)
     probs = np.asarray(probs)
     correct = probs.argmax(axis=1) == labels
     top1 = probs.max(axis=1)[correct] if correct.any() else probs.max(axis=1)

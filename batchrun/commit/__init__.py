@@ -1,7 +1,9 @@
-"""What makes OUT trustworthy: the systemic-fault guard, the shard lease, completion and the one reader.
+"""What makes OUT trustworthy: the OUT layout and commit log, the unit writer, the guard, the lease, the one reader.
 
+`out` names OUT's files and holds the commit log (`CommitLog` of `CommitEntry`, on disk
+`_commits[.TAG].json`; 0.3's `_manifest[.TAG].json` is still read); `writer` assembles each
+unit's rows in plan order and commits its part (`UnitWriter`, the prediction schema);
 `guard` stops a run whose first inputs all fail with one storage-level cause; `lease` keeps
 one live process per shard; `reader` is the one way to read committed rows (through the
-commit logs, never a glob). The commit log itself and the writer live in `batchrun.out` and
-`batchrun.writer`.
+commit logs, never a glob), for `--since`, `--retry-errors` and `skutag index`.
 """

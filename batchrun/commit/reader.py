@@ -1,9 +1,11 @@
 """The one reader of committed rows, and the global `OUT/_SUCCESS`.
 
-A part is a row source only when a commit log (`_manifest[.TAG].json`) lists it: a part file
+A part is a row source only when a commit log (`_commits[.TAG].json`, or 0.3's
+`_manifest[.TAG].json`) lists it: a part file
 that a crashed attempt left behind, or one a zombie wrote after its lease expired, is never
-read. `--since`, `--retry-errors` (`batchrun.incremental.Previous`) and `skutag index`
-(`insight.index`) read OUT through `CommittedRows`, never through a glob of `part-*`.
+read. `skutag index` (`insight.index`) reads OUT through `CommittedRows`; `--since` and
+`--retry-errors` through `Previous` (an earlier run's committed rows, looked up by unit of the
+new plan); never through a glob of `part-*`.
 
 `OUT/_SUCCESS` means every unit of the plan is committed. Each shard, after its own
 `_SUCCESS[.TAG]`, checks whether the commit logs of OUT cover the plan and, if so, writes
@@ -13,33 +15,38 @@ always. `require_complete` is how `--since` refuses an incomplete earlier run.
 
 from __future__ import annotations
 
+import bisect
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from skutag import storage
 from skutag.errors import InputError
 
 from ..arrow import read_parquet
-from ..out import GLOBAL_SUCCESS, _read_json, read_commit_logs
-from ..plan import Plan
-from ..reuse import RESUME_FIELDS
+from ..plan.catalog import Plan, read_plan
+from ..plan.reuse import RESUME_FIELDS, copy_problem
+from .out import GLOBAL_SUCCESS, CommitEntry, read_commit_logs
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
 
+_CACHED_PARTS = 4  # parts of the earlier run `Previous` keeps read
+
 
 def committed_parts(
     out: str, storage_options: dict[str, Any] | None = None, key: dict[str, Any] | None = None
-) -> dict[int, dict[str, Any]]:
+) -> dict[int, CommitEntry]:
     """unit -> commit-log entry of every committed part in OUT (only logs of the run `key`, when given:
     the same plan, model and options that shape the rows)."""
-    parts: dict[int, dict[str, Any]] = {}
-    for name, log_key in read_commit_logs(out, storage_options):
-        if key is not None and any(log_key.get(f) != key.get(f) for f in RESUME_FIELDS):
+    parts: dict[int, CommitEntry] = {}
+    for _name, commit_log in read_commit_logs(out, storage_options):
+        if key is not None and any(commit_log.key.get(f) != key.get(f) for f in RESUME_FIELDS):
             continue
-        for part in _read_json(storage.join(out, name), storage_options)["parts"]:
-            parts[part["unit"]] = part
+        for entry in commit_log.parts:
+            parts[entry.unit] = entry
     return parts
 
 
@@ -55,13 +62,13 @@ class CommittedRows:
         return is_complete(self.out, self.storage_options)
 
     def uris(self) -> list[str]:
-        return [storage.join(self.out, self.parts[unit]["file"]) for unit in sorted(self.parts)]
+        return [storage.join(self.out, self.parts[unit].file) for unit in sorted(self.parts)]
 
     def read_unit(self, unit: int, columns: list[str] | None = None) -> pa.Table | None:
         part = self.parts.get(unit)
         if part is None:
             return None
-        with storage.open_input(storage.join(self.out, part["file"]), self.storage_options) as handle:
+        with storage.open_input(storage.join(self.out, part.file), self.storage_options) as handle:
             return read_parquet(handle, columns=columns)
 
     def dataset(self) -> ds.Dataset:
@@ -104,3 +111,59 @@ def publish_if_complete(
         return False
     storage.write_bytes(storage.join(out, GLOBAL_SUCCESS), b"", storage_options)
     return True
+
+
+class Previous:
+    """The committed rows of an earlier OUT, looked up by unit of the new plan."""
+
+    def __init__(self, out: str, storage_options: dict[str, Any] | None = None):
+        self.out, self.storage_options = out, storage_options
+        self.plan = read_plan(out, storage_options)
+        self.parts = committed_parts(out, storage_options)  # the one reader: through the commit logs
+        keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
+        self.key = keys[0] if keys else {}
+        self._firsts = [unit.first_id for unit in self.plan.units]
+        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
+
+    def unusable(self, key: dict[str, Any]) -> str | None:
+        """Why this run cannot reuse the previous one's rows (None when it can)."""
+        return copy_problem(self.key, key)
+
+    def is_snapshot_of(self, plan: Plan) -> bool:
+        """True when these rows are `plan`'s own OUT (`--retry-errors`): the same listing, not a new night."""
+        return storage.join(self.out, "") == storage.join(plan.out, "") and self.plan.plan_id == plan.plan_id
+
+    def rows_for(self, ids: pa.Array) -> pa.Table | None:
+        """The previous run's committed rows whose id is in `ids` (sorted), or None."""
+        if len(ids) == 0:
+            return None
+        first, last = ids[0].as_py(), ids[len(ids) - 1].as_py()
+        start = max(0, bisect.bisect_right(self._firsts, first) - 1)
+        tables = []
+        for unit in self.plan.units[start:]:
+            if unit.first_id > last:
+                break
+            if unit.last_id < first:
+                continue
+            table = self._part(unit.number)
+            if table is not None:
+                tables.append(table.filter(pc.is_in(table.column("id"), value_set=ids)))
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def _part(self, unit: int) -> pa.Table | None:
+        if unit in self._cache:
+            self._cache.move_to_end(unit)
+            return self._cache[unit]
+        part = self.parts.get(unit)
+        table = None
+        if part is not None:
+            with storage.open_input(storage.join(self.out, part.file), self.storage_options) as handle:
+                table = read_parquet(handle)
+            if "version" not in table.column_names:  # a 0.1.0 OUT: nothing to compare with
+                table = None
+        self._cache[unit] = table
+        if len(self._cache) > _CACHED_PARTS:
+            self._cache.popitem(last=False)
+        return table

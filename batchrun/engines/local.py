@@ -2,57 +2,34 @@
 
 Reading and decoding (worker processes, iterated on the main thread), GPU decoding (a
 thread, `--decode gpu`), inference and top-k (a thread; ORT releases the GIL) and writing
-(a thread behind a bounded queue) overlap through `batchrun.pipeline`, and every stage
+(a thread behind a bounded queue) overlap through `batchrun.engines.pipeline`, and every stage
 holds a bounded number of batches. Workers are forked before the session is created
-(DESIGN.md); after a worker dies or hangs, `batchrun.supervise` contains it and spawns
+(docs/design.md); after a worker dies or hangs, `batchrun.decode.supervise` contains it and spawns
 fresh ones. With GPU decoding the workers only read, size, hash and header-check JPEGs
 (`TaskDataset(read_only=True)`) and decode the other inputs themselves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from skutag.runtime import gpu_present
 
-from .. import review
-from ..infer import DevicePredictor, make_predictor, open_session
-from ..loader import CPU_WORKER_NICE, Batch, Preprocess, ReadOptions, TaskDataset, default_workers
-from ..model import ModelContract
+from ..commit.writer import UnitWriter, empty_predictions
+from ..decode.loader import CPU_WORKER_NICE, Batch, Preprocess, ReadOptions, TaskDataset, default_workers
+from ..decode.supervise import SupervisedLoader, batches_of
 from ..options import RunOptions
-from ..pipeline import run_pipeline
-from ..progress import ProgressReporter
-from ..supervise import SupervisedLoader, batches_of
-from ..work import WorkList
-from ..writer import UnitWriter, empty_predictions
-from . import inference_failed
+from ..plan.work import WorkList
+from ..predict.infer import open_session
+from ..predict.model import ModelContract
+from ..predict.predictor import assemble_predictor
+from .base import Stats, committing, inference_failed
+from .pipeline import run_pipeline
+from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Stats:
-    rows: int = 0  # rows committed by this attempt
-    tasks: int = 0  # images decoded by this attempt
-    decode_s: float = 0.0
-    wait_s: float = 0.0
-    inference_s: float = 0.0
-    write_s: float = 0.0
-    workers: int = 0
-    restarts: int = 0  # times the decode workers were replaced after one died or hung
-    repeats: int = 0  # task deliveries the writer dropped as repeats
-    decode: str = "cpu"  # where JPEGs were decoded: cpu | cuda
-    gpu_decode_s: float = 0.0  # wall seconds of the GPU decode stage
-    gpu_decoded: int = 0  # images decoded on the GPU
-    cpu_fallbacks: int = 0  # JPEGs the GPU handed back to the CPU path
-    device: str = "none"
-    providers: list[str] = field(default_factory=list)
-    fallback_reason: str | None = None
 
 
 def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, options: RunOptions) -> Stats:
@@ -64,7 +41,7 @@ def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, optio
     decode = "cpu"
     gpu = options.device != "cpu" and gpu_present()  # pad batches to one shape, pin host memory
     if options.decode == "gpu" or (options.decode == "auto" and gpu):  # else: no torchvision import
-        from ..gpu_decode import resolve_decode  # torchvision and CUDA only when asked for
+        from ..decode.gpu import resolve_decode  # torchvision and CUDA only when asked for
 
         decode = resolve_decode(options.decode, options.device, card.interpolation)  # before the fork
     workers = options.workers if options.workers is not None else default_workers("cuda" if gpu else "cpu")
@@ -112,33 +89,22 @@ def run_local(contract: ModelContract, work: WorkList, writer: UnitWriter, optio
             log.warning("running on the CPU: %s", info.fallback_reason)
         on_gpu = info.device in ("cuda", "tensorrt")
         if decode == "cuda":
-            from ..fallback import CpuFallback
-            from ..gpu_decode import GpuDecoder
+            from ..decode.contained import ContainedDecoder
+            from ..decode.gpu import GpuDecoder
 
             decoder = GpuDecoder(
                 preprocess,
                 device="cuda",
                 batch_size=options.batch_size,
-                fallback=CpuFallback(preprocess, options.decode_timeout_s),
+                fallback=ContainedDecoder(preprocess, options.decode_timeout_s),
                 host_output=not on_gpu,
             )
             if not on_gpu:
                 log.warning("decoding JPEGs on the GPU, predicting on the CPU (%s)", info.fallback_reason)
-        if decode == "cuda" and on_gpu:
-            predict = DevicePredictor(
-                session, contract, topk=options.topk, embeddings=options.embeddings or review.wanted(contract),
-                batch_size=options.batch_size,
-            )  # fmt: skip
-        else:
-            predict = make_predictor(
-                session,
-                info,
-                contract,
-                topk=options.topk,
-                embeddings=options.embeddings or review.wanted(contract),
-                batch_size=options.batch_size,
-            )
-        predict = review.with_review(predict, contract, keep_embedding=options.embeddings)
+        predict = assemble_predictor(
+            session, info, contract, topk=options.topk, embeddings=options.embeddings,
+            batch_size=options.batch_size, device_pixels=decode == "cuda" and on_gpu,
+        )  # fmt: skip
         writer.start()
         with committing(writer, stats):
             _predict_all(batches, decoder, predict, writer, stats, options, contract, work.tasks)
@@ -163,21 +129,6 @@ def _commit_only(writer: UnitWriter) -> Stats:
     with committing(writer, stats):
         pass
     return stats
-
-
-@contextlib.contextmanager
-def committing(writer: UnitWriter, stats: Stats) -> Iterator[None]:
-    """Around an engine's work: close the writer after it (the last commits), abort it on any error,
-    and record the writer's time and committed rows in `stats` either way."""
-    try:
-        yield
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        stats.write_s = writer.seconds
-        stats.rows = writer.committed_rows
 
 
 def _predict_all(

@@ -6,7 +6,7 @@ decodes them in CPU tasks through the local engine's `decode_one`, and `ray_stag
 actors predict them. The driver iterates the results and hands them to the same
 `writer.UnitWriter` as the local engine, which commits each unit of the plan once all its
 tasks are back: one part under its deterministic name (`out.part_name`), written in one
-step, then the manifest. So a decode task or actor lost mid-run is retried by Ray and its
+step, then the commit log. So a decode task or actor lost mid-run is retried by Ray and its
 rows arrive once (the writer also drops any task id it has already seen), and a driver killed
 mid-run leaves only committed units, which the rerun skips after `api.py` has checked the
 run key.
@@ -31,21 +31,21 @@ import numpy as np
 import pyarrow as pa
 
 from skutag.errors import SkutagError, SystemicFault
+from skutag.extras import require
 from skutag.runtime import gpu_present
 
-from ..loader import CPU_WORKER_NICE, Preprocess, ReadOptions
-from ..model import ModelContract
+from ..commit.writer import UnitWriter
+from ..decode.loader import CPU_WORKER_NICE, Preprocess, ReadOptions, batch_of
 from ..options import RunOptions
-from ..progress import ProgressReporter
-from ..work import WorkList
-from ..writer import UnitWriter
-from .local import Stats, committing
+from ..plan.work import WorkList
+from ..predict.model import ModelContract
+from .base import Stats, committing
+from .progress import ProgressReporter
 from .ray_resources import RayResources, alive_nodes, cluster_resources, local_resources
-from .ray_stages import Predictor, PredictorConfig, decode_block, to_batch, to_predictions
+from .ray_stages import Predictor, PredictorConfig, decode_block, to_predictions
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "--engine ray needs Ray: pip install 'skutag[ray]' (or pass --engine local)"
 NO_PROGRESS_ENV = "SKUTAG_RAY_NO_PROGRESS_S"
 DEFAULT_NO_PROGRESS_S = 600.0
 # What one decode task may hold at its peak (a 50-megapixel photo decoded, then resized), so Ray
@@ -57,12 +57,10 @@ LOCAL_RAY_CONFIG = {"enable_metrics_collection": False, "event_stats": False}
 
 
 def import_ray():
-    """The `ray` module, or a one-line SkutagError (exit 1: the environment lacks an optional extra)."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the `data` extra)
-    except ImportError as exc:
-        raise SkutagError(INSTALL_HINT) from exc
+    """The `ray` module with Ray Data, or MissingExtra (one line, exit 2: install the ray extra)."""
+    require("ray.data", "ray", "--engine ray")
+    import ray
+
     return ray
 
 
@@ -227,7 +225,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
                 stats.providers = str(block["providers"][0]).split(",")
                 stats.fallback_reason = str(block["fallback"][0]) or None
             stats.inference_s += float(np.sum(block["infer_s"]))
-            batch = to_batch(block)
+            batch = batch_of(block)
             writer.put(batch, to_predictions(block, options.embeddings))
             stats.tasks += fresh
             stats.decode_s += batch.decode_seconds

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..loader import available_cores, default_workers
+from ..decode.loader import available_cores, default_workers
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,20 @@
 """The two Ray Data stages of `--engine ray` and the columns that travel between them.
 
 `decode_block` (CPU tasks) reads and decodes a block of decode tasks through
-`batchrun.loader.decode_one`, the local engine's one decode path, in a child process with a
-time limit (`batchrun.fallback`). `Predictor` (actors) holds one ONNX Runtime session, opened from the model's bytes (shipped through the
-object store, so worker nodes need no copy of the file) and predicts through
-`batchrun.infer`'s predictors. A decode failure never escapes (Ray Data fails the whole job
+`batchrun.decode.loader.decode_one`, the local engine's one decode path, in a child process
+with a time limit (`batchrun.decode.contained.ContainedDecoder`). `Predictor` (actors) holds
+one ONNX Runtime session, opened from the model's bytes (shipped through the object store, so
+worker nodes need no copy of the file), and predicts through the local engine's predictor
+(`batchrun.predict.predictor.assemble_predictor`). A decode failure never escapes (Ray Data fails the whole job
 on a UDF exception, and its `max_errored_blocks` would drop a block's good rows with it): an
 input that cannot be processed becomes an error row (`crashed` or `timeout`, which
 `--retry-errors` retries). A model that raises is not an input's fault: the actor raises
-`engines.inference_failed` (a SystemicFault), which fails the job and stops the run with
+`engines.base.inference_failed` (a SystemicFault), which fails the job and stops the run with
 exit 4, as on the local engine.
 
 Columns carry no nulls (Ray Data infers each block's schema): "" and -1 stand for "none"
-and `to_batch` turns them back into `loader.Batch`, which the writer takes.
+(`loader.columns_of`, the local engine's Collate too) and `loader.batch_of` turns them back into
+`loader.Batch`, which the writer takes.
 """
 
 from __future__ import annotations
@@ -26,18 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import review
-from ..fallback import CpuFallback
-from ..infer import Predictions, make_predictor, open_session
-from ..loader import Batch, Preprocess, ReadOptions, Sample, error_sample
-from ..model import ModelContract
-from ..writer import empty_predictions
-from . import inference_failed
+from ..commit.writer import empty_predictions
+from ..decode.contained import ContainedDecoder
+from ..decode.loader import FACTS, Preprocess, ReadOptions, batch_of, columns_of, error_sample
+from ..predict import review
+from ..predict.infer import Predictions, open_session
+from ..predict.model import ModelContract
+from ..predict.predictor import assemble_predictor
+from .base import inference_failed
 
-FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
-
-
-_DECODERS: dict[tuple, CpuFallback] = {}  # per Ray worker process: one contained decoder child
+_DECODERS: dict[tuple, ContainedDecoder] = {}  # per Ray worker process: one contained decoder child
 
 
 def decode_block(
@@ -50,7 +50,9 @@ def decode_block(
     costs that input a `timeout` or `crashed` row, and a fresh child takes the next input.
     """
     key = (preprocess, timeout_s, nice)
-    decoder = _DECODERS.get(key) or _DECODERS.setdefault(key, CpuFallback(preprocess, timeout_s, nice=nice))
+    decoder = _DECODERS.get(key) or _DECODERS.setdefault(
+        key, ContainedDecoder(preprocess, timeout_s, nice=nice)
+    )
     jobs = [
         (int(t), str(u), int(s)) for t, u, s in zip(block["task"], block["uri"], block["size"], strict=True)
     ]
@@ -64,27 +66,7 @@ def decode_block(
     for row, sample in enumerate(samples):
         if sample.pixels is not None:
             pixels[row] = sample.pixels
-    return {"pixels": pixels, **_facts(samples)}
-
-
-def _facts(samples: list[Sample]) -> dict[str, np.ndarray]:
-    def ints(values, dtype) -> np.ndarray:
-        return np.array([-1 if v is None else v for v in values], dtype)
-
-    def texts(values) -> np.ndarray:
-        return np.array(["" if v is None else v for v in values], dtype=object)
-
-    return {
-        "task": ints([s.index for s in samples], np.int64),
-        "ok": np.array([s.pixels is not None for s in samples], bool),
-        "error_kind": texts([s.error_kind for s in samples]),
-        "error": texts([s.error for s in samples]),
-        "width": ints([s.width for s in samples], np.int32),
-        "height": ints([s.height for s in samples], np.int32),
-        "nbytes": ints([s.nbytes for s in samples], np.int64),
-        "sha256": texts([s.sha256 for s in samples]),
-        "decode_s": np.array([s.seconds for s in samples], np.float64),
-    }
+    return {"pixels": pixels, **columns_of(samples)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +103,10 @@ class Predictor:
         self.dim = contract.embedding_dim if config.embeddings else None
         self.pad = config.batch_size if info.device in ("cuda", "tensorrt") else 0
         self.review = review.wanted(contract)
-        self.predict = make_predictor(
-            session, info, self.contract, topk=config.topk, embeddings=config.embeddings or self.review,
+        self.predict = assemble_predictor(
+            session, info, self.contract, topk=config.topk, embeddings=config.embeddings,
             batch_size=config.batch_size,
         )  # fmt: skip
-        self.predict = review.with_review(self.predict, self.contract, keep_embedding=config.embeddings)
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -146,7 +127,7 @@ class Predictor:
         }
         if self.dim is not None:
             out["embedding"] = np.ascontiguousarray(predictions.embedding[:rows], np.float32)
-        if self.review:  # the writer turns it into the review columns (batchrun.review)
+        if self.review:  # the writer turns it into the review columns (batchrun.predict.review)
             ood = predictions.ood_score
             out["ood_score"] = ood[:rows] if ood is not None else np.full(rows, np.nan, np.float32)
         return out
@@ -156,7 +137,7 @@ class Predictor:
         if not block["ok"].any():
             return empty_predictions(rows, self.config.topk, self.dim)
         pixels = np.ascontiguousarray(block["pixels"], np.uint8)
-        batch = to_batch(block)
+        batch = batch_of(block)
         if self.pad:  # CUDA / TensorRT: one batch shape, copied from a torch tensor (IO binding)
             import torch
 
@@ -170,26 +151,6 @@ class Predictor:
         return self.predict(batch)
 
 
-def to_batch(block: dict[str, np.ndarray]) -> Batch:
-    """Facts columns -> `loader.Batch` (without pixels), as the writer takes it."""
-
-    def texts(values) -> list[str | None]:
-        return [str(v) if v else None for v in values]
-
-    return Batch(
-        indices=np.asarray(block["task"], np.int64),
-        pixels=None,
-        ok=np.asarray(block["ok"], bool),
-        error_kinds=texts(block["error_kind"]),
-        errors=texts(block["error"]),
-        widths=np.asarray(block["width"], np.int32),
-        heights=np.asarray(block["height"], np.int32),
-        nbytes=np.asarray(block["nbytes"], np.int64),
-        sha256=texts(block["sha256"]),
-        decode_seconds=float(np.sum(block["decode_s"])),
-    )
-
-
 def to_predictions(block: dict[str, np.ndarray], embeddings: bool) -> Predictions:
     embedding = np.asarray(block["embedding"], np.float32) if embeddings else None
     ood = np.asarray(block["ood_score"], np.float32) if "ood_score" in block else None
@@ -199,8 +160,3 @@ def to_predictions(block: dict[str, np.ndarray], embeddings: bool) -> Prediction
         embedding,
         ood,
     )
-
-
-def select(block: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows of `block` where the boolean mask `rows` is true."""
-    return {name: values[rows] for name, values in block.items()}

@@ -64,7 +64,7 @@ def role(command: str, titles: str) -> str:
         return "inference actor"
     if "decode_block" in titles:
         return "decode worker"
-    if "skutag.batchrun.fallback" in command or "multiprocessing.spawn" in command:
+    if "skutag.batchrun.decode.contained" in command or "multiprocessing.spawn" in command:
         return "decoder child"
     if executable.endswith("raylet"):
         return "raylet"

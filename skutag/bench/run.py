@@ -1,7 +1,7 @@
 """`skutag bench`: every artifact, device and batch size side by side.
 
 Model-only latency and throughput come from `skutag.bench.latency` on the session `skutag
-run` would open (`batchrun.infer.open_session`: the same contract checks and the same
+run` would open (`batchrun.predict.infer.open_session`: the same contract checks and the same
 provider options from the export-target table, TensorRT with a profile of the timed batch
 size); end-to-end throughput runs the real `skutag run` pipeline and reads its
 `_summary.json`; accuracy runs `skutag eval` and reads its `metrics.json`. So bench
@@ -77,8 +77,8 @@ class Row:
 
 def run_bench(config: BenchConfig, progress=None) -> list[Row]:
     """Measure every (model, device, batch size); the torch baseline first when asked for."""
-    from skutag.batchrun.infer import open_session
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.infer import open_session
+    from skutag.batchrun.predict.model import read_contract
     from skutag.runtime import model_card, runtime_target
 
     rows: list[Row] = []

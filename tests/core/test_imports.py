@@ -57,7 +57,7 @@ def test_help_imports_neither_torch_nor_onnxruntime(tmp_path, args):
 def test_plan_imports_neither_torch_nor_onnxruntime(tmp_path, small_catalog):
     modules, result = imported(tmp_path, "plan", small_catalog, "--out", tmp_path / "out")
     assert (tmp_path / "out" / "_plan" / "_PLAN").exists(), result.stderr
-    assert "skutag.batchrun.plan" in modules  # the check ran the command, not just its help
+    assert "skutag.batchrun.plan.catalog" in modules  # the check ran the command, not just its help
     assert not heavy(modules), heavy(modules)
     assert not {m for m in modules if m.split(".")[0] == "pandas"}  # pyarrow's probe (batchrun.arrow)
 
@@ -76,7 +76,7 @@ def test_a_since_night_with_nothing_to_decode_imports_neither(tmp_path, request,
     summary = json.loads((tmp_path / "night2" / "_summary.json").read_text())
     assert summary["decoded"] == 0 and summary["reused"] == summary["rows"] > 0
     assert (tmp_path / "night2" / "_SUCCESS").exists()
-    assert "skutag.batchrun.incremental" in modules
+    assert "skutag.batchrun.plan.incremental" in modules
     assert not heavy(modules), heavy(modules)
     light = {m for m in modules if m.split(".")[0] in ("onnx", "pandas", "ml_dtypes")} | (
         {"pyarrow.dataset"} & modules
@@ -108,7 +108,7 @@ def test_ray_decode_tasks_import_neither(tmp_path, small_catalog):
         "path = os.environ['SKUTAG_MODULES_OUT']\n"
         "atexit.register(lambda: open(path, 'w').write(json.dumps(sorted(sys.modules))))\n"
         "from skutag.batchrun.engines.ray_stages import decode_block\n"
-        "from skutag.batchrun.loader import Preprocess, ReadOptions\n"
+        "from skutag.batchrun.decode.loader import Preprocess, ReadOptions\n"
         "files = sys.argv[1:]\n"
         "block = {'task': np.arange(len(files)), 'uri': np.array(files, object), 'size': np.full(len(files), -1)}\n"
         "out = decode_block(block, Preprocess(32, 36, 'bilinear'), ReadOptions(1 << 26, {}), 60.0)\n"

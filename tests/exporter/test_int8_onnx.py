@@ -193,7 +193,7 @@ def test_tensorrt_refuses_a_cpu_int8_model_in_one_line_before_any_tensorrt_work(
 
 
 def test_an_old_int8_card_gets_its_target_from_the_graph(exports, tmp_path):
-    from skutag.batchrun.model import read_contract
+    from skutag.batchrun.predict.model import read_contract
 
     for target in ("cpu", "tensorrt"):
         proto = onnx.load(str(exports[f"int8-{target}"]))

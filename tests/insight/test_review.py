@@ -13,9 +13,9 @@ import onnx
 import pyarrow.parquet as pq
 import pytest
 from skutag.batchrun.api import run_catalog
+from skutag.batchrun.commit.writer import prediction_schema
 from skutag.batchrun.options import RunOptions
-from skutag.batchrun.shard import Shard
-from skutag.batchrun.writer import prediction_schema
+from skutag.batchrun.plan.shard import Shard
 from skutag.exporter.pipeline import ExportRequest, run_export
 from skutag.trainer.config import TrainConfig
 from skutag.trainer.train import train

@@ -1,7 +1,7 @@
 """`skutag index` / `skutag similar`: near copies come back, the index is exact search, duplicate groups are exact.
 
 The model is a random-weights resnet18 at 64 px exported with `--embeddings` (as in
-test_batchrun_run.py). Its embedding distances are small (ReLU features of a random network
+tests/batchrun/test_run.py). Its embedding distances are small (ReLU features of a random network
 all point one way) but copies still rank first. The catalog is synthetic with planted copies:
 8 originals with a resized, a recompressed and a cropped copy each, and 3 byte copies.
 """

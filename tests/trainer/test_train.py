@@ -1,4 +1,4 @@
-"""Training runs end to end: it learns, the run dir holds what DESIGN.md says, the report agrees with itself,
+"""Training runs end to end: it learns, the run dir holds what docs/design.md says, the report agrees with itself,
 bad files are skipped and listed, and the options that cannot work fail with one clear sentence."""
 
 from __future__ import annotations
