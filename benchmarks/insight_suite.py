@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import itertools
 import shutil
 import time
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import header, photos
+from benchmarks.common import COPY_KINDS, header, photos, plant_copies
 
 DIM, CLUSTERS, LATENT, CHUNK, K = 2048, 1000, 32, 50_000, 10
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40
@@ -254,46 +253,6 @@ def duplicates_suite(args: argparse.Namespace) -> None:
 
 
 # -- photos: planted near copies of real photos ---------------------------------------------------
-
-COPY_KINDS = ("resized", "recompressed", "cropped")  # how a near copy is made from its original
-
-
-def near_copy(original: Path, kind: str, out: Path) -> None:
-    """Write a near copy of `original` to `out`: half size, JPEG quality 40, or the centre 90% crop."""
-    from PIL import Image
-
-    from skutag.images import to_rgb
-
-    image = to_rgb(Image.open(original))
-    quality = 90
-    if kind == "resized":
-        image = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.BICUBIC)
-    elif kind == "recompressed":
-        quality = 40
-    elif kind == "cropped":
-        dx, dy = image.width // 20, image.height // 20
-        image = image.crop((dx, dy, image.width - dx, image.height - dy))
-    else:
-        raise ValueError(kind)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    out.write_bytes(buffer.getvalue())
-
-
-def plant_copies(root: Path, originals: list[Path], into: str = "copies") -> dict[str, set[str]]:
-    """Near copies of `originals` (one per COPY_KINDS) in ROOT/INTO; the planted groups: original id ->
-    ids of the group (original included), ids relative to `root`."""
-    folder = root / into
-    folder.mkdir(parents=True, exist_ok=True)
-    groups: dict[str, set[str]] = {}
-    for original in originals:
-        key = original.relative_to(root).as_posix()
-        groups[key] = {key}
-        for kind in COPY_KINDS:
-            target = folder / f"{original.stem}-{kind}.jpg"
-            near_copy(original, kind, target)
-            groups[key].add(target.relative_to(root).as_posix())
-    return groups
 
 
 def one_set(photo_set: Path, work: Path) -> dict:

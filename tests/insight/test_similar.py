@@ -22,12 +22,12 @@ from skutag.insight.duplicates import DUPLICATES_NPROBE, calibrate_threshold, du
 from skutag.insight.index import build_index, load_index, normalize
 from skutag.insight.similar import id_queries, image_queries, similar
 
+from benchmarks.common import plant_copies
 from skutag.card import METADATA_KEY, ModelCard
 from skutag.errors import InputError
 from skutag.images import is_image_path
 from skutag.synth import SynthSpec, make_catalog
 from tests.support.cli import skutag
-from tests.support.insight_catalog import plant_copies
 
 CLASSES = ["boot", "cup", "lamp", "sock"]
 
