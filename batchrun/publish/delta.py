@@ -6,7 +6,7 @@ merge predicate names the bucket too, so delta-rs prunes the partitions a night 
 merge rewrites only the files that hold a changed row (delta-rs is copy-on-write: each such file is
 rewritten whole; see docs/operations.md for what that means for a night that changes 1%).
 
-One commit per night: new ids inserted, changed rows updated (a matched row whose scalar values are
+One commit per night (an empty one when nothing changed, so the night is recorded): new ids inserted, changed rows updated (a matched row whose scalar values are
 all equal is left alone), ids that left the plan deleted, or kept with `removed_at` set. When the table
 holds exactly the night this OUT ran `--since`, the merge is fed only the night's new and changed rows
 and the removed ids (`night.changes_since`); otherwise the whole night, with every id missing from it
@@ -156,7 +156,14 @@ def publish(
         )  # fmt: skip
         removed_at = f"CAST('{night.finished_at}' AS TIMESTAMP)" if keep_removed else None
         merger = _clauses(merger, source.schema, dt.schema().to_arrow(), removed_at, full=not incremental)
+        read_version = dt.version()
         metrics = merger.execute()
+        if DeltaTable(table, storage_options=table_options).version() == read_version:
+            # delta-rs commits nothing for a merge that changes nothing: record the night all the same,
+            # so the next night's --since finds it and publishing it again is a no-op
+            dt.create_write_transaction(
+                [], mode="append", schema=dt.schema(), partition_by=[BUCKET], commit_properties=properties
+            )
     except CommitFailedError as exc:
         raise TransientError(
             f"{table}: another publisher committed while this one merged ({str(exc).splitlines()[0]}); "
