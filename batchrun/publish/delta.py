@@ -150,20 +150,8 @@ def publish(
             },
             app_transactions=[Transaction(out_app(night.token), 1), Transaction(PUBLISH_APP, publish_number)],
         )
-        merger = dt.merge(
-            source, PREDICATE, source_alias="s", target_alias="t", merge_schema=True,
-            streamed_exec=False, commit_properties=properties,
-        )  # fmt: skip
         removed_at = f"CAST('{night.finished_at}' AS TIMESTAMP)" if keep_removed else None
-        merger = _clauses(merger, source.schema, dt.schema().to_arrow(), removed_at, full=not incremental)
-        read_version = dt.version()
-        metrics = merger.execute()
-        if DeltaTable(table, storage_options=table_options).version() == read_version:
-            # delta-rs commits nothing for a merge that changes nothing: record the night all the same,
-            # so the next night's --since finds it and publishing it again is a no-op
-            dt.create_write_transaction(
-                [], mode="append", schema=dt.schema(), partition_by=[BUCKET], commit_properties=properties
-            )
+        metrics = merge(dt, source, properties, removed_at=removed_at, full=not incremental)
     except CommitFailedError as exc:
         raise TransientError(
             f"{table}: another publisher committed while this one merged ({str(exc).splitlines()[0]}); "
@@ -175,6 +163,28 @@ def publish(
     return Published(
         table, version, "incremental" if incremental else "full", upserted, len(removed), metrics
     )
+
+
+def merge(
+    dt: Any, source: pa.Table, properties: Any, *, removed_at: str | None, full: bool
+) -> dict[str, Any]:
+    """Merge `source` (`table_rows`, then `removed_rows`) into the open DeltaTable `dt` in one commit with
+    `properties`; returns delta-rs' merge metrics. `removed_at`: the SQL timestamp removed rows are marked
+    with (None: deleted); `full`: ids missing from `source` are removed too."""
+    merger = dt.merge(
+        source, PREDICATE, source_alias="s", target_alias="t", merge_schema=True,
+        streamed_exec=False, commit_properties=properties,
+    )  # fmt: skip
+    merger = _clauses(merger, source.schema, dt.schema().to_arrow(), removed_at, full=full)
+    read_version = dt.version()
+    metrics = merger.execute()
+    if dt.version() == read_version:  # dt follows its own commits
+        # delta-rs commits nothing for a merge that changes nothing: record the night all the same,
+        # so the next night's --since finds it and publishing it again is a no-op
+        dt.create_write_transaction(
+            [], mode="append", schema=dt.schema(), partition_by=[BUCKET], commit_properties=properties
+        )
+    return metrics
 
 
 def _clauses(merger: Any, source: pa.Schema, target: Any, keep_removed: str | None, *, full: bool) -> Any:
