@@ -312,9 +312,6 @@ def publish(args: argparse.Namespace) -> None:
     print(f"| night merge: wall time (fresh process) | {figures['merge_s']:.1f} s |")
     print(f"| files rewritten / table files | {m['num_target_files_removed']} / {figures['files_before']} "
           f"({m['num_target_files_removed'] / figures['files_before']:.0%}) |")  # fmt: skip
-    print(
-        f"| files scanned / skipped | {m['num_target_files_scanned']} / {m['num_target_files_skipped_during_scan']} |"
-    )
     print(f"| rows updated / deleted / copied | {m['num_target_rows_updated']:,} / "
           f"{m['num_target_rows_deleted']:,} / {m['num_target_rows_copied']:,} |")  # fmt: skip
     print(f"| peak RSS of the night's process (VmHWM) | {figures['vmhwm_kib'] / 1024:.0f} MiB |")

