@@ -197,7 +197,11 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
         click.echo(describe(summary), err=True)
     if summary.since_note:
         click.echo(summary.since_note, err=True)
-    if options.table and not summary.exceeded_error_rate:
+    if options.table and summary.exceeded_error_rate:
+        click.echo(
+            f"--table {options.table}: not published, more inputs failed than --max-error-rate", err=True
+        )
+    elif options.table:
         _publish(out, options)
     if summary.exceeded_error_rate:
         raise TooManyErrors(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ class Night:
 
 def read_night(out: str, storage_options: dict[str, Any] | None = None) -> Night:
     """The finished OUT `out`; refuses (exit 2) one without `_SUCCESS`."""
-    out = str(out).rstrip("/")
+    out = _absolute(out)
     if not is_complete(out, storage_options):
         raise InputError(
             f"{out} is not finished (no {GLOBAL_SUCCESS}): only a complete run is published; "
@@ -81,10 +82,17 @@ def read_night(out: str, storage_options: dict[str, Any] | None = None) -> Night
         out=out,
         token=token,
         model_sha256=",".join(sorted(m for m in models if m)),
-        since=str(since).rstrip("/") if since else None,
+        since=_absolute(since) if since else None,
         finished_at=max(str(s.get("finished_at") or "") for s in summaries),
         storage_options=storage_options,
     )
+
+
+def _absolute(uri: str) -> str:
+    """An OUT as the table's metadata names it: object URLs as given, local paths absolute (a relative
+    `--since` is resolved against this process's directory; a mismatch only costs a full merge)."""
+    uri = str(uri).rstrip("/")
+    return uri if storage.is_remote(uri) else os.path.abspath(uri)
 
 
 def all_rows(night: Night) -> Iterator[pa.Table]:
