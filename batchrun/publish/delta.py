@@ -40,6 +40,7 @@ ID_BUCKETS = 64
 BUCKET = "id_bucket"
 REMOVED_AT = "removed_at"
 PUBLISH_APP = "skutag.publish"
+HISTORY = 100  # commits read back for the latest night (others: optimize, vacuum by the table's owner)
 PREDICATE = f"t.{BUCKET} = s.{BUCKET} AND t.id = s.id"
 # delta-rs keeps a row group per open partition file in memory until it is full: small row groups bound
 # a merge's memory (about 0.8 GB instead of 1.2 for a 1%-changed night of a 1,000,000-row table)
@@ -226,8 +227,9 @@ def _clauses(merger: Any, source: pa.Schema, target: Any, keep_removed: str | No
 
 
 def _last_night(dt: Any) -> dict[str, Any] | None:
-    """The commit metadata of the latest night published into `dt` (None when there is none)."""
-    for commit in dt.history():
+    """The commit metadata of the latest night published into `dt` among its last `HISTORY` commits (None
+    when there is none: the next night is then merged in full)."""
+    for commit in dt.history(HISTORY):
         if "skutag.token" in commit:
             return commit
     return None
