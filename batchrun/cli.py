@@ -197,11 +197,36 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
         click.echo(describe(summary), err=True)
     if summary.since_note:
         click.echo(summary.since_note, err=True)
+    if options.table and summary.exceeded_error_rate:
+        click.echo(
+            f"--table {options.table}: not published, more inputs failed than --max-error-rate", err=True
+        )
+    elif options.table:
+        _publish(out, options)
     if summary.exceeded_error_rate:
         raise TooManyErrors(
             f"{summary.errors} of {summary.rows} inputs failed ({summary.error_rate:.1%} > --max-error-rate "
             f"{summary.max_error_rate:.1%}); every row is written to {out}"
         )
+
+
+def _publish(out: str, options: RunOptions) -> None:
+    """--table: merge the finished OUT into the Delta table (`skutag publish`); a shard that did not finish
+    OUT says so and leaves publishing to the shard that does."""
+    from skutag.batchrun.commit.reader import is_complete
+    from skutag.batchrun.publish.delta import publish
+    from skutag.batchrun.publish.night import read_night
+
+    if not is_complete(out, options.storage_options):
+        click.echo(
+            f"--table {options.table}: not published, {out} is not complete yet (other shards)", err=True
+        )
+        return
+    night = read_night(out, options.storage_options)
+    result = publish(
+        night, options.table, keep_removed=options.keep_removed, table_options=options.table_options
+    )
+    click.echo(result.describe(), err=True)
 
 
 def describe(summary) -> str:

@@ -41,6 +41,19 @@ def option(default: Any = None, help: str = "", *, flag: str | None = None, key:
     return field(default=default, metadata=meta, repr=not secret)
 
 
+def key_values(pairs: tuple[str, ...] | list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE pairs as strings, as delta-rs takes its storage options; a pair without `=` is refused."""
+    import click
+
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{flag} {pair!r}: expected KEY=VALUE")
+        found[key] = value
+    return found
+
+
 def _choice(*values: str):
     import click
 
@@ -156,6 +169,19 @@ class RunOptions:
     metrics_file: str | None = option(
         None, "Write the run's counts and timings here in Prometheus text format (node_exporter textfile "
         "collector), atomically, also when the run stops on a fault.", flag="--metrics-file",
+    )  # fmt: skip
+    table: str | None = option(
+        None, "After a successful, complete run: merge OUT into the Delta Lake table at this URI (a path, "
+        "s3:// or gs://), as `skutag publish OUT --table URI` does.", flag="--table", metavar="URI",
+    )  # fmt: skip
+    table_options: dict[str, str] = option(
+        dict, "delta-rs storage option of --table, repeatable (AWS_REGION=..., conditional_put=etag). "
+        "Values are never written to OUT or printed.", flag="--table-option", secret=True, multiple=True,
+        metavar="KEY=VALUE", convert=lambda pairs: key_values(pairs, "--table-option"),
+    )  # fmt: skip
+    keep_removed: bool = option(
+        False, "--table: keep the rows of ids that left the plan, with `removed_at` set, instead of "
+        "deleting them.", flag="--keep-removed", is_flag=True,
     )  # fmt: skip
 
     def replace(self, **changes: Any) -> RunOptions:

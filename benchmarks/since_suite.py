@@ -22,7 +22,15 @@ resnet18 at 32 px (random weights) is exported first.
 
     python -m benchmarks.since_suite scale --count 1000000 [--changed 0.01] [--model MODEL.onnx] [--scratch DIR]
 
-Both print a Markdown table.
+`publish`: the Delta merge of `skutag publish` (`batchrun.publish.delta.merge`, the same predicate,
+clauses and layout) at scale: a table of `--count` rows (1,000,000) in the OUT's columns, made by one
+full merge into an empty table; then a night where `--changed` (1%) of the ids, drawn at random, were
+predicted again and `--removed` (0.1%) left the plan, merged incrementally in a fresh process:
+its merge time, the files it rewrote out of the table's files, and its peak RSS (VmHWM).
+
+    python -m benchmarks.since_suite publish [--count 1000000] [--changed 0.01] [--removed 0.001]
+
+Each prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import argparse
 import json
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -206,6 +215,109 @@ def scale(args: argparse.Namespace) -> None:
         print(f"| 2b run's own `{key}` | {summary[key]:.1f} |")
 
 
+# -- publish: the Delta merge of a night into a 1,000,000-row table -----------------------------------
+
+
+def out_rows(ids: list[str], seed: int, predicted_at: int) -> pa.Table:
+    """Synthetic rows in the OUT's columns (docs/design.md), one per id, as `skutag run` writes them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n, k = len(ids), 5
+    labels = pa.array([f"class-{i}" for i in range(20)])
+    top = rng.integers(0, 20, (n, k)).astype(np.int32)
+    scores = np.sort(rng.random((n, k), np.float32), axis=1)[:, ::-1].copy()
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    return pa.table({
+        "id": ids,
+        "uri": [f"s3://shop-images/catalog/{i}" for i in ids],
+        "version": pa.array(rng.integers(1, 1 << 40, n).astype(str)),
+        "status": pa.array(["ok"] * n),
+        "error_kind": pa.nulls(n, pa.string()),
+        "error": pa.nulls(n, pa.string()),
+        "label": labels.take(pa.array(top[:, 0])),
+        "label_index": pa.array(top[:, 0]),
+        "score": pa.array(scores[:, 0]),
+        "topk_labels": pa.ListArray.from_arrays(offsets, labels.take(pa.array(top.reshape(-1)))),
+        "topk_indices": pa.ListArray.from_arrays(offsets, pa.array(top.reshape(-1))),
+        "topk_scores": pa.ListArray.from_arrays(offsets, pa.array(scores.reshape(-1))),
+        "width": pa.array(rng.integers(400, 1600, n).astype(np.int32)),
+        "height": pa.array(rng.integers(400, 1600, n).astype(np.int32)),
+        "bytes": pa.array(rng.integers(50_000, 2_000_000, n)),
+        "sha256": pa.array([f"{v:064x}" for v in rng.integers(0, 1 << 62, n)]),
+        "predicted_at": pa.array(np.full(n, predicted_at, np.int64), pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+
+
+def publish_merge(args: argparse.Namespace) -> None:
+    """The night's merge alone, in this (fresh) process: prints one JSON line of its figures."""
+    from deltalake import CommitProperties, DeltaTable
+    from skutag.batchrun.publish.delta import merge, removed_rows, table_rows
+
+    night = pq.read_table(args.rows)
+    removed = pq.read_table(args.removed).column("id").to_pylist()
+    dt = DeltaTable(args.table)
+    files_before = len(dt.file_uris())
+    started = time.perf_counter()
+    source = table_rows(night)
+    source = pa.concat_tables([source, removed_rows(removed, source.schema)])
+    metrics = merge(dt, source, CommitProperties(), removed_at=None, full=False)
+    elapsed = time.perf_counter() - started
+    hwm = next(
+        line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
+    print(json.dumps({"merge_s": elapsed, "files_before": files_before, "metrics": metrics,
+                      "vmhwm_kib": int(hwm.split()[1])}))  # fmt: skip
+
+
+def publish(args: argparse.Namespace) -> None:
+    from deltalake import CommitProperties, DeltaTable
+    from skutag.batchrun.publish.delta import BUCKET, merge, table_rows
+
+    before = load_average()
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        scratch = Path(scratch)
+        ids = [f"catalog/{i % 997:03d}/{i:08d}.jpg" for i in range(args.count)]
+        started = time.perf_counter()
+        first = table_rows(out_rows(ids, seed=1, predicted_at=1_700_000_000_000_000))
+        table = str(scratch / "tags")
+        DeltaTable.create(table, first.schema, partition_by=[BUCKET])
+        merge(DeltaTable(table), first, CommitProperties(), removed_at=None, full=True)
+        load_s = time.perf_counter() - started
+        del first
+        rng = random.Random(7)
+        picked = rng.sample(range(args.count), int(args.count * (args.changed + args.removed)))
+        changed = sorted(picked[: int(args.count * args.changed)])
+        removed = sorted(picked[len(changed) :])
+        pq.write_table(
+            out_rows([ids[i] for i in changed], 2, 1_700_086_400_000_000), scratch / "night.parquet"
+        )
+        pq.write_table(pa.table({"id": [ids[i] for i in removed]}), scratch / "removed.parquet")
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks.since_suite", "publish-merge", "--table", table,
+             "--rows", str(scratch / "night.parquet"), "--removed", str(scratch / "removed.parquet")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if child.returncode:
+            raise SystemExit(f"the night's merge failed:\n{child.stderr}")
+        figures = json.loads(child.stdout.strip().splitlines()[-1])
+        rows = DeltaTable(table).count()
+    m = figures["metrics"]
+    print(header("deltalake", before=before))
+    print(f"\n{args.count:,} rows; a night of {len(changed):,} changed and {len(removed):,} removed ids "
+          "(drawn at random), merged incrementally\n")  # fmt: skip
+    print("| figure | value |\n|---|---|")
+    print(f"| initial load (full merge into an empty table, this process) | {load_s:.1f} s |")
+    print(f"| table files before the night | {figures['files_before']} |")
+    print(f"| night merge: wall time (fresh process) | {figures['merge_s']:.1f} s |")
+    print(f"| files rewritten / table files | {m['num_target_files_removed']} / {figures['files_before']} "
+          f"({m['num_target_files_removed'] / figures['files_before']:.0%}) |")  # fmt: skip
+    print(f"| rows updated / deleted / copied | {m['num_target_rows_updated']:,} / "
+          f"{m['num_target_rows_deleted']:,} / {m['num_target_rows_copied']:,} |")  # fmt: skip
+    print(f"| peak RSS of the night's process (VmHWM) | {figures['vmhwm_kib'] / 1024:.0f} MiB |")
+    print(f"| rows after | {rows:,} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     nights = parser.add_subparsers(dest="night", required=True)
@@ -222,8 +334,17 @@ def main(argv: list[str] | None = None) -> None:
     big.add_argument("--model", type=Path, default=None)
     big.add_argument("--scratch", default=None)
     big.add_argument("--no-phases", action="store_true", help="skip the in-process phase timings")
+    delta = nights.add_parser("publish", help="the Delta merge of a night into a --count-row table")
+    delta.add_argument("--count", type=int, default=1_000_000)
+    delta.add_argument("--changed", type=float, default=0.01)
+    delta.add_argument("--removed", type=float, default=0.001)
+    delta.add_argument("--scratch", default=None)
+    child = nights.add_parser("publish-merge", help="(internal) the night's merge in a fresh process")
+    for name in ("--table", "--rows", "--removed"):
+        child.add_argument(name, required=True)
     args = parser.parse_args(argv)
-    (photo_night if args.night == "photos" else scale)(args)
+    modes = {"photos": photo_night, "scale": scale, "publish": publish, "publish-merge": publish_merge}
+    modes[args.night](args)
 
 
 if __name__ == "__main__":

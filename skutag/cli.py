@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "skutag.batchrun.cli:run",
         "tag a catalog with an exported model into Parquet (local or Ray), resumable",
     ),
+    "publish": (
+        "skutag.batchrun.publish.cli:publish",
+        "merge a finished OUT into a Delta Lake table keyed by id (new, changed, removed)",
+    ),
     "bench": (
         "skutag.bench.cli:bench",
         "latency, throughput and accuracy of exported models (every format), side by side",
