@@ -48,6 +48,8 @@ class Match:
     changed: int  # same id, other uri or version (or, without a version, other bytes)
     retried: int  # unchanged, but an error of a retryable kind
     reused: int
+    known_bad: np.ndarray | None = None  # bool per row: an unchanged input whose earlier row failed
+    known_good: np.ndarray | None = None  # bool per row: reused, and ok before (an object that reads)
 
 
 def match(
@@ -86,7 +88,10 @@ def match(
                 reuse[row] = True
             else:
                 changed += 1
-    return Match(reuse, int((~known).sum()), changed, int(retried.sum()), int(reuse.sum()))
+    return Match(
+        reuse, int((~known).sum()), changed, int(retried.sum()), int(reuse.sum()),
+        known_bad=retried, known_good=reuse & known & bools(ok.fill_null(False)),
+    )  # fmt: skip
 
 
 def sha256_of(uris: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str | None]:

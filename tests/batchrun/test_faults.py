@@ -314,3 +314,57 @@ def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model
     assert emptied.returncode == 0, emptied.stderr
     summary = json.loads((tmp_path / "emptied" / "_summary.json").read_text())
     assert summary["errors_by_kind"] == {"unreadable": 6} and (tmp_path / "emptied" / "_SUCCESS").exists()
+
+
+def test_one_forbidden_object_does_not_stop_later_nights(tiny_model, denied, tmp_path):
+    """One object answers 403 for good: night 1, two --since nights and a --retry-errors rerun all finish
+    (the only input left to read is a known-bad object: no evidence about the store, a normal night)."""
+    denied.deny_gets(r"cat/.*000001\.jpg$")
+    nights = [tmp_path / f"night{i}" for i in range(3)]
+
+    def night(out, *extra):
+        return subprocess.run(
+            run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1,
+                        "--max-error-rate", 0.5, *extra),
+            env=denied.s3.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    first = night(nights[0])
+    assert first.returncode == 0, first.stderr
+    for before, out in zip(nights, nights[1:], strict=False):
+        result = night(out, "--since", before)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((out / "_summary.json").read_text())
+        assert summary["errors_by_kind"] == {"unreadable": 1} and summary["reused"] == 5
+        assert summary["retried"] == 1 and (out / "_SUCCESS").exists()
+    again = night(nights[2], "--retry-errors")
+    assert again.returncode == 0, again.stderr
+    assert (nights[2] / "_SUCCESS").exists()
+    assert json.loads((nights[2] / "_summary.json").read_text())["errors_by_kind"] == {"unreadable": 1}
+    assert denied.hits["deny_gets"] >= 4  # the bad object was read again each time
+
+
+def test_every_object_denied_on_a_since_night_still_stops_with_exit_4(tiny_model, denied, tmp_path):
+    """The store itself turns: the changed inputs fail, and the probe of an object the run knows
+    exists fails too: exit 4, nothing published."""
+    first = subprocess.run(
+        run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", tmp_path / "a", "--workers", 1),
+        env=denied.s3.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    client = denied.upstream.client()
+    key = sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="cat/")["Contents"])[0]
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    try:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body + b"\0")  # a new version: read again tonight
+        denied.deny_gets()
+        out = tmp_path / "b"
+        result = subprocess.run(
+            run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--since", tmp_path / "a"),
+            env=denied.s3.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        assert "access denied" in one_line(result.stderr)
+        assert not (out / "_SUCCESS").exists()
+    finally:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
