@@ -37,6 +37,7 @@ from .plan.incremental import removed_inputs
 from .plan.reuse import run_key
 from .plan.work import prepare_work
 from .predict.model import ForeignPreprocessing, ModelContract, read_contract
+from .signals import Interrupted, Signalled, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,27 @@ def run_catalog(
             require_complete(options.since, "--since", options.storage_options)
     storage.makedirs(out)
     names = OutputNames(options.shard)
-    lease = Lease.acquire(storage.join(out, names.lease), options.lease_ttl_s, options.storage_options)
-    try:
-        return _run_shard(contract, sources, out, names, lease, options, started, started_at)
-    finally:
-        lease.release()
+    with stop_on_signals():
+        try:
+            lease = Lease.acquire(
+                storage.join(out, names.lease), options.lease_ttl_s, options.storage_options
+            )
+        except Signalled as exc:
+            raise Interrupted(f"{exc}: nothing was started; rerun to start") from None
+        kept: list[CommitLog] = []  # this shard's commit log, once read: what an interrupted run kept
+        try:
+            return _run_shard(contract, sources, out, names, lease, options, started, started_at, kept)
+        except Signalled as exc:
+            raise Interrupted(
+                f"{exc}: {len(kept[0].parts) if kept else 0} committed part(s) of this shard kept, the "
+                "lease released, nothing published as complete; rerun to resume"
+            ) from None
+        finally:
+            lease.release()
 
 
 def _run_shard(contract: ModelContract, sources: list[str], out: str, names: OutputNames, lease: Lease,
-               options: RunOptions, started: float, started_at: str) -> RunSummary:  # fmt: skip
+               options: RunOptions, started: float, started_at: str, kept: list[CommitLog]) -> RunSummary:  # fmt: skip
     if options.overwrite and not options.shard.sharded:
         remove_run(out, options.storage_options)
     plan = ensure_plan(sources, out, part_rows=options.part_rows, storage_options=options.storage_options)
@@ -182,6 +195,7 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
         done["complete"] = is_complete(out, options.storage_options)
         return RunSummary.from_dict(done)
     commit_log = prepared.commit_log
+    kept.append(commit_log)  # what an interrupted run reports as kept
     previous, since_note = _previous(out, key, commit_log, options)
     units = plan.shard_units(options.shard.index, options.shard.count)
     committed = commit_log.committed_units()

@@ -368,3 +368,44 @@ def test_every_object_denied_on_a_since_night_still_stops_with_exit_4(tiny_model
         assert not (out / "_SUCCESS").exists()
     finally:
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+# -- SIGTERM and SIGINT --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_stops_cleanly_and_a_rerun_takes_over_at_once(
+    signum, tiny_model, six_images, tmp_path
+):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stall = Stall(next(six_images.rglob("*.jpg")).read_bytes())
+    urls = tmp_path / "urls.txt"
+    urls.write_text(stall.url + "\n")
+    out, metrics = tmp_path / "out", tmp_path / "m.prom"
+    args = run_command(tiny_model, six_images, urls, "--out", out, "--workers", 1, "--batch-size", 1,
+                       "--part-rows", 2, "--max-error-rate", 1, "--metrics-file", metrics)  # fmt: skip
+    holder = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert stall.requested.wait(120), "the run never reached the stalled input"
+        holder.send_signal(signum)
+        started = time.monotonic()
+        _, stderr = holder.communicate(timeout=60)
+        assert time.monotonic() - started < 15, stderr
+        assert holder.returncode == 75, stderr
+        line = one_line(stderr)
+        assert signal.Signals(signum).name in line and "committed part(s) of this shard kept" in line
+        assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
+        samples = {
+            s.name: s.value for f in text_string_to_metric_families(metrics.read_text()) for s in f.samples
+        }
+        assert samples["skutag_run_exit_code"] == 75
+        stall.release()
+        rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "taking over" not in rerun.stderr and (out / "_SUCCESS").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            holder.kill()
+        holder.wait(timeout=30)
+        stall.close()
