@@ -199,11 +199,12 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     previous, since_note = _previous(out, key, commit_log, options)
     units = plan.shard_units(options.shard.index, options.shard.count)
     committed = commit_log.committed_units()
+    retry_kinds = previous.retry_kinds(key) if previous is not None else RETRYABLE_KINDS
     if options.retry_errors:
-        committed -= _with_retryable_errors(commit_log)
+        committed -= _with_errors_of(commit_log, retry_kinds)
         storage.remove(storage.join(out, names.success), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
-    work = prepare_work(plan, pending, previous, options.storage_options)
+    work = prepare_work(plan, pending, previous, options.storage_options, retry_kinds)
     schema = prediction_schema(
         contract.embedding_dim if options.embeddings else None,
         file_metadata(contract, options),
@@ -242,12 +243,8 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
     return previous, None
 
 
-def _with_retryable_errors(commit_log: CommitLog) -> set[int]:
-    return {
-        entry.unit
-        for entry in commit_log.parts
-        if any(kind in RETRYABLE_KINDS for kind in entry.errors_by_kind)
-    }
+def _with_errors_of(commit_log: CommitLog, kinds: frozenset[str]) -> set[int]:
+    return {entry.unit for entry in commit_log.parts if any(kind in kinds for kind in entry.errors_by_kind)}
 
 
 def file_metadata(contract: ModelContract, options: RunOptions) -> dict[str, str]:

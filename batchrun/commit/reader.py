@@ -26,8 +26,9 @@ from skutag import storage
 from skutag.errors import InputError
 
 from ..arrow import read_parquet
+from ..options import RETRYABLE_KINDS
 from ..plan.catalog import Plan, read_plan
-from ..plan.reuse import RESUME_FIELDS, copy_problem
+from ..plan.reuse import RESUME_FIELDS, copy_problem, stale_kinds
 from .out import GLOBAL_SUCCESS, CommitEntry, read_commit_logs
 
 if TYPE_CHECKING:
@@ -120,14 +121,24 @@ class Previous:
         self.out, self.storage_options = out, storage_options
         self.plan = read_plan(out, storage_options)
         self.parts = committed_parts(out, storage_options)  # the one reader: through the commit logs
-        keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
-        self.key = keys[0] if keys else {}
+        self.keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
+        self.key = self.keys[0] if self.keys else {}
         self._firsts = [unit.first_id for unit in self.plan.units]
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
 
     def unusable(self, key: dict[str, Any]) -> str | None:
-        """Why this run cannot reuse the previous one's rows (None when it can)."""
-        return copy_problem(self.key, key)
+        """Why this run cannot reuse the previous one's rows (None when it can): every shard's log counts."""
+        for earlier in self.keys or [{}]:
+            problem = copy_problem(earlier, key)
+            if problem:
+                return problem
+        return None
+
+    def retry_kinds(self, key: dict[str, Any]) -> frozenset[str]:
+        """Error kinds read again rather than copied into a run with `key`: the retryable ones, and those
+        a setting decided that differs tonight (`plan.reuse.stale_kinds`)."""
+        stale = frozenset().union(*(stale_kinds(earlier, key) for earlier in self.keys or [{}]))
+        return RETRYABLE_KINDS | stale
 
     def is_snapshot_of(self, plan: Plan) -> bool:
         """True when these rows are `plan`'s own OUT (`--retry-errors`): the same listing, not a new night."""

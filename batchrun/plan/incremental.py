@@ -53,9 +53,15 @@ class Match:
 
 
 def match(
-    unit_rows: pa.Table, previous: pa.Table | None, *, snapshot: bool = False, hasher: Hasher | None = None
+    unit_rows: pa.Table,
+    previous: pa.Table | None,
+    *,
+    snapshot: bool = False,
+    hasher: Hasher | None = None,
+    retry_kinds: frozenset[str] = RETRYABLE_KINDS,
 ) -> Match:
-    """Which rows of a unit (id, uri, version) the previous rows can stand for (`reuse.input_verdicts`).
+    """Which rows of a unit (id, uri, version) the previous rows can stand for (`reuse.input_verdicts`);
+    error rows of `retry_kinds` are predicted again.
 
     Inputs without a version are hashed by `hasher` (uris -> sha256 hex or None) and reused only
     when the hash equals the previous row's; without a hasher they count as changed. Vectorised:
@@ -72,7 +78,8 @@ def match(
         snapshot=snapshot,
     )  # fmt: skip
     ok = pc.equal(old.column("status"), _OK)
-    retryable = pc.and_(pc.invert(ok), pc.is_in(old.column("error_kind"), value_set=_RETRYABLE))
+    kinds = _RETRYABLE if retry_kinds == RETRYABLE_KINDS else strings(sorted(retry_kinds))
+    retryable = pc.and_(pc.invert(ok), pc.is_in(old.column("error_kind"), value_set=kinds))
     retry = bools(retryable)
     candidates = unchanged | needs_sha
     retried = known & candidates & retry

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from ..options import RETRYABLE_KINDS
 from .catalog import Plan, Unit
 from .incremental import Match, match, sha256_of
 
@@ -30,6 +31,8 @@ class PreviousRows(Protocol):
     def rows_for(self, ids: pa.Array) -> pa.Table | None: ...
 
     def is_snapshot_of(self, plan: Plan) -> bool: ...
+
+    def retry_kinds(self, key: dict[str, Any]) -> frozenset[str]: ...
 
 
 @dataclass
@@ -68,6 +71,7 @@ def prepare_work(
     units: list[Unit],
     previous: PreviousRows | None,
     storage_options: dict[str, Any] | None = None,
+    retry_kinds: frozenset[str] = RETRYABLE_KINDS,
 ) -> WorkList:
     """The WorkList of `units` (a shard's pending units), reusing `previous` rows where allowed."""
     work: list[UnitWork] = []
@@ -85,6 +89,7 @@ def prepare_work(
             old,
             snapshot=previous is not None and previous.is_snapshot_of(plan),
             hasher=lambda uris: sha256_of(uris, storage_options),
+            retry_kinds=retry_kinds,
         )
         todo = np.flatnonzero(~found.reuse)
         task_of_row = np.full(rows.num_rows, -1, np.int64)
