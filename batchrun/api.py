@@ -29,6 +29,7 @@ from skutag.runtime import check_device
 from .commit.lease import Lease
 from .commit.out import CommitEntry, CommitLog, OutputNames, prepare_out, read_summary, remove_run
 from .commit.reader import Previous, is_complete, publish_if_complete, require_complete
+from .commit.signals import Interrupted, Signalled, stop_on_signals
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
@@ -37,7 +38,6 @@ from .plan.incremental import removed_inputs
 from .plan.reuse import run_key
 from .plan.work import prepare_work
 from .predict.model import ForeignPreprocessing, ModelContract, read_contract
-from .signals import Interrupted, Signalled, stop_on_signals
 
 log = logging.getLogger(__name__)
 
