@@ -12,6 +12,8 @@ switched on by the test says otherwise. Rules, each switched on by one method:
   searched in `bucket/key`) answers 403 AccessDenied.
 - `slow_down(seconds)`: every request answers 503 SlowDown for `seconds`, counted from the first
   request that arrives after the call (so a subprocess's start-up does not eat the window).
+- `strip_conditions()`: every request is forwarded without its `If-None-Match` / `If-Match` headers
+  (a store or gateway that silently ignores conditional writes).
 - `clear()`: all rules off.
 
 `proxy.hits[rule]` counts how often each rule fired. `proxy.s3` is an `S3Server` whose `env`
@@ -65,6 +67,7 @@ class FaultProxy:
             self._deny_on = False
             self._slow_until = 0.0
             self._slow_for: float | None = None
+            self._strip = False
 
     def fail_listing(self, prefix: str, status: int = 500) -> None:
         self._listing = (prefix, status)
@@ -77,6 +80,9 @@ class FaultProxy:
 
     def slow_down(self, seconds: float) -> None:
         self._slow_for = seconds
+
+    def strip_conditions(self) -> None:
+        self._strip = True
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -170,7 +176,10 @@ class FaultProxy:
                     return
                 upstream = http.client.HTTPConnection(proxy._upstream_host, proxy._upstream_port, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                    dropped = HOP_BY_HOP | ({"if-none-match", "if-match"} if proxy._strip else set())
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+                    if proxy._strip and {"if-none-match", "if-match"} & {k.lower() for k in self.headers}:
+                        proxy.hits["strip_conditions"] += 1
                     if body or self.command in ("PUT", "POST"):
                         headers["Content-Length"] = str(len(body))
                     upstream.request(self.command, self.path, body=body, headers=headers)
