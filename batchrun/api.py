@@ -27,8 +27,22 @@ from skutag.errors import InputError
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
-from .commit.out import CommitEntry, CommitLog, OutputNames, prepare_out, read_summary, remove_run
-from .commit.reader import Previous, is_complete, publish_if_complete, require_complete
+from .commit.out import (
+    GLOBAL_SUCCESS,
+    CommitEntry,
+    CommitLog,
+    OutputNames,
+    prepare_out,
+    read_summary,
+    remove_run,
+)
+from .commit.reader import (
+    Previous,
+    is_complete,
+    publish_if_complete,
+    remove_foreign_parts,
+    require_complete,
+)
 from .commit.signals import Interrupted, Signalled, stop_on_signals
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
@@ -202,9 +216,11 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     retry_kinds = previous.retry_kinds(key) if previous is not None else RETRYABLE_KINDS
     if options.retry_errors:
         committed -= _with_errors_of(commit_log, retry_kinds)
-        storage.remove(storage.join(out, names.success), options.storage_options)
+        if committed != commit_log.committed_units():  # parts are about to be rewritten in place:
+            for name in (GLOBAL_SUCCESS, names.success):  # nothing stands as complete meanwhile
+                storage.remove(storage.join(out, name), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
-    work = prepare_work(plan, pending, previous, options.storage_options, retry_kinds)
+    work = prepare_work(plan, pending, previous, options.storage_options, retry_kinds, options.max_bytes)
     schema = prediction_schema(
         contract.embedding_dim if options.embeddings else None,
         file_metadata(contract, options),
@@ -224,6 +240,7 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     lease.check()
     body = json.dumps(summary.to_dict(), indent=2).encode()
     storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
+    remove_foreign_parts(out, plan, options.storage_options)  # before any _SUCCESS
     storage.write_bytes(storage.join(out, names.success), b"", options.storage_options)
     summary.complete = publish_if_complete(out, plan, key, options.storage_options)
     return summary

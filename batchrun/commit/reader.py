@@ -16,6 +16,7 @@ always. `require_complete` is how `--since` refuses an incomplete earlier run.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,9 @@ from ..arrow import read_parquet
 from ..options import RETRYABLE_KINDS
 from ..plan.catalog import Plan, read_plan
 from ..plan.reuse import RESUME_FIELDS, copy_problem, stale_kinds
-from .out import GLOBAL_SUCCESS, CommitEntry, read_commit_logs
+from .out import GLOBAL_SUCCESS, PART, CommitEntry, read_commit_logs
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -110,8 +113,19 @@ def publish_if_complete(
     parts = committed_parts(out, storage_options, key)
     if any(unit.number not in parts for unit in plan.units):
         return False
+    remove_foreign_parts(out, plan, storage_options)
     storage.write_bytes(storage.join(out, GLOBAL_SUCCESS), b"", storage_options)
     return True
+
+
+def remove_foreign_parts(out: str, plan: Plan, storage_options: dict[str, Any] | None) -> None:
+    """Remove part files whose unit number is outside `plan` (left by an older, larger plan when an
+    --overwrite was cut short): no shard of this plan writes them, and none may sit beside `_SUCCESS`."""
+    for name in storage.list_names(out, storage_options):
+        found = PART.fullmatch(name)
+        if found and int(found.group(1)) >= len(plan.units):
+            log.warning("removing %s: a part of an older plan", name)
+            storage.remove(storage.join(out, name), storage_options)
 
 
 class Previous:

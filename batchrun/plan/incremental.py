@@ -101,18 +101,24 @@ def match(
     )  # fmt: skip
 
 
-def sha256_of(uris: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str | None]:
-    """The sha256 (hex) of each input's bytes, read but not decoded; None when it cannot be read
-    (the input is then predicted, and its row says why it failed)."""
+def sha256_of(
+    uris: Sequence[str], storage_options: dict[str, Any] | None = None, max_bytes: int | None = None
+) -> list[str | None]:
+    """The sha256 (hex) of each input's bytes, read but not decoded; None when it cannot be read or is
+    larger than `max_bytes` (the input is then predicted, and its row says why it failed)."""
 
     def one(uri: str) -> str | None:
         digest = hashlib.sha256()
         try:
             if storage.is_remote(uri):
-                digest.update(storage.read_object(uri, storage_options))
+                digest.update(storage.read_object(uri, storage_options, max_bytes=max_bytes))
             else:
                 with open(local_path(uri), "rb") as handle:
+                    read = 0
                     while chunk := handle.read(1 << 20):
+                        read += len(chunk)
+                        if max_bytes is not None and read > max_bytes:
+                            return None  # not hashed whole: predicted, and its row says too_large
                         digest.update(chunk)
         except Exception as exc:
             log.debug("cannot hash %s: %s", uri, exc)

@@ -72,6 +72,7 @@ def prepare_work(
     previous: PreviousRows | None,
     storage_options: dict[str, Any] | None = None,
     retry_kinds: frozenset[str] = RETRYABLE_KINDS,
+    max_bytes: int | None = None,
 ) -> WorkList:
     """The WorkList of `units` (a shard's pending units), reusing `previous` rows where allowed."""
     work: list[UnitWork] = []
@@ -88,7 +89,7 @@ def prepare_work(
             rows,
             old,
             snapshot=previous is not None and previous.is_snapshot_of(plan),
-            hasher=lambda uris: sha256_of(uris, storage_options),
+            hasher=lambda uris: sha256_of(uris, storage_options, max_bytes),
             retry_kinds=retry_kinds,
         )
         todo = np.flatnonzero(~found.reuse)

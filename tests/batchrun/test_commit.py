@@ -242,3 +242,14 @@ def test_read_parquet_fills_columns_an_older_file_lacks(tmp_path):
     assert table.schema == schema
     assert table.column("label").null_count == 2
     assert table.equals(pq.read_table(path, schema=schema))
+
+
+def test_parts_of_an_older_larger_plan_never_sit_beside_a_new_success(tiny_model, six_images, tmp_path):
+    """An --overwrite cut short can leave part files of the old plan; the run that completes removes
+    those outside its plan before it writes OUT/_SUCCESS."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["old"]}), out / "part-00042.parquet")
+    summary = run_catalog(tiny_model, [str(six_images)], out, RunOptions(workers=1, part_rows=2))
+    assert summary.complete and (out / "_SUCCESS").exists()
+    assert sorted(p.name for p in out.glob("part-*")) == [f"part-0000{i}.parquet" for i in range(3)]

@@ -160,6 +160,7 @@ def test_shards_started_while_the_catalog_changes_cover_one_plan_exactly_once(mo
     assert sorted(i for (i,) in got) == sorted(planned)  # each planned input exactly once
     assert len(planned) == plan.total and len(set(planned)) == len(planned)
     assert all((out / f"_SUCCESS.s000{i}-of-0003").exists() for i in range(3))
+    assert (out / "_SUCCESS").exists()  # whichever shard ended last saw every unit committed
 
 
 def test_since_refuses_an_incomplete_run_unless_told(tiny_model, six_images, tmp_path):
