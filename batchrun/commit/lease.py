@@ -1,6 +1,6 @@
 """One live process per shard: a lease object `OUT/_lease[.TAG].json`, renewed while the shard runs.
 
-Every write of the lease is a compare-and-swap on the object's version (`storage.write_if`:
+Every write of the lease is a compare-and-swap on the object's version (`conditional.write_if`:
 S3 `If-None-Match: *` / `If-Match: ETAG`, locally under a lock file): `acquire` creates it
 only if absent; when it exists and its holder renewed it within its time to live, another
 process runs this shard and the run refuses in one line with exit 75 (EX_TEMPFAIL). Expiry
@@ -12,7 +12,7 @@ this pid namespace, and whose process is gone counts as expired at once. Renewal
 third of the time to live) is conditioned on the version this process last wrote, so a
 holder that stalled past the expiry never overwrites a newcomer's lease: it finds it lost,
 and `check` (before every commit) raises `LeaseHeld`. `release` removes it only if it is
-still this process's version. Before the first lease on a store, `storage.check_exclusive`
+still this process's version. Before the first lease on a store, `conditional.check_exclusive`
 proves that the store honours conditional creates (exit 2 otherwise).
 
 The time to live is `--lease-ttl` (default 120 s; tests set a few seconds).
@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any
 
-from skutag import storage
+from skutag import conditional
 from skutag.errors import LeaseHeld
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,13 @@ class Lease:
         cls, uri: str, ttl_s: float = DEFAULT_TTL_S, storage_options: dict[str, Any] | None = None
     ) -> Lease:
         """Take the lease or raise `LeaseHeld` (exit 75) naming its live holder; starts the renewal thread."""
-        storage.check_exclusive(uri.rsplit("/", 1)[0], storage_options)
+        conditional.check_exclusive(uri.rsplit("/", 1)[0], storage_options)
         lease = cls(uri, ttl_s, storage_options)
         for _attempt in range(3):
-            lease.version = storage.write_if(uri, lease._body(), None, storage_options)
+            lease.version = conditional.write_if(uri, lease._body(), None, storage_options)
             if lease.version is not None:
                 break
-            held = storage.read_versioned(uri, storage_options)
+            held = conditional.read_versioned(uri, storage_options)
             if held is None:
                 continue  # released between the two calls: try to create it again
             holder = _parse(held.data)
@@ -73,7 +73,7 @@ class Lease:
                     "runs this shard; retry after it ends or its lease expires (--lease-ttl)"
                 )
             log.warning("taking over the expired lease %s of %s", uri, holder.get("owner"))
-            lease.version = storage.write_if(uri, lease._body(), held.version, storage_options)
+            lease.version = conditional.write_if(uri, lease._body(), held.version, storage_options)
             if lease.version is None:
                 raise LeaseHeld(
                     f"{uri}: another process took over this shard's expired lease first; retry later"
@@ -92,7 +92,7 @@ class Lease:
         expiry learns at once that another took over, not at its renewal thread's next beat."""
         with self._lock:
             if not self.lost:
-                held = storage.read_versioned(self.uri, self.storage_options)
+                held = conditional.read_versioned(self.uri, self.storage_options)
                 if held is None or held.version != self.version:
                     holder = _parse(held.data) if held is not None else {}
                     self.lost = f"lost the lease {self.uri} to {holder.get('owner', 'nobody')}"
@@ -105,7 +105,7 @@ class Lease:
             self._thread.join(timeout=10)
         with self._lock:
             if not self.lost and self.version is not None:
-                storage.remove_if(self.uri, self.version, self.storage_options)
+                conditional.remove_if(self.uri, self.version, self.storage_options)
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
@@ -113,7 +113,7 @@ class Lease:
                 with self._lock:
                     if self.lost:
                         return
-                    version = storage.write_if(self.uri, self._body(), self.version, self.storage_options)
+                    version = conditional.write_if(self.uri, self._body(), self.version, self.storage_options)
                     if version is None:  # another process took it over: never overwrite its lease
                         self.lost = f"lost the lease {self.uri} (another process took it over)"
                         log.warning(self.lost)

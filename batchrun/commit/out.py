@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from skutag import storage
+from skutag import conditional, storage
 from skutag.errors import InputError, LeaseHeld
 
 from ..plan.catalog import PLAN_DIR, PLAN_FILE, Plan
@@ -164,7 +164,7 @@ class CommitLog:
         *,
         merge: bool = True,
     ) -> None:
-        """Write the log as a compare-and-swap on its version (`storage.write_if`).
+        """Write the log as a compare-and-swap on its version (`conditional.write_if`).
 
         The first save of this process merges the units that the stored log of the same run has and
         this one lacks (`merge=False`: only when this process has just read the stored log and means
@@ -173,7 +173,7 @@ class CommitLog:
         written and `LeaseHeld` stops this one: a zombie's log never lands."""
         uri = storage.join(out, names.commit_log)
         for _attempt in range(5):
-            stored = storage.read_versioned(uri, storage_options)
+            stored = conditional.read_versioned(uri, storage_options)
             if self.version is not None and (stored is None or stored.version != self.version):
                 raise LeaseHeld(
                     f"stopped: {names.commit_log} was written by another process (it took this shard over); "
@@ -182,7 +182,7 @@ class CommitLog:
             if stored is not None and self.version is None and merge:
                 self._merge(stored.data, names)
             data = json.dumps(self.to_json(), indent=1).encode()
-            version = storage.write_if(uri, data, stored.version if stored else None, storage_options)
+            version = conditional.write_if(uri, data, stored.version if stored else None, storage_options)
             if version is not None:
                 self.version = version
                 break
