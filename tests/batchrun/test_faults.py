@@ -409,3 +409,47 @@ def test_a_signal_mid_run_stops_cleanly_and_a_rerun_takes_over_at_once(
             holder.kill()
         holder.wait(timeout=30)
         stall.close()
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_zombie_that_passed_check_and_stalled_past_the_ttl_loses_no_unit(tiny_model, denied, tmp_path):
+    """Made deterministic by the fault proxy: the holder passes `check()` for unit 1, then its part
+    upload and its next lease renewal hang; a newcomer takes the expired lease over and finishes the
+    shard (OUT/_SUCCESS); when the zombie's requests go through, its commit-log write fails (exit 75)
+    and no unit is lost."""
+    name = f"zombie-{tmp_path.name}"
+    out = f"s3://{BUCKET}/{name}"
+    args = run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--batch-size", 1,
+                       "--part-rows", 2, "--lease-ttl", 3, "--max-error-rate", 1,
+                       "--storage-option", "config_kwargs.read_timeout=300")  # fmt: skip
+    denied.hold(rf"{name}/part-00001\.parquet$")
+    zombie = subprocess.Popen(
+        args, env=denied.s3.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: denied.hits["hold"] >= 1)  # passed check() for unit 1; its upload hangs
+        denied.hold(rf"{name}/_lease\.json$")  # and so does its next renewal
+        wait_for(lambda: denied.hits["hold"] >= 2)
+        time.sleep(3 + 2.5)  # expired by the store's clock (second resolution)
+        newcomer = subprocess.run(args, env=denied.s3.env, capture_output=True, text=True, timeout=300)
+        assert newcomer.returncode == 0, newcomer.stderr
+        assert "taking over the expired lease" in newcomer.stderr
+        denied.release_holds()
+        _, stderr = zombie.communicate(timeout=120)
+        assert zombie.returncode == 75, stderr
+        assert "written by another process" in stderr or "lost the lease" in stderr, stderr
+        stored = denied.upstream.objects(BUCKET, f"{name}/")
+        log = json.loads(stored[f"{name}/_commits.json"])
+        assert [p["unit"] for p in log["parts"]] == [0, 1, 2]  # no unit lost
+        assert f"{name}/_SUCCESS" in stored and f"{name}/_lease.json" not in stored
+    finally:
+        denied.release_holds()
+        with contextlib.suppress(ProcessLookupError):
+            zombie.kill()
+        zombie.wait(timeout=30)

@@ -12,6 +12,8 @@ switched on by the test says otherwise. Rules, each switched on by one method:
   searched in `bucket/key`) answers 403 AccessDenied.
 - `slow_down(seconds)`: every request answers 503 SlowDown for `seconds`, counted from the first
   request that arrives after the call (so a subprocess's start-up does not eat the window).
+- `hold(pattern)`: the next PUT whose `bucket/key` matches the regex `pattern` waits (the client's
+  connection stays open) until `release_holds()`, then is forwarded; later PUTs pass.
 - `strip_conditions()`: every request is forwarded without its `If-None-Match` / `If-Match` headers
   (a store or gateway that silently ignores conditional writes).
 - `clear()`: all rules off.
@@ -68,6 +70,8 @@ class FaultProxy:
             self._slow_until = 0.0
             self._slow_for: float | None = None
             self._strip = False
+            self._holds: list[list] = []
+            self._released = threading.Event()
 
     def fail_listing(self, prefix: str, status: int = 500) -> None:
         self._listing = (prefix, status)
@@ -83,6 +87,13 @@ class FaultProxy:
 
     def strip_conditions(self) -> None:
         self._strip = True
+
+    def hold(self, pattern: str) -> None:
+        with self._lock:
+            self._holds.append([re.compile(pattern), 1])
+
+    def release_holds(self) -> None:
+        self._released.set()
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -122,6 +133,11 @@ class FaultProxy:
             if self._deny_on and object_get and (self._deny is None or self._deny.search(key)):
                 self.hits["deny_gets"] += 1
                 return (403, "AccessDenied", "Access Denied")
+            for rule in self._holds:
+                if method == "PUT" and rule[1] > 0 and rule[0].search(key):
+                    rule[1] -= 1
+                    self.hits["hold"] += 1
+                    return "hold"
             if method == "PUT" and self._drop_put == key and "if-none-match" in headers:
                 self._drop_put = None
                 self.hits["drop_put_reply"] += 1
@@ -165,6 +181,9 @@ class FaultProxy:
                 fault = proxy._fault(
                     self.command, unquote(split.path), query, {k.lower() for k in self.headers}
                 )
+                if fault == "hold":
+                    proxy._released.wait(300)
+                    fault = None
                 if fault is not None and fault != "drop":
                     status, code, message = fault
                     error = _error_body(code, message)
