@@ -19,7 +19,8 @@ result before the writer does and decides two things:
   each failing transiently for the whole retry budget with no success from that store
   between them, stop the run with `StoreUnavailable` naming the store: it does not grind
   through every input's budget, and nothing is published as complete. Committed parts stay;
-  the rerun resumes.
+  the rerun resumes. Known-bad objects count here neither: a host gone for good whose inputs
+  failed on earlier nights costs their rows, not every later night.
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ class SystemicGuard:
         causes = causes if causes is not None else [None] * len(ok)
         for task, good, cause, message in zip(indices, ok, causes, messages, strict=True):
             store = store_of(self.uris[int(task)]) if int(task) < len(self.uris) else "local"
+            if int(task) < len(self.known_bad) and self.known_bad[int(task)]:
+                continue  # a known-bad object (a host gone for good, too) is news of nothing
             self._outage(store, bool(good), cause, message)
-            if self.decided or (int(task) < len(self.known_bad) and self.known_bad[int(task)]):
+            if self.decided:
                 continue
             if good or cause not in SYSTEMIC:
                 self.decided = True  # a good row or a per-file fault: the store works
