@@ -27,8 +27,23 @@ from skutag.errors import InputError
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
-from .commit.out import CommitEntry, CommitLog, OutputNames, prepare_out, read_summary, remove_run
-from .commit.reader import Previous, is_complete, publish_if_complete, require_complete
+from .commit.out import (
+    GLOBAL_SUCCESS,
+    CommitEntry,
+    CommitLog,
+    OutputNames,
+    prepare_out,
+    read_summary,
+    remove_run,
+)
+from .commit.reader import (
+    Previous,
+    is_complete,
+    publish_if_complete,
+    remove_foreign_parts,
+    require_complete,
+)
+from .commit.signals import Interrupted, Signalled, stop_on_signals
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
@@ -156,15 +171,27 @@ def run_catalog(
             require_complete(options.since, "--since", options.storage_options)
     storage.makedirs(out)
     names = OutputNames(options.shard)
-    lease = Lease.acquire(storage.join(out, names.lease), options.lease_ttl_s, options.storage_options)
-    try:
-        return _run_shard(contract, sources, out, names, lease, options, started, started_at)
-    finally:
-        lease.release()
+    with stop_on_signals():
+        try:
+            lease = Lease.acquire(
+                storage.join(out, names.lease), options.lease_ttl_s, options.storage_options
+            )
+        except Signalled as exc:
+            raise Interrupted(f"{exc}: nothing was started; rerun to start") from None
+        kept: list[CommitLog] = []  # this shard's commit log, once read: what an interrupted run kept
+        try:
+            return _run_shard(contract, sources, out, names, lease, options, started, started_at, kept)
+        except Signalled as exc:
+            raise Interrupted(
+                f"{exc}: {len(kept[0].parts) if kept else 0} committed part(s) of this shard kept, the "
+                "lease released, nothing published as complete; rerun to resume"
+            ) from None
+        finally:
+            lease.release()
 
 
 def _run_shard(contract: ModelContract, sources: list[str], out: str, names: OutputNames, lease: Lease,
-               options: RunOptions, started: float, started_at: str) -> RunSummary:  # fmt: skip
+               options: RunOptions, started: float, started_at: str, kept: list[CommitLog]) -> RunSummary:  # fmt: skip
     if options.overwrite and not options.shard.sharded:
         remove_run(out, options.storage_options)
     plan = ensure_plan(sources, out, part_rows=options.part_rows, storage_options=options.storage_options)
@@ -182,14 +209,18 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
         done["complete"] = is_complete(out, options.storage_options)
         return RunSummary.from_dict(done)
     commit_log = prepared.commit_log
+    kept.append(commit_log)  # what an interrupted run reports as kept
     previous, since_note = _previous(out, key, commit_log, options)
     units = plan.shard_units(options.shard.index, options.shard.count)
     committed = commit_log.committed_units()
+    retry_kinds = previous.retry_kinds(key) if previous is not None else RETRYABLE_KINDS
     if options.retry_errors:
-        committed -= _with_retryable_errors(commit_log)
-        storage.remove(storage.join(out, names.success), options.storage_options)
+        committed -= _with_errors_of(commit_log, retry_kinds)
+        if committed != commit_log.committed_units():  # parts are about to be rewritten in place:
+            for name in (GLOBAL_SUCCESS, names.success):  # nothing stands as complete meanwhile
+                storage.remove(storage.join(out, name), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
-    work = prepare_work(plan, pending, previous, options.storage_options)
+    work = prepare_work(plan, pending, previous, options.storage_options, retry_kinds, options.max_bytes)
     schema = prediction_schema(
         contract.embedding_dim if options.embeddings else None,
         file_metadata(contract, options),
@@ -209,6 +240,7 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     lease.check()
     body = json.dumps(summary.to_dict(), indent=2).encode()
     storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
+    remove_foreign_parts(out, plan, options.storage_options)  # before any _SUCCESS
     storage.write_bytes(storage.join(out, names.success), b"", options.storage_options)
     summary.complete = publish_if_complete(out, plan, key, options.storage_options)
     return summary
@@ -228,12 +260,8 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
     return previous, None
 
 
-def _with_retryable_errors(commit_log: CommitLog) -> set[int]:
-    return {
-        entry.unit
-        for entry in commit_log.parts
-        if any(kind in RETRYABLE_KINDS for kind in entry.errors_by_kind)
-    }
+def _with_errors_of(commit_log: CommitLog, kinds: frozenset[str]) -> set[int]:
+    return {entry.unit for entry in commit_log.parts if any(kind in kinds for kind in entry.errors_by_kind)}
 
 
 def file_metadata(contract: ModelContract, options: RunOptions) -> dict[str, str]:

@@ -124,6 +124,14 @@ def avif_available() -> bool:
         return False
 
 
+def decoders() -> dict[str, bool]:
+    """Which optional decoders this environment has (HEIC/HEIF through pillow-heif, AVIF through
+    libavif): an `unsupported_format` row made without one is read again where it is there."""
+    import importlib.util
+
+    return {"heif": importlib.util.find_spec("pillow_heif") is not None, "avif": avif_available()}
+
+
 def missing_decoder(family: str | None) -> str | None:
     """Why a sniffed AVIF or HEIF file cannot be decoded here (None: it can, or it is neither)."""
     if family == "HEIF":

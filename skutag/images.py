@@ -86,17 +86,19 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class ImageError(Exception):
-    """An input that cannot become pixels. `kind` is one of `ERROR_KINDS`."""
+    """An input that cannot become pixels. `kind` is one of `ERROR_KINDS`; `cause`, for a read that
+    failed at the store, its storage-level cause (`skutag.retries.cause_of`: from the client's code)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, cause: str | None = None) -> None:
         assert kind in ERROR_KINDS, kind
         message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # Parquet needs valid UTF-8
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.cause = cause
 
     def __reduce__(self):  # crosses process boundaries (decode workers) intact
-        return (type(self), (self.kind, self.message))
+        return (type(self), (self.kind, self.message, self.cause))
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def read_file(path: str | bytes | os.PathLike, *, max_bytes: int | None = DEFAUL
     timeouts: `skutag.storage.is_transient`) are retried with backoff; what remains is
     `unreadable`. `max_bytes=None` means no limit.
     """
-    from skutag.retries import RETRIES, retry
+    from skutag.retries import DENIED, RETRIES, retry
 
     try:
         data = retry(lambda: _read_sized(path, max_bytes), attempts=RETRIES)
@@ -126,7 +128,8 @@ def read_file(path: str | bytes | os.PathLike, *, max_bytes: int | None = DEFAUL
         raise refused.error from None
     except (OSError, ValueError) as exc:  # ValueError: a name with a NUL byte
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise ImageError("unreadable", f"cannot read {display_path(path)}: {detail}") from exc
+        cause = DENIED if isinstance(exc, PermissionError) else None  # the guard's evidence
+        raise ImageError("unreadable", f"cannot read {display_path(path)}: {detail}", cause) from exc
     if max_bytes is not None and len(data) > max_bytes:
         raise ImageError(
             "too_large", f"over the size limit of {max_bytes:,} bytes (max-bytes; the file grew while read)"

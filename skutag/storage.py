@@ -11,6 +11,11 @@ Writes are made for stores without rename: `write_bytes` is one PUT under the fi
 (`If-None-Match: *`; locally a hard link, which fails when the name exists); a conditional PUT
 whose reply was lost and whose retry answers 412 reads the object back: its own bytes mean it won.
 
+Reads of inputs (`read_object`) hold one of `max_per_host` slots of their host (bucket) per
+machine (storage option `max_per_host`, `SKUTAG_MAX_PER_HOST`; default 8), and after a read that
+failed for a whole retry budget, the next reads of that store in this process get one try each
+until one succeeds (an outage costs one budget per process, not one per input).
+
 Transient failures are retried within a time budget that outlasts a throttle (`skutag.retries`);
 a write or read of OUT still failing after it raises `StoreUnavailable` (exit 75), and a
 listing that fails names the prefix (`ListingError`, exit 75).
@@ -20,6 +25,7 @@ s3fs's listing cache is off (`use_listings_cache=False`): a long run never works
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -33,6 +39,7 @@ from skutag.retries import (
     BUDGET_OPTION,
     RETRIES,
     StoreUnavailable,
+    fault_of,
     is_transient,
     one_line,
     remote_call,
@@ -40,11 +47,16 @@ from skutag.retries import (
     retry_budget,
 )
 
+log = logging.getLogger(__name__)
 REMOTE = re.compile(r"^(s3|s3a|gs|gcs|http|https)://", re.IGNORECASE)
 PROTOCOL_EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": None, "https": None}
 # Timeouts for S3 requests unless the user sets them: a stalled store fails a request in
 # seconds (and is retried) instead of hanging a decode worker for botocore's 60 s default.
 S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"connect_timeout": 10, "read_timeout": 20}}
+MAX_PER_HOST = 8  # concurrent input reads per host (bucket) from one machine, by default
+PER_HOST_OPTION = "max_per_host"  # a storage option skutag reads itself (never passed to fsspec)
+PER_HOST_ENV = "SKUTAG_MAX_PER_HOST"
+SKUTAG_OPTIONS = (BUDGET_OPTION, PER_HOST_OPTION)
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ def filesystem(uri: str, options: dict[str, Any] | None = None):
     import fsspec
 
     protocol = uri.split("://", 1)[0].lower()
-    kwargs = {k: v for k, v in (options or {}).items() if k != BUDGET_OPTION}
+    kwargs = {k: v for k, v in (options or {}).items() if k not in SKUTAG_OPTIONS}
     if protocol in ("s3", "s3a"):
         merged = {**S3_DEFAULTS["config_kwargs"], **kwargs.get("config_kwargs", {})}
         kwargs["config_kwargs"] = merged
@@ -205,16 +217,86 @@ def read_object(uri: str, options: dict[str, Any] | None = None, *, max_bytes: i
     FileNotFoundError, which would make a passing outage look permanent.
     """
     fs = filesystem(uri, options)
-    budget = retry_budget(options)
+    store = store_of(uri)
+    # A store that just failed a read for the whole budget gets one try per read until one
+    # succeeds: an outage costs this process one budget, not one per input (the guard stops the run).
+    budget = 0.0 if store in _DOWN else retry_budget(options)
     web = uri.lower().startswith(("http://", "https://"))
-    if max_bytes is not None and not web:
-        size = retry(lambda: fs.size(uri), budget_s=budget)
-        if size is not None and size > max_bytes:
-            raise TooLarge(size)
-    data = retry(lambda: fs.cat_file(uri), budget_s=budget)
+    try:
+        with host_slot(store, options):
+            if max_bytes is not None and not web:
+                size = retry(lambda: fs.size(uri), budget_s=budget)
+                if size is not None and size > max_bytes:
+                    raise TooLarge(size)
+            data = retry(lambda: fs.cat_file(uri), budget_s=budget)
+    except Exception as exc:
+        if is_transient(exc):
+            _DOWN.add(store)
+        raise
+    _DOWN.discard(store)
     if max_bytes is not None and len(data) > max_bytes:
         raise TooLarge(len(data))
     return data
+
+
+_DOWN: set[str] = set()  # stores whose last read in this process failed past the retry budget
+
+
+def max_per_host(options: dict[str, Any] | None = None) -> int:
+    """Concurrent reads of inputs allowed per host from this machine: the storage option
+    `max_per_host`, else `SKUTAG_MAX_PER_HOST`, else `MAX_PER_HOST`; 0 means no cap."""
+    value = (options or {}).get(PER_HOST_OPTION, os.environ.get(PER_HOST_ENV))
+    if value is None or value == "":
+        return MAX_PER_HOST
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"max_per_host must be a whole number, got {value!r}") from None
+    if limit < 0:
+        raise InputError(f"max_per_host must be >= 0, got {value!r}")
+    return limit
+
+
+@contextlib.contextmanager
+def host_slot(store: str, options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Hold one of the `max_per_host` slots of `store` while reading: a lock file per slot under the
+    temp dir (`flock`), shared by every skutag process and thread of this user on this machine."""
+    limit = max_per_host(options)
+    if limit == 0:
+        yield
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+    import time
+
+    folder = os.path.join(tempfile.gettempdir(), f"skutag-hosts-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, hashlib.sha256(store.encode()).hexdigest()[:16])
+    held = None
+    while held is None:
+        for slot in range(limit):
+            fd = os.open(f"{stem}.{slot}", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            held = fd
+            break
+        else:
+            time.sleep(0.02)
+    try:
+        yield
+    finally:
+        fcntl.flock(held, fcntl.LOCK_UN)
+        os.close(held)
+
+
+def store_of(uri: str) -> str:
+    """The store of a URL: `s3://bucket`, `https://host:port` (what the per-host cap and outages count)."""
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme.lower()}://{rest.split('/', 1)[0]}"
 
 
 class TooLarge(Exception):
@@ -269,7 +351,8 @@ def create_exclusive(uri: str, data: bytes, options: dict[str, Any] | None = Non
     except FileExistsError:
         pass
     except Exception as exc:  # a conditional PUT that lost the race: 412 Precondition Failed
-        if "PreconditionFailed" not in str(exc) and "412" not in str(exc):
+        fault = fault_of(exc)
+        if fault is None or (fault.code != "PreconditionFailed" and fault.status != 412):
             raise
     else:
         return True

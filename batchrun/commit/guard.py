@@ -1,116 +1,177 @@
-"""Fail fast on systemic faults: when a run's first inputs all fail with a storage-level cause, stop.
+"""Judge the store, not a handful of inputs: stop a run on a systemic fault or an outage.
 
-Expired credentials, a deleted bucket or a revoked policy make every input `unreadable`;
-publishing a night of such rows as a complete run is worse than stopping. `SystemicGuard`
-looks at the first `SAMPLE` decode results of a run (in the order they arrive, either
-engine) before the writer sees them: one good row, or one failure that is not
-storage-level (a corrupt file, a missing object), settles it and the run goes on, every
-failure a row as usual. If all of them fail with a storage-level cause the run stops with
-`SystemicFault` (exit 4) naming the cause, before any part is committed. Per-file faults
-(one 403 among many good files) stay rows. Objects that are not found are per-file too,
-unless their bucket is gone (S3 answers a HEAD in a deleted bucket with a bare 404, like a
-missing object: the guard then asks whether the bucket exists).
+Each failed read carries its storage-level cause, taken from the client's error code or HTTP
+status (`skutag.retries.cause_of`): `denied`, `credentials`, `no_bucket`, `not_found`, or
+`unavailable` (transient past the whole retry budget). `SystemicGuard` sees every decode
+result before the writer does and decides two things:
+
+- **A systemic fault (exit 4).** Expired credentials, a deleted bucket or a revoked policy
+  make every input fail alike. Evidence about the store comes only from inputs the run knows
+  nothing bad about: a task that retries an earlier error row of the same unchanged input
+  (`--since`, `--retry-errors`) is a known-bad object and proves nothing, so a night whose
+  only inputs to read are a few known-bad objects is a normal night with error rows. When
+  the first `min(evidence, SAMPLE)` results all fail with a storage-level cause, the guard
+  probes the store with objects the run knows exist (rows it copies as `ok` from the earlier
+  run, in the same bucket or host): one that reads means the store works and the failures
+  are per-file rows. Otherwise the run stops with `SystemicFault` naming the cause, before
+  anything is published. Missing objects are per-file unless their bucket is gone.
+- **An outage (exit 75).** `OUTAGE_STREAK` reads in a row from one store (bucket or host),
+  each failing transiently for the whole retry budget with no success from that store
+  between them, stop the run with `StoreUnavailable` naming the store: it does not grind
+  through every input's budget, and nothing is published as complete. Committed parts stay;
+  the rerun resumes. Known-bad objects count here neither: a host gone for good whose inputs
+  failed on earlier nights costs their rows, not every later night.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from collections import Counter
+from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from skutag import retries
 from skutag.errors import SystemicFault
+from skutag.retries import CREDENTIALS, DENIED, NO_BUCKET, NOT_FOUND, UNAVAILABLE, StoreUnavailable
 
-SAMPLE = 16  # decode results looked at before a run is judged healthy
-# (pattern over an `unreadable` row's message, the cause it names); first match wins.
-CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), cause)
-    for pattern, cause in (
-        (r"NoSuchBucket|specified bucket does not exist", "missing bucket (NoSuchBucket)"),
-        (r"ExpiredToken|RequestExpired|token has expired", "expired credentials (ExpiredToken)"),
-        (
-            r"InvalidAccessKeyId|SignatureDoesNotMatch|InvalidToken|Unable to locate credentials|"
-            r"NoCredentials|Access Key Id you provided",
-            "invalid credentials (InvalidAccessKeyId)",
-        ),
-        (
-            r"AccessDenied|Access Denied|Forbidden|\b403\b|PermissionError|Permission denied",
-            "access denied (403)",
-        ),
-    )
-)
+log = logging.getLogger(__name__)
+
+SAMPLE = 16  # decode results of unknown inputs looked at before a run is judged healthy
+OUTAGE_STREAK = 2  # reads in a row from one store that failed past the retry budget: an outage
+PROBES = 4  # objects known to exist (reused ok rows) kept to probe the store with
+CAUSE_NAMES = {
+    NO_BUCKET: "missing bucket (NoSuchBucket)",
+    CREDENTIALS: "invalid or expired credentials",
+    DENIED: "access denied (403)",
+    NOT_FOUND: "not found",
+}
+SYSTEMIC = frozenset(CAUSE_NAMES)
 
 
-NOT_FOUND = "not found"  # a missing object is per-file, unless its whole bucket is gone
-_NOT_FOUND = re.compile(r"FileNotFoundError|NoSuchKey|\b404\b|Not Found", re.IGNORECASE)
-_BUCKET = re.compile(r"cannot read ((?:s3|s3a|gs|gcs)://[^/\s:]+)")
+def store_of(uri: str) -> str:
+    """The store an input lives in: `s3://bucket`, `https://host:port`; locally `local`."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "local"
 
 
-def storage_cause(kind: str | None, message: str | None) -> str | None:
-    """The storage-level cause of an error row (`NOT_FOUND` for a missing remote object), or None."""
-    if kind != "unreadable" or not message:
-        return None
-    for pattern, cause in CAUSES:
-        if pattern.search(message):
-            return cause
-    if _BUCKET.search(message) and _NOT_FOUND.search(message):
-        return NOT_FOUND
-    return None
-
-
-def bucket_gone(message: str, storage_options: dict | None) -> bool:
-    """Whether the bucket named in an `unreadable` message no longer exists (S3 answers a HEAD of an
-    object in a deleted bucket with a bare 404, like a missing object: only the bucket can tell)."""
+def bucket_gone(store: str, storage_options: dict | None) -> bool:
+    """Whether an object-store bucket no longer exists (S3 answers a HEAD of an object in a deleted
+    bucket with a bare 404, like a missing object: only the bucket can tell). A store that cannot
+    answer (unavailable) raises `StoreUnavailable`; any other failure says the bucket is there."""
     from skutag import storage
 
-    found = _BUCKET.search(message)
-    if found is None:
+    if not store.startswith(("s3://", "s3a://", "gs://", "gcs://")):
         return False
     try:
-        return not storage.exists(found.group(1), storage_options)
-    except Exception:  # cannot tell: not a reason to stop the run
-        return False
+        return not storage.exists(store, storage_options)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # denied on the bucket itself: it exists, or it is not ours to judge
+        cause = retries.cause_of(exc)
+        return cause in (NO_BUCKET, NOT_FOUND)
+
+
+def probe(uris: Sequence[str], storage_options: dict | None) -> bool:
+    """Whether one of `uris` (objects the run knows exist) reads: then the store works."""
+    from skutag import storage
+
+    for uri in uris:
+        try:
+            storage.read_object(uri, storage_options)
+        except Exception as exc:
+            log.info("probe of %s failed: %s", uri, retries.one_line(exc))
+            continue
+        return True
+    return False
 
 
 class SystemicGuard:
-    """Judges the first `sample` results of a run; `observe` raises `SystemicFault` when all failed alike."""
+    """Sees every result (`observe`): raises `SystemicFault` (exit 4) or `StoreUnavailable` (exit 75)."""
 
-    def __init__(self, tasks: int, sample: int = SAMPLE, storage_options: dict | None = None):
-        self.needed = min(tasks, sample)
+    def __init__(
+        self,
+        task_uris: Sequence[str] | None = None,
+        *,
+        known_bad: np.ndarray | None = None,
+        probes: Sequence[str] = (),
+        sample: int = SAMPLE,
+        storage_options: dict | None = None,
+    ):
+        self.uris = list(task_uris or [])
+        tasks = len(self.uris)
+        self.known_bad = np.zeros(tasks, bool) if known_bad is None else np.asarray(known_bad, bool)
+        self.needed = min(int((~self.known_bad).sum()), sample)
+        self.streak_needed = min(OUTAGE_STREAK, tasks) if tasks else OUTAGE_STREAK
+        self.probes = list(probes)
         self.storage_options = storage_options
         self.causes: Counter[str] = Counter()
         self.example: str | None = None
+        self.example_store: str | None = None
+        self.streaks: Counter[str] = Counter()  # store -> reads in a row that failed past the budget
         self.decided = self.needed == 0
 
-    def observe(self, ok: np.ndarray, kinds: list[str | None], messages: list[str | None]) -> None:
-        for good, kind, message in zip(ok, kinds, messages, strict=True):
+    def observe(
+        self,
+        indices: np.ndarray,
+        ok: np.ndarray,
+        causes: list[str | None] | None,
+        messages: list[str | None],
+    ) -> None:
+        causes = causes if causes is not None else [None] * len(ok)
+        for task, good, cause, message in zip(indices, ok, causes, messages, strict=True):
+            store = store_of(self.uris[int(task)]) if int(task) < len(self.uris) else "local"
+            if int(task) < len(self.known_bad) and self.known_bad[int(task)]:
+                continue  # a known-bad object (a host gone for good, too) is news of nothing
+            self._outage(store, bool(good), cause, message)
             if self.decided:
-                return
-            cause = None if good else storage_cause(kind, message)
-            if cause is None:
+                continue
+            if good or cause not in SYSTEMIC:
                 self.decided = True  # a good row or a per-file fault: the store works
-                return
+                continue
             self.causes[cause] += 1
             self.example = self.example or message
+            self.example_store = self.example_store or store
             if sum(self.causes.values()) >= self.needed:
-                self.stop()  # raises, unless the failures turn out to be per-file
+                self.stop()  # raises, unless the store proves to work
+
+    def _outage(self, store: str, good: bool, cause: str | None, message: str | None) -> None:
+        if cause != UNAVAILABLE:
+            self.streaks[store] = 0
+            return
+        self.streaks[store] += 1
+        if self.streaks[store] >= self.streak_needed:
+            raise StoreUnavailable(
+                f"stopped: {store} failed {self.streaks[store]} reads in a row for the whole retry budget "
+                f"({retries.retry_budget(self.storage_options):g} s each), e.g. {message}; "
+                "nothing was published as complete, retry later"
+            )
 
     def finish(self) -> None:
-        """At the end of a run smaller than the sample: stop if every result so far failed at storage level."""
+        """At the end of a run smaller than the sample: judge what was seen."""
         if not self.decided and self.causes:
             self.stop()
 
     def stop(self) -> None:
         self.decided = True
+        store = self.example_store or "local"
         if len(self.causes) > 1:
             self.causes.pop(NOT_FOUND, None)  # name the storage-level cause, not the missing objects
         if set(self.causes) == {NOT_FOUND}:
-            if not bucket_gone(self.example or "", self.storage_options):
+            if not bucket_gone(store, self.storage_options):
                 return  # missing objects in a live bucket: per-file rows, the run goes on
-            self.causes = Counter({"missing bucket (NoSuchBucket)": self.causes[NOT_FOUND]})
+            self.causes = Counter({NO_BUCKET: self.causes[NOT_FOUND]})
+        same_store = [uri for uri in self.probes if store_of(uri) == store]
+        if same_store and probe(same_store, self.storage_options):
+            log.warning(
+                "the first %d input(s) failed to read, but %s serves objects this run knows: per-file rows",
+                sum(self.causes.values()), store,
+            )  # fmt: skip
+            return
         cause, count = self.causes.most_common(1)[0]
         seen = sum(self.causes.values())
         raise SystemicFault(
-            f"stopped: the first {seen} input(s) all failed to read, {cause} ({count} of them), e.g. "
-            f"{self.example}; nothing was published, fix access and rerun"
+            f"stopped: the first {seen} input(s) all failed to read, {CAUSE_NAMES[cause]} ({count} of them), "
+            f"e.g. {self.example}; nothing was published, fix access and rerun"
         )

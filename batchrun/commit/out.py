@@ -10,9 +10,11 @@ version takes the shard over), a lease
 written last; `OUT/_SUCCESS` once every unit of the plan is committed, whichever shard
 finishes last. Everything but the parts starts with `_`, so OUT reads as one table.
 
-A commit log never goes backwards: `CommitLog.save` reads the stored log first and keeps the
-units another process of the same run committed (a zombie that lost its lease must not
-replace a longer log with a shorter one).
+A commit log never goes backwards: `CommitLog.save` is a compare-and-swap on the stored log's
+version. Its first save in a process keeps the units another process of the same run
+committed; every later save is conditioned on the version this process wrote last, so a
+zombie whose shard was taken over (the newcomer rewrote the log) writes nothing and stops.
+A shard's `_SUCCESS.TAG` is trusted only when its log covers every unit of the shard.
 
 A rerun with the same key skips committed units. A different key is refused unless
 `--overwrite`, which removes this shard's files only (and, for an unsharded run, the plan
@@ -27,8 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from skutag import storage
-from skutag.errors import InputError
+from skutag import conditional, storage
+from skutag.errors import InputError, LeaseHeld
 
 from ..plan.catalog import PLAN_DIR, PLAN_FILE, Plan
 from ..plan.reuse import resume_problem
@@ -130,6 +132,7 @@ class CommitLog:
     key: dict[str, Any]
     parts: list[CommitEntry] = field(default_factory=list)
     legacy_file: str | None = None  # a 0.3 `_manifest[.TAG].json` this log replaces on its next save
+    version: str | None = None  # the stored log's version this process last wrote (compare-and-swap)
 
     def committed_units(self) -> set[int]:
         return {part.unit for part in self.parts}
@@ -161,30 +164,54 @@ class CommitLog:
         *,
         merge: bool = True,
     ) -> None:
-        """Write the log, first merging units that the stored log of the same run has and this one lacks
-        (`merge=False`: only when this process has just read the stored log and means to shorten it)."""
+        """Write the log as a compare-and-swap on its version (`conditional.write_if`).
+
+        The first save of this process merges the units that the stored log of the same run has and
+        this one lacks (`merge=False`: only when this process has just read the stored log and means
+        to shorten it). From then on each save is conditioned on the version this process last
+        wrote: when another process wrote the log in between (it took this shard over), nothing is
+        written and `LeaseHeld` stops this one: a zombie's log never lands."""
         uri = storage.join(out, names.commit_log)
-        stored = None
-        if merge and storage.exists(uri, storage_options):
-            stored = read_json(uri, storage_options)
-        if stored and stored.get("key") == self.key:
-            known = self.committed_units()
-            extra = [
-                entry
-                for entry in (CommitEntry.from_json(part) for part in stored.get("parts", []))
-                if entry.unit not in known
-            ]
-            if extra:
-                log.warning(
-                    "%s lists %d unit(s) this process did not commit (another process ran this shard); "
-                    "keeping them", names.commit_log, len(extra),
-                )  # fmt: skip
-                self.parts = sorted(self.parts + extra, key=lambda p: p.unit)
-        data = json.dumps(self.to_json(), indent=1).encode()
-        storage.write_bytes(uri, data, storage_options)
+        for _attempt in range(5):
+            stored = conditional.read_versioned(uri, storage_options)
+            if self.version is not None and (stored is None or stored.version != self.version):
+                raise LeaseHeld(
+                    f"stopped: {names.commit_log} was written by another process (it took this shard over); "
+                    "this process's parts are not recorded, the shard's committed parts are kept"
+                )
+            if stored is not None and self.version is None and merge:
+                self._merge(stored.data, names)
+            data = json.dumps(self.to_json(), indent=1).encode()
+            version = conditional.write_if(uri, data, stored.version if stored else None, storage_options)
+            if version is not None:
+                self.version = version
+                break
+            merge = True  # another writer got in between this read and write: read, merge, try again
+        else:
+            raise LeaseHeld(f"stopped: {names.commit_log} changed on every try; rerun to resume")
         if self.legacy_file is not None:  # a 0.3 log taken over: `_commits` now says it all
             storage.remove(storage.join(out, self.legacy_file), storage_options)
             self.legacy_file = None
+
+    def _merge(self, data: bytes, names: OutputNames) -> None:
+        try:
+            stored = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(stored, dict) or stored.get("key") != self.key:
+            return
+        known = self.committed_units()
+        extra = [
+            entry
+            for entry in (CommitEntry.from_json(part) for part in stored.get("parts", []))
+            if entry.unit not in known
+        ]
+        if extra:
+            log.warning(
+                "%s lists %d unit(s) this process did not commit (another process ran this shard); "
+                "keeping them", names.commit_log, len(extra),
+            )  # fmt: skip
+            self.parts = sorted(self.parts + extra, key=lambda p: p.unit)
 
 
 @dataclass
@@ -221,7 +248,14 @@ def prepare_out(
         if names.legacy_commit_log in existing:  # replaced by `_commits` on this shard's next save
             commit_log.legacy_file = names.legacy_commit_log
         if storage.exists(storage.join(out, names.success), storage_options):
-            return Prepared(commit_log, complete=True)
+            shard = {unit.number for unit in plan.shard_units(names.shard.index, names.shard.count)}
+            if shard <= commit_log.committed_units():
+                return Prepared(commit_log, complete=True)
+            log.warning(
+                "%s exists but %s lacks %d of the shard's units; resuming", names.success, own,
+                len(shard - commit_log.committed_units()),
+            )  # fmt: skip
+            storage.remove(storage.join(out, names.success), storage_options)
     if overwrite:  # the global _SUCCESS first: this shard's units are about to be redone
         for name in (GLOBAL_SUCCESS, names.success, names.summary, *own_names):
             storage.remove(storage.join(out, name), storage_options)

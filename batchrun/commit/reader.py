@@ -16,6 +16,7 @@ always. `require_complete` is how `--since` refuses an incomplete earlier run.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,12 @@ from skutag import storage
 from skutag.errors import InputError
 
 from ..arrow import read_parquet
+from ..options import RETRYABLE_KINDS
 from ..plan.catalog import Plan, read_plan
-from ..plan.reuse import RESUME_FIELDS, copy_problem
-from .out import GLOBAL_SUCCESS, CommitEntry, read_commit_logs
+from ..plan.reuse import RESUME_FIELDS, copy_problem, stale_kinds
+from .out import GLOBAL_SUCCESS, PART, CommitEntry, read_commit_logs
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -109,8 +113,19 @@ def publish_if_complete(
     parts = committed_parts(out, storage_options, key)
     if any(unit.number not in parts for unit in plan.units):
         return False
+    remove_foreign_parts(out, plan, storage_options)
     storage.write_bytes(storage.join(out, GLOBAL_SUCCESS), b"", storage_options)
     return True
+
+
+def remove_foreign_parts(out: str, plan: Plan, storage_options: dict[str, Any] | None) -> None:
+    """Remove part files whose unit number is outside `plan` (left by an older, larger plan when an
+    --overwrite was cut short): no shard of this plan writes them, and none may sit beside `_SUCCESS`."""
+    for name in storage.list_names(out, storage_options):
+        found = PART.fullmatch(name)
+        if found and int(found.group(1)) >= len(plan.units):
+            log.warning("removing %s: a part of an older plan", name)
+            storage.remove(storage.join(out, name), storage_options)
 
 
 class Previous:
@@ -120,14 +135,24 @@ class Previous:
         self.out, self.storage_options = out, storage_options
         self.plan = read_plan(out, storage_options)
         self.parts = committed_parts(out, storage_options)  # the one reader: through the commit logs
-        keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
-        self.key = keys[0] if keys else {}
+        self.keys = [commit_log.key for _name, commit_log in read_commit_logs(out, storage_options)]
+        self.key = self.keys[0] if self.keys else {}
         self._firsts = [unit.first_id for unit in self.plan.units]
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
 
     def unusable(self, key: dict[str, Any]) -> str | None:
-        """Why this run cannot reuse the previous one's rows (None when it can)."""
-        return copy_problem(self.key, key)
+        """Why this run cannot reuse the previous one's rows (None when it can): every shard's log counts."""
+        for earlier in self.keys or [{}]:
+            problem = copy_problem(earlier, key)
+            if problem:
+                return problem
+        return None
+
+    def retry_kinds(self, key: dict[str, Any]) -> frozenset[str]:
+        """Error kinds read again rather than copied into a run with `key`: the retryable ones, and those
+        a setting decided that differs tonight (`plan.reuse.stale_kinds`)."""
+        stale = frozenset().union(*(stale_kinds(earlier, key) for earlier in self.keys or [{}]))
+        return RETRYABLE_KINDS | stale
 
     def is_snapshot_of(self, plan: Plan) -> bool:
         """True when these rows are `plan`'s own OUT (`--retry-errors`): the same listing, not a new night."""

@@ -12,9 +12,9 @@ earlier run), writes `part-NNNNN.parquet` (zstd) under its final name in one ste
 locally, one upload to object storage) and records it in the commit log. A crash loses at
 most the units in progress, which the next run redoes under the same names.
 
-Before anything is queued, `put` shows the first results of a run to the
-`commit.guard.SystemicGuard`, which stops a run whose first inputs all fail alike (exit 4),
-and each commit checks the shard's lease (`commit.lease`): a process that lost it stops.
+Before anything is queued, `put` shows every result to the `commit.guard.SystemicGuard`,
+which stops a run on a systemic fault (exit 4) or a store outage (exit 75), and each commit
+checks the shard's lease (`commit.lease`): a process that lost it stops.
 """
 
 from __future__ import annotations
@@ -203,9 +203,10 @@ class UnitWriter:
         self.schema, self.classes = schema, strings(classes)
         self.previous, self.storage_options = previous, storage_options
         self.review = card_review(schema.metadata)  # parsed once: the class means can be large
-        self.guard = (
-            guard if guard is not None else SystemicGuard(work.tasks, storage_options=storage_options)
-        )
+        self.guard = guard if guard is not None else SystemicGuard(
+            work.task_uris.to_pylist(), known_bad=work.known_bad, probes=work.probes,
+            storage_options=storage_options,
+        )  # fmt: skip
         self.lease = lease
         self.seconds = 0.0
         self.committed_rows = 0
@@ -224,12 +225,14 @@ class UnitWriter:
 
     def put(self, batch: Batch, predictions: Predictions) -> None:
         item = (batch, predictions, datetime.now(timezone.utc))
-        if self.guard.decided:
+        undecided = not self.guard.decided
+        if undecided:
+            self._held.append(item)
+        # raises on a systemic fault or an outage, also after the run was judged healthy
+        self.guard.observe(batch.indices, batch.ok, batch.causes, batch.errors)
+        if not undecided:
             self._send(item)
-            return
-        self._held.append(item)
-        self.guard.observe(batch.ok, batch.error_kinds, batch.errors)  # raises on a systemic fault
-        if self.guard.decided:
+        elif self.guard.decided:
             self._flush_held()
 
     def close(self) -> None:

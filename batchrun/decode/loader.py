@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from skutag import storage
+from skutag import retries, storage
 from skutag.images import ImageError, load_image, read_file
 from skutag.listing import local_path
 
@@ -75,6 +75,7 @@ class Sample:
     seconds: float  # CPU seconds of the worker spent on this input
     encoded: bytes | None = None  # read_only mode: the file's bytes, for the GPU to decode
     orientation: int = 1  # EXIF orientation of `encoded` (1 = upright)
+    cause: str | None = None  # a read that failed at the store: its cause (`skutag.retries.cause_of`)
 
 
 @dataclass
@@ -107,6 +108,9 @@ class Batch:
     nbytes: np.ndarray  # int64, -1 when unknown
     sha256: list[str | None]
     decode_seconds: float  # worker CPU seconds spent reading, hashing and decoding
+    causes: list[str | None] | None = (
+        None  # per row: a failed read's storage-level cause (the guard's evidence)
+    )
     # read_only mode: rows still to decode on the GPU (`ok` already; `pixels` holds only the rows the
     # worker decoded, or is None when it decoded none). None once decoded, and in CPU decode mode.
     encoded: EncodedRows | None = None
@@ -183,7 +187,9 @@ def read_input(uri: str, size: int, read: ReadOptions) -> bytes:
             "too_large", f"{exc.size:,} bytes exceeds --max-bytes {read.max_bytes:,} (not read)"
         ) from exc
     except Exception as exc:  # after retries: missing object, denied, or a store that stayed down
-        raise ImageError("unreadable", f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
+        raise ImageError(
+            "unreadable", f"cannot read {uri}: {type(exc).__name__}: {exc}", retries.cause_of(exc)
+        ) from exc
 
 
 def decode_one(
@@ -223,8 +229,9 @@ def _sample(index: int, read: Callable[[], bytes], preprocess: Preprocess, read_
         )
     except ImageError as exc:
         return Sample(
-            index, None, exc.kind, exc.message, None, None, nbytes, sha, time.process_time() - started
-        )
+            index, None, exc.kind, exc.message, None, None, nbytes, sha, time.process_time() - started,
+            cause=exc.cause,
+        )  # fmt: skip
     except MemoryError:
         if multiprocessing.parent_process() is None:
             raise  # the run itself is short of memory: no permanent row for this input
@@ -292,7 +299,7 @@ def _encoded_rows(samples: list[Sample]) -> EncodedRows | None:
 
 # The facts of a row besides its pixels, as columns: what Collate puts in a Batch and what travels
 # between Ray's stages (Ray Data infers each block's schema: no nulls, "" and -1 stand for none).
-FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s")
+FACTS = ("task", "ok", "error_kind", "error", "width", "height", "nbytes", "sha256", "decode_s", "cause")
 
 
 def columns_of(samples: list[Sample]) -> dict[str, np.ndarray]:
@@ -314,6 +321,7 @@ def columns_of(samples: list[Sample]) -> dict[str, np.ndarray]:
         "nbytes": ints([s.nbytes for s in samples], np.int64),
         "sha256": texts([s.sha256 for s in samples]),
         "decode_s": np.array([s.seconds for s in samples], np.float64),
+        "cause": texts([s.cause for s in samples]),
     }
 
 
@@ -337,6 +345,7 @@ def batch_of(
         sha256=texts(columns["sha256"]),
         decode_seconds=float(np.sum(columns["decode_s"])),
         encoded=encoded,
+        causes=texts(columns["cause"]) if "cause" in columns else None,
     )
 
 

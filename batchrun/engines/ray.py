@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from skutag.errors import SkutagError, SystemicFault
+from skutag.errors import SkutagError, SystemicFault, TransientError
 from skutag.extras import require
 from skutag.runtime import gpu_present
 
@@ -232,7 +232,7 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
             reporter.advance(len(batch))
             waited = time.perf_counter()
     if stats.tasks != tasks:
-        raise SkutagError(
+        raise TransientError(
             f"--engine ray: {tasks - stats.tasks} decode task(s) never came back; rerun to redo them"
         )
     return first
@@ -240,14 +240,15 @@ def _stream(blocks, writer: UnitWriter, stats: Stats, options: RunOptions, tasks
 
 @contextlib.contextmanager
 def _ray_errors() -> Iterator[None]:
-    """Ray's failures as one line (exit 1); a SkutagError raised inside an actor keeps its own."""
+    """Ray's failures as one line (exit 1; a stall, which a rerun resumes, exit 75); a SkutagError raised
+    inside an actor keeps its own."""
     from ray.data.exceptions import ExecutionTimeoutError
     from ray.exceptions import RayError
 
     try:
         yield
     except ExecutionTimeoutError as exc:
-        raise SkutagError(
+        raise TransientError(
             f"--engine ray: no progress for {_no_progress_s():.0f} s (stalled: not enough resources "
             f"for the decode tasks and inference actors, or a hung task); committed parts are kept, "
             f"rerun to resume ({NO_PROGRESS_ENV} sets the limit)"

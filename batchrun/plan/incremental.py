@@ -48,12 +48,20 @@ class Match:
     changed: int  # same id, other uri or version (or, without a version, other bytes)
     retried: int  # unchanged, but an error of a retryable kind
     reused: int
+    known_bad: np.ndarray | None = None  # bool per row: an unchanged input whose earlier row failed
+    known_good: np.ndarray | None = None  # bool per row: reused, and ok before (an object that reads)
 
 
 def match(
-    unit_rows: pa.Table, previous: pa.Table | None, *, snapshot: bool = False, hasher: Hasher | None = None
+    unit_rows: pa.Table,
+    previous: pa.Table | None,
+    *,
+    snapshot: bool = False,
+    hasher: Hasher | None = None,
+    retry_kinds: frozenset[str] = RETRYABLE_KINDS,
 ) -> Match:
-    """Which rows of a unit (id, uri, version) the previous rows can stand for (`reuse.input_verdicts`).
+    """Which rows of a unit (id, uri, version) the previous rows can stand for (`reuse.input_verdicts`);
+    error rows of `retry_kinds` are predicted again.
 
     Inputs without a version are hashed by `hasher` (uris -> sha256 hex or None) and reused only
     when the hash equals the previous row's; without a hasher they count as changed. Vectorised:
@@ -70,7 +78,8 @@ def match(
         snapshot=snapshot,
     )  # fmt: skip
     ok = pc.equal(old.column("status"), _OK)
-    retryable = pc.and_(pc.invert(ok), pc.is_in(old.column("error_kind"), value_set=_RETRYABLE))
+    kinds = _RETRYABLE if retry_kinds == RETRYABLE_KINDS else strings(sorted(retry_kinds))
+    retryable = pc.and_(pc.invert(ok), pc.is_in(old.column("error_kind"), value_set=kinds))
     retry = bools(retryable)
     candidates = unchanged | needs_sha
     retried = known & candidates & retry
@@ -86,21 +95,30 @@ def match(
                 reuse[row] = True
             else:
                 changed += 1
-    return Match(reuse, int((~known).sum()), changed, int(retried.sum()), int(reuse.sum()))
+    return Match(
+        reuse, int((~known).sum()), changed, int(retried.sum()), int(reuse.sum()),
+        known_bad=retried, known_good=reuse & known & bools(ok.fill_null(False)),
+    )  # fmt: skip
 
 
-def sha256_of(uris: Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str | None]:
-    """The sha256 (hex) of each input's bytes, read but not decoded; None when it cannot be read
-    (the input is then predicted, and its row says why it failed)."""
+def sha256_of(
+    uris: Sequence[str], storage_options: dict[str, Any] | None = None, max_bytes: int | None = None
+) -> list[str | None]:
+    """The sha256 (hex) of each input's bytes, read but not decoded; None when it cannot be read or is
+    larger than `max_bytes` (the input is then predicted, and its row says why it failed)."""
 
     def one(uri: str) -> str | None:
         digest = hashlib.sha256()
         try:
             if storage.is_remote(uri):
-                digest.update(storage.read_object(uri, storage_options))
+                digest.update(storage.read_object(uri, storage_options, max_bytes=max_bytes))
             else:
                 with open(local_path(uri), "rb") as handle:
+                    read = 0
                     while chunk := handle.read(1 << 20):
+                        read += len(chunk)
+                        if max_bytes is not None and read > max_bytes:
+                            return None  # not hashed whole: predicted, and its row says too_large
                         digest.update(chunk)
         except Exception as exc:
             log.debug("cannot hash %s: %s", uri, exc)

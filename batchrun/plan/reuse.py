@@ -12,6 +12,11 @@ Two kinds of reuse, two sets of fields of one run key (`run_key`):
   nothing (an unchanged URL list gives the same plan every night while the bytes behind it
   change); only `--retry-errors`, whose earlier run is this very OUT and snapshot, may take a
   version-less input as unchanged without reading it.
+
+A row is copied only when what made it still holds: error rows of retryable kinds are read
+again, and so are rows whose kind a setting decided (`SETTING_KINDS`: `too_large` under
+another `--max-bytes`, `unsupported_format` under other optional decoders) when that setting
+differs tonight (`stale_kinds`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from skutag.formats import decoders
 
 from ..arrow import bools
 
@@ -34,6 +41,9 @@ if TYPE_CHECKING:
 MODEL_FIELDS = ("model_sha256", "model", "topk", "embeddings")
 # Fields that must be equal to continue an existing OUT (checked in this order).
 RESUME_FIELDS = ("model_sha256", "plan_id", "shard_count", "topk", "embeddings", "model")
+# Settings that decide some error rows (`row_settings` of the run key) -> the error kinds they decide:
+# a row of such a kind made under another value is read again, not copied.
+SETTING_KINDS = {"max_bytes": ("too_large",), "decoders": ("unsupported_format",)}
 
 
 def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[str, Any]:
@@ -44,6 +54,7 @@ def run_key(contract: ModelContract, plan: Plan, options: RunOptions) -> dict[st
         "plan_id": plan.plan_id,
         "inputs_total": plan.total,
         **options.key_values(),  # the RunOptions fields marked `key`: shard, topk, embeddings
+        "row_settings": {"max_bytes": options.max_bytes, "decoders": decoders()},
         "model": {
             "classes": list(card.classes),
             "image_size": card.image_size,
@@ -72,6 +83,15 @@ def copy_problem(earlier: dict[str, Any], wanted: dict[str, Any]) -> str | None:
         if earlier.get(name) != wanted.get(name):
             return f"its {name.replace('_', ' ')} differs"
     return None
+
+
+def stale_kinds(earlier: dict[str, Any], wanted: dict[str, Any]) -> frozenset[str]:
+    """Error kinds whose rows in a run with key `earlier` were decided by a setting that differs in a
+    run with key `wanted` (a key without `row_settings`, 0.3's, differs in every setting)."""
+    before, now = earlier.get("row_settings") or {}, wanted.get("row_settings") or {}
+    return frozenset(
+        kind for name, kinds in SETTING_KINDS.items() if before.get(name) != now.get(name) for kind in kinds
+    )
 
 
 def input_verdicts(

@@ -80,18 +80,63 @@ def test_a_task_delivered_twice_commits_once_on_its_own_id(
     assert again.already_complete and committed_rows(out, COLUMNS) == clean
 
 
-def test_commit_log_never_goes_backwards(tmp_path):
-    names = OutputNames(Shard())
-    out = str(tmp_path)
-    key = {"plan_id": "p", "model_sha256": "m"}
-    longer = CommitLog(
-        key, [CommitEntry.from_json({"unit": u, "file": f"part-{u:05d}.parquet"}) for u in range(3)]
-    )
-    longer.save(out, names)
-    zombie = CommitLog(key, [CommitEntry.from_json({"unit": 1, "file": "part-00001.parquet", "rows": 7})])
+def entry(unit: int, rows: int = 0) -> CommitEntry:
+    return CommitEntry.from_json({"unit": unit, "file": f"part-{unit:05d}.parquet", "rows": rows})
+
+
+def test_commit_log_never_goes_backwards_and_a_zombie_log_never_lands(tmp_path):
+    """Saves race in threads: each is a compare-and-swap on the stored log's version."""
+    import threading
+
+    from skutag.errors import LeaseHeld
+
+    names, out, key = OutputNames(Shard()), str(tmp_path), {"plan_id": "p", "model_sha256": "m"}
+    # Two first saves at the same moment (a takeover): one wins, the other merges and lands after it.
+    for round_ in range(10):
+        base = round_ * 10
+        logs = [CommitLog(key, [entry(base + 1)]), CommitLog(key, [entry(base + 2)])]
+        barrier = threading.Barrier(2)
+
+        def first_save(log: CommitLog, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            log.save(out, names)
+
+        threads = [threading.Thread(target=first_save, args=(log, barrier)) for log in logs]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        stored = {p["unit"] for p in json.loads((tmp_path / names.commit_log).read_text())["parts"]}
+        assert {base + 1, base + 2} <= stored
+    before = {p["unit"] for p in json.loads((tmp_path / names.commit_log).read_text())["parts"]}
+    # A zombie keeps saving while the newcomer that took the shard over commits units: not one of the
+    # zombie's saves lands after the newcomer's first, and no unit of the newcomer is lost.
+    zombie = CommitLog(key, [entry(500)])
     zombie.save(out, names)
-    stored = json.loads((tmp_path / names.commit_log).read_text())
-    assert [p["unit"] for p in stored["parts"]] == [0, 1, 2] and stored["parts"][1]["rows"] == 7
+    newcomer = CommitLog(key)
+    newcomer.save(out, names)  # takes the shard over: keeps every unit stored so far
+    stopped, barrier = [], threading.Barrier(2)
+
+    def newcomer_commits() -> None:
+        barrier.wait()
+        for unit in range(200, 240):
+            newcomer.commit(entry(unit))
+            newcomer.save(out, names)
+
+    def zombie_commits() -> None:
+        barrier.wait()
+        for unit in range(300, 340):
+            zombie.commit(entry(unit))
+            try:
+                zombie.save(out, names)
+            except LeaseHeld:
+                stopped.append(unit)
+                return
+
+    threads = [threading.Thread(target=newcomer_commits), threading.Thread(target=zombie_commits)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    stored = {p["unit"] for p in json.loads((tmp_path / names.commit_log).read_text())["parts"]}
+    assert stopped == [300]  # its very first save after the takeover failed
+    assert stored == before | {500} | set(range(200, 240))
     other_run = CommitLog({**key, "plan_id": "q"}, [])
     other_run.save(out, names)  # a different run (e.g. --overwrite) does not inherit units
     assert json.loads((tmp_path / names.commit_log).read_text())["parts"] == []
@@ -197,3 +242,14 @@ def test_read_parquet_fills_columns_an_older_file_lacks(tmp_path):
     assert table.schema == schema
     assert table.column("label").null_count == 2
     assert table.equals(pq.read_table(path, schema=schema))
+
+
+def test_parts_of_an_older_larger_plan_never_sit_beside_a_new_success(tiny_model, six_images, tmp_path):
+    """An --overwrite cut short can leave part files of the old plan; the run that completes removes
+    those outside its plan before it writes OUT/_SUCCESS."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["old"]}), out / "part-00042.parquet")
+    summary = run_catalog(tiny_model, [str(six_images)], out, RunOptions(workers=1, part_rows=2))
+    assert summary.complete and (out / "_SUCCESS").exists()
+    assert sorted(p.name for p in out.glob("part-*")) == [f"part-0000{i}.parquet" for i in range(3)]

@@ -327,6 +327,7 @@ def test_a_stalled_job_fails_in_one_line_instead_of_hanging(model, awkward, tmp_
         with pytest.raises(SkutagError, match="no progress for 10 s") as raised:
             run(model, [awkward[0]], tmp_path / "out", engine="ray", max_error_rate=1.0)
         assert time.monotonic() - started < 120 and "\n" not in str(raised.value)
+        assert raised.value.exit_code == 75  # a stall: committed parts are kept, a rerun resumes
     finally:
         ray.shutdown()
         left = tag.wait_gone()

@@ -314,3 +314,142 @@ def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model
     assert emptied.returncode == 0, emptied.stderr
     summary = json.loads((tmp_path / "emptied" / "_summary.json").read_text())
     assert summary["errors_by_kind"] == {"unreadable": 6} and (tmp_path / "emptied" / "_SUCCESS").exists()
+
+
+def test_one_forbidden_object_does_not_stop_later_nights(tiny_model, denied, tmp_path):
+    """One object answers 403 for good: night 1, two --since nights and a --retry-errors rerun all finish
+    (the only input left to read is a known-bad object: no evidence about the store, a normal night)."""
+    denied.deny_gets(r"cat/.*000001\.jpg$")
+    nights = [tmp_path / f"night{i}" for i in range(3)]
+
+    def night(out, *extra):
+        return subprocess.run(
+            run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1,
+                        "--max-error-rate", 0.5, *extra),
+            env=denied.s3.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    first = night(nights[0])
+    assert first.returncode == 0, first.stderr
+    for before, out in zip(nights, nights[1:], strict=False):
+        result = night(out, "--since", before)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((out / "_summary.json").read_text())
+        assert summary["errors_by_kind"] == {"unreadable": 1} and summary["reused"] == 5
+        assert summary["retried"] == 1 and (out / "_SUCCESS").exists()
+    again = night(nights[2], "--retry-errors")
+    assert again.returncode == 0, again.stderr
+    assert (nights[2] / "_SUCCESS").exists()
+    assert json.loads((nights[2] / "_summary.json").read_text())["errors_by_kind"] == {"unreadable": 1}
+    assert denied.hits["deny_gets"] >= 4  # the bad object was read again each time
+
+
+def test_every_object_denied_on_a_since_night_still_stops_with_exit_4(tiny_model, denied, tmp_path):
+    """The store itself turns: the changed inputs fail, and the probe of an object the run knows
+    exists fails too: exit 4, nothing published."""
+    first = subprocess.run(
+        run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", tmp_path / "a", "--workers", 1),
+        env=denied.s3.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    client = denied.upstream.client()
+    key = sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="cat/")["Contents"])[0]
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    try:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body + b"\0")  # a new version: read again tonight
+        denied.deny_gets()
+        out = tmp_path / "b"
+        result = subprocess.run(
+            run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--since", tmp_path / "a"),
+            env=denied.s3.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        assert "access denied" in one_line(result.stderr)
+        assert not (out / "_SUCCESS").exists()
+    finally:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+# -- SIGTERM and SIGINT --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_stops_cleanly_and_a_rerun_takes_over_at_once(
+    signum, tiny_model, six_images, tmp_path
+):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stall = Stall(next(six_images.rglob("*.jpg")).read_bytes())
+    urls = tmp_path / "urls.txt"
+    urls.write_text(stall.url + "\n")
+    out, metrics = tmp_path / "out", tmp_path / "m.prom"
+    args = run_command(tiny_model, six_images, urls, "--out", out, "--workers", 1, "--batch-size", 1,
+                       "--part-rows", 2, "--max-error-rate", 1, "--metrics-file", metrics)  # fmt: skip
+    holder = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert stall.requested.wait(120), "the run never reached the stalled input"
+        holder.send_signal(signum)
+        started = time.monotonic()
+        _, stderr = holder.communicate(timeout=60)
+        assert time.monotonic() - started < 15, stderr
+        assert holder.returncode == 75, stderr
+        line = one_line(stderr)
+        assert signal.Signals(signum).name in line and "committed part(s) of this shard kept" in line
+        assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
+        samples = {
+            s.name: s.value for f in text_string_to_metric_families(metrics.read_text()) for s in f.samples
+        }
+        assert samples["skutag_run_exit_code"] == 75
+        stall.release()
+        rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "taking over" not in rerun.stderr and (out / "_SUCCESS").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            holder.kill()
+        holder.wait(timeout=30)
+        stall.close()
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_zombie_that_passed_check_and_stalled_past_the_ttl_loses_no_unit(tiny_model, denied, tmp_path):
+    """Made deterministic by the fault proxy: the holder passes `check()` for unit 1, then its part
+    upload and its next lease renewal hang; a newcomer takes the expired lease over and finishes the
+    shard (OUT/_SUCCESS); when the zombie's requests go through, its commit-log write fails (exit 75)
+    and no unit is lost."""
+    name = f"zombie-{tmp_path.name}"
+    out = f"s3://{BUCKET}/{name}"
+    args = run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--batch-size", 1,
+                       "--part-rows", 2, "--lease-ttl", 3, "--max-error-rate", 1,
+                       "--storage-option", "config_kwargs.read_timeout=300")  # fmt: skip
+    denied.hold(rf"{name}/part-00001\.parquet$")
+    zombie = subprocess.Popen(
+        args, env=denied.s3.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: denied.hits["hold"] >= 1)  # passed check() for unit 1; its upload hangs
+        denied.hold(rf"{name}/_lease\.json$")  # and so does its next renewal
+        wait_for(lambda: denied.hits["hold"] >= 2)
+        time.sleep(3 + 2.5)  # expired by the store's clock (second resolution)
+        newcomer = subprocess.run(args, env=denied.s3.env, capture_output=True, text=True, timeout=300)
+        assert newcomer.returncode == 0, newcomer.stderr
+        assert "taking over the expired lease" in newcomer.stderr
+        denied.release_holds()
+        _, stderr = zombie.communicate(timeout=120)
+        assert zombie.returncode == 75, stderr
+        assert "written by another process" in stderr or "lost the lease" in stderr, stderr
+        stored = denied.upstream.objects(BUCKET, f"{name}/")
+        log = json.loads(stored[f"{name}/_commits.json"])
+        assert [p["unit"] for p in log["parts"]] == [0, 1, 2]  # no unit lost
+        assert f"{name}/_SUCCESS" in stored and f"{name}/_lease.json" not in stored
+    finally:
+        denied.release_holds()
+        with contextlib.suppress(ProcessLookupError):
+            zombie.kill()
+        zombie.wait(timeout=30)

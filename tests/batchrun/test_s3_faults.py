@@ -107,6 +107,7 @@ def slowdown_run(s3, proxy, catalog, model, window: float, name: str):
         "--no-progress",
         "--max-error-rate",
         "0",
+        *NO_LIBRARY_RETRIES,  # only skutag's own schedule outlasts the throttle
     )
     return result, time.monotonic() - started
 

@@ -160,6 +160,7 @@ def test_shards_started_while_the_catalog_changes_cover_one_plan_exactly_once(mo
     assert sorted(i for (i,) in got) == sorted(planned)  # each planned input exactly once
     assert len(planned) == plan.total and len(set(planned)) == len(planned)
     assert all((out / f"_SUCCESS.s000{i}-of-0003").exists() for i in range(3))
+    assert (out / "_SUCCESS").exists()  # whichever shard ended last saw every unit committed
 
 
 def test_since_refuses_an_incomplete_run_unless_told(tiny_model, six_images, tmp_path):
@@ -278,3 +279,31 @@ def test_a_manifest_of_local_files_without_versions_redoes_exactly_the_changed_f
     assert after["sku-2"]["sha256"] != before["sku-2"]["sha256"]
     assert after["sku-0"] == before["sku-0"] and after["sku-1"] == before["sku-1"]
     assert (summary.reused, summary.changed, summary.decoded) == (2, 1, 1)
+
+
+def test_rows_a_setting_decided_are_read_again_when_the_setting_changes(tiny_model, six_images, tmp_path):
+    """A --max-bytes night makes every row `too_large`; the next --since night without it reads them again."""
+    common = dict(batch_size=2, workers=1, max_error_rate=1.0)
+    first = run_catalog(tiny_model, [str(six_images)], tmp_path / "a", RunOptions(max_bytes=1000, **common))
+    assert first.errors_by_kind == {"too_large": 6}
+    second = run_catalog(
+        tiny_model, [str(six_images)], tmp_path / "b", RunOptions(since=str(tmp_path / "a"), **common)
+    )
+    assert second.ok == 6 and second.retried == 6 and second.reused == 0
+    third = run_catalog(
+        tiny_model, [str(six_images)], tmp_path / "c", RunOptions(since=str(tmp_path / "b"), **common)
+    )
+    assert third.reused == 6 and third.decoded == 0  # unchanged settings: copied as before
+    fourth = run_catalog(
+        tiny_model, [str(six_images)], tmp_path / "d",
+        RunOptions(since=str(tmp_path / "c"), max_bytes=1000, **common),
+    )  # fmt: skip
+    assert fourth.reused == 6  # ok rows stay ok: only error rows a setting decided are read again
+    result = skutag(
+        "run", tiny_model, six_images, "--out", tmp_path / "e", "--max-bytes", 1000, "--no-progress",
+        "--max-error-rate", 1,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    redo = skutag("run", tiny_model, six_images, "--out", tmp_path / "e", "--retry-errors", "--no-progress")
+    assert redo.returncode == 0, redo.stderr
+    assert {row["status"] for row in read_rows(tmp_path / "e").values()} == {"ok"}  # --retry-errors too

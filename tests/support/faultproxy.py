@@ -12,6 +12,10 @@ switched on by the test says otherwise. Rules, each switched on by one method:
   searched in `bucket/key`) answers 403 AccessDenied.
 - `slow_down(seconds)`: every request answers 503 SlowDown for `seconds`, counted from the first
   request that arrives after the call (so a subprocess's start-up does not eat the window).
+- `hold(pattern)`: the next PUT whose `bucket/key` matches the regex `pattern` waits (the client's
+  connection stays open) until `release_holds()`, then is forwarded; later PUTs pass.
+- `strip_conditions()`: every request is forwarded without its `If-None-Match` / `If-Match` headers
+  (a store or gateway that silently ignores conditional writes).
 - `clear()`: all rules off.
 
 `proxy.hits[rule]` counts how often each rule fired. `proxy.s3` is an `S3Server` whose `env`
@@ -65,6 +69,9 @@ class FaultProxy:
             self._deny_on = False
             self._slow_until = 0.0
             self._slow_for: float | None = None
+            self._strip = False
+            self._holds: list[list] = []
+            self._released = threading.Event()
 
     def fail_listing(self, prefix: str, status: int = 500) -> None:
         self._listing = (prefix, status)
@@ -77,6 +84,16 @@ class FaultProxy:
 
     def slow_down(self, seconds: float) -> None:
         self._slow_for = seconds
+
+    def strip_conditions(self) -> None:
+        self._strip = True
+
+    def hold(self, pattern: str) -> None:
+        with self._lock:
+            self._holds.append([re.compile(pattern), 1])
+
+    def release_holds(self) -> None:
+        self._released.set()
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -116,6 +133,11 @@ class FaultProxy:
             if self._deny_on and object_get and (self._deny is None or self._deny.search(key)):
                 self.hits["deny_gets"] += 1
                 return (403, "AccessDenied", "Access Denied")
+            for rule in self._holds:
+                if method == "PUT" and rule[1] > 0 and rule[0].search(key):
+                    rule[1] -= 1
+                    self.hits["hold"] += 1
+                    return "hold"
             if method == "PUT" and self._drop_put == key and "if-none-match" in headers:
                 self._drop_put = None
                 self.hits["drop_put_reply"] += 1
@@ -159,6 +181,9 @@ class FaultProxy:
                 fault = proxy._fault(
                     self.command, unquote(split.path), query, {k.lower() for k in self.headers}
                 )
+                if fault == "hold":
+                    proxy._released.wait(300)
+                    fault = None
                 if fault is not None and fault != "drop":
                     status, code, message = fault
                     error = _error_body(code, message)
@@ -170,7 +195,10 @@ class FaultProxy:
                     return
                 upstream = http.client.HTTPConnection(proxy._upstream_host, proxy._upstream_port, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                    dropped = HOP_BY_HOP | ({"if-none-match", "if-match"} if proxy._strip else set())
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+                    if proxy._strip and {"if-none-match", "if-match"} & {k.lower() for k in self.headers}:
+                        proxy.hits["strip_conditions"] += 1
                     if body or self.command in ("PUT", "POST"):
                         headers["Content-Length"] = str(len(body))
                     upstream.request(self.command, self.path, body=body, headers=headers)
