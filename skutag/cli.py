@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "skutag.batchrun.cli:run",
         "tag a catalog with an exported model into Parquet (local or Ray), resumable",
     ),
+    "predict": (
+        "skutag.predict.cli:predict",
+        "top-k labels of a few photos from any model skutag makes (run dir, ONNX or an edge file)",
+    ),
     "bench": (
         "skutag.bench.cli:bench",
         "latency, throughput and accuracy of exported models (every format), side by side",

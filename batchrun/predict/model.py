@@ -27,6 +27,15 @@ from .signature import ModelSignature, TensorInfo, read_signature
 PROBS = "probs"
 EMBEDDING = "embedding"
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 10: "float16"}
+# Files people hand to `skutag run` by mistake, in plain words (read_signature names any other non-ONNX file).
+_NOT_ONNX = {
+    ".ort": (
+        "ONNX Runtime's own format (.ort, for ONNX Runtime Mobile)",
+        "give skutag run the .onnx it came from",
+    ),
+    ".safetensors": ("PyTorch weights", "export them first: skutag export RUN --out model.onnx"),
+    ".ckpt": ("a training checkpoint", "export the run first: skutag export RUN --out model.onnx"),
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,9 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
         )
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    if path.suffix.lower() in _NOT_ONNX:
+        what, hint = _NOT_ONNX[path.suffix.lower()]
+        raise InputError(f"{path} is {what}, not an ONNX model; {hint}")
     sha256, signature = read_signature(path)
     return contract_of(path, sha256, signature, foreign or ForeignPreprocessing())
 
