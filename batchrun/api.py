@@ -37,6 +37,7 @@ from .plan.incremental import removed_inputs
 from .plan.reuse import run_key
 from .plan.work import prepare_work
 from .predict.model import ForeignPreprocessing, ModelContract, read_contract
+from .predict.review import REVIEW_KEY
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ class RunSummary:
     retried: int
     removed: int | None  # inputs of --since that are gone (whole plan); None without --since
     predicted: int
-    decoded: int  # images decoded (ids that share an image share one decode)
+    decoded: int  # images decoded (ids that share an image share one decode), every attempt of the shard
     resumed_rows: int  # rows committed by an earlier attempt and kept now
     processed_rows: int  # rows committed by this attempt
-    images_per_s: float  # decoded images / wall_s
+    images_per_s: float  # images this attempt decoded / wall_s (start-up, planning and writing included)
     wall_s: float
     decode_s: float
     wait_s: float
@@ -96,6 +97,8 @@ class RunSummary:
     started_at: str = ""
     finished_at: str = ""
     skutag_version: str = __version__
+    attempt_decoded: int = 0  # images decoded by this attempt (`decoded` counts every attempt)
+    review: dict[str, Any] | None = None  # the card's review section (its class statistics stay out of parts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,6 +214,9 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
     storage.write_bytes(storage.join(out, names.success), b"", options.storage_options)
     summary.complete = publish_if_complete(out, plan, key, options.storage_options)
+    if summary.complete:  # known only now (every shard's log is read): the stored summary says it too
+        body = json.dumps(summary.to_dict(), indent=2).encode()
+        storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
     return summary
 
 
@@ -237,12 +243,19 @@ def _with_retryable_errors(commit_log: CommitLog) -> set[int]:
 
 
 def file_metadata(contract: ModelContract, options: RunOptions) -> dict[str, str]:
-    return {
-        "skutag.card": contract.card.to_json(),
+    """Every part's footer: the card without its review class statistics (they live in the model file and
+    `_summary.json`), the review thresholds the review columns were computed with, the model's sha256,
+    the run options and the version: a few KB however many classes and features the model has."""
+    card = contract.card
+    metadata = {
+        "skutag.card": card.replace(review=None).to_json(),
         "skutag.model_sha256": contract.sha256,
         "skutag.run_options": json.dumps(options.record(), sort_keys=True),
         "skutag.version": __version__,
     }
+    if card.review is not None:
+        metadata[REVIEW_KEY] = json.dumps({k: v for k, v in card.review.items() if k != "class_means"})
+    return metadata
 
 
 def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, options: RunOptions, removed,
@@ -279,6 +292,8 @@ def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, o
         resumed_rows=rows - stats.rows,
         processed_rows=stats.rows,
         images_per_s=stats.tasks / wall if wall > 0 else 0.0,
+        attempt_decoded=stats.tasks,
+        review=contract.card.review,
         wall_s=wall,
         decode_s=stats.decode_s,
         wait_s=stats.wait_s,
@@ -295,7 +310,7 @@ def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, o
         gpu_decode_s=stats.gpu_decode_s,
         cpu_fallbacks=stats.cpu_fallbacks,
         engine=options.engine,
-        model=str(contract.path),
+        model=os.path.abspath(contract.path),  # `skutag index` may run from another folder
         model_sha256=contract.sha256,
         plan_id=plan.plan_id,
         max_error_rate=options.max_error_rate,

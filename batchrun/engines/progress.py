@@ -25,7 +25,9 @@ from rich.text import Text
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} images/s" if speed else "- images/s", style="progress.data.speed")
+        return Text(
+            f"{speed:,.1f} images/s (pipeline)" if speed else "- images/s", style="progress.data.speed"
+        )
 
 
 class ProgressReporter:

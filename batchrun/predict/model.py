@@ -96,6 +96,10 @@ def contract_of(
             "(re-export it, or save it with onnx.save_model(..., save_as_external_data=False))"
         )
     inputs = signature.inputs
+    if not inputs and not signature.outputs:  # protobuf parses many short byte strings as an empty model
+        raise InputError(
+            f"{path}: not an ONNX model (no graph: truncated, corrupted, or another kind of file)"
+        )
     if len(inputs) != 1:
         raise InputError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
     model_input = inputs[0]

@@ -1,0 +1,79 @@
+"""What a newcomer meets in the first hour of `skutag run`: small footers, a summary that tells the truth,
+plain words for the wrong file, and nothing left behind by a refused run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tests.batchrun.support import run_command, tiny_catalog
+from tests.support.cli import skutag
+
+
+def test_a_part_footer_is_small_and_the_class_statistics_live_in_the_summary(review_model, tmp_path):
+    images = tiny_catalog(tmp_path / "one", 1, seed=5, classes=1)
+    out = tmp_path / "out"
+    result = skutag("run", review_model, images, "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    part = next(out.glob("part-*.parquet"))
+    footer = pq.ParquetFile(part).metadata
+    assert footer.serialized_size < 16 * 1024, footer.serialized_size  # 0.3: ~630 KB for this model
+    metadata = pq.read_schema(part).metadata
+    card = json.loads(metadata[b"skutag.card"])
+    assert "review" not in card and card["classes"] == ["boot", "cup", "lamp", "sock"]
+    assert set(json.loads(metadata[b"skutag.review"])) == {
+        "score",
+        "ood_threshold",
+        "tpr",
+        "confidence_threshold",
+    }
+    assert {"ood_score", "review", "review_reason"} <= set(pq.read_schema(part).names)
+    summary = json.loads((out / "_summary.json").read_text())
+    assert len(summary["review"]["class_means"]) == 4
+
+
+def test_the_summary_of_a_finished_run_says_complete_and_names_the_model_absolutely(
+    tiny_model, six_images, tmp_path
+):
+    os.symlink(tiny_model, tmp_path / "model.onnx")
+    out = tmp_path / "out"
+    result = skutag("run", "model.onnx", six_images, "--out", out, "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["complete"] is True and (out / "_SUCCESS").exists()
+    assert Path(summary["model"]).is_absolute()
+    assert "6 images decoded" in result.stderr and "images/s overall" in result.stderr
+
+
+def test_a_night_that_reuses_every_row_says_so(tiny_model, six_images, tmp_path):
+    import subprocess
+
+    first, second = tmp_path / "d1", tmp_path / "d2"
+    assert subprocess.run(run_command(tiny_model, six_images, "--out", first)).returncode == 0
+    result = subprocess.run(
+        run_command(tiny_model, six_images, "--out", second, "--since", first), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nothing to decode" in result.stderr and "on none" not in result.stderr
+
+
+def test_a_file_that_is_not_onnx_is_named_in_plain_words_and_leaves_no_out(tiny_model, six_images, tmp_path):
+    cases = {
+        "best.safetensors": "PyTorch weights",
+        "model.ort": "ONNX Runtime's own format",
+        "cut.onnx": "not an ONNX model (truncated, corrupted, or another kind of file)",
+        "short.onnx": "not an ONNX model (no graph",
+    }
+    for name, words in cases.items():
+        model = tmp_path / name
+        # a truncated model; a few bytes protobuf parses as an empty model
+        model.write_bytes(tiny_model.read_bytes()[:1000] if name == "cut.onnx" else b"\x08\x07\x12\x04skut")
+        out = tmp_path / f"out-{name}"
+        result = skutag("run", model, six_images, "--out", out)
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "Wire format" not in result.stderr and "ModelProto" not in result.stderr
+        assert not out.exists()
