@@ -24,6 +24,7 @@ from typing import Any
 
 from skutag import __version__, storage
 from skutag.errors import InputError
+from skutag.fsio import check_output_dir
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
@@ -121,6 +122,8 @@ def plan_catalog(
     storage_options: dict[str, Any] | None = None,
 ) -> Plan:  # fmt: skip
     """`skutag plan`: list SOURCE... once into OUT/_plan/ (or return the plan that is there)."""
+    if not storage.is_remote(out):
+        check_output_dir(out)
     if overwrite:
         remove_run(out, storage_options)
     return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
@@ -143,6 +146,8 @@ def run_catalog(
     out = os.fspath(out)
     if options.topk < 1:
         raise InputError("--topk must be at least 1")
+    if not storage.is_remote(out):
+        check_output_dir(out)  # a file, a path under a file, `-`, no permission: one line, before any work
     contract = read_contract(model, foreign)
     check_device(contract.card, options.device, contract.path)  # before OUT is touched
     if options.engine == "ray" and options.decode == "gpu":

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from skutag.artifacts import format_of, title
+from skutag.artifacts import a_title, format_of
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.runtime import input_shape
@@ -74,7 +74,7 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     kind = format_of(path)
     if kind not in (None, "onnx"):
         raise InputError(
-            f"skutag run takes ONNX models; {path} is a {title(kind)} file (skutag bench runs it; "
+            f"skutag run takes ONNX models; {path} is {a_title(kind)} file (skutag bench runs it; "
             "export with --format onnx for batch runs)"
         )
     if not path.is_file():

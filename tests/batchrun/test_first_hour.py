@@ -77,3 +77,47 @@ def test_a_file_that_is_not_onnx_is_named_in_plain_words_and_leaves_no_out(tiny_
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert "Wire format" not in result.stderr and "ModelProto" not in result.stderr
         assert not out.exists()
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line_exit_2(tiny_model, six_images, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "under", "-"):
+        for command in ("run", "plan"):
+            args = (tiny_model, six_images) if command == "run" else (six_images,)
+            result = skutag(command, *args, "--out", out, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "--out" in result.stderr
+            assert "Error" in result.stderr and "FileExistsError" not in result.stderr
+    assert not (tmp_path / "-").exists() and a_file.read_text() == "x"
+
+
+def test_logits_without_softmax_get_one_warning(tmp_path, six_images):
+    import torch
+
+    model = tmp_path / "plain.onnx"
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 32, 32))
+    with torch.no_grad():
+        net[2].bias.fill_(9.0)  # logits far outside [0, 1]
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(model), dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}}, input_names=["input"])  # fmt: skip
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    common = (
+        "run",
+        model,
+        six_images,
+        "--labels",
+        labels,
+        "--image-size",
+        "32",
+        "--no-progress",
+        "--workers",
+        "0",
+    )
+    result = skutag(*common, "--out", tmp_path / "o1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("look like logits") == 1 and "--softmax" in result.stderr
+    result = skutag(*common, "--softmax", "--out", tmp_path / "o2")
+    assert result.returncode == 0 and "look like logits" not in result.stderr
