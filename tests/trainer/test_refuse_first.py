@@ -60,3 +60,34 @@ def test_outputs_that_cannot_be_written_are_refused_before_work(tiny_model, spli
         result = skutag("train", split_catalog, "--out", out, *FAST, cwd=tmp_path)
         assert result.returncode == 2 and "--out" in result.stderr, result.stderr
     assert not (tmp_path / "-").exists()
+
+
+def test_offline_imagenet_weights_fail_fast_and_point_at_the_offline_backbone(split_catalog, tmp_path):
+    import os
+
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9")  # a closed port: what no network looks like
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.monotonic()
+    result = skutag("train", split_catalog, "--out", tmp_path / "run", "--arch", "timm/resnet10t", env=env)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 30  # 0.3: a minute of hub retries
+    assert "127.0.0.1 is not reachable" in result.stderr and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "WARNING" in line or "Retry" in line]) == 0
+
+
+def test_the_default_backbone_offline_suggests_the_offline_one():
+    from pathlib import Path
+
+    import torch
+    from skutag.trainer.model import build_model
+
+    from skutag.errors import InputError
+
+    if (Path(torch.hub.get_dir()) / "checkpoints" / "resnet50-11ad3fa6.pth").exists():
+        pytest.skip("ImageNet weights of resnet50 are cached here")
+    try:
+        build_model("resnet50", 3, "imagenet")
+    except InputError as exc:
+        assert "--arch timm/tf_efficientnet_lite0" in str(exc) and "skutag[pretrained]" in str(exc)
+    else:
+        pytest.skip("the network is reachable here")
