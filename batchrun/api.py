@@ -234,7 +234,7 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
     problem = previous.unusable(key)
     if problem:
         note = f"--since {source}: reusing nothing, {problem}"
-        log.warning(note)
+        log.info(note)  # the summary carries it and the CLI prints it once
         return None, note
     return previous, None
 

@@ -42,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # again: a writer that recreated the file (safetensors does) made it 0600
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

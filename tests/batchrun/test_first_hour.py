@@ -121,3 +121,25 @@ def test_logits_without_softmax_get_one_warning(tmp_path, six_images):
     assert result.stderr.count("look like logits") == 1 and "--softmax" in result.stderr
     result = skutag(*common, "--softmax", "--out", tmp_path / "o2")
     assert result.returncode == 0 and "look like logits" not in result.stderr
+
+
+def test_another_model_is_named_once_with_balanced_quotes(tiny_model, six_images, tmp_path):
+    import onnx
+
+    from skutag.runtime import gpu_present
+
+    other = tmp_path / "other.onnx"
+    proto = onnx.load(str(tiny_model))
+    proto.doc_string = "retrained"
+    onnx.save(proto, str(other))
+    first = skutag("run", tiny_model, six_images, "--out", tmp_path / "a", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    if not gpu_present():  # no GPU is the ordinary case: no warning on every CPU run
+        assert "WARNING" not in first.stderr
+    night = skutag(
+        "run", other, six_images, "--out", tmp_path / "b", "--since", tmp_path / "a", "--no-progress"
+    )
+    assert night.returncode == 0 and night.stderr.count("reusing nothing") == 1, night.stderr
+    refused = skutag("run", other, six_images, "--out", tmp_path / "a", "--no-progress")
+    assert refused.returncode == 2 and "model sha256" in refused.stderr
+    assert refused.stderr.count('"') % 2 == 0, refused.stderr

@@ -62,3 +62,18 @@ def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path
         assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
     check_output_dir(tmp_path / "new" / "deeper")  # a folder that can be made: fine, and nothing is made
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".skutag-probe-*"))
+
+
+def test_a_file_a_writer_recreated_gets_the_ordinary_mode(tmp_path):
+    import os
+    import stat
+
+    from skutag.fsio import atomic_path
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_path(tmp_path / "best.safetensors") as tmp:
+        tmp.unlink()  # as safetensors' save_file does: a new file, created 0600
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    assert stat.S_IMODE((tmp_path / "best.safetensors").stat().st_mode) == 0o666 & ~umask
