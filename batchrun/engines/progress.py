@@ -76,7 +76,7 @@ class ProgressReporter:
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
         percent = 100.0 * self.done / self.total
         print(
-            f"skutag run: {self.done}/{self.total} images ({percent:.1f}%), {rate:.1f} images/s, ETA {eta_text}",
+            f"skutag run: {self.done}/{self.total} images ({percent:.1f}%), {rate:.1f} images/s (pipeline), ETA {eta_text}",
             file=self.stream,
             flush=True,
         )

@@ -50,7 +50,11 @@ def _expand(images: tuple[str, ...]) -> list[str]:
     files: list[str] = []
     for image in images:
         if os.path.isdir(image):
-            files.extend(os.fsdecode(local_path(e.uri)) for e in walk_images(image) if e.size is not None)
+            for entry in walk_images(image):
+                if entry.size is None:
+                    continue
+                shown = os.path.join(image, entry.id)  # as the user named the folder
+                files.append(shown if os.path.exists(shown) else os.fsdecode(local_path(entry.uri)))
         else:
             files.append(image)
     return files
