@@ -98,6 +98,10 @@ def validate(request: ExportRequest) -> Format:
         raise InputError(
             f"--int8-target {request.int8_target} is for {offered}; {fmt.title} int8 targets its CPU delegate"
         )
+    if str(request.out).strip() in ("", "-"):
+        raise InputError(
+            "--out -: name a model file such as model.onnx (skutag writes files, not to standard output)"
+        )
     named = artifacts.format_of(request.out)
     if named is not None and named != fmt.name:  # a file must not lie about its format
         raise InputError(

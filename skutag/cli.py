@@ -104,6 +104,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     skutag train DATA --out RUN         fine-tune a pretrained backbone
     skutag export RUN --out MODEL.onnx  one self-describing file (.onnx, .pte, .tflite, .xml, .mlpackage)
     skutag run MODEL SRC --out OUT      tags to Parquet, one row per input
+    skutag predict MODEL IMAGE...       top-k labels of a few photos, as a table or --json
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose

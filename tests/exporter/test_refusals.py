@@ -86,12 +86,13 @@ def test_fp16_help_says_it_is_not_faster_on_cpus():
     assert "NOT faster on CPUs" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("name", ["m.tflite", "m.xml", "m.pte", "m.ort"])
-def test_an_out_suffix_of_another_format_is_refused(capsys, tiny_run, tmp_path, name):
-    out = tmp_path / name
-    got, _, err = invoke(capsys, "export", str(tiny_run), "--out", str(out))  # --format onnx
+@pytest.mark.parametrize("name", ["m.tflite", "m.xml", "m.pte", "m.ort", "-"])
+def test_an_out_suffix_of_another_format_is_refused(capsys, monkeypatch, tiny_run, tmp_path, name):
+    monkeypatch.chdir(tmp_path)
+    out = Path(name)
+    got, _, err = invoke(capsys, "export", str(tiny_run), "--out", name)  # --format onnx
     assert got == 2 and len(err.strip().splitlines()) == 1, err
-    assert ("--format" in err or "--ort-format" in err) and not out.exists()
+    assert ("--format" in err or "--ort-format" in err or "model file" in err) and not out.exists()
 
 
 @pytest.mark.parametrize(
