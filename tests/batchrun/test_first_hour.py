@@ -143,3 +143,20 @@ def test_another_model_is_named_once_with_balanced_quotes(tiny_model, six_images
     refused = skutag("run", other, six_images, "--out", tmp_path / "a", "--no-progress")
     assert refused.returncode == 2 and "model sha256" in refused.stderr
     assert refused.stderr.count('"') % 2 == 0, refused.stderr
+
+
+def test_after_a_resume_the_last_line_counts_this_attempts_decodes(tiny_model, six_images, tmp_path):
+    out = tmp_path / "out"
+    first = skutag("run", tiny_model, six_images, "--out", out, "--part-rows", "4", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    log = json.loads((out / "_commits.json").read_text())
+    dropped = log["parts"].pop()  # as if the attempt had died before committing its last unit
+    (out / "_commits.json").write_text(json.dumps(log))
+    (out / dropped["file"]).unlink()
+    for name in ("_SUCCESS", "_summary.json"):
+        (out / name).unlink()
+    again = skutag("run", tiny_model, six_images, "--out", out, "--part-rows", "4", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert f"{dropped['rows']} image" in again.stderr and "6 images decoded" not in again.stderr
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["attempt_decoded"] == dropped["rows"] and summary["decoded"] == 6
