@@ -39,8 +39,9 @@ def test_the_demo_examples_run_as_written(source, tmp_path):
     wrapper = bin_dir / "skutag"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m skutag "$@"\n')
     wrapper.chmod(0o755)
-    python = bin_dir / "python"
-    python.symlink_to(sys.executable)
+    python = bin_dir / "python"  # a script, not a link: a linked venv interpreter loses its venv
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     for block in demo_blocks(source):
         result = subprocess.run(
