@@ -24,6 +24,7 @@ from typing import Any
 
 from skutag import __version__, storage
 from skutag.errors import InputError
+from skutag.fsio import check_output_dir
 from skutag.runtime import check_device
 
 from .commit.lease import Lease
@@ -52,6 +53,7 @@ from .plan.incremental import removed_inputs
 from .plan.reuse import run_key
 from .plan.work import prepare_work
 from .predict.model import ForeignPreprocessing, ModelContract, read_contract
+from .predict.review import REVIEW_KEY
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,10 @@ class RunSummary:
     retried: int
     removed: int | None  # inputs of --since that are gone (whole plan); None without --since
     predicted: int
-    decoded: int  # images decoded (ids that share an image share one decode)
+    decoded: int  # images decoded (ids that share an image share one decode), every attempt of the shard
     resumed_rows: int  # rows committed by an earlier attempt and kept now
     processed_rows: int  # rows committed by this attempt
-    images_per_s: float  # decoded images / wall_s
+    images_per_s: float  # images this attempt decoded / wall_s (start-up, planning and writing included)
     wall_s: float
     decode_s: float
     wait_s: float
@@ -111,6 +113,8 @@ class RunSummary:
     started_at: str = ""
     finished_at: str = ""
     skutag_version: str = __version__
+    attempt_decoded: int = 0  # images decoded by this attempt (`decoded` counts every attempt)
+    review: dict[str, Any] | None = None  # the card's review section (its class statistics stay out of parts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,6 +137,8 @@ def plan_catalog(
     storage_options: dict[str, Any] | None = None,
 ) -> Plan:  # fmt: skip
     """`skutag plan`: list SOURCE... once into OUT/_plan/ (or return the plan that is there)."""
+    if not storage.is_remote(out):
+        check_output_dir(out)
     if overwrite:
         remove_run(out, storage_options)
     return ensure_plan(sources, out, part_rows=part_rows, storage_options=storage_options)
@@ -155,6 +161,8 @@ def run_catalog(
     out = os.fspath(out)
     if options.topk < 1:
         raise InputError("--topk must be at least 1")
+    if not storage.is_remote(out):
+        check_output_dir(out)  # a file, a path under a file, `-`, no permission: one line, before any work
     contract = read_contract(model, foreign)
     check_device(contract.card, options.device, contract.path)  # before OUT is touched
     if options.engine == "ray" and options.decode == "gpu":
@@ -243,6 +251,9 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
     remove_foreign_parts(out, plan, options.storage_options)  # before any _SUCCESS
     storage.write_bytes(storage.join(out, names.success), b"", options.storage_options)
     summary.complete = publish_if_complete(out, plan, key, options.storage_options)
+    if summary.complete:  # known only now (every shard's log is read): the stored summary says it too
+        body = json.dumps(summary.to_dict(), indent=2).encode()
+        storage.write_bytes(storage.join(out, names.summary), body, options.storage_options)
     return summary
 
 
@@ -255,7 +266,7 @@ def _previous(out: str, key: dict[str, Any], commit_log: CommitLog, options: Run
     problem = previous.unusable(key)
     if problem:
         note = f"--since {source}: reusing nothing, {problem}"
-        log.warning(note)
+        log.info(note)  # the summary carries it and the CLI prints it once
         return None, note
     return previous, None
 
@@ -265,12 +276,19 @@ def _with_errors_of(commit_log: CommitLog, kinds: frozenset[str]) -> set[int]:
 
 
 def file_metadata(contract: ModelContract, options: RunOptions) -> dict[str, str]:
-    return {
-        "skutag.card": contract.card.to_json(),
+    """Every part's footer: the card without its review class statistics (they live in the model file and
+    `_summary.json`), the review thresholds the review columns were computed with, the model's sha256,
+    the run options and the version: a few KB however many classes and features the model has."""
+    card = contract.card
+    metadata = {
+        "skutag.card": card.replace(review=None).to_json(),
         "skutag.model_sha256": contract.sha256,
         "skutag.run_options": json.dumps(options.record(), sort_keys=True),
         "skutag.version": __version__,
     }
+    if card.review is not None:
+        metadata[REVIEW_KEY] = json.dumps({k: v for k, v in card.review.items() if k != "class_means"})
+    return metadata
 
 
 def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, options: RunOptions, removed,
@@ -307,6 +325,8 @@ def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, o
         resumed_rows=rows - stats.rows,
         processed_rows=stats.rows,
         images_per_s=stats.tasks / wall if wall > 0 else 0.0,
+        attempt_decoded=stats.tasks,
+        review=contract.card.review,
         wall_s=wall,
         decode_s=stats.decode_s,
         wait_s=stats.wait_s,
@@ -323,7 +343,7 @@ def _summarise(out, commit_log: CommitLog, contract, plan: Plan, units, stats, o
         gpu_decode_s=stats.gpu_decode_s,
         cpu_fallbacks=stats.cpu_fallbacks,
         engine=options.engine,
-        model=str(contract.path),
+        model=os.path.abspath(contract.path),  # `skutag index` may run from another folder
         model_sha256=contract.sha256,
         plan_id=plan.plan_id,
         max_error_rate=options.max_error_rate,

@@ -239,8 +239,19 @@ def describe(summary) -> str:
             f"; since: {summary.reused} reused, {summary.new} new, {summary.changed} changed, "
             f"{summary.retried} retried, {summary.removed} removed"
         )
+    if summary.attempt_decoded:
+        work = (
+            f"{plural(summary.attempt_decoded, 'image')} decoded, {summary.images_per_s:.1f} images/s overall "
+            f"(start-up included) on {summary.device}"
+        )
+    else:
+        work = "nothing to decode (every row reused or already committed)"
     return (
-        f"{summary.rows} rows ({summary.ok} ok, {summary.errors} errors{': ' + kinds if kinds else ''}; "
-        f"{skipped} skipped, {summary.duplicates} duplicates{since}) in {summary.wall_s:.1f} s, "
-        f"{summary.decoded} images decoded, {summary.images_per_s:.1f} images/s on {summary.device} -> {summary.out}"
+        f"{plural(summary.rows, 'row')} ({summary.ok} ok, {plural(summary.errors, 'error')}"
+        f"{': ' + kinds if kinds else ''}; {skipped} skipped, {plural(summary.duplicates, 'duplicate')}{since}) "
+        f"in {summary.wall_s:.1f} s, {work} -> {summary.out}"
     )
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

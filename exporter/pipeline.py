@@ -98,6 +98,21 @@ def validate(request: ExportRequest) -> Format:
         raise InputError(
             f"--int8-target {request.int8_target} is for {offered}; {fmt.title} int8 targets its CPU delegate"
         )
+    if str(request.out).strip() in ("", "-"):
+        raise InputError(
+            "--out -: name a model file such as model.onnx (skutag writes files, not to standard output)"
+        )
+    named = artifacts.format_of(request.out)
+    if named is not None and named != fmt.name:  # a file must not lie about its format
+        raise InputError(
+            f"--out {request.out} names {artifacts.a_title(named)} file but --format {fmt.name} writes "
+            f"{fmt.title}; pass --format {named}, or end --out in {fmt.suffix}"
+        )
+    if request.out.suffix.lower() == ".ort":
+        raise InputError(
+            f"--out {request.out}: .ort is ONNX Runtime's own format; name the file .onnx and pass --ort-format "
+            "for the .ort beside it"
+        )
     if fmt.suffix_required and request.out.suffix.lower() != fmt.suffix:
         raise InputError(
             f"--format {fmt.name} writes {fmt.suffix} files; --out {request.out} does not end in it"

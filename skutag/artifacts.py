@@ -293,6 +293,12 @@ def title(name: str) -> str:
     return FORMATS[name].title
 
 
+def a_title(name: str) -> str:
+    """The title with its article: "an ExecuTorch", "a LiteRT"."""
+    text = title(name)
+    return ("an " if text[0] in "AEIOU" else "a ") + text
+
+
 def for_path(path: str | Path) -> Format:
     """The row for a model file, by its suffix; InputError for a file of no known format."""
     name = format_of(path)

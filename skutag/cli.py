@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "skutag.batchrun.publish.cli:publish",
         "merge a finished OUT into a Delta Lake table keyed by id (new, changed, removed)",
     ),
+    "predict": (
+        "skutag.predict.cli:predict",
+        "top-k labels of a few photos from any model skutag makes (run dir, ONNX or an edge file)",
+    ),
     "bench": (
         "skutag.bench.cli:bench",
         "latency, throughput and accuracy of exported models (every format), side by side",
@@ -104,6 +108,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     skutag train DATA --out RUN         fine-tune a pretrained backbone
     skutag export RUN --out MODEL.onnx  one self-describing file (.onnx, .pte, .tflite, .xml, .mlpackage)
     skutag run MODEL SRC --out OUT      tags to Parquet, one row per input
+    skutag predict MODEL IMAGE...       top-k labels of a few photos, as a table or --json
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -114,12 +119,12 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning exceptions into one line and an exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    args = _verbose_first(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in args[: _first_command_index(args)])
     try:
         cli.main(args=args, prog_name="skutag", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+        click.echo("Interrupted.", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -142,6 +147,18 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless --verbose
         _report(exc, verbose, hint=True)
         sys.exit(1)
+
+
+def _verbose_first(args: list[str]) -> list[str]:
+    """`skutag CMD ... --verbose` as `skutag --verbose CMD ...`: the error hint says "run with --verbose",
+    and users append it (no command has a -v/--verbose of its own; nothing after `--` is moved)."""
+    end = args.index("--") if "--" in args else len(args)
+    start = _first_command_index(args[:end]) + 1
+    flags = [a for a in args[start:end] if a in ("-v", "--verbose")]
+    if not flags:
+        return list(args)
+    rest = [a for a in args[start:end] if a not in ("-v", "--verbose")]
+    return ["--verbose", *args[:start], *rest, *args[end:]]
 
 
 def _first_command_index(args: list[str]) -> int:

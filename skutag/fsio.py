@@ -42,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # again: a writer that recreated the file (safetensors does) made it 0600
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -66,3 +67,29 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, in one line (InputError, exit 2), a local output folder that cannot be made or written:
+    `-`, an existing file, a path under a file, a folder without write permission. Called before a
+    command starts its work, so nothing is computed for an output that cannot be written."""
+    from skutag.errors import InputError
+
+    text = os.fspath(path)
+    if text.strip() in ("", "-"):
+        raise InputError(
+            f"{option} {text!r}: name a folder (skutag writes files there, not to standard output)"
+        )
+    target = Path(text)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{option} {target}: that is a file; name a folder")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {target}: {existing} is a file, so no folder can be made under it")
+    try:  # a real probe: os.access says yes to root on a read-only file system
+        with tempfile.TemporaryFile(dir=existing, prefix=".skutag-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {target}: cannot write in {existing} ({exc.strerror or exc})") from None

@@ -153,7 +153,8 @@ def create_session(
                 reason = str(exc)
         else:
             reason = "this onnxruntime has no CUDA provider"
-        log.warning("device auto: using the CPU (%s)", reason)
+        # No GPU at all is the ordinary case, not a warning on every CPU run (the summary records it).
+        (log.info if not gpu_present() else log.warning)("device auto: using the CPU (%s)", reason)
         session, info = _make(ort, model, "cpu", threads, chain, session_config)
         info.requested, info.fallback_reason = "auto", reason
         return session, info

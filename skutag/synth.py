@@ -297,9 +297,15 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._progress = Progress(transient=True)
+        # On stderr, and only on a terminal: elsewhere a transient bar leaves an empty line behind.
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            self.enabled = False
+            return lambda: None
+        self._progress = Progress(console=console, transient=True)
         self._progress.__enter__()
         task = self._progress.add_task("rendering catalog", total=self.total)
         return lambda: self._progress.advance(task)

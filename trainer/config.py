@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from skutag.errors import SkutagError
+from skutag.errors import InputError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -82,25 +82,25 @@ class TrainConfig:
     def check(self) -> None:
         """Option combinations that cannot work, refused before any data is read."""
         if self.bn_stats not in BN_STATS:
-            raise SkutagError(f"--bn-stats must be one of {', '.join(BN_STATS)}, not {self.bn_stats!r}")
+            raise InputError(f"--bn-stats must be one of {', '.join(BN_STATS)}, not {self.bn_stats!r}")
         if self.cache_features:
             if self.freeze not in ("backbone", "auto") or self.unfreeze_at is not None:
-                raise SkutagError("--cache-features needs --freeze backbone without --unfreeze-at")
+                raise InputError("--cache-features needs --freeze backbone without --unfreeze-at")
             if self.augment != "none":
-                raise SkutagError(
+                raise InputError(
                     "--cache-features needs --augment none (cached features cannot be augmented per epoch)"
                 )
             if self.balance == "sampler":
-                raise SkutagError("--cache-features works with --balance loss, not sampler")
+                raise InputError("--cache-features works with --balance loss, not sampler")
         if self.head_epochs is not None and self.head_epochs > 0:
             if self.head_epochs >= self.epochs:
-                raise SkutagError("--head-epochs must be fewer than --epochs (or use --cache-features)")
+                raise InputError("--head-epochs must be fewer than --epochs (or use --cache-features)")
             if self.balance == "sampler":
-                raise SkutagError("--head-epochs works with --balance loss, not sampler")
+                raise InputError("--head-epochs works with --balance loss, not sampler")
         if self.unfreeze_at is not None and not 1 < self.unfreeze_at <= self.epochs:
-            raise SkutagError(f"--unfreeze-at must be an epoch from 2 to {self.epochs}")
+            raise InputError(f"--unfreeze-at must be an epoch from 2 to {self.epochs}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise SkutagError("--warmup-epochs must be fewer than --epochs")
+            raise InputError("--warmup-epochs must be fewer than --epochs")
         if self.gradcam:
             from skutag.trainer.explain import check_gradcam
 

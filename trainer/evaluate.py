@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from skutag.card import ModelCard
 from skutag.errors import InputError
-from skutag.fsio import atomic_write_json, sha256_file
+from skutag.fsio import atomic_write_json, check_output_dir, sha256_file
 
 Predict = Callable[[torch.Tensor], np.ndarray]  # uint8 NCHW batch -> probabilities [N, K]
 
@@ -42,6 +42,7 @@ def evaluate(
     """Write the report and metrics.json of `model_path` on `data` into `out`; returns the metrics."""
     from skutag.trainer.explain import check_gradcam, report_gradcam  # lazy: grad-cam is an optional extra
 
+    check_output_dir(out)  # before the model and the images are read
     display = Display()
     model_path = Path(model_path)
     card = _card_of(model_path)

@@ -18,7 +18,7 @@ from skutag.trainer.model import classifier_name
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from skutag.errors import SkutagError
+from skutag.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,12 @@ def default_stage(model: nn.Module) -> str:
     return "none"
 
 
+def check_policy(model: nn.Module, policy: str) -> None:
+    """Refuse (InputError, exit 2) a resolved policy that names no module of `model`, before any training."""
+    if policy != "backbone":
+        _first_trainable(model, policy)
+
+
 def _first_trainable(model: nn.Module, policy: str) -> str:
     """Prefix of the first trainable parameter's name ('' = all)."""
     if policy == "none":
@@ -82,11 +88,11 @@ def _first_trainable(model: nn.Module, policy: str) -> str:
     modules = dict(model.named_modules())
     if policy not in modules or not policy:
         stages = [name for name, _ in model.named_children()]
-        raise SkutagError(
+        raise InputError(
             f"--freeze {policy!r}: expected auto, backbone, none or a module name such as {stages}"
         )
     if not any(True for _ in modules[policy].parameters()):
-        raise SkutagError(f"--freeze {policy!r}: that module has no parameters to train")
+        raise InputError(f"--freeze {policy!r}: that module has no parameters to train")
     return policy + "."
 
 

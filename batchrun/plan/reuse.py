@@ -114,5 +114,6 @@ def input_verdicts(
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text[:12] if isinstance(value, str) and len(text) > 40 else text
+    if isinstance(value, str) and len(value) > 38:  # a sha256: its first 12 characters, quotes balanced
+        return json.dumps(value[:12] + "...")
+    return json.dumps(value, sort_keys=True)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from skutag.artifacts import format_of, title
+from skutag.artifacts import a_title, format_of
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.runtime import input_shape
@@ -27,6 +27,15 @@ from .signature import ModelSignature, TensorInfo, read_signature
 PROBS = "probs"
 EMBEDDING = "embedding"
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 10: "float16"}
+# Files people hand to `skutag run` by mistake, in plain words (read_signature names any other non-ONNX file).
+_NOT_ONNX = {
+    ".ort": (
+        "ONNX Runtime's own format (.ort, for ONNX Runtime Mobile)",
+        "give skutag run the .onnx it came from",
+    ),
+    ".safetensors": ("PyTorch weights", "export them first: skutag export RUN --out model.onnx"),
+    ".ckpt": ("a training checkpoint", "export the run first: skutag export RUN --out model.onnx"),
+}
 
 
 @dataclass(frozen=True)
@@ -65,11 +74,14 @@ def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None 
     kind = format_of(path)
     if kind not in (None, "onnx"):
         raise InputError(
-            f"skutag run takes ONNX models; {path} is a {title(kind)} file (skutag bench runs it; "
+            f"skutag run takes ONNX models; {path} is {a_title(kind)} file (skutag bench runs it; "
             "export with --format onnx for batch runs)"
         )
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    if path.suffix.lower() in _NOT_ONNX:
+        what, hint = _NOT_ONNX[path.suffix.lower()]
+        raise InputError(f"{path} is {what}, not an ONNX model; {hint}")
     sha256, signature = read_signature(path)
     return contract_of(path, sha256, signature, foreign or ForeignPreprocessing())
 
@@ -84,6 +96,10 @@ def contract_of(
             "(re-export it, or save it with onnx.save_model(..., save_as_external_data=False))"
         )
     inputs = signature.inputs
+    if not inputs and not signature.outputs:  # protobuf parses many short byte strings as an empty model
+        raise InputError(
+            f"{path}: not an ONNX model (no graph: truncated, corrupted, or another kind of file)"
+        )
     if len(inputs) != 1:
         raise InputError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
     model_input = inputs[0]

@@ -41,9 +41,13 @@ FIELDS = (
 )
 
 
+# The footer key of a part's review thresholds (the card in the footer leaves its class statistics out).
+REVIEW_KEY = "skutag.review"
+
+
 @dataclass(frozen=True)
 class Review:
-    means: np.ndarray  # float32 [classes, D], unit rows (or zero)
+    means: np.ndarray | None  # float32 [classes, D], unit rows (or zero); None: thresholds only (a footer)
     ood_threshold: float
     confidence_threshold: float
 
@@ -51,14 +55,16 @@ class Review:
     def from_section(cls, section: dict[str, Any] | None) -> Review | None:
         if section is None:
             return None
+        means = section.get("class_means")
         return cls(
-            np.asarray(section["class_means"], np.float32),
+            None if means is None else np.asarray(means, np.float32),
             float(section["ood_threshold"]),
             float(section["confidence_threshold"]),
         )
 
     def scores(self, embedding: np.ndarray) -> np.ndarray:
         """`1 - max cosine` to the class means, float32 [rows]."""
+        assert self.means is not None, "a footer's review has thresholds only"
         return ood_scores(embedding, self.means, np.float32)
 
     def columns(self, ok: np.ndarray, top1: np.ndarray, ood: np.ndarray | None) -> dict[str, pa.Array]:
@@ -83,9 +89,13 @@ class Review:
 
 
 def card_review(metadata: dict[bytes, bytes] | dict[str, str] | None) -> Review | None:
-    """The Review of the card in a schema's (or file's) metadata; None without one or without the section."""
+    """The Review of a schema's (or file's) metadata: its `skutag.review` thresholds, else (parts of skutag
+    0.3 and earlier 0.4) the card's review section; None without either."""
     if not metadata:
         return None
+    thresholds = metadata.get(REVIEW_KEY.encode()) or metadata.get(REVIEW_KEY)  # type: ignore[call-overload]
+    if thresholds is not None:
+        return Review.from_section(json.loads(thresholds))
     text = metadata.get(METADATA_KEY.encode()) or metadata.get(METADATA_KEY)  # type: ignore[call-overload]
     if text is None:
         return None

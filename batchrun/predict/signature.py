@@ -95,7 +95,9 @@ def parse_signature(path: Path, data: bytes) -> ModelSignature:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise InputError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0]}") from exc
+        raise InputError(
+            f"cannot load ONNX model {path}: not an ONNX model (truncated, corrupted, or another kind of file)"
+        ) from exc
     graph = proto.graph
     tensors = [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]
     initializers = {i.name for i in graph.initializer}

@@ -96,3 +96,25 @@ def test_user_errors_are_one_line_and_verbose_shows_the_traceback(tmp_path):
     result = skutag("synth", str(tmp_path / "c"), "--size", "big")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "MIN-MAX" in result.stderr
+
+
+def test_verbose_after_the_command_works_like_before_it(monkeypatch, capsys):
+    import click
+
+    from skutag import cli
+
+    @click.command()
+    @click.argument("thing")
+    def broken(thing: str) -> None:
+        raise RuntimeError(f"boom {thing}")
+
+    monkeypatch.setattr(sys.modules[__name__], "broken", broken, raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "broken", (f"{__name__}:broken", "raises"))
+    for args in (["broken", "x", "--verbose"], ["broken", "--verbose", "x"], ["broken", "x", "-v"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and "Traceback" in err and "boom x" in err
+    with pytest.raises(SystemExit):
+        cli.main(["broken", "--", "--verbose"])  # after `--` it is an argument
+    assert "boom --verbose" in capsys.readouterr().err

@@ -42,3 +42,38 @@ def test_sha256(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    import pytest
+
+    from skutag.errors import InputError
+    from skutag.fsio import check_output_dir
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for out, words in (
+        (a_file, "that is a file"),
+        (a_file / "under", "is a file, so no folder"),
+        ("-", "name a folder"),
+    ):
+        with pytest.raises(InputError, match=words) as refused:
+            check_output_dir(out)
+        assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
+    check_output_dir(tmp_path / "new" / "deeper")  # a folder that can be made: fine, and nothing is made
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".skutag-probe-*"))
+
+
+def test_a_file_a_writer_recreated_gets_the_ordinary_mode(tmp_path):
+    import os
+    import stat
+
+    from skutag.fsio import atomic_path
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_path(tmp_path / "best.safetensors") as tmp:
+        tmp.unlink()  # as safetensors' save_file does: a new file, created 0600
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    assert stat.S_IMODE((tmp_path / "best.safetensors").stat().st_mode) == 0o666 & ~umask

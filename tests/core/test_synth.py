@@ -67,4 +67,5 @@ def test_split_writes_stratified_train_and_val(tmp_path):
 def test_cli_writes_the_catalog(tmp_path):
     result = skutag("synth", tmp_path, "--n", 6, "--classes", 3, "--size", "64-96")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"wrote 6 images in 3 classes to {tmp_path}"]  # no empty first line
     assert len(list(tmp_path.rglob("*.jpg")) + list(tmp_path.rglob("*.png"))) == 6

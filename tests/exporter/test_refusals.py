@@ -84,3 +84,35 @@ def test_fp16_help_says_it_is_not_faster_on_cpus():
 
     result = CliRunner().invoke(cli.export, ["--help"])
     assert "NOT faster on CPUs" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", ["m.tflite", "m.xml", "m.pte", "m.ort", "-"])
+def test_an_out_suffix_of_another_format_is_refused(capsys, monkeypatch, tiny_run, tmp_path, name):
+    monkeypatch.chdir(tmp_path)
+    out = Path(name)
+    got, _, err = invoke(capsys, "export", str(tiny_run), "--out", name)  # --format onnx
+    assert got == 2 and len(err.strip().splitlines()) == 1, err
+    assert ("--format" in err or "--ort-format" in err or "model file" in err) and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "fmt, precision, name, missing, extra",
+    [
+        ("executorch", "fp32", "m.pte", "executorch", "executorch"),
+        ("executorch", "int8", "m.pte", "torchao", "executorch"),  # 0.3: ModuleNotFoundError, exit 1
+        ("litert", "int8", "m.tflite", "torchao", "litert"),
+    ],
+)
+def test_an_edge_export_without_its_extra_is_one_line_naming_it(
+    capsys, monkeypatch, tiny_run, tmp_path, fmt, precision, name, missing, extra
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import NAME` meets uninstalled
+    out = tmp_path / name
+    args = ["export", str(tiny_run), "--out", str(out), "--format", fmt, "--precision", precision]
+    if precision == "int8":
+        args += ["--calib", str(tmp_path)]
+    got, _, err = invoke(capsys, *args)
+    assert got == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"pip install 'skutag[{extra}]'" in err and not out.exists()

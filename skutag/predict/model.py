@@ -1,0 +1,137 @@
+"""A model of any format skutag makes, loaded in its own runtime, and top-k predictions per image file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skutag.artifacts import format_of, title
+from skutag.card import ModelCard
+from skutag.errors import InputError
+
+Scores = Callable[[np.ndarray], np.ndarray]  # uint8 [1, H, W, 3] -> probabilities [1, classes]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to score one decoded image: its card, what it is, and the call."""
+
+    path: Path
+    kind: str  # what users call it: ONNX, LiteRT, PyTorch run dir, ...
+    card: ModelCard
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """Top-k of one image, best first; or the reason it has none."""
+
+    image: str
+    labels: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    error_kind: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        if self.error is not None:
+            return {
+                "image": self.image,
+                "status": "error",
+                "error_kind": self.error_kind,
+                "error": self.error,
+            }
+        return {"image": self.image, "status": "ok", "labels": list(self.labels), "scores": list(self.scores)}
+
+
+def open_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """`path` loaded in its own runtime; InputError (exit 2) for anything that is not a skutag model."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model not found: {path}")
+    kind = format_of(path)
+    if path.is_dir() and kind is None or path.suffix == ".safetensors":
+        return _torch_model(path, device)
+    if path.suffix.lower() == ".ort":
+        raise InputError(
+            f"{path} is an ONNX Runtime (.ort) file, which carries no skutag card; "
+            "predict with the .onnx file it was written beside"
+        )
+    if kind in (None, "onnx"):
+        return _onnx_model(path, device)
+    if device != "cpu":
+        raise InputError(f"{path}: {title(kind)} files run on the CPU here; pass --device cpu")
+    from skutag.exporter.formats import load_runner
+
+    fmt, card, runner = load_runner(path, "skutag predict")
+    return LoadedModel(path, fmt.title, card, lambda pixels: runner(pixels)[0])
+
+
+def _onnx_model(path: Path, device: str) -> LoadedModel:
+    from skutag.batchrun.predict.infer import host_model_input, open_session
+    from skutag.batchrun.predict.model import read_contract
+
+    contract = read_contract(path)
+    if not contract.has_card:
+        raise InputError(
+            f"{path} has no skutag card (labels and preprocessing); "
+            "skutag run takes such a model with --labels FILE --image-size N"
+        )
+    session, _ = open_session(contract, device, batch_size=1)
+    outputs = [contract.scores_output]
+
+    def scores(pixels: np.ndarray) -> np.ndarray:
+        return session.run(outputs, {contract.input_name: host_model_input(pixels, contract)})[0]
+
+    return LoadedModel(path, "ONNX", contract.card, scores)
+
+
+def _torch_model(path: Path, device: str) -> LoadedModel:
+    import torch
+
+    from skutag.exporter.graph import ExportModule
+    from skutag.trainer.weights import load_trained
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"{path}: a run dir runs in PyTorch on cpu or cuda, not {device}")
+    model, card = load_trained(path, "cpu")
+    module = ExportModule(model, card).to(device).eval()
+
+    def scores(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+
+    return LoadedModel(path, "PyTorch run dir" if path.is_dir() else "PyTorch weights", card, scores)
+
+
+def predict_files(
+    model: LoadedModel, images: Iterable[str | os.PathLike], topk: int
+) -> list[ImagePrediction]:
+    """Top-k of each image, in the given order; an image that cannot be decoded is a row with its error."""
+    from skutag.images import ImageError, load_image
+
+    card = model.card
+    k = min(topk, card.num_classes)
+    results = []
+    for image in images:
+        name = os.fspath(image)
+        try:
+            pixels = load_image(
+                image,
+                resize_size=card.resize_size,
+                image_size=card.image_size,
+                interpolation=card.interpolation,
+            ).pixels
+        except ImageError as exc:
+            results.append(ImagePrediction(name, error_kind=exc.kind, error=exc.message))
+            continue
+        probs = np.asarray(model.scores(pixels[None]), dtype=np.float32)[0]
+        order = np.argsort(-probs, kind="stable")[:k]
+        labels = tuple(card.classes[i] for i in order)
+        results.append(ImagePrediction(name, labels, tuple(round(float(probs[i]), 6) for i in order)))
+    return results
