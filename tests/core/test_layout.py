@@ -20,7 +20,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"skutag": "skutag", "trainer": "skutag.trainer", "exporter": "skutag.exporter"}
-FOLDERS |= {"batchrun": "skutag.batchrun", "insight": "skutag.insight"}
+FOLDERS |= {"batchrun": "skutag.batchrun", "insight": "skutag.insight", "pages": "skutag.pages"}
 
 # Modules of the `skutag/` folder by layer; a new module there must be placed here.
 BASICS = {
@@ -36,11 +36,18 @@ BASICS = {
     "options",
     "retries",
 }
-INPUTS = {"images", "listing", "manifests", "storage", "entries", "synth"}
+INPUTS = {"images", "listing", "manifests", "storage", "entries", "synth", "decisions"}
 ENTRY = {"cli", "__main__", "demo", "synth_cli"}
 # The stages, in the order they may import each other: export reads what training made.
 STAGES = {"trainer": 2, "batchrun": 2, "exporter": 3}
-LAYER_NAMES = {0: "basics", 1: "inputs", 2: "trainer/batchrun", 3: "exporter", 4: "insight/bench", 5: "entry"}
+LAYER_NAMES = {
+    0: "basics",
+    1: "inputs",
+    2: "trainer/batchrun",
+    3: "exporter",
+    4: "insight/bench/pages",
+    5: "entry",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -99,7 +106,7 @@ def layer(module: str) -> int:
         return 5  # a command's click module composes the stages it runs; nothing imports it
     if parts[1] in STAGES:
         return STAGES[parts[1]]
-    if parts[1] in ("insight", "bench"):
+    if parts[1] in ("insight", "bench", "pages"):
         return 4
     if parts[1] in BASICS:
         return 0
