@@ -11,7 +11,7 @@ from typing import Any
 from skutag import storage
 from skutag.extras import require
 
-from .report import Limits, build_report
+from .report import DEFAULT_LIMITS, Limits, build_report
 from .thumbs import MAX_THUMBS, write_thumbs
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -34,7 +34,7 @@ def write_report(
     since: str | None = None,
     storage_options: dict[str, Any] | None = None,
     max_thumbs: int = MAX_THUMBS,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """Build, thumbnail and write the report of OUT; returns report.json's content."""
     environment()  # a missing `pages` extra fails before any work

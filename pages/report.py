@@ -35,6 +35,8 @@ class Limits:
     errors: int = ERRORS_LISTED
 
 
+DEFAULT_LIMITS = Limits()
+
 def read_rows(out: str, columns: list[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
     """The named columns (those OUT has) of every committed row of OUT."""
     dataset = CommittedRows(out, storage_options).dataset()
@@ -46,7 +48,7 @@ def build_report(
     out: str,
     since: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """report.json's content (thumbnail paths are filled in by `pages.thumbs`)."""
     rows = CommittedRows(out, storage_options)
