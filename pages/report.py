@@ -37,6 +37,7 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+
 def read_rows(out: str, columns: list[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
     """The named columns (those OUT has) of every committed row of OUT."""
     dataset = CommittedRows(out, storage_options).dataset()
