@@ -101,3 +101,15 @@ def test_the_report_of_an_s3_out(nights, s3):
     assert (
         sum(1 for key in stored if key.startswith("tonight/_report/thumbs/")) == report["thumbs"]["made"] > 0
     )
+
+
+def test_run_with_report_writes_the_report_against_its_since(nights, tmp_path):
+    from .conftest import PHOTOS, photo_model
+
+    model = photo_model(tmp_path / "c.onnx", 2)
+    out = tmp_path / "out"
+    result = skutag("run", model, PHOTOS, "--out", out, "--since", nights[1], "--report")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "_report" / "report.json").read_text())
+    assert report["since"] == str(nights[1]) and report["counts"]["rows"] == 83
+    assert (out / "_report" / "index.html").is_file() and "report: 83 rows" in result.stderr

@@ -11,8 +11,8 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
-from skutag.decisions import read_decisions
 
+from skutag.decisions import read_decisions
 from tests.support.browser import headless_chromium
 
 from .support import DOCS_IMG, kill_hard, review_server

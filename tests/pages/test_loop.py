@@ -1,0 +1,97 @@
+"""The loop closes: review decisions are labelled data for `skutag train --decisions OUT` (not-a-product photos
+left out), the report counts how often people agreed with the model, and a retrain with the corrections
+moves the model's answer on the corrected photos (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from skutag.decisions import Decision, append_decision, now
+from skutag.trainer.data import decision_samples, find_splits, with_decisions
+
+from tests.support.cli import skutag
+
+
+def decide(out: Path, uri: str, predicted: str, decision: str, label: str | None) -> None:
+    append_decision(str(out), Decision(uri, uri, None, predicted, decision, label, "tester", now()))
+
+
+def test_decisions_join_the_training_set_under_the_peoples_label(split_catalog, tmp_path):
+    splits = find_splits(split_catalog, val_dir=None, val_split=None, seed=0)
+    accepted, corrected, dropped = splits.train[0], splits.train[1], splits.val[0]
+    other = next(c for c in splits.classes if c != corrected.label)
+    out = tmp_path / "out"
+    decide(out, accepted.path, accepted.label, "accept", accepted.label)
+    decide(out, corrected.path, corrected.label, "correct", other)
+    decide(out, dropped.path, dropped.label, "not_product", None)
+
+    merged = with_decisions(splits, decision_samples([str(out)]))
+    train = {s.path: s.label for s in merged.train}
+    assert train[accepted.path] == accepted.label and train[corrected.path] == other
+    assert dropped.path not in train and dropped.path not in {s.path for s in merged.val}
+    assert len(merged.train) == len(splits.train) and len(merged.val) == len(splits.val) - 1
+
+
+def test_the_latest_decision_wins_and_an_out_without_decisions_is_refused(split_catalog, tmp_path):
+    sample = find_splits(split_catalog, val_dir=None, val_split=None, seed=0).train[0]
+    out = tmp_path / "out"
+    decide(out, sample.path, sample.label, "not_product", None)
+    decide(out, sample.path, sample.label, "correct", "sock" if sample.label != "sock" else "cup")
+    assert decision_samples([str(out)])[sample.path].label in ("sock", "cup")
+    (tmp_path / "empty").mkdir()
+    result = skutag("train", split_catalog, "--out", tmp_path / "run", "--decisions", tmp_path / "empty")
+    assert result.returncode == 2 and "no review decisions" in result.stderr
+
+
+def test_the_report_counts_agreement_between_model_and_people(nights, tmp_path):
+    out = tmp_path / "tonight"
+    shutil.copytree(nights[1], out)
+    rows = json.loads(
+        skutag("report", out).returncode.__str__() and (out / "_report" / "report.json").read_text()
+    )
+    assert rows["agreement"]["decisions"] == 0
+    import duckdb
+
+    flagged = duckdb.sql(f"SELECT uri, label FROM '{out}/part-*.parquet' WHERE review LIMIT 4").fetchall()
+    for n, (uri, label) in enumerate(flagged):
+        if n < 3:
+            decide(out, uri, label, "accept", label)
+        else:
+            decide(out, uri, label, "correct", "hat" if label != "hat" else "dress")
+    assert skutag("report", out).returncode == 0
+    agreement = json.loads((out / "_report" / "report.json").read_text())["agreement"]
+    assert (agreement["accept"], agreement["correct"], agreement["agreement"]) == (3, 1, 0.75)
+    assert "the model agreed with people on 75%" in (out / "_report" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_retrain_with_the_corrections_moves_the_models_answer(split_catalog, tmp_path):
+    """Relabel eight photos of one class as another; the retrained model answers the new label on them."""
+    splits = find_splits(split_catalog, val_dir=None, val_split=None, seed=0)
+    source, target = splits.classes[0], splits.classes[1]
+    corrected = [s for s in splits.train if s.label == source][:8]
+    out, photos = tmp_path / "night", tmp_path / "photos"
+    photos.mkdir()
+    for sample in corrected:
+        decide(out, sample.path, source, "correct", target)
+        shutil.copy(sample.path, photos / Path(sample.path).name)
+    common = ["--arch", "resnet18", "--weights", "none", "--freeze", "none", "--image-size", "32",
+              "--epochs", "30", "--batch-size", "16", "--lr", "3e-3", "--label-smoothing", "0",
+              "--augment", "none", "--workers", "0", "--no-gradcam"]  # fmt: skip
+    answers = {}
+    for name, extra in [("before", []), ("after", ["--decisions", out])]:
+        run = tmp_path / f"run-{name}"
+        result = skutag("train", split_catalog, "--out", run, *common, *extra, timeout=1200)
+        assert result.returncode == 0, result.stderr
+        assert skutag("export", run, "--out", tmp_path / f"{name}.onnx").returncode == 0
+        tagged = tmp_path / f"tagged-{name}"
+        assert skutag("run", tmp_path / f"{name}.onnx", photos, "--out", tagged).returncode == 0
+        import duckdb
+
+        answers[name] = duckdb.sql(
+            f"SELECT count(*) FROM '{tagged}/part-*.parquet' WHERE label = '{target}'"
+        ).fetchall()[0][0]
+    assert answers["after"] >= answers["before"] + 4, answers
