@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from skutag.decisions import Decision, append_decision, now
 from skutag.trainer.data import decision_samples, find_splits, with_decisions
 
+from skutag.decisions import Decision, append_decision, now
 from tests.support.cli import skutag
 
 
