@@ -160,7 +160,9 @@ def test_no_package_imports_a_package_that_imports_it():
     def package(module: str) -> str:
         return ".".join(module.split(".")[:2]) if module.count(".") else module
 
-    edges = {(package(a), package(b)) for a, targets in GRAPH.items() for b in targets}
+    # an entry module (a package's cli.py) sits above every layer and nothing imports it: its imports
+    # cannot close a circle (the module-level test above still sees them)
+    edges = {(package(a), package(b)) for a, targets in GRAPH.items() if layer(a) < 5 for b in targets}
     both_ways = sorted((a, b) for a, b in edges if a < b and (b, a) in edges and a != b)
     both_ways = [(a, b) for a, b in both_ways if "skutag" not in (a, b)]  # the basics are many packages' own
     assert not both_ways
