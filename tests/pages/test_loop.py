@@ -95,3 +95,43 @@ def test_a_retrain_with_the_corrections_moves_the_models_answer(split_catalog, t
             f"SELECT count(*) FROM '{tagged}/part-*.parquet' WHERE label = '{target}'"
         ).fetchall()[0][0]
     assert answers["after"] >= answers["before"] + 4, answers
+
+
+def test_a_since_night_carries_the_peoples_labels_for_unchanged_images(nights, tmp_path):
+    import duckdb
+
+    from .conftest import PHOTOS, photo_model
+
+    before, tonight = nights
+    prev = tmp_path / "prev"
+    shutil.copytree(tonight, prev)
+    rows = duckdb.sql(
+        f"SELECT id, uri, sha256, label FROM '{prev}/part-*.parquet' ORDER BY id LIMIT 4"
+    ).fetchall()
+    (a, b, c, d) = rows
+    other = "hat" if b[3] != "hat" else "dress"
+    append_decision(str(prev), Decision(a[0], a[1], a[2], a[3], "accept", a[3], "tester", now()))
+    append_decision(str(prev), Decision(b[0], b[1], b[2], b[3], "correct", other, "tester", now()))
+    append_decision(
+        str(prev), Decision(c[0], c[1], "0" * 64, c[3], "correct", other, "tester", now())
+    )  # another image
+    append_decision(str(prev), Decision(d[0], d[1], d[2], d[3], "not_product", None, "tester", now()))
+    model = photo_model(tmp_path / "m.onnx", 1)
+
+    night = tmp_path / "night"
+    assert skutag("run", model, PHOTOS, "--out", night, "--since", prev).returncode == 0
+    carried = dict(duckdb.sql(f"SELECT id, human_label FROM '{night}/part-*.parquet'").fetchall())
+    assert carried[a[0]] == a[3] and carried[b[0]] == other
+    assert carried[c[0]] is None and carried[d[0]] is None
+    assert sum(1 for v in carried.values() if v is not None) == 2
+
+    chained = tmp_path / "chained"  # no decisions of its own: the column travels on
+    assert skutag("run", model, PHOTOS, "--out", chained, "--since", night, "--report").returncode == 0
+    assert dict(duckdb.sql(f"SELECT id, human_label FROM '{chained}/part-*.parquet'").fetchall()) == carried
+    agreement = json.loads((chained / "_report" / "report.json").read_text())["agreement"]
+    assert agreement["human_labelled"] == 2 and agreement["human_agree"] == 1
+
+    plain = tmp_path / "plain"  # an earlier OUT without decisions: the schema is unchanged
+    assert skutag("run", model, PHOTOS, "--out", plain, "--since", before).returncode == 0
+    columns = [c[0] for c in duckdb.sql(f"DESCRIBE SELECT * FROM '{plain}/part-*.parquet'").fetchall()]
+    assert "human_label" not in columns
