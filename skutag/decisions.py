@@ -75,15 +75,20 @@ def append_decision(out: str, decision: Decision, storage_options: dict[str, Any
     return uri
 
 
+def decision_files(out: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The uris of the decision files under OUT/_review/ (one listing; no Arrow work)."""
+    directory = storage.join(str(out), REVIEW_DIR)
+    names = storage.list_names(directory, storage_options)
+    return [storage.join(directory, n) for n in names if n.startswith("decision-") and n.endswith(".parquet")]
+
+
 def read_decisions(out: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Every decision under OUT/_review/, the latest per id (an empty table when there are none)."""
     import pyarrow.parquet as pq
 
-    directory = storage.join(str(out), REVIEW_DIR)
-    names = [n for n in storage.list_names(directory, storage_options) if n.endswith(".parquet")]
     tables = []
-    for name in names:
-        with storage.open_input(storage.join(directory, name), storage_options) as handle:
+    for uri in decision_files(out, storage_options):
+        with storage.open_input(uri, storage_options) as handle:
             tables.append(pq.read_table(handle, schema=DECISION_SCHEMA))
     if not tables:
         return DECISION_SCHEMA.empty_table()

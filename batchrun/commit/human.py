@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skutag import storage
-from skutag.decisions import labelled, read_decisions
+from skutag.decisions import decision_files, labelled, read_decisions
 
 from .reader import CommittedRows
 
@@ -43,13 +43,16 @@ class HumanLabels:
 def human_labels(since: str, storage_options: dict[str, Any] | None = None) -> HumanLabels | None:
     """The labels people gave the rows of the earlier OUT `since` (its decisions, then its own
     `human_label` column); None when there are none."""
+    rows = CommittedRows(since, storage_options)
+    units = sorted(rows.parts)
+    carries = bool(units) and _has_human_label(rows, units[0])
+    if not carries and not decision_files(since, storage_options):
+        return None  # the common night: no Arrow work at all (no pandas probe: batchrun.arrow)
     decided = labelled(read_decisions(since, storage_options))
     pieces = [
         decided.select(["id", "sha256", "decided_label"]).rename_columns(["id", "sha256", "human_label"])
     ]
-    rows = CommittedRows(since, storage_options)
-    units = sorted(rows.parts)
-    if units and _has_human_label(rows, units[0]):
+    if carries:
         for unit in units:
             carried = rows.read_unit(unit, columns=["id", "sha256", HUMAN_LABEL.name])
             carried = carried.filter(pc.is_valid(carried.column(HUMAN_LABEL.name)))

@@ -11,6 +11,7 @@ import socket
 import sys
 from typing import Any
 
+from skutag.errors import InputError
 from skutag.extras import require
 
 from ..images import jpeg, read_image
@@ -87,7 +88,11 @@ def serve(
     app = make_app(queue)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"skutag review: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(

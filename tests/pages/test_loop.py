@@ -117,21 +117,28 @@ def test_a_since_night_carries_the_peoples_labels_for_unchanged_images(nights, t
     )  # another image
     append_decision(str(prev), Decision(d[0], d[1], d[2], d[3], "not_product", None, "tester", now()))
     model = photo_model(tmp_path / "m.onnx", 1)
+    photos = tmp_path / "photos"  # the decided photos and a few more, at the same ids: a smaller night
+    kept = {r[0] for r in rows} | {
+        p.relative_to(PHOTOS).as_posix() for p in sorted(PHOTOS.rglob("*.jpg"))[::8]
+    }
+    for name in kept:
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PHOTOS / name, photos / name)
 
     night = tmp_path / "night"
-    assert skutag("run", model, PHOTOS, "--out", night, "--since", prev).returncode == 0
+    assert skutag("run", model, photos, "--out", night, "--since", prev).returncode == 0
     carried = dict(duckdb.sql(f"SELECT id, human_label FROM '{night}/part-*.parquet'").fetchall())
     assert carried[a[0]] == a[3] and carried[b[0]] == other
     assert carried[c[0]] is None and carried[d[0]] is None
     assert sum(1 for v in carried.values() if v is not None) == 2
 
     chained = tmp_path / "chained"  # no decisions of its own: the column travels on
-    assert skutag("run", model, PHOTOS, "--out", chained, "--since", night, "--report").returncode == 0
+    assert skutag("run", model, photos, "--out", chained, "--since", night, "--report").returncode == 0
     assert dict(duckdb.sql(f"SELECT id, human_label FROM '{chained}/part-*.parquet'").fetchall()) == carried
     agreement = json.loads((chained / "_report" / "report.json").read_text())["agreement"]
     assert agreement["human_labelled"] == 2 and agreement["human_agree"] == 1
 
     plain = tmp_path / "plain"  # an earlier OUT without decisions: the schema is unchanged
-    assert skutag("run", model, PHOTOS, "--out", plain, "--since", before).returncode == 0
+    assert skutag("run", model, photos, "--out", plain, "--since", before).returncode == 0
     columns = [c[0] for c in duckdb.sql(f"DESCRIBE SELECT * FROM '{plain}/part-*.parquet'").fetchall()]
     assert "human_label" not in columns

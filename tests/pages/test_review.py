@@ -187,3 +187,16 @@ def test_an_out_without_review_columns_is_one_line(tmp_path, tiny_model, small_c
     result = skutag("review", out)
     assert result.returncode == 2 and "no review columns" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_one_line(out):
+    import socket
+
+    from tests.support.cli import skutag
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = skutag("review", out, "--port", taken.getsockname()[1])
+    assert result.returncode == 2 and "cannot listen on 127.0.0.1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

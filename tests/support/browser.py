@@ -36,7 +36,7 @@ def skipped_line(config) -> str | None:
     if not count:
         return None
     return (
-        f"skipped {count} browser tests: Chromium is absent "
+        f"skipped {count} browser test{'s' if count != 1 else ''}: Chromium is absent "
         "(apt-get install -y chromium chromium-driver to run them)"
     )
 
