@@ -113,3 +113,24 @@ def test_run_with_report_writes_the_report_against_its_since(nights, tmp_path):
     report = json.loads((out / "_report" / "report.json").read_text())
     assert report["since"] == str(nights[1]) and report["counts"]["rows"] == 83
     assert (out / "_report" / "index.html").is_file() and "report: 83 rows" in result.stderr
+
+
+def test_error_rows_are_listed_with_their_messages(tmp_path, tiny_model):
+    from .conftest import PHOTOS
+
+    catalog = tmp_path / "catalog" / "dress"
+    catalog.mkdir(parents=True)
+    photos = sorted((PHOTOS / "dress").glob("*.jpg"))[:3]
+    for photo in photos:
+        shutil.copy(photo, catalog / photo.name)
+    (catalog / "broken.jpg").write_bytes(photos[0].read_bytes()[:300])
+    (catalog / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    assert skutag("run", tiny_model, catalog.parent, "--out", out, "--max-error-rate", "1").returncode == 0
+    assert skutag("report", out).returncode == 0
+    report = json.loads((out / "_report" / "report.json").read_text())
+    assert report["counts"]["errors"] == 2 and report["counts"]["errors_by_kind"]["empty"] == 1
+    assert sorted(report["errors"]) == ["dress/broken.jpg", "dress/empty.jpg"]
+    page = (out / "_report" / "index.html").read_text()
+    assert report["rows"]["dress/empty.jpg"]["error"] in page
+    assert report["review"] is None and "has no review section" in page
