@@ -68,33 +68,38 @@ def test_the_report_counts_agreement_between_model_and_people(nights, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_retrain_with_the_corrections_moves_the_models_answer(split_catalog, tmp_path):
-    """Relabel eight photos of one class as another; the retrained model answers the new label on them."""
-    splits = find_splits(split_catalog, val_dir=None, val_split=None, seed=0)
-    source, target = splits.classes[0], splits.classes[1]
-    corrected = [s for s in splits.train if s.label == source][:8]
+def test_a_retrain_with_the_corrections_moves_the_models_answer(tmp_path):
+    """Relabel four photos of one class as another; the model retrained with the decisions answers the new
+    label on more of them than the model trained without (a small catalog, so it learns them by heart)."""
+    import duckdb
+
+    from skutag.synth import SynthSpec, make_catalog
+
+    data = tmp_path / "data"
+    make_catalog(data, SynthSpec(count=32, classes=2, min_size=48, max_size=64, val_fraction=0.25, seed=5))
+    splits = find_splits(data, val_dir=None, val_split=None, seed=0)
+    source, target = splits.classes
+    corrected = [s for s in splits.train if s.label == source][:4]
     out, photos = tmp_path / "night", tmp_path / "photos"
     photos.mkdir()
     for sample in corrected:
         decide(out, sample.path, source, "correct", target)
         shutil.copy(sample.path, photos / Path(sample.path).name)
     common = ["--arch", "resnet18", "--weights", "none", "--freeze", "none", "--image-size", "32",
-              "--epochs", "30", "--batch-size", "16", "--lr", "3e-3", "--label-smoothing", "0",
+              "--epochs", "25", "--batch-size", "8", "--lr", "3e-3", "--label-smoothing", "0",
               "--augment", "none", "--workers", "0", "--no-gradcam"]  # fmt: skip
     answers = {}
     for name, extra in [("before", []), ("after", ["--decisions", out])]:
         run = tmp_path / f"run-{name}"
-        result = skutag("train", split_catalog, "--out", run, *common, *extra, timeout=1200)
+        result = skutag("train", data, "--out", run, *common, *extra, timeout=1800)
         assert result.returncode == 0, result.stderr
         assert skutag("export", run, "--out", tmp_path / f"{name}.onnx").returncode == 0
         tagged = tmp_path / f"tagged-{name}"
         assert skutag("run", tmp_path / f"{name}.onnx", photos, "--out", tagged).returncode == 0
-        import duckdb
-
         answers[name] = duckdb.sql(
             f"SELECT count(*) FROM '{tagged}/part-*.parquet' WHERE label = '{target}'"
         ).fetchall()[0][0]
-    assert answers["after"] >= answers["before"] + 4, answers
+    assert answers["after"] >= answers["before"] + 2, answers
 
 
 def test_a_since_night_carries_the_peoples_labels_for_unchanged_images(nights, tmp_path):

@@ -106,13 +106,19 @@ def test_the_report_of_an_s3_out(nights, s3):
 def test_run_with_report_writes_the_report_against_its_since(nights, tmp_path):
     from .conftest import PHOTOS, photo_model
 
+    photos = tmp_path / "photos"  # every eighth photo, at the same ids: a small night
+    for path in sorted(PHOTOS.rglob("*.jpg"))[::8]:
+        (photos / path.relative_to(PHOTOS)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, photos / path.relative_to(PHOTOS))
     model = photo_model(tmp_path / "c.onnx", 2)
     out = tmp_path / "out"
-    result = skutag("run", model, PHOTOS, "--out", out, "--since", nights[1], "--report")
+    result = skutag("run", model, photos, "--out", out, "--since", nights[1], "--report")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "_report" / "report.json").read_text())
-    assert report["since"] == str(nights[1]) and report["counts"]["rows"] == 83
-    assert (out / "_report" / "index.html").is_file() and "report: 83 rows" in result.stderr
+    rows = len(list(photos.rglob("*.jpg")))
+    assert report["since"] == str(nights[1]) and report["counts"]["rows"] == rows
+    assert report["counts"]["removed_since"] == 83 - rows
+    assert (out / "_report" / "index.html").is_file() and f"report: {rows} rows" in result.stderr
 
 
 def test_error_rows_are_listed_with_their_messages(tmp_path, tiny_model):
