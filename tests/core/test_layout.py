@@ -189,6 +189,8 @@ def test_the_wheel_installs_one_import_name(tmp_path):
     installed = {str(Path(n).parent).replace("/", ".") for n in names if n.endswith("/__init__.py")}
     assert installed == {name for name, path in modules().items() if path.name == "__init__.py"}
     assert not [n for n in names if n.startswith(("benchmarks/", "tests/"))]
+    templates = {"skutag/pages/templates/report.html", "skutag/pages/templates/review.html"}
+    assert templates <= set(names)  # package data: the pages' templates
 
 
 def test_the_layout_limits():
