@@ -27,6 +27,7 @@ from skutag.errors import InputError
 from skutag.fsio import check_output_dir
 from skutag.runtime import check_device
 
+from .commit.human import human_labels
 from .commit.lease import Lease
 from .commit.out import (
     GLOBAL_SUCCESS,
@@ -229,14 +230,16 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
                 storage.remove(storage.join(out, name), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
     work = prepare_work(plan, pending, previous, options.storage_options, retry_kinds, options.max_bytes)
+    human = human_labels(options.since, options.storage_options) if options.since else None
     schema = prediction_schema(
         contract.embedding_dim if options.embeddings else None,
         file_metadata(contract, options),
         labelled=plan.labelled > 0,
+        human=human is not None,
     )
     writer = UnitWriter(
         out, names, commit_log, plan, work, schema=schema, classes=list(contract.card.classes),
-        previous=previous, storage_options=options.storage_options, lease=lease,
+        previous=previous, storage_options=options.storage_options, human=human, lease=lease,
     )  # fmt: skip
     stats = get_engine(options.engine)(contract, work, writer, options)
     stats.repeats = writer.repeats

@@ -148,7 +148,13 @@ def _click_option(spec):
     help="Models without a card: resize filter (default bilinear).",
 )
 @click.option("--softmax", is_flag=True, help="Models without a card whose output is logits: apply softmax.")
-def run(model, sources, out, labels, image_size, resize_size, mean, std, interpolation, softmax,
+@click.option(
+    "--report",
+    is_flag=True,
+    help="When done, write OUT/_report/ (index.html, report.json: `skutag report OUT --since PREV`; "
+    "needs the pages extra).",
+)
+def run(model, sources, out, labels, image_size, resize_size, mean, std, interpolation, softmax, report,
         **fields) -> None:  # fmt: skip
     """Predict every image of SOURCE... with MODEL.onnx into Parquet under --out.
 
@@ -203,6 +209,16 @@ def run(model, sources, out, labels, image_size, resize_size, mean, std, interpo
         )
     elif options.table:
         _publish(out, options)
+    if report and (summary.complete or summary.already_complete):
+        from skutag.pages.cli import report_line
+        from skutag.pages.render import write_report
+
+        from skutag.storage import join
+
+        made = write_report(out, options.since, options.storage_options)
+        click.echo(report_line(made, join(out, "_report", "index.html")), err=True)
+    elif report:
+        click.echo(f"no report: {out} is not complete (another shard is still running)", err=True)
     if summary.exceeded_error_rate:
         raise TooManyErrors(
             f"{summary.errors} of {summary.rows} inputs failed ({summary.error_rate:.1%} > --max-error-rate "

@@ -30,7 +30,16 @@ its merge time, the files it rewrote out of the table's files, and its peak RSS 
 
     python -m benchmarks.since_suite publish [--count 1000000] [--changed 0.01] [--removed 0.001]
 
-Each prints a Markdown table.
+`report`: `skutag report night2 --since night1` over two OUTs of `--count` rows (1,000,000) of which
+`--changed` (1%) changed label and image: its wall time and peak RSS in a fresh process. The two
+OUTs are written directly in the committed layout (parts of 10,000 rows in the real schema, with
+review columns, top-5 and 0.1% error rows; the commit log; `_SUCCESS`), not by `skutag run`: the
+report reads only committed rows, and this way the OUTs take seconds to make. Their rows name
+`--distinct` tiny images, so the thumbnails are real.
+
+    python -m benchmarks.since_suite report --count 1000000 [--changed 0.01] [--scratch DIR]
+
+Every mode prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -318,6 +327,113 @@ def publish(args: argparse.Namespace) -> None:
     print(f"| rows after | {rows:,} |")
 
 
+# -- report: `skutag report --since` over two committed OUTs of a million rows -------------------------
+
+REPORT_CLASSES = tuple(f"class{n:02d}" for n in range(20))
+PART_ROWS = 10_000
+
+
+def committed_out(out: Path, count: int, images: list[str], changed: set[int] | None, seed: int) -> None:
+    """An OUT of `count` rows in the committed layout (parts, commit log, _SUCCESS); `changed`: the rows
+    whose label and image differ from the same call without it."""
+    import numpy as np
+    from skutag.batchrun.commit.out import CommitEntry, CommitLog, part_name
+    from skutag.batchrun.commit.writer import prediction_schema
+
+    from skutag.card import ModelCard
+
+    k = len(REPORT_CLASSES)
+    means = np.abs(np.random.default_rng(0).standard_normal((k, 8)))
+    review = {"score": "1-max-cosine", "class_means": (means / np.linalg.norm(means, axis=1, keepdims=True)).tolist(),
+              "ood_threshold": 0.3, "tpr": 0.95, "confidence_threshold": 0.3}  # fmt: skip
+    card = ModelCard.for_training("resnet18", list(REPORT_CLASSES), image_size=32).replace(review=review)
+    schema = prediction_schema(None, {"skutag.card": card.to_json(), "skutag.model_sha256": "0" * 64})
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    entries = []
+    for unit, start in enumerate(range(0, count, PART_ROWS)):
+        n = min(PART_ROWS, count - start)
+        index = np.arange(start, start + n)
+        label_index = (index * 7919 % 97) % k  # the same per row in both nights
+        image = index % len(images)
+        if changed:
+            moved = np.fromiter((i in changed for i in index), bool, n)
+            label_index = np.where(moved, (label_index + 1) % k, label_index)
+            image = np.where(moved, (image + 1) % len(images), image)
+        error = index % 1000 == 999
+        ok = ~error
+        scores = rng.uniform(0.2, 0.99, n).astype(np.float32)
+        topk = np.stack([(label_index + j) % k for j in range(5)], axis=1).astype(np.int32)
+        topk_scores = np.sort(rng.uniform(0, 1, (n, 5)).astype(np.float32), axis=1)[:, ::-1].copy()
+        topk_scores[:, 0] = scores
+        names = np.array(REPORT_CLASSES, dtype=object)
+        flagged = scores < 0.25
+
+        def nulls(values, mask=ok):
+            return pa.array(values, mask=~mask)
+
+        columns = {
+            "id": pa.array([f"item/{i:07d}.jpg" for i in index]),
+            "uri": pa.array([images[i] for i in image]),
+            "version": pa.array([f"v{seed if changed and i in changed else 0}" for i in index]),
+            "status": pa.array(np.where(ok, "ok", "error").tolist()),
+            "error_kind": nulls(np.full(n, "corrupt", dtype=object), error),
+            "error": nulls(np.full(n, "cannot identify image file", dtype=object), error),
+            "label": nulls(names[label_index]),
+            "label_index": nulls(label_index.astype(np.int32)),
+            "score": nulls(scores),
+            "topk_labels": pa.ListArray.from_arrays(pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32)),
+                                                    pa.array(names[topk].ravel()), mask=pa.array(error)),
+            "topk_indices": pa.ListArray.from_arrays(pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32)),
+                                                     pa.array(topk.ravel()), mask=pa.array(error)),
+            "topk_scores": pa.ListArray.from_arrays(pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32)),
+                                                    pa.array(topk_scores.ravel()), mask=pa.array(error)),
+            "width": nulls(np.full(n, 64, np.int32)),
+            "height": nulls(np.full(n, 64, np.int32)),
+            "bytes": pa.array(np.full(n, 1000, np.int64)),
+            "sha256": pa.array([f"{i:064x}" for i in image]),
+            "predicted_at": pa.array(np.full(n, np.datetime64("2026-12-05T00:00:00", "us"))),
+            "ood_score": nulls(rng.uniform(0, 0.5, n).astype(np.float32)),
+            "review": nulls(flagged),
+            "review_reason": nulls(np.where(flagged, "low_confidence", None), ok & flagged),
+        }  # fmt: skip
+        table = pa.table([columns[f.name] for f in schema], schema=schema)
+        pq.write_table(table, out / part_name(unit), compression="zstd")
+        counts = {"ok": int(ok.sum())} | ({"error:corrupt": int(error.sum())} if error.any() else {})
+        entries.append(CommitEntry(unit, part_name(unit), n, counts, new=n, predicted=n))
+    (out / "_commits.json").write_text(json.dumps(CommitLog({"bench": True}, entries).to_json()))
+    summary = {"rows": count, "reused": count - len(changed or ()), "new": 0, "changed": len(changed or ()),
+               "retried": 0, "removed": 0}  # fmt: skip
+    (out / "_summary.json").write_text(json.dumps(summary))
+    (out / "_SUCCESS").write_text("")
+
+
+def report(args: argparse.Namespace) -> None:
+    load = load_average()
+    with tempfile.TemporaryDirectory(dir=args.scratch, prefix="since-report-") as tmp:
+        scratch = Path(tmp)
+        images = [str(scratch / name) for name in write_images(scratch / "images", args.distinct, seed=0)]
+        n_changed = max(1, round(args.count * args.changed))
+        changed = set(range(0, args.count, args.count // n_changed))
+        started = time.perf_counter()
+        committed_out(scratch / "night1", args.count, images, None, seed=1)
+        committed_out(scratch / "night2", args.count, images, changed, seed=2)
+        made_s = time.perf_counter() - started
+        wall_s, rss, anon = skutag("report", scratch / "night2", "--since", scratch / "night1")
+        made = json.loads((scratch / "night2" / "_report" / "report.json").read_text())
+    moved = sum(pair["rows"] for pair in made["changes"])
+    assert made["counts"]["rows"] == args.count and moved >= len(changed) * 0.99, (made["counts"], moved)
+    print(header("pyarrow", "jinja2", before=load))
+    print(f"Two OUTs of {args.count:,} rows (parts of {PART_ROWS:,}), {len(changed):,} changed "
+          f"({args.changed:.1%}); made in {made_s:.0f} s (not timed below).\n")  # fmt: skip
+    print(
+        "| command | wall s | peak RSS MiB (main process) | peak RssAnon MiB | label changes | thumbnails |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| `skutag report night2 --since night1` | {wall_s:.1f} | {rss:,} | {anon:,} | {moved:,} | "
+          f"{made['thumbs']['made']} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     nights = parser.add_subparsers(dest="night", required=True)
@@ -342,8 +458,14 @@ def main(argv: list[str] | None = None) -> None:
     child = nights.add_parser("publish-merge", help="(internal) the night's merge in a fresh process")
     for name in ("--table", "--rows", "--removed"):
         child.add_argument(name, required=True)
+    pages = nights.add_parser("report", help="skutag report --since over two committed OUTs of --count rows")
+    pages.add_argument("--count", type=int, default=1_000_000)
+    pages.add_argument("--changed", type=float, default=0.01)
+    pages.add_argument("--distinct", type=int, default=50, help="tiny images the rows name")
+    pages.add_argument("--scratch", default=None)
     args = parser.parse_args(argv)
     modes = {"photos": photo_night, "scale": scale, "publish": publish, "publish-merge": publish_merge}
+    modes["report"] = report
     modes[args.night](args)
 
 

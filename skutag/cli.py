@@ -49,6 +49,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("skutag.insight.cli:index", "a nearest-neighbour index over the embeddings of batch runs"),
     "similar": ("skutag.insight.cli:similar", "similar listings of ids or images, or near-duplicate groups"),
     "explain": ("skutag.insight.cli:explain", "Grad-CAM heatmaps: where a trained model looked"),
+    "report": (
+        "skutag.pages.cli:report",
+        "a static page of a run: what changed tonight, the review queue, errors",
+    ),
+    "review": (
+        "skutag.pages.cli:review",
+        "a local page to review flagged rows; decisions feed the next training",
+    ),
     "demo": ("skutag.demo:demo", "the whole pipeline end to end on the real photos in demo/photos"),
 }
 

@@ -10,6 +10,9 @@ from skutag.synth import SynthSpec, make_catalog
 
 
 def pytest_collection_modifyitems(config, items):
+    from tests.support.browser import deselect_without_chromium
+
+    deselect_without_chromium(config, items)
     from skutag.runtime import gpu_present
 
     if gpu_present():
@@ -18,6 +21,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from tests.support.browser import skipped_line
+
+    line = skipped_line(config)
+    if line:
+        terminalreporter.write_line(line, yellow=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

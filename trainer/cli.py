@@ -153,6 +153,13 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     show_default=True,
     help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a scaler; off on the CPU).",
 )
+@click.option(
+    "--decisions",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A `skutag run` OUT whose review decisions (OUT/_review/, from `skutag review`) join the training "
+    "set under the label people gave (repeatable; not-a-product photos are left out).",
+)
 @device_option()
 @workers_option
 @seed_option

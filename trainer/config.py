@@ -58,6 +58,7 @@ class TrainConfig:
     workers: int | None = None
     seed: int = 0
     resume: bool = False
+    decisions: tuple[str, ...] = ()  # OUTs whose review decisions (OUT/_review/) join the training set
     gradcam: bool | None = None  # None: when the insight extra is installed (insight.explain.report_gradcam)
 
     def to_dict(self) -> dict[str, Any]:

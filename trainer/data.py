@@ -167,6 +167,35 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
 
 
+def decision_samples(outs: list[str] | tuple[str, ...]) -> dict[str, Sample | None]:
+    """path -> the photo as people labelled it in `skutag review` (accepted or corrected), or None for a photo
+    marked not a product; the latest decision per id of each OUT, later OUTs winning for the same photo."""
+    from skutag.decisions import read_decisions
+
+    by_path: dict[str, Sample | None] = {}
+    for out in outs:
+        decided = read_decisions(out).select(["uri", "decided_label"]).to_pylist()
+        if not decided:
+            raise InputError(f"--decisions {out}: no review decisions under {out}/_review/")
+        for row in decided:
+            if row["uri"].startswith(("s3://", "gs://", "gcs://", "http://", "https://")):
+                raise InputError(
+                    f"--decisions {out}: {row['uri']} is not a local file (training reads local photos)"
+                )
+            label = row["decided_label"]
+            by_path[row["uri"]] = None if label is None else Sample(row["uri"], label)
+    return by_path
+
+
+def with_decisions(splits: Splits, decided: dict[str, Sample | None]) -> Splits:
+    """`splits` with the decided photos in the training set under the decided label, and the photos marked
+    not a product left out: the same photo in DATA (train or val) is replaced or dropped, so a person's
+    decision is never contradicted or validated against."""
+    train = sorted([s for s in splits.train if s.path not in decided] + [s for s in decided.values() if s])
+    val = [s for s in splits.val if s.path not in decided]
+    return replace(_checked(train, val, "DATA with --decisions"), hidden=splits.hidden)
+
+
 def _checked(train: list[Sample], val: list[Sample], where: str) -> Splits:
     classes = sorted({s.label for s in train})
     if len(classes) < 2:

@@ -22,7 +22,7 @@ from skutag.trainer import checkpoint, distributed
 from skutag.trainer.adapt_bn import adapt_batchnorm
 from skutag.trainer.augment import Normalizer, train_transform
 from skutag.trainer.config import TrainConfig, default_workers
-from skutag.trainer.data import CatalogDataset, Splits, find_splits
+from skutag.trainer.data import CatalogDataset, Splits, decision_samples, find_splits, with_decisions
 from skutag.trainer.display import Display
 from skutag.trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
 from skutag.trainer.freeze import (
@@ -106,6 +106,14 @@ class Trainer:
         self.splits = find_splits(
             config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed
         )
+        if config.decisions:
+            decided = decision_samples(config.decisions)
+            self.splits = with_decisions(self.splits, decided)
+            labelled = sum(1 for sample in decided.values() if sample)
+            self.display.say(
+                f"decisions: {labelled} photos labelled by people, {len(decided) - labelled} not products "
+                f"(left out), from {len(config.decisions)} OUT(s)"
+            )
         self.classes = self.splits.classes
         self.display.say(
             f"data: {len(self.splits.train)} train / {len(self.splits.val)} val images, {len(self.classes)} classes"

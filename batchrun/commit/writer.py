@@ -45,6 +45,7 @@ from ..predict.infer import Predictions
 from ..predict.review import FIELDS as REVIEW_FIELDS
 from ..predict.review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
 from .guard import SystemicGuard
+from .human import HUMAN_LABEL, HumanLabels
 from .out import CommitEntry, CommitLog, OutputNames, part_name
 from .reader import Previous
 
@@ -55,7 +56,7 @@ PREDICTED_AT = pa.timestamp("us", tz="UTC")
 
 
 def prediction_schema(
-    embedding_dim: int | None, metadata: dict[str, str], labelled: bool = False
+    embedding_dim: int | None, metadata: dict[str, str], labelled: bool = False, human: bool = False
 ) -> pa.Schema:
     """docs/design.md's columns; `embedding` only when the run writes embeddings; `manifest_label` when the
     plan has manifest labels; `ood_score`, `review` and `review_reason` (batchrun.predict.review) only when
@@ -85,6 +86,8 @@ def prediction_schema(
         fields.append(MANIFEST_LABEL)
     if card_review(metadata) is not None:
         fields.extend(REVIEW_FIELDS)
+    if human:  # a --since night whose earlier OUT has review decisions (commit.human)
+        fields.append(HUMAN_LABEL)
     return pa.schema(fields, metadata=metadata)
 
 
@@ -148,9 +151,15 @@ def unit_table(
     previous: Previous | None,
     schema: pa.Schema,
     storage_options: dict[str, Any] | None,
+    human: HumanLabels | None = None,
 ) -> pa.Table:
-    """The unit's rows in plan order: predicted tasks fanned out, reused rows copied, manifest labels set."""
+    """The unit's rows in plan order: predicted tasks fanned out, reused rows copied, manifest labels set,
+    people's labels carried (`human_label`, when the schema has it)."""
     rows = plan.read_unit(work.unit, storage_options)
+    full, schema = (
+        schema,
+        pa.schema([f for f in schema if f.name != HUMAN_LABEL.name], metadata=schema.metadata),
+    )
     core = pa.schema([f for f in schema if f.name != MANIFEST_LABEL.name], metadata=schema.metadata)
     pieces, order = [], []
     predicted = np.flatnonzero(work.task_of_row >= 0)
@@ -173,7 +182,11 @@ def unit_table(
         order.append(reused)
     table = pa.concat_tables(pieces)
     table = table.take(numbers(np.argsort(np.concatenate(order), kind="stable")))
-    return with_manifest_labels(table, rows.column("label"), schema)
+    table = with_manifest_labels(table, rows.column("label"), schema)
+    if HUMAN_LABEL.name not in full.names:
+        return table
+    carried = human.column(table) if human is not None else pa.nulls(table.num_rows, pa.string())
+    return table.append_column(HUMAN_LABEL, carried).cast(full)
 
 
 class UnitWriter:
@@ -195,13 +208,14 @@ class UnitWriter:
         classes: list[str],
         previous: Previous | None,
         storage_options: dict[str, Any] | None,
+        human: HumanLabels | None = None,
         depth: int = 4,
         guard: SystemicGuard | None = None,
         lease: Any = None,  # commit.lease.Lease: checked before every commit
     ):
         self.out, self.names, self.commit_log, self.plan, self.work = out, names, commit_log, plan, work
         self.schema, self.classes = schema, strings(classes)
-        self.previous, self.storage_options = previous, storage_options
+        self.previous, self.storage_options, self.human = previous, storage_options, human
         self.review = card_review(schema.metadata)  # parsed once: the class means can be large
         self.guard = guard if guard is not None else SystemicGuard(
             work.task_uris.to_pylist(), known_bad=work.known_bad, probes=work.probes,
@@ -316,7 +330,9 @@ class UnitWriter:
             raise RuntimeError(f"unit {work.number}: the task ids received do not cover it exactly")
         if self.lease is not None:
             self.lease.check()  # a process that lost its shard's lease commits nothing more
-        table = unit_table(self.plan, work, results, self.previous, self.schema, self.storage_options)
+        table = unit_table(
+            self.plan, work, results, self.previous, self.schema, self.storage_options, self.human
+        )
         name = part_name(work.number)
         write_part(table, storage.join(self.out, name), self.storage_options)
         counts = Counter(

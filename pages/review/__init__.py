@@ -1,0 +1,1 @@
+"""`skutag review OUT`: the review queue (`queue`) served as a local page (`server`, a Starlette app)."""
