@@ -22,7 +22,7 @@ import numpy as np
 
 from skutag.card import ModelCard
 from skutag.errors import InputError
-from skutag.images import ImageError, display_path, load_image
+from skutag.images import ImageError, display_path, model_pixels
 from skutag.listing import local_path, walk_images
 from skutag.normalize import normalize_nhwc_uint8
 
@@ -112,7 +112,7 @@ def load_files(files: list[Path], card: ModelCard, source: str) -> SampleSet:
     images, skipped = [], 0
     for path in files:
         try:
-            images.append(decode(path, card))
+            images.append(model_pixels(path, card))
         except ImageError as exc:
             skipped += 1
             log.warning("skipping %s: %s", display_path(path), exc.message)
@@ -132,15 +132,8 @@ def synthetic(card: ModelCard, count: int, seed: int = 0) -> SampleSet:
         max_size=max(card.resize_size, 2 * card.image_size),
         seed=seed,
     )
-    images = [decode(render_file(spec, i)[1], card) for i in range(count)]
+    images = [model_pixels(render_file(spec, i)[1], card) for i in range(count)]
     return SampleSet(np.stack(images), "synthetic", 0)
-
-
-def decode(source: Path | bytes, card: ModelCard) -> np.ndarray:
-    """One image as the model sees it: uint8 [H, W, 3] after the card's resize and crop."""
-    return load_image(
-        source, resize_size=card.resize_size, image_size=card.image_size, interpolation=card.interpolation
-    ).pixels
 
 
 def batches(pixels: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

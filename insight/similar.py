@@ -56,7 +56,7 @@ def image_queries(
 ) -> list[Query]:
     """Embed `images` with the index's model (sha256 checked); undecodable images fail in one line."""
     from skutag.fsio import sha256_file
-    from skutag.images import ImageError, load_image
+    from skutag.images import ImageError, model_pixels
     from skutag.runtime import create_session
 
     info = index.info
@@ -73,12 +73,7 @@ def image_queries(
     queries = []
     for image in images:
         try:
-            pixels = load_image(
-                image,
-                resize_size=card.resize_size,
-                image_size=card.image_size,
-                interpolation=card.interpolation,
-            ).pixels
+            pixels = model_pixels(image, card)
         except ImageError as exc:
             raise InputError(f"{image}: {exc}") from exc
         probs, embedding = session.run(["probs", "embedding"], {input_name: _feed(pixels, card)})

@@ -23,12 +23,16 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from skutag import formats
 from skutag.formats import ACCEPTED_FORMATS, IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from skutag.card import ModelCard
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own bomb threshold (~ 0.25 GB of RGBA)
 # 256 MiB. Pillow's pixel limit above is 2**30 // 4 // 3 pixels, so this is an UNCOMPRESSED
@@ -193,6 +197,13 @@ def _read_at_most(fd: int, size: int, max_bytes: int | None) -> bytes:
 def display_path(path: str | bytes | os.PathLike) -> str:
     """A path for messages: valid UTF-8 always (undecodable bytes shown as \\xNN)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def model_pixels(source: str | bytes | os.PathLike, card: ModelCard) -> np.ndarray:
+    """One image as the model of `card` sees it: uint8 [H, W, 3] after its resize and crop."""
+    return load_image(
+        source, resize_size=card.resize_size, image_size=card.image_size, interpolation=card.interpolation
+    ).pixels
 
 
 def load_image(

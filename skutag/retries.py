@@ -93,19 +93,29 @@ BUDGET_OPTION = "retry_budget_s"  # a storage option skutag reads itself (never 
 T = TypeVar("T")
 
 
+def skutag_option(
+    options: dict[str, Any] | None, option: str, env: str, default: float, parse: type, what: str
+) -> Any:
+    """A setting skutag reads itself: the storage option `option`, else the environment variable
+    `env`, else `default`; parsed by `parse`, one line (exit 2) when it is not a number >= 0."""
+    value = (options or {}).get(option, os.environ.get(env))
+    if value is None or value == "":
+        return default
+    try:
+        number = parse(value)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{what} must be a {'whole ' if parse is int else ''}number, got {value!r}"
+        ) from None
+    if number < 0:
+        raise InputError(f"{what} must be >= 0, got {value!r}")
+    return number
+
+
 def retry_budget(options: dict[str, Any] | None = None) -> float:
     """Seconds a remote operation keeps retrying transient failures: the storage option
     `retry_budget_s`, else `SKUTAG_RETRY_BUDGET_S`, else `RETRY_BUDGET_S`."""
-    value = (options or {}).get(BUDGET_OPTION, os.environ.get(BUDGET_ENV))
-    if value is None or value == "":
-        return RETRY_BUDGET_S
-    try:
-        budget = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"retry budget must be a number of seconds, got {value!r}") from None
-    if budget < 0:
-        raise InputError(f"retry budget must be >= 0 seconds, got {value!r}")
-    return budget
+    return skutag_option(options, BUDGET_OPTION, BUDGET_ENV, RETRY_BUDGET_S, float, "retry budget (seconds)")
 
 
 class StoreUnavailable(TransientError):

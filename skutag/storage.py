@@ -45,6 +45,7 @@ from skutag.retries import (
     remote_call,
     retry,
     retry_budget,
+    skutag_option,
 )
 
 log = logging.getLogger(__name__)
@@ -245,16 +246,7 @@ _DOWN: set[str] = set()  # stores whose last read in this process failed past th
 def max_per_host(options: dict[str, Any] | None = None) -> int:
     """Concurrent reads of inputs allowed per host from this machine: the storage option
     `max_per_host`, else `SKUTAG_MAX_PER_HOST`, else `MAX_PER_HOST`; 0 means no cap."""
-    value = (options or {}).get(PER_HOST_OPTION, os.environ.get(PER_HOST_ENV))
-    if value is None or value == "":
-        return MAX_PER_HOST
-    try:
-        limit = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"max_per_host must be a whole number, got {value!r}") from None
-    if limit < 0:
-        raise InputError(f"max_per_host must be >= 0, got {value!r}")
-    return limit
+    return skutag_option(options, PER_HOST_OPTION, PER_HOST_ENV, MAX_PER_HOST, int, "max_per_host")
 
 
 @contextlib.contextmanager

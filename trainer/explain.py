@@ -70,13 +70,10 @@ class Explainer:
         self.cam = cam.GradCAM(model=self.model, target_layers=[target_layer(self.model)])
 
     def pixels(self, image: str | Path) -> np.ndarray:
-        from skutag.images import ImageError, load_image
+        from skutag.images import ImageError, model_pixels
 
-        c = self.card
         try:
-            return load_image(
-                image, resize_size=c.resize_size, image_size=c.image_size, interpolation=c.interpolation
-            ).pixels
+            return model_pixels(image, self.card)
         except ImageError as exc:
             raise InputError(f"{image}: {exc}") from exc
 

@@ -169,8 +169,8 @@ def _edge_rows(model: Path, config: BenchConfig, progress) -> list[Row]:
 def _edge_accuracy(runner, card, data: Path) -> float:
     """Top-1 accuracy on an ImageFolder tree whose folder names are the card's classes."""
     from skutag.exporter import formats
-    from skutag.exporter.samples import decode, image_files
-    from skutag.images import ImageError
+    from skutag.exporter.samples import image_files
+    from skutag.images import ImageError, model_pixels
 
     files = [f for f in image_files(data) if f.parent.name in card.classes]
     if not files:
@@ -180,7 +180,7 @@ def _edge_accuracy(runner, card, data: Path) -> float:
         chunk, labels = [], []
         for path in files[start : start + 32]:
             try:
-                chunk.append(decode(path, card))
+                chunk.append(model_pixels(path, card))
             except ImageError:
                 continue
             labels.append(card.classes.index(path.parent.name))

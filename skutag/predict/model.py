@@ -113,7 +113,7 @@ def predict_files(
     model: LoadedModel, images: Iterable[str | os.PathLike], topk: int
 ) -> list[ImagePrediction]:
     """Top-k of each image, in the given order; an image that cannot be decoded is a row with its error."""
-    from skutag.images import ImageError, load_image
+    from skutag.images import ImageError, model_pixels
 
     card = model.card
     k = min(topk, card.num_classes)
@@ -121,12 +121,7 @@ def predict_files(
     for image in images:
         name = os.fspath(image)
         try:
-            pixels = load_image(
-                image,
-                resize_size=card.resize_size,
-                image_size=card.image_size,
-                interpolation=card.interpolation,
-            ).pixels
+            pixels = model_pixels(image, card)
         except ImageError as exc:
             results.append(ImagePrediction(name, error_kind=exc.kind, error=exc.message))
             continue
