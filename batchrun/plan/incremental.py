@@ -97,7 +97,7 @@ def match(
                 changed += 1
     return Match(
         reuse, int((~known).sum()), changed, int(retried.sum()), int(reuse.sum()),
-        known_bad=retried, known_good=reuse & known & bools(ok.fill_null(False)),
+        known_bad=retried, known_good=reuse & known & bools(ok),  # nulls count as not ok
     )  # fmt: skip
 
 
