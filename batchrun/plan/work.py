@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from ..arrow import numbers
 from ..options import RETRYABLE_KINDS
 from .catalog import Plan, Unit
 from .incremental import Match, match, sha256_of
@@ -111,7 +112,7 @@ def prepare_work(
             )
         if found.known_good is not None and len(probes) < PROBES:
             good = np.flatnonzero(found.known_good)[: PROBES - len(probes)]
-            probes += rows.column("uri").take(pa.array(good)).to_pylist() if len(good) else []
+            probes += rows.column("uri").take(numbers(good)).to_pylist() if len(good) else []
         count = int(task_of_row.max() + 1 - next_task) if len(todo) else 0
         work.append(UnitWork(unit, found, task_of_row, next_task, count))
         next_task += count
