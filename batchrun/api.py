@@ -45,7 +45,7 @@ from .commit.reader import (
     remove_foreign_parts,
     require_complete,
 )
-from .commit.signals import Interrupted, Signalled, stop_on_signals
+from .commit.signals import Interrupted, Signalled, signal_name, stop_on_signals
 from .commit.writer import UnitWriter, prediction_schema
 from .engines.base import get_engine
 from .options import RETRYABLE_KINDS, RunOptions
@@ -180,21 +180,27 @@ def run_catalog(
             require_complete(options.since, "--since", options.storage_options)
     storage.makedirs(out)
     names = OutputNames(options.shard)
-    with stop_on_signals():
+    with stop_on_signals() as fired:
         try:
             lease = Lease.acquire(
                 storage.join(out, names.lease), options.lease_ttl_s, options.storage_options
             )
-        except Signalled as exc:
-            raise Interrupted(f"{exc}: nothing was started; rerun to start") from None
+        except (Signalled, Exception):
+            if not fired:
+                raise
+            raise Interrupted(f"{signal_name(fired)}: nothing was started; rerun to start") from None
         kept: list[CommitLog] = []  # this shard's commit log, once read: what an interrupted run kept
         try:
             return _run_shard(contract, sources, out, names, lease, options, started, started_at, kept)
-        except Signalled as exc:
+        except (Signalled, Exception) as exc:
+            if (
+                not fired
+            ):  # an ordinary failure; after a signal, whatever it raised on its way is the signal's
+                raise
             raise Interrupted(
-                f"{exc}: {len(kept[0].parts) if kept else 0} committed part(s) of this shard kept, the "
-                "lease released, nothing published as complete; rerun to resume"
-            ) from None
+                f"{signal_name(fired)}: {len(kept[0].parts) if kept else 0} committed part(s) of this shard "
+                "kept, the lease released, nothing published as complete; rerun to resume"
+            ) from exc
         finally:
             lease.release()
 

@@ -43,10 +43,12 @@ class Signalled(BaseException):
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """While inside: the first SIGTERM / SIGINT raises `Signalled` in the main thread."""
+def stop_on_signals() -> Iterator[list[int]]:
+    """While inside: the first SIGTERM / SIGINT raises `Signalled` in the main thread. Yields the
+    signals received, so the caller can tell an exception the signal caused on its way (raised
+    inside a C extension's import, Python reports an ImportError) from an ordinary one."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals are delivered to the main thread only: nothing to install from here
+        yield []  # signals are delivered to the main thread only: nothing to install from here
         return
     owner = os.getpid()
     fired: list[int] = []
@@ -63,7 +65,11 @@ def stop_on_signals() -> Iterator[None]:
 
     previous = {number: signal.signal(number, handler) for number in SIGNALS}
     try:
-        yield
+        yield fired
     finally:
         for number, before in previous.items():
             signal.signal(number, before)
+
+
+def signal_name(fired: list[int]) -> str:
+    return f"stopped by {signal.Signals(fired[0]).name}"
