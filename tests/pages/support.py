@@ -8,11 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+# The browser tests' screenshots: the README's (docs/img) are refreshed on purpose with
+# SKUTAG_SCREENSHOTS=docs/img; otherwise they go to the temporary folder, never into the tree.
+SCREENSHOTS = Path(os.environ.get("SKUTAG_SCREENSHOTS") or Path(tempfile.gettempdir()) / "skutag-screenshots")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from PIL import Image
 from tests.support.browser import headless_chromium
 from tests.support.cli import skutag
 
-from .support import DOCS_IMG
+from .support import SCREENSHOTS
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_the_report_renders_from_a_file_with_its_photos_and_counts(reported):
             "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
         )
         assert loaded == len(images) > 0
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(DOCS_IMG / "report.png"))
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOTS / "report.png"))
 
 
 def test_a_missing_out_is_one_line(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from skutag.decisions import read_decisions
 from tests.support.browser import headless_chromium
 
-from .support import DOCS_IMG, kill_hard, review_server
+from .support import SCREENSHOTS, kill_hard, review_server
 
 
 @pytest.fixture
@@ -63,8 +63,8 @@ def test_rows_are_accepted_and_corrected_by_keyboard_and_by_click(out):
         assert urlsplit(url).hostname == "127.0.0.1" and len(rows) > 4
         browser.get(url)
         wait_photo(browser)
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(DOCS_IMG / "review.png"))
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOTS / "review.png"))
         keys = ActionChains(browser)
 
         first = shown_id(browser)
