@@ -1,15 +1,15 @@
-"""Compare-and-swap writes for what can race (the lease, the commit log), and the start-up check.
+"""Compare-and-swap writes for what can race (the lease, the commit log, the parts), and the start-up check.
 
-`read_versioned` gives an object's bytes with its version (S3: the ETag; locally inode, mtime
-and size) and its age by the store's own clock (S3: the reply's `Date` minus `Last-Modified`);
-`write_if` writes only if the object is still at a version (None: only if absent): S3
-`If-Match: ETAG` / `If-None-Match: *`, locally under an exclusive lock file `.NAME.lock` that
-every compare-and-swap of that name takes; `remove_if` likewise. A retried conditional PUT
-whose first attempt landed answers 412: the object is read back, and its own bytes mean it won.
-GCS: the create is conditional (`storage.create_exclusive`), a replacement is not yet (read,
-compare, write, with a warning). `check_exclusive` proves once per store and process that a
-conditional create is exclusive there, and refuses (exit 2) a store or client that silently
-overwrites.
+`read_versioned` gives an object's bytes with its version (S3: the ETag; GCS: the generation;
+locally inode, mtime and size) and its age by the store's own clock (the reply's `Date` minus
+the object's `Last-Modified` / `updated`); `write_if` writes only if the object is still at a
+version (None: only if absent): S3 `If-Match: ETAG` / `If-None-Match: *`, GCS
+`ifGenerationMatch=GENERATION` / `ifGenerationMatch=0`, locally under an exclusive lock file
+`.NAME.lock` that every compare-and-swap of that name takes; `remove_if` likewise (S3 `If-Match`,
+GCS `ifGenerationMatch` on the DELETE); `version_of` reads the version alone. A retried
+conditional write whose first attempt landed answers 412: the object is read back, and its own
+bytes mean it won. `check_exclusive` proves once per store and process that a conditional create
+is exclusive there, and refuses (exit 2) a store or client that silently overwrites.
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ from skutag.storage import (
     filesystem,
     is_remote,
     join,
-    read_bytes,
     remove,
     store_of,
-    write_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -60,29 +58,10 @@ def read_versioned(uri: str, options: dict[str, Any] | None = None) -> Versioned
             except FileNotFoundError:
                 return None
         return Versioned(data, _local_version(stat), max(0.0, time.time() - stat.st_mtime))
-    if not uri.lower().startswith(("s3://", "s3a://")):
-        return _plain_read_versioned(uri, options)
+    if _is_gcs(uri):
+        return remote_call(lambda: _gcs_read_versioned(uri, options), options, uri)
+    _require_s3(uri)
     return remote_call(lambda: _s3_read_versioned(uri, options), options, uri)
-
-
-def _plain_read_versioned(uri: str, options: dict[str, Any] | None) -> Versioned | None:
-    """GCS and others (not compare-and-swap yet, see `write_if`): the content's hash as version, the
-    age by the store's `updated` time against this host's clock."""
-    import time
-    from datetime import datetime
-
-    try:
-        data = read_bytes(uri, options)
-        detail = remote_call(lambda: filesystem(uri, options).info(uri), options, uri)
-    except FileNotFoundError:
-        return None
-    updated = detail.get("updated") or detail.get("mtime")
-    age = 0.0
-    if updated is not None:
-        text = str(updated).replace("Z", "+00:00")
-        stamp = updated if isinstance(updated, datetime) else datetime.fromisoformat(text)
-        age = max(0.0, time.time() - stamp.timestamp())
-    return Versioned(data, _plain_version(data), age)
 
 
 def _s3_read_versioned(uri: str, options: dict[str, Any] | None) -> Versioned | None:
@@ -125,16 +104,9 @@ def write_if(uri: str, data: bytes, version: str | None, options: dict[str, Any]
                 return None
             atomic_write_bytes(uri, data)
             return _local_version(os.stat(uri))
-    if not uri.lower().startswith(("s3://", "s3a://")):
-        # GCS: the exclusive create is conditional; a replacement is read-compare-write (not atomic yet)
-        if version is None:
-            return _plain_version(data) if create_exclusive(uri, data, options) else None
-        now = _plain_read_versioned(uri, options)
-        if now is None or now.version != version:
-            return None
-        log.warning("%s: replaced without a generation match (not compare-and-swap on this store)", uri)
-        write_bytes(uri, data, options)
-        return _plain_version(data)
+    if _is_gcs(uri):
+        return _gcs_write_if(uri, data, version, options)
+    _require_s3(uri)
     fs = filesystem(uri, options)
     bucket, key, _ = fs.split_path(uri)
     condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": f'"{version}"'}
@@ -158,6 +130,27 @@ def write_if(uri: str, data: bytes, version: str | None, options: dict[str, Any]
 CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
+def version_of(uri: str, options: dict[str, Any] | None = None) -> str | None:
+    """The object's version alone (what `write_if` / `remove_if` compare), or None when it does not exist."""
+    if not is_remote(uri):
+        with _local_lock(uri):
+            try:
+                return _local_version(os.stat(uri))
+            except FileNotFoundError:
+                return None
+    if _is_gcs(uri):
+        found = remote_call(lambda: _gcs_metadata(uri, options), options, uri)
+        return None if found is None else found[0]["generation"]
+    _require_s3(uri)
+    fs = filesystem(uri, options)
+    bucket, key, _ = fs.split_path(uri)
+    try:
+        head = remote_call(lambda: fs.call_s3("head_object", Bucket=bucket, Key=key), options, uri)
+    except FileNotFoundError:
+        return None
+    return head["ETag"].strip('"')
+
+
 def remove_if(uri: str, version: str, options: dict[str, Any] | None = None) -> bool:
     """Remove `uri` only if it is still at `version`; True when removed."""
     if not is_remote(uri):
@@ -169,12 +162,9 @@ def remove_if(uri: str, version: str, options: dict[str, Any] | None = None) -> 
             except FileNotFoundError:
                 return False
             return True
-    if not uri.lower().startswith(("s3://", "s3a://")):
-        now = _plain_read_versioned(uri, options)
-        if now is None or now.version != version:
-            return False
-        remove(uri, options)
-        return True
+    if _is_gcs(uri):
+        return _gcs_remove_if(uri, version, options)
+    _require_s3(uri)
     fs = filesystem(uri, options)
     bucket, key, _ = fs.split_path(uri)
     try:
@@ -191,10 +181,88 @@ def remove_if(uri: str, version: str, options: dict[str, Any] | None = None) -> 
     return True
 
 
-def _plain_version(data: bytes) -> str:
-    import hashlib
+def _is_gcs(uri: str) -> bool:
+    return uri.lower().startswith(("gs://", "gcs://"))
 
-    return hashlib.sha256(data).hexdigest()
+
+def _require_s3(uri: str) -> None:
+    if not uri.lower().startswith(("s3://", "s3a://")):
+        raise InputError(f"{uri}: compare-and-swap writes need a local path, s3:// or gs://")
+
+
+# GCS: the JSON API's generation preconditions, through gcsfs's own request (auth, retries). gcsfs
+# turns 412 into FileExistsError and 404 into FileNotFoundError.
+
+
+def _gcs_metadata(uri: str, options: dict[str, Any] | None) -> tuple[dict[str, Any], Any] | None:
+    """(object resource, reply headers) or None when the object does not exist."""
+    import json
+
+    fs = filesystem(uri, options)
+    bucket, key, _ = fs.split_path(uri)
+    try:
+        headers, body = fs.call("GET", "b/{}/o/{}", bucket, key)
+    except FileNotFoundError:
+        return None
+    return json.loads(body), headers
+
+
+def _gcs_read_versioned(uri: str, options: dict[str, Any] | None) -> Versioned | None:
+    """The object at one generation (its metadata first, then that generation's bytes), aged by the
+    store's clock (the reply's `Date` minus the object's `updated`)."""
+    from datetime import datetime
+    from email.utils import parsedate_to_datetime
+
+    found = _gcs_metadata(uri, options)
+    if found is None:
+        return None
+    meta, headers = found
+    fs = filesystem(uri, options)
+    bucket, key, _ = fs.split_path(uri)
+    try:
+        _, data = fs.call("GET", "b/{}/o/{}", bucket, key, alt="media", generation=meta["generation"])
+    except FileNotFoundError:  # replaced between the two reads: the generation read is gone
+        return _gcs_read_versioned(uri, options)
+    age = 0.0
+    if headers.get("Date") and meta.get("updated"):
+        updated = datetime.fromisoformat(meta["updated"].replace("Z", "+00:00"))
+        age = (parsedate_to_datetime(headers["Date"]) - updated).total_seconds()
+    return Versioned(bytes(data), str(meta["generation"]), max(0.0, age))
+
+
+def _gcs_write_if(uri: str, data: bytes, version: str | None, options: dict[str, Any] | None) -> str | None:
+    """A media upload with `ifGenerationMatch` (0: only if absent); the new generation or None."""
+    import json
+    from urllib.parse import quote
+
+    fs = filesystem(uri, options)
+    bucket, key, _ = fs.split_path(uri)
+    url = f"{fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o"
+
+    def upload() -> Any:
+        return fs.call(
+            "POST", url, uploadType="media", name=key, ifGenerationMatch=version or "0", data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+
+    try:
+        _, body = remote_call(upload, options, uri)
+    except FileExistsError:  # 412: another writer got there first, or our own retried upload did
+        now = read_versioned(uri, options)
+        return now.version if now is not None and now.data == data else None
+    return str(json.loads(body)["generation"])
+
+
+def _gcs_remove_if(uri: str, version: str, options: dict[str, Any] | None) -> bool:
+    fs = filesystem(uri, options)
+    bucket, key, _ = fs.split_path(uri)
+    try:
+        remote_call(
+            lambda: fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version), options, uri
+        )
+    except (FileExistsError, FileNotFoundError):  # 412: another version now; 404: gone
+        return False
+    return True
 
 
 def _local_version(stat: os.stat_result) -> str:

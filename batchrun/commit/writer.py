@@ -8,8 +8,8 @@ just before the watchdog kills it delivers that task twice, first in its batch (
 result) and then as the supervisor's `timeout` row. Both engines go through this one check.
 The writer then builds the unit's rows in plan order, each row looked up by its task id (a
 task's result fans out to every id that names its image; `--since` rows are copied from the
-earlier run), writes `part-NNNNN.parquet` (zstd) under its final name in one step (a rename
-locally, one upload to object storage) and records it in the commit log. A crash loses at
+earlier run), creates `part-NNNNN.parquet` (zstd) exclusively under its final name (`commit.parts`: a
+stalled process's late part never replaces another's) and records it in the commit log. A crash loses at
 most the units in progress, which the next run redoes under the same names.
 
 Before anything is queued, `put` shows every result to the `commit.guard.SystemicGuard`,
@@ -20,9 +20,7 @@ checks the shard's lease (`commit.lease`): a process that lost it stops.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,10 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from skutag import storage
-from skutag.fsio import atomic_path
 
 from ..arrow import numbers, strings
 from ..decode.loader import Batch
@@ -47,10 +43,10 @@ from ..predict.review import MANIFEST_LABEL, Review, card_review, with_manifest_
 from .guard import SystemicGuard
 from .human import HUMAN_LABEL, HumanLabels
 from .out import CommitEntry, CommitLog, OutputNames, part_name
+from .parts import write_part
 from .reader import Previous
 
 log = logging.getLogger(__name__)
-ROW_GROUP_ROWS = 64 * 1024
 _ABORT = object()  # queue item: stop without committing
 PREDICTED_AT = pa.timestamp("us", tz="UTC")
 
@@ -334,7 +330,7 @@ class UnitWriter:
             self.plan, work, results, self.previous, self.schema, self.storage_options, self.human
         )
         name = part_name(work.number)
-        write_part(table, storage.join(self.out, name), self.storage_options)
+        write_part(table, storage.join(self.out, name), self.storage_options, self.lease)
         counts = Counter(
             "ok" if s == "ok" else f"error:{k}"
             for s, k in zip(
@@ -357,15 +353,3 @@ class UnitWriter:
         )
         self.commit_log.save(self.out, self.names, self.storage_options)
         self.committed_rows += table.num_rows
-
-
-def write_part(table: pa.Table, uri: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Write a Parquet file under its final name in one step (rename locally, one upload remotely)."""
-    if not storage.is_remote(uri):
-        with atomic_path(uri) as tmp:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        return
-    with tempfile.TemporaryDirectory(prefix="skutag-part-") as scratch:
-        local = os.path.join(scratch, os.path.basename(uri))
-        pq.write_table(table, local, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        storage.upload(local, uri, storage_options)

@@ -2,7 +2,10 @@
 
 - Two real `skutag run` processes on one shard (OUT local and on moto_server): the second
   refuses in one line with exit 75; a stopped holder's lease expires and a rerun takes over;
-  the woken zombie stops with exit 75 and the commit log it leaves is the complete one.
+  the woken holder stops at its lease check with exit 75 and changes no byte of the parts or log.
+- A zombie that passed its lease check and stalled past the TTL (the fault proxy's `hold`): its
+  late part upload fails against the newcomer's, not one byte of OUT changes, a reader sees the
+  newcomer's rows.
 - Every GetObject answering 403 (moto behind tests/support/faultproxy.py): exit 4 in one line, no
   `_SUCCESS`, no part, on the local engine and on Ray; one 403 among good files stays a row.
 - A model that raises at run time (a real ONNX graph whose Gather index is out of bounds for
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -21,7 +25,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from skutag.batchrun.commit.reader import CommittedRows
 
 from tests.batchrun.support import run_command
 from tests.support.cli import skutag
@@ -95,7 +101,7 @@ def lease_expired(read_lease) -> bool:
 
 
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
-def test_a_live_shard_refuses_a_second_process_and_a_zombie_cannot_shorten_the_log(
+def test_a_live_shard_refuses_a_second_process_and_a_woken_holder_changes_nothing(
     where, tiny_model, six_images, tmp_path, request
 ):
     stall = Stall(next(six_images.rglob("*.jpg")).read_bytes())
@@ -141,11 +147,12 @@ def test_a_live_shard_refuses_a_second_process_and_a_zombie_cannot_shorten_the_l
         assert "taking over the expired lease" in rerun.stderr
         log = json.loads(read("_commits.json"))
         assert exists("_SUCCESS") and len(log["parts"]) == 4 and not exists("_lease.json")
-        holder.send_signal(signal.SIGCONT)
+        finished = {name: read(name) for name in ("_commits.json", *(p["file"] for p in log["parts"]))}
+        holder.send_signal(signal.SIGCONT)  # wakes with the stalled input's result for a unit to commit
         _, stderr = holder.communicate(timeout=120)
         assert holder.returncode == 75, stderr
         assert "lost the lease" in stderr
-        assert json.loads(read("_commits.json"))["parts"] == log["parts"]  # never shortened
+        assert {name: read(name) for name in finished} == finished  # its unit's part and the log: unchanged
         assert exists("_SUCCESS")
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -421,8 +428,9 @@ def wait_for(condition, seconds: float = 120) -> None:
 def test_a_zombie_that_passed_check_and_stalled_past_the_ttl_loses_no_unit(tiny_model, denied, tmp_path):
     """Made deterministic by the fault proxy: the holder passes `check()` for unit 1, then its part
     upload and its next lease renewal hang; a newcomer takes the expired lease over and finishes the
-    shard (OUT/_SUCCESS); when the zombie's requests go through, its commit-log write fails (exit 75)
-    and no unit is lost."""
+    shard (OUT/_SUCCESS); when the zombie's requests go through, its part upload (a conditional create)
+    fails against the newcomer's part, its lease check stops it (exit 75): no unit is lost, not one
+    byte of OUT changes, and a reader of OUT reads exactly the newcomer's rows."""
     name = f"zombie-{tmp_path.name}"
     out = f"s3://{BUCKET}/{name}"
     args = run_command(tiny_model, f"s3://{BUCKET}/cat", "--out", out, "--workers", 1, "--batch-size", 1,
@@ -440,14 +448,24 @@ def test_a_zombie_that_passed_check_and_stalled_past_the_ttl_loses_no_unit(tiny_
         newcomer = subprocess.run(args, env=denied.s3.env, capture_output=True, text=True, timeout=300)
         assert newcomer.returncode == 0, newcomer.stderr
         assert "taking over the expired lease" in newcomer.stderr
-        denied.release_holds()
+        finished = denied.upstream.objects(BUCKET, f"{name}/")
+        denied.release_holds()  # the zombie's part upload goes through now, then its next steps
         _, stderr = zombie.communicate(timeout=120)
         assert zombie.returncode == 75, stderr
-        assert "written by another process" in stderr or "lost the lease" in stderr, stderr
+        assert "lost the lease" in stderr, stderr
         stored = denied.upstream.objects(BUCKET, f"{name}/")
         log = json.loads(stored[f"{name}/_commits.json"])
         assert [p["unit"] for p in log["parts"]] == [0, 1, 2]  # no unit lost
         assert f"{name}/_SUCCESS" in stored and f"{name}/_lease.json" not in stored
+        parts = sorted(key for key in stored if "/part-" in key)
+        assert parts == [f"{name}/part-0000{unit}.parquet" for unit in range(3)]
+        assert {key: stored[key] for key in parts} == {key: finished[key] for key in parts}  # not one byte
+        read = pq.read_table(io.BytesIO(stored[f"{name}/part-00001.parquet"]))
+        newcomers = pq.read_table(io.BytesIO(finished[f"{name}/part-00001.parquet"]))
+        assert read.equals(newcomers)
+        options = {"endpoint_url": denied.upstream.endpoint, "key": "testing", "secret": "testing"}
+        ids = CommittedRows(out, options).dataset().to_table().column("id").to_pylist()
+        assert len(ids) == len(set(ids)) == 6  # each image of the catalog once
     finally:
         denied.release_holds()
         with contextlib.suppress(ProcessLookupError):
