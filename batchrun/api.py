@@ -235,7 +235,15 @@ def _run_shard(contract: ModelContract, sources: list[str], out: str, names: Out
             for name in (GLOBAL_SUCCESS, names.success):  # nothing stands as complete meanwhile
                 storage.remove(storage.join(out, name), options.storage_options)
     pending = [unit for unit in units if unit.number not in committed]
-    work = prepare_work(plan, pending, previous, options.storage_options, retry_kinds, options.max_bytes)
+    work = prepare_work(
+        plan,
+        pending,
+        previous,
+        options.storage_options,
+        retry_kinds,
+        options.max_bytes,
+        options.decode_timeout_s,
+    )
     human = human_labels(options.since, options.storage_options) if options.since else None
     schema = prediction_schema(
         contract.embedding_dim if options.embeddings else None,

@@ -64,8 +64,16 @@ def bucket_gone(store: str, storage_options: dict | None) -> bool:
 
     if not store.startswith(("s3://", "s3a://", "gs://", "gcs://")):
         return False
+    fs, bucket = storage.filesystem(store, storage_options), store.split("://", 1)[1]
+    if store.startswith("s3"):  # fsspec's exists() says False for a store that answers 503: ask directly
+        ask = lambda: fs.call_s3("head_bucket", Bucket=bucket)  # noqa: E731
+    else:
+        ask = lambda: fs.call("GET", "b/{}", bucket)  # noqa: E731
     try:
-        return not storage.exists(store, storage_options)
+        retries.remote_call(ask, storage_options, store)
+        return False
+    except FileNotFoundError:
+        return True
     except StoreUnavailable:
         raise
     except Exception as exc:  # denied on the bucket itself: it exists, or it is not ours to judge

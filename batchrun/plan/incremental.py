@@ -5,7 +5,7 @@ decides, row by row of a unit, which of them stand for the new plan's rows.
 
 A row of PREV_OUT is reused when its input is proven unchanged (`batchrun.plan.reuse`, the one
 place that says what must match: same id, uri and version; without a version, the same
-sha256 of its bytes, read here but not decoded) and it is not an error of a retryable kind,
+sha256 of its bytes, read but not decoded, in child processes: `hashing`) and it is not an error of a retryable kind,
 provided the model (sha256) and preprocessing are the same. Both plans are sorted by id, so the rows
 of one unit of the new plan come from the few units of the old plan whose id ranges
 overlap it: reading stays proportional to one unit, never to the catalog.
@@ -13,10 +13,8 @@ overlap it: reading stays proportional to one unit, never to the catalog.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skutag import storage
-from skutag.entries import local_path
 
 from ..arrow import bools, numbers, read_parquet, strings
 from ..options import RETRYABLE_KINDS
@@ -33,7 +30,6 @@ from .catalog import Plan
 from .reuse import input_verdicts
 
 log = logging.getLogger(__name__)
-HASH_READERS = 16  # concurrent reads when version-less inputs are hashed
 Hasher = Callable[[Sequence[str]], list[str | None]]
 _RETRYABLE = strings(sorted(RETRYABLE_KINDS))
 _OK = strings(["ok"])[0]  # a string scalar made without pa.scalar (see batchrun.arrow)
@@ -99,36 +95,6 @@ def match(
         reuse, int((~known).sum()), changed, int(retried.sum()), int(reuse.sum()),
         known_bad=retried, known_good=reuse & known & bools(ok),  # nulls count as not ok
     )  # fmt: skip
-
-
-def sha256_of(
-    uris: Sequence[str], storage_options: dict[str, Any] | None = None, max_bytes: int | None = None
-) -> list[str | None]:
-    """The sha256 (hex) of each input's bytes, read but not decoded; None when it cannot be read or is
-    larger than `max_bytes` (the input is then predicted, and its row says why it failed)."""
-
-    def one(uri: str) -> str | None:
-        digest = hashlib.sha256()
-        try:
-            if storage.is_remote(uri):
-                digest.update(storage.read_object(uri, storage_options, max_bytes=max_bytes))
-            else:
-                with open(local_path(uri), "rb") as handle:
-                    read = 0
-                    while chunk := handle.read(1 << 20):
-                        read += len(chunk)
-                        if max_bytes is not None and read > max_bytes:
-                            return None  # not hashed whole: predicted, and its row says too_large
-                        digest.update(chunk)
-        except Exception as exc:
-            log.debug("cannot hash %s: %s", uri, exc)
-            return None
-        return digest.hexdigest()
-
-    if len(uris) == 1:
-        return [one(uris[0])]
-    with ThreadPoolExecutor(min(HASH_READERS, len(uris)), thread_name_prefix="skutag-sha256") as pool:
-        return list(pool.map(one, uris))
 
 
 def removed_inputs(previous: Plan, current: Plan, storage_options: dict[str, Any] | None = None) -> int:

@@ -21,7 +21,8 @@ import pyarrow as pa
 from ..arrow import numbers
 from ..options import RETRYABLE_KINDS
 from .catalog import Plan, Unit
-from .incremental import Match, match, sha256_of
+from .hashing import DEFAULT_TIMEOUT_S, contained_sha256
+from .incremental import Match, match
 
 PROBES = 4  # objects known to read (ok rows the earlier run read) kept for the guard's probe
 
@@ -74,8 +75,10 @@ def prepare_work(
     storage_options: dict[str, Any] | None = None,
     retry_kinds: frozenset[str] = RETRYABLE_KINDS,
     max_bytes: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> WorkList:
-    """The WorkList of `units` (a shard's pending units), reusing `previous` rows where allowed."""
+    """The WorkList of `units` (a shard's pending units), reusing `previous` rows where allowed; version-less
+    inputs are hashed in child processes, each within `timeout_s` (`--decode-timeout`, `plan.hashing`)."""
     work: list[UnitWork] = []
     uris: list[pa.Array] = []
     sizes: list[np.ndarray] = []
@@ -90,7 +93,7 @@ def prepare_work(
             rows,
             old,
             snapshot=previous is not None and previous.is_snapshot_of(plan),
-            hasher=lambda uris: sha256_of(uris, storage_options, max_bytes),
+            hasher=lambda uris: contained_sha256(uris, storage_options, max_bytes, timeout_s),
             retry_kinds=retry_kinds,
         )
         todo = np.flatnonzero(~found.reuse)

@@ -206,3 +206,26 @@ def test_skutag_own_retries_outlast_a_throttle_and_stop_at_the_budget(s3, fault_
         storage.write_bytes("s3://shop/throttled/part", b"y", {**options, "retry_budget_s": 2})
     assert time.monotonic() - started < 30
     assert s3.objects("shop", "throttled/") == {"throttled/part": b"x"}
+
+
+def test_bucket_gone_says_gone_only_for_a_missing_bucket_and_never_for_an_outage(s3, fault_proxy):
+    """The guard's last word before exit 4 "missing bucket": a deleted bucket is gone, a live one is not,
+    and a store that answers 503 to everything is an outage (StoreUnavailable, exit 75), not a
+    missing bucket (fsspec's `exists()` would have said False)."""
+    from skutag.batchrun.commit.guard import bucket_gone
+
+    from skutag.retries import StoreUnavailable
+
+    client = s3.client()
+    client.create_bucket(Bucket="gone-soon")
+    client.delete_bucket(Bucket="gone-soon")
+    options = {
+        "endpoint_url": fault_proxy.endpoint, "key": "testing", "secret": "testing", "retry_budget_s": 1,
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }  # fmt: skip
+    assert bucket_gone("s3://shop", options) is False
+    assert bucket_gone("s3://gone-soon", options) is True
+    fault_proxy.slow_down(30)  # every request answers 503 SlowDown
+    with pytest.raises(StoreUnavailable):
+        bucket_gone("s3://shop", options)
+    assert fault_proxy.hits["slow_down"] >= 1

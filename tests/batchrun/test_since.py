@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from email.utils import formatdate
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,8 +32,9 @@ from skutag.batchrun.plan.shard import Shard
 
 from skutag.errors import InputError
 from skutag.synth import SynthSpec, render_file
-from tests.batchrun.support import SPEC, read_rows, tiny_catalog
+from tests.batchrun.support import SPEC, read_rows, run_command, tiny_catalog
 from tests.support.cli import skutag
+from tests.support.imagehost import ImageHost
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +310,103 @@ def test_rows_a_setting_decided_are_read_again_when_the_setting_changes(tiny_mod
     redo = skutag("run", tiny_model, six_images, "--out", tmp_path / "e", "--retry-errors", "--no-progress")
     assert redo.returncode == 0, redo.stderr
     assert {row["status"] for row in read_rows(tmp_path / "e").values()} == {"ok"}  # --retry-errors too
+
+
+# -- every shard's commit log, --retry-errors and _SUCCESS, version-less inputs ----------------------
+
+
+def test_since_checks_every_shards_commit_log_not_only_the_first(tiny_model, six_images, tmp_path):
+    """An earlier OUT whose second shard's log names another model: --since reuses nothing and says so
+    (rows of that shard must not be copied as if the model were the same)."""
+    common = dict(batch_size=2, workers=1, part_rows=3, max_error_rate=1.0)
+    for index in (0, 1):
+        run_catalog(
+            tiny_model, [str(six_images)], tmp_path / "a", RunOptions(shard=Shard(index, 2), **common)
+        )
+    assert (tmp_path / "a" / "_SUCCESS").exists()
+    second = tmp_path / "a" / "_commits.s0001-of-0002.json"
+    log = json.loads(second.read_text())
+    log["key"]["model_sha256"] = "0" * 64  # that shard was made by another model
+    second.write_text(json.dumps(log))
+    summary = run_catalog(
+        tiny_model, [str(six_images)], tmp_path / "b", RunOptions(since=str(tmp_path / "a"), **common)
+    )
+    assert summary.reused == 0 and summary.decoded == 6
+    assert "reusing nothing" in summary.since_note and "model sha256" in summary.since_note
+
+
+def test_retry_errors_takes_success_down_while_it_rewrites_parts_and_puts_it_back(tiny_model, tmp_path):
+    """Night 1: one URL answers 404 (an `unreadable` row). `--retry-errors` while that URL is slow: during
+    the rewrite OUT/_SUCCESS is absent (a reader must not trust a part being replaced); after it, back."""
+    photo = render_file(SPEC, 1)[1]
+    with ImageHost({"p0.jpg": photo, "p1.jpg": photo}) as host:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(host.url("p0.jpg") + "\n" + host.url("p1.jpg") + "\n")
+        out = tmp_path / "out"
+        missing = host.images.pop("p1.jpg")
+        first = run_catalog(
+            tiny_model, [str(urls)], out, RunOptions(batch_size=1, workers=1, max_error_rate=1.0)
+        )
+        assert first.errors_by_kind == {"unreadable": 1} and (out / "_SUCCESS").exists()
+        host.images["p1.jpg"], host.slow["p1.jpg"] = missing, 3.0
+        gets = len(host.gets["p1.jpg"])
+        rerun = subprocess.Popen(
+            run_command(tiny_model, urls, "--out", out, "--retry-errors", "--workers", 1, "--batch-size", 1),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while len(host.gets["p1.jpg"]) == gets:  # until the rerun reads the input it retries
+                assert time.monotonic() < deadline and rerun.poll() is None, "the rerun never read p1.jpg"
+                time.sleep(0.05)
+            assert not (out / "_SUCCESS").exists()  # down while the part is rewritten
+            _, stderr = rerun.communicate(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                rerun.kill()
+            rerun.wait(timeout=30)
+    assert rerun.returncode == 0, stderr
+    assert (out / "_SUCCESS").exists()
+    assert {row["status"] for row in read_rows(out).values()} == {"ok"}
+
+
+def test_version_less_inputs_are_hashed_only_up_to_max_bytes(model, tmp_path):
+    """URLs without validators (no version: --since hashes them); night 2 --since with a --max-bytes below
+    one image's size: that image is not hashed whole (so not copied as ok) but predicted again, and its
+    row is `too_large`; the others are copied."""
+    photos = {f"p{i}.jpg": render_file(SPEC, i)[1] for i in range(3)}
+    photos["p2.jpg"] += b"\0" * 300_000  # a JPEG padded after its end: it still decodes
+    with ImageHost(photos) as host:
+        host.etags = False
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(host.url(name) + "\n" for name in sorted(photos)))
+        options = RunOptions(batch_size=4, workers=0, max_error_rate=1.0)
+        assert run_catalog(model, [str(urls)], tmp_path / "a", options).ok == 3
+        summary = run_catalog(
+            model, [str(urls)], tmp_path / "b", options.replace(since=str(tmp_path / "a"), max_bytes=100_000)
+        )
+    rows = read_rows(tmp_path / "b")
+    assert rows[next(key for key in rows if key.endswith("p2.jpg"))]["error_kind"] == "too_large"
+    assert (summary.reused, summary.changed, summary.decoded) == (2, 1, 1)
+
+
+def test_a_slow_version_less_input_does_not_stall_the_plan_and_gets_its_row(model, tmp_path):
+    """URLs without validators are hashed for --since in child processes under --decode-timeout: one URL
+    that answers after 60 s costs the plan one time limit (not the whole wait, and not the main
+    process), and becomes its own `timeout` row while the others are reused."""
+    photos = {f"p{i}.jpg": render_file(SPEC, i)[1] for i in range(3)}
+    with ImageHost(photos) as host:
+        host.etags = False
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(host.url(name) + "\n" for name in sorted(photos)))
+        options = RunOptions(batch_size=4, workers=1, max_error_rate=1.0, decode_timeout_s=2.0)
+        assert run_catalog(model, [str(urls)], tmp_path / "a", options).ok == 3
+        host.slow["p1.jpg"] = 60.0
+        started = time.monotonic()
+        summary = run_catalog(model, [str(urls)], tmp_path / "b", options.replace(since=str(tmp_path / "a")))
+        took = time.monotonic() - started
+    assert took < 30, took
+    rows = read_rows(tmp_path / "b")
+    slow = next(key for key in rows if key.endswith("p1.jpg"))
+    assert rows[slow]["error_kind"] == "timeout"
+    assert (summary.reused, summary.changed, summary.decoded) == (2, 1, 1)

@@ -5,8 +5,8 @@ that an exclusive create or a generation-matched replace *fails* on GCS cannot b
 can: versions are generations; every create, replace and delete carries the precondition the GCS
 JSON API documents (seen by a recording proxy in front of the emulator); and skutag's start-up
 check refuses a store that ignores them, this emulator included (exit 2, before any lease). The
-test starts and stops the emulator itself on 127.0.0.1; expired credentials (HTTP 401) are in
-tests/core/test_retries.py.
+test starts and stops the emulator itself on 127.0.0.1. Expired credentials: a GCS endpoint on
+127.0.0.1 that answers 401, read through gcsfs, is a `credentials` fault by its status.
 """
 
 from __future__ import annotations
@@ -160,3 +160,55 @@ def test_the_emulator_ignores_preconditions_and_skutag_refuses_it_at_start(gcs):
     with pytest.raises(InputError, match="does not honour conditional writes"):
         Lease.acquire(f"gs://{BUCKET}/night/_lease.json", 5.0, options)
     assert conditional.version_of(f"gs://{BUCKET}/night/_lease.json", options) is None  # no lease taken
+
+
+class Unauthorized:
+    """A GCS JSON API endpoint on 127.0.0.1 whose credentials have expired: every request answers 401."""
+
+    BODY = b'{"error": {"code": 401, "message": "Token has been expired or revoked.", "errors": [{"reason": "authError"}]}}'
+
+    def __init__(self):
+        body = self.BODY
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _deny(self) -> None:
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = do_DELETE = _deny
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_expired_gcs_credentials_are_a_credentials_fault_by_their_status():
+    """gcsfs raises its HttpError with code 401: `cause_of` names it `credentials` from the status (the
+    systemic guard's exit 4 "invalid or expired credentials"), and it is not retried as transient."""
+    from skutag import retries, storage
+
+    server = Unauthorized()
+    try:
+        options = {"endpoint_url": server.endpoint, "token": "anon", "retry_budget_s": 5}
+        started = time.monotonic()
+        with pytest.raises(Exception) as raised:
+            storage.read_object(f"gs://{BUCKET}/photo.jpg", options)
+        assert time.monotonic() - started < 5  # not retried for the budget
+    finally:
+        server.close()
+    assert type(raised.value).__name__ == "HttpError" or retries.fault_of(raised.value) is not None
+    assert retries.fault_of(raised.value).status == 401
+    assert not retries.is_transient(raised.value)
+    assert retries.cause_of(raised.value) == retries.CREDENTIALS

@@ -2,7 +2,9 @@
 
 `ImageHost(images)` serves `images` (name -> bytes) at `host.url(name)`. Modes, set as attributes:
 `down` (every request answers 503), `throttle_first` (the first GET of every name answers 429 with
-`Retry-After: throttle_first` seconds), `delay_s` (each GET waits this long before answering).
+`Retry-After: throttle_first` seconds), `delay_s` (each GET waits this long before answering),
+`slow` (name -> seconds: GETs of that name wait this long), `etags` (False: no ETag, so the
+inputs have no version and `--since` hashes them).
 It records when each GET of each name arrived (`gets`) and the most GETs it served at once
 (`peak`). Use it as a context manager: the server stops on exit.
 """
@@ -21,6 +23,8 @@ class ImageHost:
         self.down = False
         self.throttle_first: float | None = None
         self.delay_s = 0.0
+        self.slow: dict[str, float] = {}
+        self.etags = True
         self.gets: dict[str, list[float]] = defaultdict(list)
         self.active = 0
         self.peak = 0
@@ -61,13 +65,14 @@ class ImageHost:
                     if self.command == "GET" and host.throttle_first is not None and first:
                         self._send(429, b"slow down", {"Retry-After": f"{host.throttle_first:g}"})
                         return
-                    if self.command == "GET" and host.delay_s:
-                        time.sleep(host.delay_s)
+                    if self.command == "GET" and (host.delay_s or name in host.slow):
+                        time.sleep(host.slow.get(name, host.delay_s))
                     data = host.images.get(name)
                     if data is None:
                         self._send(404, b"missing")
                         return
-                    self._send(200, data, {"Content-Type": "image/jpeg", "ETag": f'"{len(data)}-{name}"'})
+                    etag = {"ETag": f'"{len(data)}-{name}"'} if host.etags else {}
+                    self._send(200, data, {"Content-Type": "image/jpeg", **etag})
                 finally:
                     if self.command == "GET":
                         with host._lock:
