@@ -3,12 +3,12 @@
 An input whose store gives no version (a URL without ETag or Last-Modified, a manifest row with
 an empty version) is reused only when its bytes hash to the earlier row's sha256. Reading it is
 an input's work like decoding it, so it runs where decoding runs, never in the main process:
-`contained_sha256` hands the inputs to up to `HASH_PROCESSES` child processes (fresh
+`ContainedHasher` hands the inputs to up to `HASH_PROCESSES` child processes (fresh
 interpreters that import this module only, as `batchrun.decode.contained` starts them), one
 input at a time each, and kills a child whose input takes longer than the per-input time limit
-(`--decode-timeout`). Such an input, or one over `--max-bytes` (never read past it: a remote
-object's size is checked before the read, a local file stops at the limit), or one that cannot
-be read, has no hash: it counts as changed and is predicted, and its row says what went wrong
+(`--decode-timeout`). Such an input, or one over `--max-bytes` (not read past it where the size
+is known first: S3, GCS and local files; over HTTP the size is judged after the read, as for
+decoding), or one that cannot be read, has no hash: it counts as changed and is predicted, and its row says what went wrong
 (`timeout`, `too_large`, `unreadable`). One slow or huge input costs the plan at most one time
 limit, on one child, while the others go on.
 """
@@ -96,57 +96,76 @@ class _Child:
         self.conn.close()
 
 
-def contained_sha256(
-    uris: Sequence[str],
-    storage_options: dict[str, Any] | None = None,
-    max_bytes: int | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    processes: int = HASH_PROCESSES,
-) -> list[str | None]:
-    """`sha256_one` of every uri, each in a child process and within `timeout_s` (None past it)."""
-    results: list[str | None] = [None] * len(uris)
-    if not uris:
+class ContainedHasher:
+    """`sha256_one` of many inputs, each in a child process and within `timeout_s` (None past it).
+
+    Call it once per unit; its children live until `close` (started on first use: a night with no
+    version-less input starts none), so a plan of many units pays for their start once."""
+
+    def __init__(
+        self,
+        storage_options: dict[str, Any] | None = None,
+        max_bytes: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        processes: int = HASH_PROCESSES,
+    ):
+        self.config, self.timeout_s, self.processes = (storage_options, max_bytes), timeout_s, processes
+        self.idle: list[_Child] = []
+        self.started = 0  # children alive (idle or busy)
+
+    def __enter__(self) -> ContainedHasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, uris: Sequence[str]) -> list[str | None]:
+        results: list[str | None] = [None] * len(uris)
+        wanted = min(self.processes, len(uris)) - self.started
+        if wanted > 0:  # they start side by side
+            self.idle += [child.ready() for child in [_Child(self.config) for _ in range(wanted)]]
+            self.started += wanted
+        todo = deque(range(len(uris)))
+        busy: dict[Connection, tuple[_Child, int, float]] = {}
+        try:
+            while todo or busy:
+                while self.idle and todo:
+                    child, index = self.idle.pop(), todo.popleft()
+                    child.conn.send((index, uris[index]))
+                    busy[child.conn] = (child, index, time.monotonic() + self.timeout_s)
+                nearest = min(deadline for _, _, deadline in busy.values())
+                for conn in wait(list(busy), timeout=max(0.0, nearest - time.monotonic())):
+                    child, index, _ = busy.pop(conn)
+                    try:
+                        answered, digest = conn.recv()
+                        results[answered] = digest
+                        self.idle.append(child)
+                    except (EOFError, OSError):  # the child died on it: a fresh one takes its place
+                        log.warning("hashing %s killed its process; it is predicted instead", uris[index])
+                        self._replace(child)
+                now = time.monotonic()
+                for conn, (child, index, deadline) in list(busy.items()):
+                    if now >= deadline:
+                        log.warning(
+                            "reading %s to hash it took longer than --decode-timeout %g s; it is predicted "
+                            "instead", uris[index], self.timeout_s,
+                        )  # fmt: skip
+                        del busy[conn]
+                        self._replace(child)
+        finally:
+            for child, _, _ in busy.values():  # only when interrupted
+                child.kill()
+                self.started -= 1
         return results
-    config = (storage_options, max_bytes)
-    launched = [_Child(config) for _ in range(min(processes, len(uris)))]  # they start side by side
-    idle = [child.ready() for child in launched]
-    todo = deque(range(len(uris)))
-    busy: dict[Connection, tuple[_Child, int, float]] = {}
-    try:
-        while todo or busy:
-            while idle and todo:
-                child, index = idle.pop(), todo.popleft()
-                child.conn.send((index, uris[index]))
-                busy[child.conn] = (child, index, time.monotonic() + timeout_s)
-            nearest = min(deadline for _, _, deadline in busy.values())
-            for conn in wait(list(busy), timeout=max(0.0, nearest - time.monotonic())):
-                child, index, _ = busy.pop(conn)
-                try:
-                    answered, digest = conn.recv()
-                    results[answered] = digest
-                    idle.append(child)
-                except (EOFError, OSError):  # the child died on it: a fresh one takes the next input
-                    log.warning("hashing %s killed its process; it is predicted instead", uris[index])
-                    child.kill()
-                    if todo:
-                        idle.append(_Child(config).ready())
-            now = time.monotonic()
-            for conn, (child, index, deadline) in list(busy.items()):
-                if now >= deadline:
-                    log.warning(
-                        "reading %s to hash it took longer than --decode-timeout %g s; it is predicted instead",
-                        uris[index], timeout_s,
-                    )  # fmt: skip
-                    del busy[conn]
-                    child.kill()
-                    if todo:
-                        idle.append(_Child(config).ready())
-    finally:
-        for child, _, _ in busy.values():
-            child.kill()
-        for child in idle:
+
+    def _replace(self, child: _Child) -> None:
+        child.kill()
+        self.idle.append(_Child(self.config).ready())
+
+    def close(self) -> None:
+        for child in self.idle:
             child.close()
-    return results
+        self.idle, self.started = [], 0
 
 
 _CHILD = "import sys; from skutag.batchrun.plan.hashing import serve; serve(int(sys.argv[1]))"

@@ -21,7 +21,7 @@ import pyarrow as pa
 from ..arrow import numbers
 from ..options import RETRYABLE_KINDS
 from .catalog import Plan, Unit
-from .hashing import DEFAULT_TIMEOUT_S, contained_sha256
+from .hashing import DEFAULT_TIMEOUT_S, ContainedHasher
 from .incremental import Match, match
 
 PROBES = 4  # objects known to read (ok rows the earlier run read) kept for the guard's probe
@@ -86,39 +86,42 @@ def prepare_work(
     bad: list[np.ndarray] = []
     probes: list[str] = []
     next_task = 0
-    for position, unit in enumerate(units):
-        rows = plan.read_unit(unit, storage_options)
-        old = previous.rows_for(rows.column("id").combine_chunks()) if previous else None
-        found = match(
-            rows,
-            old,
-            snapshot=previous is not None and previous.is_snapshot_of(plan),
-            hasher=lambda uris: contained_sha256(uris, storage_options, max_bytes, timeout_s),
-            retry_kinds=retry_kinds,
-        )
-        todo = np.flatnonzero(~found.reuse)
-        task_of_row = np.full(rows.num_rows, -1, np.int64)
-        if len(todo):
-            todo_uris = rows.column("uri").take(pa.array(todo)).to_numpy(zero_copy_only=False)
-            unique, first, inverse = np.unique(todo_uris, return_index=True, return_inverse=True)
-            order = np.argsort(first, kind="stable")  # tasks in the order their first row appears
-            rank = np.empty_like(order)
-            rank[order] = np.arange(len(order))
-            task_of_row[todo] = next_task + rank[inverse]
-            picked = todo[first[order]]
-            uris.append(rows.column("uri").take(pa.array(picked)).combine_chunks().cast(pa.large_string()))
-            size_column = rows.column("bytes").take(pa.array(picked)).to_numpy(zero_copy_only=False)
-            sizes.append(np.array([-1 if s is None or s != s else int(s) for s in size_column], np.int64))
-            owners.append(np.full(len(unique), position, np.int32))
-            bad.append(
-                found.known_bad[picked] if found.known_bad is not None else np.zeros(len(picked), bool)
+    with ContainedHasher(storage_options, max_bytes, timeout_s) as hasher:  # started only if needed
+        for position, unit in enumerate(units):
+            rows = plan.read_unit(unit, storage_options)
+            old = previous.rows_for(rows.column("id").combine_chunks()) if previous else None
+            found = match(
+                rows,
+                old,
+                snapshot=previous is not None and previous.is_snapshot_of(plan),
+                hasher=hasher,
+                retry_kinds=retry_kinds,
             )
-        if found.known_good is not None and len(probes) < PROBES:
-            good = np.flatnonzero(found.known_good)[: PROBES - len(probes)]
-            probes += rows.column("uri").take(numbers(good)).to_pylist() if len(good) else []
-        count = int(task_of_row.max() + 1 - next_task) if len(todo) else 0
-        work.append(UnitWork(unit, found, task_of_row, next_task, count))
-        next_task += count
+            todo = np.flatnonzero(~found.reuse)
+            task_of_row = np.full(rows.num_rows, -1, np.int64)
+            if len(todo):
+                todo_uris = rows.column("uri").take(pa.array(todo)).to_numpy(zero_copy_only=False)
+                unique, first, inverse = np.unique(todo_uris, return_index=True, return_inverse=True)
+                order = np.argsort(first, kind="stable")  # tasks in the order their first row appears
+                rank = np.empty_like(order)
+                rank[order] = np.arange(len(order))
+                task_of_row[todo] = next_task + rank[inverse]
+                picked = todo[first[order]]
+                uris.append(
+                    rows.column("uri").take(pa.array(picked)).combine_chunks().cast(pa.large_string())
+                )
+                size_column = rows.column("bytes").take(pa.array(picked)).to_numpy(zero_copy_only=False)
+                sizes.append(np.array([-1 if s is None or s != s else int(s) for s in size_column], np.int64))
+                owners.append(np.full(len(unique), position, np.int32))
+                bad.append(
+                    found.known_bad[picked] if found.known_bad is not None else np.zeros(len(picked), bool)
+                )
+            if found.known_good is not None and len(probes) < PROBES:
+                good = np.flatnonzero(found.known_good)[: PROBES - len(probes)]
+                probes += rows.column("uri").take(numbers(good)).to_pylist() if len(good) else []
+            count = int(task_of_row.max() + 1 - next_task) if len(todo) else 0
+            work.append(UnitWork(unit, found, task_of_row, next_task, count))
+            next_task += count
     return WorkList(
         units=work,
         task_uris=pa.concat_arrays(uris) if uris else pa.nulls(0, pa.large_string()),  # pa.nulls: no pandas
