@@ -137,3 +137,25 @@ def test_the_review_queue_names_the_attribute(models, catalog, tmp_path):
             row["style"],
             row["review_reason"],
         )
+
+
+@pytest.mark.slow
+def test_the_ray_engine_writes_the_same_attribute_columns(models, catalog, tmp_path):
+    import sys
+
+    from tests.batchrun.support import run_ray_cli
+
+    pytest.importorskip("ray")
+    run(models["review"], [catalog], tmp_path / "local", max_error_rate=1.0)
+    run_ray_cli([
+        sys.executable, "-m", "skutag", "run", str(models["review"]), str(catalog), "--out", str(tmp_path / "ray"),
+        "--engine", "ray", "--max-error-rate", "1", "--no-progress",
+    ])  # fmt: skip
+    local = {r["id"]: r for r in parts(tmp_path / "local").to_pylist()}
+    ray = {r["id"]: r for r in parts(tmp_path / "ray").to_pylist()}
+    assert local.keys() == ray.keys()
+    for key, want in local.items():
+        got = ray[key]
+        for column in ("color", "style", "review", "review_reason"):
+            assert got[column] == want[column], (key, column)
+        assert got["color_score"] == pytest.approx(want["color_score"], abs=1e-5)
