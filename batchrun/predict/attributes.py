@@ -13,6 +13,7 @@ before `label_mismatch`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +51,13 @@ def schema_heads(metadata: Mapping | None) -> tuple[AttributeHead, ...]:
     text = metadata.get(METADATA_KEY.encode()) or metadata.get(METADATA_KEY)  # type: ignore[call-overload]
     if text is None:
         return ()
-    return as_heads(json.loads(text).get("attributes")) or ()
+    return _heads(text)
+
+
+@functools.lru_cache(maxsize=8)
+def _heads(card_json: str | bytes) -> tuple[AttributeHead, ...]:
+    """Parsed once per card (the writer asks for every batch)."""
+    return as_heads(json.loads(card_json).get("attributes")) or ()
 
 
 def fields(heads: tuple[AttributeHead, ...]) -> list[pa.Field]:
