@@ -159,3 +159,26 @@ def test_the_ray_engine_writes_the_same_attribute_columns(models, catalog, tmp_p
         for column in ("color", "style", "review", "review_reason"):
             assert got[column] == want[column], (key, column)
         assert got["color_score"] == pytest.approx(want["color_score"], abs=1e-5)
+
+
+def test_shards_and_the_similar_index_work_as_before(models, catalog, tmp_path):
+    from skutag.insight.index import load_index
+    from skutag.insight.similar import image_queries, similar
+
+    from tests.support.cli import skutag
+
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        run(models["review"], [catalog], out, shard=shard, workers=0, max_error_rate=1.0, embeddings=True,
+            part_rows=4)  # fmt: skip
+    assert (out / "_SUCCESS").exists() and len(list(out.glob("part-*.parquet"))) >= 2
+    table = parts(out)
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    assert ok and all(r["color"] is not None and r["embedding"] is not None for r in ok)
+    # a sharded OUT has no OUT/_summary.json naming its model: --model (as without heads)
+    result = skutag("index", out, "--out", tmp_path / "idx", "--model", models["review"])
+    assert result.returncode == 0, result.stderr
+    index = load_index(tmp_path / "idx")
+    first = ok[0]["id"]
+    found = similar(index, image_queries(index, [str(catalog / first)]), 3)
+    assert found.column("id")[0].as_py() == first  # the image answers itself first: the index as before
