@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from skutag.exporter.heads import AttributeOutputs
 from skutag.trainer.model import classifier_name
 from torch import nn
 
@@ -37,9 +38,15 @@ class ExportModule(nn.Module):
     ):
         super().__init__()
         body = copy.deepcopy(model).eval()
-        head = classifier_name(body)
-        self.head = body.get_submodule(head)
-        body.set_submodule(head, nn.Identity())
+        # A model with attribute heads (trainer.multihead) is already body + label head; each head's
+        # probabilities are one more output, `attr.<name>` (exporter.heads).
+        self.attributes = AttributeOutputs.of(body, card)
+        if hasattr(body, "label_head"):
+            self.head, body = body.label_head, body.body
+        else:
+            head = classifier_name(body)
+            self.head = body.get_submodule(head)
+            body.set_submodule(head, nn.Identity())
         self.body = body
         self.input_kind = input_kind
         self.embeddings = embeddings
@@ -58,7 +65,14 @@ class ExportModule(nn.Module):
             x = image
         features = self.body(x)
         probs = torch.softmax(self.head(features).float(), dim=1)
+        if self.attributes is not None:
+            return (probs, *((features.float(),) if self.embeddings else ()), *self.attributes(features))
         return (probs, features.float()) if self.embeddings else probs
+
+
+def output_names(card: ModelCard, embeddings: bool) -> list[str]:
+    """The graph's outputs in order: `probs`, `embedding` when asked, `attr.<name>` per attribute head."""
+    return [PROBS, *([EMBEDDING] if embeddings else []), *(h.output for h in card.attributes or ())]
 
 
 def example_input(card: ModelCard, input_kind: str, batch: int = 2) -> torch.Tensor:
@@ -97,7 +111,7 @@ def exported_card(
 
 def to_onnx(module: ExportModule, card: ModelCard) -> onnx.ModelProto:
     """The fp32 ModelProto of `module` (dynamo exporter, pinned opset, dynamic `batch`), card embedded."""
-    outputs = [PROBS, EMBEDDING] if module.embeddings else [PROBS]
+    outputs = output_names(card, module.embeddings)
     with torch.no_grad():
         program = torch.onnx.export(
             module,

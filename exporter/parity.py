@@ -11,12 +11,13 @@ output, each image's relative L2 error of the embedding. A precision's `Limits`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from skutag.exporter import formats
+from skutag.exporter.head_parity import head_failures, heads_parity, split_outputs
 from skutag.exporter.samples import SampleSet, batches, model_input
 from torch import nn
 
@@ -37,6 +38,7 @@ class Outputs:
 
     probs: np.ndarray  # [N, classes]
     embedding: np.ndarray | None = None  # [N, D]
+    attributes: dict[str, np.ndarray] | None = None  # head name -> [N, values] (exporter.head_parity)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Parity:
     k: int  # the "top-5" k: min(5, classes)
     max_embedding_error: float | None = None  # per-image ||e - e_ref|| / ||e_ref||: its max
     p99_embedding_error: float | None = None
+    attributes: dict[str, dict[str, float]] | None = None  # per attribute head (exporter.head_parity)
 
     def failures(self, limits: Limits) -> list[str]:
         """What falls outside `limits`, one phrase each (empty: the gate passes)."""
@@ -66,7 +69,7 @@ class Parity:
             problems.append(
                 f"max embedding error {self.max_embedding_error:.3g} >= {limits.max_embedding_error:g}"
             )
-        return problems
+        return problems + head_failures(self.attributes or {}, limits)
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
@@ -121,6 +124,14 @@ def compare(
 def torch_outputs(module: nn.Module, samples: SampleSet, card: ModelCard, input_kind: str) -> Outputs:
     """Outputs of the PyTorch `ExportModule` (fp32, CPU) on the samples."""
     probs, embedding = [], []
+    if card.attributes is not None:
+        with torch.inference_mode():
+            chunks = [
+                module(torch.from_numpy(model_input(b, card, input_kind)))
+                for b in batches(samples.pixels, CHECK_BATCH)
+            ]
+        values = [np.concatenate([c[i].numpy() for c in chunks]) for i in range(len(chunks[0]))]
+        return Outputs(*split_outputs(values, card.attributes, module.embeddings))
     with torch.inference_mode():
         for batch in batches(samples.pixels, CHECK_BATCH):
             result = module(torch.from_numpy(model_input(batch, card, input_kind)))
@@ -135,6 +146,11 @@ def torch_outputs(module: nn.Module, samples: SampleSet, card: ModelCard, input_
 def exported_outputs(path: str | Path, samples: SampleSet, card: ModelCard, input_kind: str) -> Outputs:
     """Outputs of the exported file in its format's runtime on the CPU (by its suffix)."""
     runner = formats.backend(for_path(path)).load(Path(path))
+    if card.attributes is not None:
+        values = formats.run_outputs(runner, model_input(samples.pixels, card, input_kind), CHECK_BATCH)
+        return Outputs(
+            *split_outputs(values, card.attributes, embeddings=len(values) > 1 + len(card.attributes))
+        )
     probs, embedding = formats.run_all(runner, model_input(samples.pixels, card, input_kind), CHECK_BATCH)
     return Outputs(probs, embedding)
 
@@ -151,6 +167,9 @@ def check(
     """Run the exported file and compare with `reference`; raise `ParityError` outside `limits`."""
     exported = exported_outputs(path, samples, card, input_kind)
     parity = compare(reference.probs, exported.probs, reference.embedding, exported.embedding)
+    if card.attributes is not None:
+        figures = heads_parity(card.attributes, reference.attributes or {}, exported.attributes or {})
+        parity = replace(parity, attributes=figures)
     problems = parity.failures(limits)
     if problems:
         raise ParityError(

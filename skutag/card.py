@@ -19,6 +19,7 @@ from typing import Any
 from skutag import __version__
 from skutag.artifacts import INT8_TARGETS, PRECISIONS
 from skutag.errors import InputError
+from skutag.heads import AttributeHead, as_heads, heads_problems
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "skutag.card"
@@ -67,6 +68,9 @@ class ModelCard:
     # {"score": "1-max-cosine", "class_means": [[...], ...], "ood_threshold", "tpr",
     #  "confidence_threshold"}. None in cards without it, which serialise as before.
     review: dict[str, Any] | None = None
+    # One head per catalog attribute beside the label head (skutag.heads). None in cards without
+    # attributes, which serialise exactly as before.
+    attributes: tuple[AttributeHead, ...] | None = None
     created_at: str = field(default_factory=_now)
     skutag_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -75,6 +79,10 @@ class ModelCard:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        try:
+            object.__setattr__(self, "attributes", as_heads(self.attributes))
+        except (TypeError, ValueError) as exc:
+            raise CardError(f"invalid model card: {exc}") from exc
         self.validate()
 
     # -- construction -------------------------------------------------------
@@ -154,6 +162,8 @@ class ModelCard:
             problems.append("int8_target is only for int8 models")
         if self.review is not None:
             problems.extend(_review_problems(self.review, len(self.classes)))
+        if self.attributes is not None:
+            problems.extend(heads_problems(self.attributes))
         if problems:
             raise CardError("invalid model card: " + "; ".join(problems))
 
@@ -177,6 +187,14 @@ class ModelCard:
             del data["int8_target"]
         if data["review"] is None:  # cards without a review section stay byte-for-byte as before
             del data["review"]
+        if data["attributes"] is None:  # so do cards without attribute heads
+            del data["attributes"]
+        else:
+            # asdict (to_dict) has made each head a dict of all its fields; to_json passes the heads
+            data["attributes"] = [
+                (h if isinstance(h, AttributeHead) else AttributeHead(**h)).to_dict()
+                for h in data["attributes"]
+            ]
         return data
 
     @classmethod

@@ -133,3 +133,12 @@ def fault_proxy(s3):
 
     with FaultProxy(s3) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def attribute_run(small_catalog, tmp_path_factory):
+    """A run dir whose model has attribute heads (`color` single, `style` multi), saved as the trainer
+    saves one (tests/support/attribute_run.py)."""
+    from tests.support.attribute_run import make_attribute_run
+
+    return make_attribute_run(small_catalog, tmp_path_factory.mktemp("attribute_run"))

@@ -21,7 +21,10 @@ def save_weights(path: str | Path, model: nn.Module, card: ModelCard) -> None:
     """Atomically write the model's state dict with `card` in the safetensors metadata."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    plain = _unwrap(model)
+    # A model with attribute heads (trainer.multihead) saves the plain classifier's keys plus its heads'.
+    weights = plain.plain_state() if hasattr(plain, "plain_state") else plain.state_dict()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={METADATA_KEY: card.to_json()})
 
@@ -65,6 +68,10 @@ def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tupl
     except Exception as exc:
         raise InputError(f"cannot read weights {path}: {exc}") from exc
     model = build_model(card.arch, card.num_classes, "none")
+    if card.attributes is not None:
+        from skutag.trainer.multihead import from_state
+
+        return from_state(model, card.attributes, state, str(path)).to(device).eval(), card
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -37,6 +37,7 @@ from ..arrow import numbers, strings
 from ..decode.loader import Batch
 from ..plan.catalog import Plan
 from ..plan.work import UnitWork, WorkList
+from ..predict import attributes
 from ..predict.infer import Predictions
 from ..predict.review import FIELDS as REVIEW_FIELDS
 from ..predict.review import MANIFEST_LABEL, Review, card_review, with_manifest_labels
@@ -76,6 +77,7 @@ def prediction_schema(
         pa.field("sha256", pa.string()),
         pa.field("predicted_at", PREDICTED_AT),
     ]
+    fields += attributes.fields(attributes.schema_heads(metadata))  # none for a model without heads
     if embedding_dim is not None:
         fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_dim)))
     if labelled:
@@ -128,10 +130,21 @@ def task_records(
         dim = schema.field("embedding").type.list_size
         values = pa.array(np.ascontiguousarray(predictions.embedding[:rows], np.float32).reshape(-1))
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, dim, mask=null_mask)
+    heads = attributes.schema_heads(schema.metadata)
+    if heads:
+        columns |= attributes.columns(heads, predictions.attributes or _no_heads(heads, rows), batch.ok)
     if "ood_score" in schema.names:
         review = review or card_review(schema.metadata)
         columns |= review.columns(batch.ok, predictions.topk_scores[:rows, 0], predictions.ood_score)
+        if heads and predictions.attributes is not None:
+            reasons = attributes.review_reasons(heads, predictions.attributes, batch.ok)
+            columns |= attributes.with_review(columns, reasons)
     return pa.RecordBatch.from_pydict(columns)
+
+
+def _no_heads(heads, rows: int) -> dict[str, np.ndarray]:
+    """Probabilities of a batch with no good row (its attribute columns are null)."""
+    return {h.name: np.zeros((rows, len(h.values)), np.float32) for h in heads}
 
 
 def empty_predictions(rows: int, topk: int, embedding_dim: int | None) -> Predictions:

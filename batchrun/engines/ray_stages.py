@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from skutag.heads import OUTPUT_PREFIX
+
 from ..commit.writer import empty_predictions
 from ..decode.contained import ContainedDecoder
 from ..decode.loader import FACTS, Preprocess, ReadOptions, batch_of, columns_of, error_sample
@@ -127,6 +129,13 @@ class Predictor:
         }
         if self.dim is not None:
             out["embedding"] = np.ascontiguousarray(predictions.embedding[:rows], np.float32)
+        for head in (
+            self.contract.card.attributes or ()
+        ):  # the writer's attribute columns (predict.attributes)
+            if predictions.attributes is not None:
+                out[head.output] = np.ascontiguousarray(predictions.attributes[head.name][:rows], np.float32)
+            else:  # no good row in the block: every attribute column is null
+                out[head.output] = np.zeros((rows, len(head.values)), np.float32)
         if self.review:  # the writer turns it into the review columns (batchrun.predict.review)
             ood = predictions.ood_score
             out["ood_score"] = ood[:rows] if ood is not None else np.full(rows, np.nan, np.float32)
@@ -154,9 +163,12 @@ class Predictor:
 def to_predictions(block: dict[str, np.ndarray], embeddings: bool) -> Predictions:
     embedding = np.asarray(block["embedding"], np.float32) if embeddings else None
     ood = np.asarray(block["ood_score"], np.float32) if "ood_score" in block else None
+    prefix = OUTPUT_PREFIX
+    heads = {k[len(prefix) :]: np.asarray(v, np.float32) for k, v in block.items() if k.startswith(prefix)}
     return Predictions(
         np.asarray(block["topk_indices"], np.int32),
         np.asarray(block["topk_scores"], np.float32),
         embedding,
         ood,
+        attributes=heads or None,
     )

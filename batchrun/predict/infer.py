@@ -35,6 +35,7 @@ class Predictions:
     ood_score: np.ndarray | None = (
         None  # float32 [rows], batchrun.predict.review (models whose card has `review`)
     )
+    attributes: dict[str, np.ndarray] | None = None  # head name -> float32 [rows, values] (attribute heads)
 
 
 def open_session(
@@ -114,19 +115,28 @@ class HostPredictor:
         self.session = session
         self.contract = contract
         self.topk = topk
+        self.heads = contract.card.attributes or ()
         self.outputs = [contract.scores_output] + ([EMBEDDING] if embeddings else [])
+        self.outputs += [head.output for head in self.heads]
 
     def __call__(self, batch: Batch) -> Predictions:
         pixels = np.asarray(batch.pixels)[: len(batch)]  # a torch tensor (DataLoader) or numpy (Ray)
         results = self.session.run(
             self.outputs, {self.contract.input_name: host_model_input(pixels, self.contract)}
         )
+        attributes = None
+        if self.heads:
+            tail = results[len(results) - len(self.heads) :]
+            results = results[: len(results) - len(self.heads)]
+            attributes = {
+                h.name: v.astype(np.float32, copy=False) for h, v in zip(self.heads, tail, strict=True)
+            }
         scores = results[0].astype(np.float32, copy=False)
         if self.contract.apply_softmax:
             scores = softmax(scores)
         indices, values = topk_host(scores, self.topk)
         embedding = results[1].astype(np.float32, copy=False) if len(results) > 1 else None
-        return Predictions(indices, values, embedding)
+        return Predictions(indices, values, embedding, attributes=attributes)
 
 
 class BoundPredictor:
@@ -160,6 +170,10 @@ class BoundPredictor:
         self.embedding = None
         if embeddings:
             self.embedding = self._output(EMBEDDING, (batch_size, contract.embedding_dim), output_types)
+        self.heads = {
+            head.name: self._output(head.output, (batch_size, len(head.values)), output_types)
+            for head in contract.card.attributes or ()
+        }
 
     def _output(self, name: str, shape: tuple[int, int], types: dict[str, Any]):
         dtype = self.torch.float16 if types[name] == np.float16 else self.torch.float32
@@ -195,8 +209,12 @@ class BoundPredictor:
         embedding = None
         if self.embedding is not None:
             embedding = self.embedding[:rows].float().cpu().numpy()
+        attributes = {name: t[:rows].float().cpu().numpy() for name, t in self.heads.items()} or None
         return Predictions(
-            indices.to(torch.int32).cpu().numpy(), values.cpu().numpy().astype(np.float32), embedding
+            indices.to(torch.int32).cpu().numpy(),
+            values.cpu().numpy().astype(np.float32),
+            embedding,
+            attributes=attributes,
         )
 
 

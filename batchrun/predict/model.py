@@ -22,6 +22,7 @@ from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.runtime import input_shape
 
+from .attributes import check_outputs
 from .signature import ModelSignature, TensorInfo, read_signature
 
 PROBS = "probs"
@@ -162,6 +163,7 @@ def _check_signature(
     for name in (PROBS, EMBEDDING):
         if name in outputs and _ONNX_DTYPES.get(outputs[name].elem_type) != "float32":
             raise InputError(f"{path}: output {name!r} must be float32")
+    check_outputs(path, card, outputs)  # an `attr.<name>` per attribute head of the card
 
 
 def _last_dim(info: TensorInfo) -> int | None:

@@ -46,6 +46,11 @@ class Runner(Protocol):
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the graph's order (exporter.graph.output_names): `probs`, `embedding` when the
+        file has it, `attr.<name>` per attribute head."""
+        ...
+
 
 @dataclass(frozen=True)
 class Job:
@@ -159,6 +164,13 @@ def run_all(runner: Runner, pixels: np.ndarray, batch: int = 16) -> tuple[np.nda
         if e is not None:
             embeddings.append(e)
     return np.concatenate(probs), (np.concatenate(embeddings) if embeddings else None)
+
+
+def run_outputs(runner: Runner, pixels: np.ndarray, batch: int = 16) -> list[np.ndarray]:
+    """Every output of `runner` (`Runner.outputs`) on every image, in chunks of the batch size the file takes."""
+    step = runner.batch_size or batch
+    chunks = [runner.outputs(np.ascontiguousarray(pixels[s : s + step])) for s in range(0, len(pixels), step)]
+    return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
 
 
 def first_line(exc: BaseException) -> str:

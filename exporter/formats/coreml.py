@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.exporter import graph
 from skutag.exporter.formats import Job, first_line
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 
@@ -37,7 +38,7 @@ def export(job: Job, out: Path) -> dict[str, Any]:
     example = torch.zeros(1, size, size, 3)  # float32 holding pixel values: Core ML has no uint8 inputs
     with torch.no_grad():
         program = torch.export.export(module, (example,)).run_decompositions({})
-    outputs = [ct.TensorType(name=PROBS)] + ([ct.TensorType(name=EMBEDDING)] if module.embeddings else [])
+    outputs = [ct.TensorType(name=name) for name in graph.output_names(job.card, module.embeddings)]
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         model = ct.convert(
@@ -80,6 +81,11 @@ class _Runner:
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         result = self._model.predict({INPUT_NAME: pixels.astype(np.float32)})
         return np.asarray(result[PROBS]), (np.asarray(result[EMBEDDING]) if EMBEDDING in result else None)
+
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
+        result = self._model.predict({INPUT_NAME: pixels.astype(np.float32)})
+        names = [o.name for o in self._model.get_spec().description.output]
+        return [np.asarray(result[name]) for name in names]
 
 
 def load(path: Path) -> _Runner:

@@ -64,6 +64,9 @@ class _Runner:
         probs = outputs[0].numpy()
         return probs, (outputs[1].numpy() if len(outputs) > 1 else None)
 
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return [o.numpy() for o in self._method.execute([torch.from_numpy(np.ascontiguousarray(pixels))])]
+
 
 def load(path: Path) -> _Runner:
     from executorch import runtime

@@ -54,7 +54,7 @@ def export(job: Job, out: Path) -> dict[str, Any]:
     # leaves an output 8-bit when the op that makes it is quantised; the float tail (pt2e) prevents
     # that, and this refuses a file where it did not.
     runner = load(out, threads=1)
-    notes["outputs"] = [{"name": d["name"], "dtype": np.dtype(d["dtype"]).name} for d in runner.outputs]
+    notes["outputs"] = [{"name": d["name"], "dtype": np.dtype(d["dtype"]).name} for d in runner.details]
     eight_bit = [o for o in notes["outputs"] if o["dtype"] != "float32"]
     if eight_bit:
         raise SkutagError(
@@ -75,13 +75,23 @@ class _Runner:
         self._interpreter = interpreter
         self._input = interpreter.get_input_details()[0]["index"]
         # probs [1, classes] and embedding [1, D]: output_0 then output_1 by the converter's names.
-        self.outputs = sorted(interpreter.get_output_details(), key=lambda d: d["name"])
+        # output_10 after output_9 (a model with attribute heads has more than ten outputs)
+        self.details = sorted(interpreter.get_output_details(), key=lambda d: _natural(d["name"]))
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        values = self.outputs(pixels)
+        return values[0], (values[1] if len(values) > 1 else None)
+
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(pixels))
         self._interpreter.invoke()
-        values = [self._interpreter.get_tensor(d["index"]).copy() for d in self.outputs]
-        return values[0], (values[1] if len(values) > 1 else None)
+        return [self._interpreter.get_tensor(d["index"]).copy() for d in self.details]
+
+
+def _natural(name: str) -> tuple:
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:

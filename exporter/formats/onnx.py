@@ -144,6 +144,9 @@ class _Runner:
         values = self._session.run(self._names, {INPUT_NAME: pixels})
         return values[0], (values[1] if len(values) > 1 else None)
 
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {INPUT_NAME: pixels})
+
 
 def load(path: Path) -> _Runner:
     from skutag.runtime import create_session

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from skutag.exporter import graph
 from skutag.exporter.formats import Job, first_line
 from skutag.exporter.graph import EMBEDDING, INPUT_NAME, PROBS
 from skutag.exporter.tail import walk_tail
@@ -51,7 +52,7 @@ def export(job: Job, out: Path) -> dict[str, Any]:
             module, example_input=(example,), input=[ov.PartialShape([-1, size, size, 3])]
         )
     model.inputs[0].set_names({INPUT_NAME})
-    for output, name in zip(model.outputs, [PROBS, EMBEDDING], strict=False):
+    for output, name in zip(model.outputs, graph.output_names(card, module.embeddings), strict=True):
         output.set_names({name})
     notes: dict[str, Any] = {"batch_size": "dynamic"}
     if precision == "int8":
@@ -131,6 +132,10 @@ class _Runner:
         result = self._compiled(np.ascontiguousarray(pixels))
         values = {name: result[i] for i, name in enumerate(self._names)}
         return values[PROBS], values.get(EMBEDDING)
+
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
+        result = self._compiled(np.ascontiguousarray(pixels))
+        return [result[i] for i in range(len(self._names))]
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:

@@ -84,7 +84,16 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
     rows: list[Row] = []
     if config.baseline_run is not None:
         rows.extend(_torch_baseline(config, progress))
+    work = tempfile.TemporaryDirectory(prefix="skutag-bench-twins-")
+    models: list[tuple[Path, str]] = []
     for model in config.models:
+        models.append((model, model.name))
+        card = model_card(model) if format_of(model) in (None, "onnx") else None
+        if card is not None and card.attributes:  # the heads' cost: the single-label twin beside it
+            from skutag.bench.heads import label_only
+
+            models.append((label_only(model, Path(work.name)), f"{model.name} (label only)"))
+    for model, name in models:
         if format_of(model) not in (None, "onnx"):
             rows.extend(_edge_rows(model, config, progress))
             continue
@@ -92,6 +101,8 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
             raise InputError(f"{model} has no skutag card; bench needs the card's input size")
         contract = read_contract(model)
         card = contract.card
+        heads = len(card.attributes or ())
+        twin = name != model.name
         accuracy = _accuracy(model, config) if config.data else None
         for device in config.devices:
             session = None
@@ -106,7 +117,7 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
                 end_to_end = _end_to_end(model, config, info.device, batch_size) if config.images else None
                 rows.append(
                     Row(
-                        model.name,
+                        name,
                         card.precision,
                         info.device,
                         batch_size,
@@ -114,10 +125,15 @@ def run_bench(config: BenchConfig, progress=None) -> list[Row]:
                         timing,
                         accuracy,
                         end_to_end,
-                        {"providers": info.providers, "target": runtime_target(card).name},
+                        {
+                            "providers": info.providers,
+                            "target": runtime_target(card).name,
+                            **({"heads": heads} if heads or twin else {}),
+                        },
                     )
                 )
             del session
+    work.cleanup()
     return rows
 
 

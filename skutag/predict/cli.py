@@ -68,12 +68,18 @@ def _print_table(loaded, results) -> None:
     table.add_column("image", overflow="fold")
     table.add_column("label", overflow="fold")
     table.add_column("score", justify="right")
+    heads = [h.name for h in loaded.card.attributes or ()]
+    for name in heads:  # one column per attribute head: the values given, with their scores
+        table.add_column(name, overflow="fold")
     for r in results:
         if r.error is not None:
-            table.add_row(r.image, f"[red]error ({r.error_kind}): {r.error}[/red]", "", end_section=True)
+            table.add_row(r.image, f"[red]error ({r.error_kind}): {r.error}[/red]", "", *[""] * len(heads),
+                          end_section=True)  # fmt: skip
             continue
+        attributes = [", ".join(f"{v} {s:.2f}" for v, s in (r.attributes or {}).get(n, ())) for n in heads]
         for rank, (label, score) in enumerate(zip(r.labels, r.scores, strict=True)):
             table.add_row(
-                r.image if rank == 0 else "", label, f"{score:.3f}", end_section=rank == len(r.labels) - 1
-            )
+                r.image if rank == 0 else "", label, f"{score:.3f}", *(attributes if rank == 0 else [""] * len(heads)),
+                end_section=rank == len(r.labels) - 1,
+            )  # fmt: skip
     Console().print(table)

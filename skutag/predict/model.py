@@ -13,7 +13,8 @@ from skutag.artifacts import format_of, title
 from skutag.card import ModelCard
 from skutag.errors import InputError
 
-Scores = Callable[[np.ndarray], np.ndarray]  # uint8 [1, H, W, 3] -> probabilities [1, classes]
+# uint8 [1, H, W, 3] -> (probabilities [1, classes], {attribute head: probabilities [1, values]})
+Scores = Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class ImagePrediction:
     scores: tuple[float, ...] = ()
     error_kind: str | None = None
     error: str | None = None
+    # attribute head -> the values given, most probable first, with their probabilities (skutag.heads)
+    attributes: dict[str, tuple[tuple[str, float], ...]] | None = None
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
@@ -44,7 +47,17 @@ class ImagePrediction:
                 "error_kind": self.error_kind,
                 "error": self.error,
             }
-        return {"image": self.image, "status": "ok", "labels": list(self.labels), "scores": list(self.scores)}
+        found: dict[str, object] = {
+            "image": self.image,
+            "status": "ok",
+            "labels": list(self.labels),
+            "scores": list(self.scores),
+        }
+        if self.attributes is not None:
+            found["attributes"] = {
+                name: [{"value": v, "score": s} for v, s in given] for name, given in self.attributes.items()
+            }
+        return found
 
 
 def open_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
@@ -67,7 +80,18 @@ def open_model(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
     from skutag.exporter.formats import load_runner
 
     fmt, card, runner = load_runner(path, "skutag predict")
-    return LoadedModel(path, fmt.title, card, lambda pixels: runner(pixels)[0])
+    if card.attributes is None:
+        return LoadedModel(path, fmt.title, card, lambda pixels: (runner(pixels)[0], {}))
+    from skutag.exporter.head_parity import split_outputs
+
+    def scores(pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        values = runner.outputs(pixels)
+        probs, _, heads = split_outputs(
+            values, card.attributes, embeddings=len(values) > 1 + len(card.attributes)
+        )
+        return probs, heads
+
+    return LoadedModel(path, fmt.title, card, scores)
 
 
 def _onnx_model(path: Path, device: str) -> LoadedModel:
@@ -81,10 +105,12 @@ def _onnx_model(path: Path, device: str) -> LoadedModel:
             "skutag run takes such a model with --labels FILE --image-size N"
         )
     session, _ = open_session(contract, device, batch_size=1)
-    outputs = [contract.scores_output]
+    heads = contract.card.attributes or ()
+    outputs = [contract.scores_output, *(h.output for h in heads)]
 
-    def scores(pixels: np.ndarray) -> np.ndarray:
-        return session.run(outputs, {contract.input_name: host_model_input(pixels, contract)})[0]
+    def scores(pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        values = session.run(outputs, {contract.input_name: host_model_input(pixels, contract)})
+        return values[0], {h.name: v for h, v in zip(heads, values[1:], strict=True)}
 
     return LoadedModel(path, "ONNX", contract.card, scores)
 
@@ -102,9 +128,13 @@ def _torch_model(path: Path, device: str) -> LoadedModel:
     model, card = load_trained(path, "cpu")
     module = ExportModule(model, card).to(device).eval()
 
-    def scores(pixels: np.ndarray) -> np.ndarray:
+    heads = card.attributes or ()
+
+    def scores(pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with torch.inference_mode():
-            return module(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+            result = module(torch.from_numpy(pixels).to(device))
+        values = [t.float().cpu().numpy() for t in (result if isinstance(result, tuple) else (result,))]
+        return values[0], {h.name: v for h, v in zip(heads, values[1:], strict=True)}
 
     return LoadedModel(path, "PyTorch run dir" if path.is_dir() else "PyTorch weights", card, scores)
 
@@ -125,8 +155,25 @@ def predict_files(
         except ImageError as exc:
             results.append(ImagePrediction(name, error_kind=exc.kind, error=exc.message))
             continue
-        probs = np.asarray(model.scores(pixels[None]), dtype=np.float32)[0]
+        scores, heads = model.scores(pixels[None])
+        probs = np.asarray(scores, dtype=np.float32)[0]
         order = np.argsort(-probs, kind="stable")[:k]
         labels = tuple(card.classes[i] for i in order)
-        results.append(ImagePrediction(name, labels, tuple(round(float(probs[i]), 6) for i in order)))
+        attributes = _given(card, heads) if card.attributes else None
+        results.append(
+            ImagePrediction(
+                name, labels, tuple(round(float(probs[i]), 6) for i in order), attributes=attributes
+            )
+        )
     return results
+
+
+def _given(card: ModelCard, heads: dict[str, np.ndarray]) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Each head's values given for one image, most probable first, as `skutag run` writes them."""
+    found = {}
+    for head in card.attributes or ():
+        p = np.asarray(heads[head.name], np.float32)[:1]
+        given = np.flatnonzero(head.given(p)[0])
+        ordered = sorted(given, key=lambda i: -p[0, i])
+        found[head.name] = tuple((head.values[i], round(float(p[0, i]), 6)) for i in ordered)
+    return found

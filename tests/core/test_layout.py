@@ -27,6 +27,7 @@ BASICS = {
     "errors",
     "extras",
     "review_stats",
+    "heads",
     "fsio",
     "card",
     "formats",

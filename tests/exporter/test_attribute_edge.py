@@ -1,0 +1,53 @@
+"""Attribute heads in an edge format (`make test-edge`): OpenVINO fp32 and int8 carry every head as an
+output, keep it float in int8, and pass the per-head parity gate in OpenVINO's own runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from skutag.exporter import formats
+from skutag.exporter.head_parity import split_outputs
+from skutag.exporter.samples import load_directory
+
+from skutag import artifacts
+
+pytestmark = [
+    pytest.mark.edge,
+    pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="skutag[openvino] not installed"),
+]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_carries_and_checks_every_head(attribute_run, small_catalog, tmp_path, precision):
+    from skutag.exporter.pipeline import ExportRequest, run_export
+
+    run, card = attribute_run
+    out = tmp_path / f"model-{precision}.xml"
+    result = run_export(
+        ExportRequest(
+            source=run,
+            out=out,
+            format="openvino",
+            precision=precision,
+            calib_dir=small_catalog if precision == "int8" else None,
+            calib_size=40,
+        )
+    )
+    report = json.loads(result.report.read_text())
+    figures = report["parity"]["attributes"]
+    assert set(figures) == {"color", "style"}
+    limits = artifacts.TARGETS[report["target"]].limits
+    assert all(f["agreement"] >= limits.min_top1_agreement for f in figures.values())
+    fmt, loaded_card, runner = formats.load_runner(out)
+    assert loaded_card.attributes == card.attributes
+    pixels = load_directory(small_catalog, card, 4).pixels
+    probs, embedding, heads = split_outputs(runner.outputs(pixels), card.attributes, embeddings=False)
+    assert probs.shape == (4, len(card.classes)) and embedding is None
+    assert heads["color"].shape == (4, 3) and np.allclose(heads["color"].sum(axis=1), 1, atol=1e-3)
+    assert heads["style"].shape == (4, 2)
+    if precision == "int8":
+        tail = report["notes"]["float_tail"]  # the IR's ops walked back from every output, none FakeQuantize
+        assert {"Sigmoid", "Softmax"} <= set(tail) and "FakeQuantize" not in tail

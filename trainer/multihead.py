@@ -1,0 +1,92 @@
+"""One backbone, the label head and one head per attribute: the model of a run with `--attributes`.
+
+`AttributeModel.wrap` takes the plain classifier `trainer.model.build` makes and splits it
+into its body (the classifier replaced by Identity: the pooled features) and its label head,
+then adds a Linear head per attribute on the same features. `forward(x)` returns the label
+logits, so everything that treats a run's model as a classifier (eval, Grad-CAM, bench,
+predict) still does; `forward(x, all_heads=True)` returns every head's logits by name
+(`label` and each attribute), through `forward` so DDP sees the call.
+
+On disk (`best.safetensors`) the weights are the plain classifier's keys, exactly as a
+model without attributes writes them, plus `attributes.<name>.weight` / `.bias`
+(`plain_state`); `from_state` loads them back strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from skutag.errors import InputError
+from skutag.heads import AttributeHead
+
+LABEL = "label"
+PREFIX = "attributes."
+
+
+class AttributeModel(nn.Module):
+    """body (features) -> label head, and `heads[name]` per attribute."""
+
+    def __init__(self, body: nn.Module, label_head: nn.Linear, head_name: str, heads: Mapping[str, int]):
+        super().__init__()
+        self.body = body
+        self.label_head = label_head
+        self.head_name = head_name  # the classifier's qualified name in the plain model (`classifier`, `fc`)
+        self.heads = nn.ModuleDict({name: nn.Linear(label_head.in_features, n) for name, n in heads.items()})
+
+    @classmethod
+    def wrap(cls, model: nn.Module, heads: Sequence[AttributeHead] | Mapping[str, int]) -> AttributeModel:
+        """`model` (a plain classifier; taken apart, not copied) with a new head per attribute."""
+        from skutag.trainer.model import classifier_name
+
+        sizes = heads if isinstance(heads, Mapping) else {h.name: len(h.values) for h in heads}
+        name = classifier_name(model)
+        label_head = model.get_submodule(name)
+        model.set_submodule(name, nn.Identity())
+        return cls(model, label_head, name, sizes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's logits from pooled features (what a feature cache trains on)."""
+        out = {LABEL: self.label_head(features)}
+        out.update((name, head(features)) for name, head in self.heads.items())
+        return out
+
+    def forward(self, x: torch.Tensor, all_heads: bool = False):
+        features = self.body(x)
+        if all_heads:
+            return self.logits(features)
+        return self.label_head(features)
+
+    def plain_state(self) -> dict[str, torch.Tensor]:
+        """The weights as `best.safetensors` holds them (see the module docstring)."""
+        state = {k: v for k, v in self.body.state_dict().items()}
+        state.update((f"{self.head_name}.{k}", v) for k, v in self.label_head.state_dict().items())
+        state.update((PREFIX + k, v) for k, v in self.heads.state_dict().items())
+        return state
+
+
+def from_state(
+    model: nn.Module, heads: Sequence[AttributeHead], state: Mapping[str, torch.Tensor], where: str
+) -> AttributeModel:
+    """`model` (a fresh plain classifier of the card's arch) with `state` loaded strictly, and its heads."""
+    plain = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
+    attributes = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+    try:
+        model.load_state_dict(plain, strict=True)
+        wrapped = AttributeModel.wrap(model, heads)
+        wrapped.heads.load_state_dict(attributes, strict=True)
+    except RuntimeError as exc:
+        raise InputError(
+            f"the card in {where} does not match its weights (attribute heads "
+            f"{', '.join(h.name for h in heads)}): {str(exc).splitlines()[0]}"
+        ) from exc
+    return wrapped
+
+
+def has_attributes(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "module", model), AttributeModel)
