@@ -335,6 +335,7 @@ def test_a_stalled_job_fails_in_one_line_instead_of_hanging(model, awkward, tmp_
     assert not left, left
 
 
+@pytest.mark.slow  # Ray parity of the plain columns stays in the default run (the local engines' rows test)
 def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_engine(
     review_model, small_catalog, tmp_path
 ):

@@ -316,6 +316,7 @@ def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model
     assert summary["errors_by_kind"] == {"unreadable": 6} and (tmp_path / "emptied" / "_SUCCESS").exists()
 
 
+@pytest.mark.slow  # four runs; one denied object among good ones is a row in the default run
 def test_one_forbidden_object_does_not_stop_later_nights(tiny_model, denied, tmp_path):
     """One object answers 403 for good: night 1, two --since nights and a --retry-errors rerun all finish
     (the only input left to read is a known-bad object: no evidence about the store, a normal night)."""
