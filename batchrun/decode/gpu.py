@@ -62,7 +62,7 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 def draft_scale(width: int, height: int, resize_size: int) -> int:
-    """The DCT scale (1, 2, 4 or 8) Pillow's JPEG draft picks in `skutag.images._draft`."""
+    """The DCT scale (1, 2, 4 or 8) Pillow's JPEG draft picks in `skutag.image_pixels.draft`."""
     scale = resize_size / min(width, height)
     if scale >= 1:
         return 1

@@ -14,15 +14,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from skutag.normalize import normalize, normalize_nhwc_uint8, pixel_scale
 from skutag.runtime import SessionInfo, create_session
 
-from ..decode.loader import Batch
 from .model import EMBEDDING, ModelContract
+
+if TYPE_CHECKING:  # the loader's import (Pillow, pyarrow, storage) is no part of opening a session
+    from ..decode.loader import Batch
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 

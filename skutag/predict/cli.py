@@ -45,11 +45,11 @@ def _expand(images: tuple[str, ...]) -> list[str]:
     """Files as given; a folder stands for the image files under it, sorted."""
     import os
 
-    from skutag.listing import local_path, walk_images
-
     files: list[str] = []
     for image in images:
         if os.path.isdir(image):
+            from skutag.listing import local_path, walk_images  # (pyarrow, storage): only for a folder
+
             for entry in walk_images(image):
                 if entry.size is None:
                     continue

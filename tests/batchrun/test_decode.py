@@ -178,6 +178,7 @@ def test_a_store_that_fails_is_retried_then_an_unreadable_row_that_retry_errors_
     assert all(fixed[n]["predicted_at"] == rows[n]["predicted_at"] for n in names if n != "good-03.jpg")
 
 
+@pytest.mark.slow  # the local engine contains both in the default run; Ray runs the same decode
 @pytest.mark.timeout(400)
 def test_the_ray_engine_contains_a_hung_and_a_killed_decoder_too(model, server, tmp_path):
     pytest.importorskip("ray")

@@ -35,7 +35,7 @@ from skutag.batchrun.decode.loader import Collate, Preprocess, ReadOptions, Task
 from skutag.batchrun.decode.supervise import SupervisedLoader, batches_of
 from skutag.batchrun.engines.pipeline import run_pipeline
 
-from skutag.images import _draft, exif_orientation, load_image
+from skutag.images import draft, exif_orientation, load_image
 from skutag.runtime import gpu_present
 from tests.support.cli import skutag
 from tests.support.photos import REAL_PHOTOS, needs_photos
@@ -125,7 +125,7 @@ def assert_within_tolerance(got: np.ndarray, expected: np.ndarray, what: object)
 )
 def test_draft_scale_is_the_scale_pillow_decodes_at(size):
     image = Image.open(io.BytesIO(jpeg(photo(*size))))
-    _draft(image, 256)
+    draft(image, 256)
     scale = draft_scale(*size, 256)
     assert image.size == (-(-size[0] // scale), -(-size[1] // scale))
 

@@ -335,6 +335,7 @@ def test_a_stalled_job_fails_in_one_line_instead_of_hanging(model, awkward, tmp_
     assert not left, left
 
 
+@pytest.mark.slow  # Ray parity of the plain columns stays in the default run (the local engines' rows test)
 def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_engine(
     review_model, small_catalog, tmp_path
 ):
@@ -363,6 +364,7 @@ def test_ray_engine_writes_the_review_queue_and_manifest_labels_like_the_local_e
     assert sum(row["manifest_label"] is None for row in ray.values()) == len(images) // 5
 
 
+@pytest.mark.slow  # --since is the plan's (engine-independent); test_since.py runs it by default
 def test_a_nightly_since_run_on_ray_reuses_the_local_runs_rows_and_predicts_only_what_changed(
     model, tmp_path
 ):

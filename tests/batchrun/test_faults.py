@@ -323,6 +323,7 @@ def test_a_deleted_bucket_stops_the_run_but_missing_objects_stay_rows(tiny_model
     assert summary["errors_by_kind"] == {"unreadable": 6} and (tmp_path / "emptied" / "_SUCCESS").exists()
 
 
+@pytest.mark.slow  # four runs; one denied object among good ones is a row in the default run
 def test_one_forbidden_object_does_not_stop_later_nights(tiny_model, denied, tmp_path):
     """One object answers 403 for good: night 1, two --since nights and a --retry-errors rerun all finish
     (the only input left to read is a known-bad object: no evidence about the store, a normal night)."""
@@ -351,6 +352,7 @@ def test_one_forbidden_object_does_not_stop_later_nights(tiny_model, denied, tmp
     assert denied.hits["deny_gets"] >= 4  # the bad object was read again each time
 
 
+@pytest.mark.slow  # every object denied stops the local run with exit 4 in the default run
 def test_every_object_denied_on_a_since_night_still_stops_with_exit_4(tiny_model, denied, tmp_path):
     """The store itself turns: the changed inputs fail, and the probe of an object the run knows
     exists fails too: exit 4, nothing published."""
@@ -380,7 +382,10 @@ def test_every_object_denied_on_a_since_night_still_stops_with_exit_4(tiny_model
 # -- SIGTERM and SIGINT --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # one code path for both
+)
 def test_a_signal_mid_run_stops_cleanly_and_a_rerun_takes_over_at_once(
     signum, tiny_model, six_images, tmp_path
 ):
@@ -425,6 +430,7 @@ def wait_for(condition, seconds: float = 120) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # test_races.py holds the same zombie past the TTL in the default run, without a model
 def test_a_zombie_that_passed_check_and_stalled_past_the_ttl_loses_no_unit(tiny_model, denied, tmp_path):
     """Made deterministic by the fault proxy: the holder passes `check()` for unit 1, then its part
     upload and its next lease renewal hang; a newcomer takes the expired lease over and finishes the

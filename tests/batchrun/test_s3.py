@@ -80,6 +80,7 @@ def test_s3_to_s3_gives_one_row_per_object_with_bad_objects_as_error_rows(s3, mo
     )
 
 
+@pytest.mark.slow  # test_run.py kills a local run after its first part in the default run
 def test_sigkill_during_an_s3_run_then_rerun_gives_exactly_one_row_per_object(s3, model, catalog, tmp_path):
     args = [str(model), "s3://shop/catalog", "--out", "s3://shop/out2", "--max-error-rate", "1",
             "--part-size", "16", "--batch-size", "4", "--workers", "1"]  # fmt: skip
@@ -116,6 +117,7 @@ def _committed(s3: S3Server, prefix: str) -> list[dict]:
     return json.loads(next(iter(found.values())))["parts"]
 
 
+@pytest.mark.slow  # minutes under load; test_s3_faults outlasts 503 SlowDown on every request by default
 def test_a_paused_store_mid_run_loses_and_duplicates_nothing(s3, model, catalog):
     args = [str(model), "s3://shop/catalog", "--out", "s3://shop/out3", "--max-error-rate", "1",
             "--part-size", "16", "--batch-size", "4", "--workers", "1",
@@ -187,6 +189,7 @@ def test_a_secret_storage_option_reaches_no_file_and_no_output_line(s3, model, c
     assert options == ["key", "secret"]  # recorded by name only
 
 
+@pytest.mark.slow  # the slowest default test (a local and a Ray run on S3); each engine meets S3 or Ray by default
 def test_the_ray_engine_reads_and_writes_s3_with_storage_options_reaching_its_workers(s3, model, catalog):
     """Credentials only as --storage-option (not in the environment Ray's workers inherit): the decode
     tasks read with them, the driver's writer commits with them; the local engine's rows come out."""

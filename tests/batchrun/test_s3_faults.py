@@ -67,6 +67,7 @@ def test_a_prefix_whose_listing_fails_fails_with_exit_75_and_publishes_no_plan(
     assert keys(s3, f"listfail-{command}/") == []  # no _PLAN, no unit file, nothing
 
 
+@pytest.mark.slow  # end to end; test_an_exclusive_create_whose_reply_is_lost_knows_its_own_write covers it by default
 def test_a_plan_create_whose_reply_is_lost_after_it_landed_gives_a_working_out(
     s3, fault_proxy, catalog, tiny_model
 ):

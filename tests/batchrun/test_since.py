@@ -115,6 +115,7 @@ def test_a_manifest_of_1000_ids_over_50_images_gives_1000_rows_and_50_decodes(mo
     assert len(by_image) == 50 and all(len(v) == 1 for v in by_image.values())  # one prediction per image
 
 
+@pytest.mark.slow  # test_plan.py: the plan is made once and read by later calls, in the default run
 def test_shards_started_while_the_catalog_changes_cover_one_plan_exactly_once(model, tmp_path):
     catalog = tmp_path / "catalog"
     tiny_catalog(catalog, 48, seed=11)

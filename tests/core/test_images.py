@@ -18,7 +18,7 @@ from skutag.images import (
     DEFAULT_MAX_BYTES,
     ERROR_KINDS,
     ImageError,
-    _draft,
+    draft,
     is_image_path,
     load_image,
     open_image,
@@ -193,10 +193,10 @@ def test_other_accepted_formats(fmt):
 def test_jpeg_is_decoded_at_the_smallest_draft_scale_that_covers_the_target():
     data = encode(Image.new("RGB", (2000, 1500), (100, 100, 100)), "JPEG")
     image = open_image(data)
-    _draft(image, 256)
+    draft(image, 256)
     assert image.size == (500, 375)  # 1/4: 1/8 would be 250x188, shorter than 256
     image = open_image(data)
-    _draft(image, 400)
+    draft(image, 400)
     assert image.size == (1000, 750)  # 1/2
     out = load_image(data)
     assert (out.width, out.height) == (2000, 1500) and out.pixels.shape == (224, 224, 3)
@@ -426,7 +426,7 @@ def test_extensions_include_new_and_refused_formats():
 
 
 def test_oversize_file_is_refused_from_its_size_without_being_read(tmp_path, monkeypatch):
-    import skutag.images as images
+    import skutag.image_files as image_files
 
     path = tmp_path / "huge.jpg"
     with open(path, "wb") as f:
@@ -435,7 +435,7 @@ def test_oversize_file_is_refused_from_its_size_without_being_read(tmp_path, mon
     def no_read(*args, **kwargs):
         raise AssertionError("the file was read")
 
-    monkeypatch.setattr(images, "_read_at_most", no_read)
+    monkeypatch.setattr(image_files, "_read_at_most", no_read)
     for call in (lambda: read_file(path, max_bytes=DEFAULT_MAX_BYTES), lambda: load_image(path)):
         with pytest.raises(ImageError) as err:
             call()
@@ -459,7 +459,7 @@ def test_max_bytes_boundary_and_bytes_input(tmp_path):
 
 
 def test_a_file_that_grows_after_the_stat_is_read_up_to_the_limit_only(tmp_path):
-    from skutag.images import _read_at_most
+    from skutag.image_files import _read_at_most
 
     path = tmp_path / "growing.jpg"
     path.write_bytes(bytes(200))
@@ -489,14 +489,14 @@ def test_non_utf8_bytes_path_reads_and_fifo_is_unreadable_without_blocking(tmp_p
 
 
 def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch):
-    import skutag.images as images
+    import skutag.image_files as image_files
     import skutag.retries as storage
 
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     path = tmp_path / "nfs.jpg"
     data = encode(Image.new("RGB", (300, 300)), "JPEG")
     path.write_bytes(data)
-    real, calls = images._read_at_most, []
+    real, calls = image_files._read_at_most, []
 
     def flaky(*args):
         calls.append(1)
@@ -504,7 +504,7 @@ def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch
             raise OSError(errno.ESTALE, "Stale file handle")
         return real(*args)
 
-    monkeypatch.setattr(images, "_read_at_most", flaky)
+    monkeypatch.setattr(image_files, "_read_at_most", flaky)
     assert read_file(path) == data and len(calls) == 3
 
     def broken(*args):
@@ -512,7 +512,7 @@ def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch
         raise OSError(errno.EIO, "Input/output error")
 
     calls.clear()
-    monkeypatch.setattr(images, "_read_at_most", broken)
+    monkeypatch.setattr(image_files, "_read_at_most", broken)
     with pytest.raises(ImageError) as err:
         read_file(path)
     assert err.value.kind == "unreadable" and "Input/output error" in err.value.message
@@ -523,7 +523,7 @@ def test_transient_read_errors_are_retried_then_unreadable(tmp_path, monkeypatch
         raise PermissionError(errno.EACCES, "Permission denied")
 
     calls.clear()
-    monkeypatch.setattr(images, "_read_at_most", denied)
+    monkeypatch.setattr(image_files, "_read_at_most", denied)
     with pytest.raises(ImageError) as err:
         read_file(path)
     assert err.value.kind == "unreadable" and len(calls) == 1  # not transient: no retry

@@ -30,11 +30,11 @@ RUNNER = (
 
 
 def imported(
-    tmp_path: Path, *args: object, code: str = RUNNER
+    tmp_path: Path, *args: object, code: str = RUNNER, env: dict[str, str] | None = None
 ) -> tuple[set[str], subprocess.CompletedProcess]:
     """The modules a fresh `skutag ARGS...` process had loaded when it exited."""
     target = tmp_path / "modules.json"
-    env = {**os.environ, "SKUTAG_MODULES_OUT": str(target)}
+    env = {**os.environ, **(env or {}), "SKUTAG_MODULES_OUT": str(target)}
     result = subprocess.run(
         [sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=300,
@@ -117,3 +117,21 @@ def test_ray_decode_tasks_import_neither(tmp_path, small_catalog):
     modules, _ = imported(tmp_path, *files, code=code)
     assert "skutag.batchrun.engines.ray_stages" in modules
     assert not heavy(modules), heavy(modules)
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "review_model"])
+def test_predict_of_a_model_never_seen_imports_no_onnx(tmp_path, request, model, small_catalog):
+    """`skutag predict` reads the card and signature from its ONNX Runtime session: a model file seen for
+    the first time (an empty signature cache) costs no `onnx` import (one to two seconds), nor pandas."""
+    model = request.getfixturevalue(model)
+    photo = sorted(p for p in small_catalog.rglob("*") if p.suffix in (".jpg", ".png"))[0]
+    cache = tmp_path / "empty-cache"
+    modules, result = imported(
+        tmp_path, "predict", model, photo, "--json", env={"SKUTAG_CACHE_DIR": str(cache)}
+    )
+    rows = json.loads(result.stdout)
+    assert rows[0]["status"] == "ok" and len(rows[0]["labels"]) == 3, rows
+    assert "onnxruntime" in modules  # the check ran a session, not just the CLI
+    light = {m for m in modules if m.split(".")[0] in ("onnx", "ml_dtypes", "pandas", "torch")}
+    assert not light, light
+    assert not cache.exists() or not any(cache.rglob("*.json"))  # nor parsed the file to cache it

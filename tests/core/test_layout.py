@@ -37,7 +37,19 @@ BASICS = {
     "options",
     "retries",
 }
-INPUTS = {"images", "listing", "manifests", "storage", "conditional", "entries", "synth", "decisions"}
+INPUTS = {
+    "images",
+    "image_errors",
+    "image_files",
+    "image_pixels",
+    "listing",
+    "manifests",
+    "storage",
+    "conditional",
+    "entries",
+    "synth",
+    "decisions",
+}
 ENTRY = {"cli", "__main__", "demo", "synth_cli"}
 # The stages, in the order they may import each other: export reads what training made.
 STAGES = {"trainer": 2, "batchrun": 2, "exporter": 3}

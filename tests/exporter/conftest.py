@@ -13,11 +13,11 @@ from skutag.card import ModelCard
 IMAGE_SIZE = 64
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_run(small_catalog, tmp_path_factory) -> tuple[Path, ModelCard]:
     """A ResNet-18 trained for 20 Adam steps on the synthetic catalog: right on every class, and (label
-    smoothing) with probabilities that are not saturated, so parity figures mean something. One per test
-    module (ONNX, int8, edge formats), as each of them had before they shared this fixture."""
+    smoothing) with probabilities that are not saturated, so parity figures mean something. One for the
+    session: every module (ONNX, int8, edge formats) exports it and none writes into its run dir."""
     from skutag.trainer.model import build_model
     from skutag.trainer.weights import save_weights
 

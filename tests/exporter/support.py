@@ -3,18 +3,7 @@
 from __future__ import annotations
 
 from skutag.card import METADATA_KEY, ModelCard
-from skutag.cli import main
-
-
-def invoke(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `skutag ARGS` in this process; (exit code, stdout, stderr)."""
-    try:
-        main([*args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.support.cli import invoke  # noqa: F401  (the exporter tests import it from here)
 
 
 def session_card(session) -> ModelCard:

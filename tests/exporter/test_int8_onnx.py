@@ -143,6 +143,15 @@ def test_the_report_and_card_say_which_int8(exports, target):
     assert session.get_modelmeta().custom_metadata_map["skutag.int8_target"] == target.removeprefix("int8-")
 
 
+def test_tensorrt_int8_is_symmetric(exports):
+    """S8S8 for TensorRT: every QuantizeLinear's zero point an int8 0 (test_onnx_export's CLI version of
+    this check is marked slow)."""
+    proto = onnx.load(str(exports["int8-tensorrt"]))
+    initialisers = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
+    zero_points = [initialisers[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+
 def test_a_broken_int8_model_fails_the_gate(exports, trained_run, small_catalog, check_pixels, tmp_path):
     """The real int8 file passes; with its (float) head scrambled, or its probabilities moved, it fails."""
     from skutag.exporter.samples import SampleSet

@@ -140,6 +140,7 @@ def test_int8_cpu_is_calibrated_and_every_conv_quantised(capsys, trained_run, sm
     assert out.stat().st_size < 0.3 * (run / "best.safetensors").stat().st_size
 
 
+@pytest.mark.slow  # the default run checks the same zero points on test_int8_onnx's tensorrt export
 def test_int8_tensorrt_is_symmetric(capsys, trained_run, small_catalog, tmp_path):
     run, _ = trained_run
     out = tmp_path / "model-trt.onnx"

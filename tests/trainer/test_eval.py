@@ -86,7 +86,10 @@ def test_the_training_report_has_gradcam_of_its_mistakes_and_eval_says_when_it_c
     assert not (tmp_path / "required").exists()
 
 
-@pytest.mark.parametrize("input_kind", ["uint8", "float"])
+@pytest.mark.parametrize(
+    "input_kind",
+    ["uint8", pytest.param("float", marks=pytest.mark.slow)],  # float: test_onnx_export.py
+)
 def test_eval_of_the_exported_onnx_matches_torch(cached_run, split_catalog, tmp_path, input_kind):
     from skutag.exporter.graph import export_fp32
     from skutag.trainer.weights import load_trained

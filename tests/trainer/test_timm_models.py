@@ -64,6 +64,7 @@ def test_head_phase_then_fine_tuning(split_catalog, tmp_path, capsys):
     assert max(seconds[:2]) < seconds[2]
 
 
+@pytest.mark.slow  # a timm model is exported by default (int8 test below); exported eval = torch: test_eval.py
 def test_exported_timm_model_evaluates_like_pytorch(timm_run, split_catalog, tmp_path):
     onnx_path = tmp_path / "model.onnx"
     done = skutag("export", timm_run, "--out", onnx_path)
