@@ -27,6 +27,7 @@ BASICS = {
     "errors",
     "extras",
     "review_stats",
+    "calibration",
     "fsio",
     "card",
     "formats",
