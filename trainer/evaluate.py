@@ -29,6 +29,7 @@ from skutag.trainer.report import Evaluation, write_report
 from skutag.trainer.review import review_figures
 from torch.utils.data import DataLoader
 
+from skutag import calibration
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, check_output_dir, sha256_file
@@ -147,13 +148,16 @@ def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict,
     model, _ = load_trained(model_path, torch_device)
     body, head = split_head(model)
     normalizer = Normalizer(card).to(torch_device)
-    temperature = card.temperature or 1.0  # what the exported graph divides its logits by
 
     def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.no_grad():
             features = body(normalizer(images.to(torch_device)))
-            logits = head(features).float() / temperature
-        return torch.softmax(logits, dim=1).cpu().double().numpy(), features.float().cpu().numpy()
+            probs = torch.softmax(head(features).float(), dim=1).cpu().double().numpy()
+        if (
+            card.temperature is not None
+        ):  # softmax(logits / T), as the exported graph and the trainer's report
+            probs = calibration.retemper(probs, 1.0 / card.temperature)
+        return probs, features.float().cpu().numpy()
 
     return predict, f"torch, {line}"
 

@@ -53,6 +53,15 @@ def confidence_threshold(top1: np.ndarray, far: np.ndarray, rate: float) -> floa
     return best
 
 
+def thresholds(scores: np.ndarray, top1: np.ndarray, rate: float) -> tuple[float, float]:
+    """(ood_threshold, confidence_threshold) that flag `rate` of these validation rows: the OOD threshold
+    at the (1 - rate x OOD_SHARE) quantile of the scores, the confidence threshold filling the rest."""
+    if not len(scores):
+        return 2.0, 0.0
+    ood = float(np.quantile(scores, 1.0 - rate * OOD_SHARE))  # within the score's range (cosine: [0, 2])
+    return ood, confidence_threshold(np.asarray(top1), np.asarray(scores) > ood, rate)
+
+
 def review_section(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -67,16 +76,13 @@ def review_section(
     means = class_means(train_features, train_labels, num_classes)
     scores = ood_scores(val_features, means)
     probs = np.asarray(val_probs, np.float64)
-    ood_threshold = (
-        float(np.clip(np.quantile(scores, 1.0 - rate * OOD_SHARE), 0.0, 2.0)) if len(scores) else 2.0
-    )
-    far = scores > ood_threshold
+    ood_threshold, low_threshold = thresholds(scores, probs.max(axis=1), rate)
     section = {
         "score": REVIEW_SCORE,
         "class_means": [[float(v) for v in row.astype(np.float32)] for row in means],
         "ood_threshold": ood_threshold,
-        "tpr": float(1.0 - far.mean()) if len(scores) else 1.0,
-        "confidence_threshold": float(np.clip(confidence_threshold(probs.max(axis=1), far, rate), 0.0, 1.0)),
+        "tpr": float(np.mean(scores <= ood_threshold)) if len(scores) else 1.0,
+        "confidence_threshold": low_threshold,
         "statistics": "train",
         "target_rate": float(rate),
     }
