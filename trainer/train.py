@@ -451,14 +451,15 @@ class Trainer:
         card's review section (trainer.review: class means from the training features, thresholds from the
         validation ones, on calibrated probabilities).
 
-        The training features are the head phase's cache when the best weights come from a head-only epoch
-        (their backbone is the one the cache was computed with), else one pass over the training images
-        without augmentation. Under torchrun rank 0 computes both from its own shard of the validation split."""
+        The features are the head phase's caches when the best weights come from a head-only epoch (their
+        backbone is the one the caches were computed with), else one pass over the validation and the
+        training images without augmentation. Under torchrun rank 0 computes both from its own shard of the validation split."""
         model = getattr(self.model, "module", self.model)
         body, head = split_head(getattr(model, "_orig_mod", model))
-        val = extract_features(body, self.val_loader, self._prepare_images)
+        cached = self.train_cache is not None and self.state.best_epoch <= self.head_epochs
+        val = self.val_cache if cached else extract_features(body, self.val_loader, self._prepare_images)
         train = self.train_cache
-        if train is None or self.state.best_epoch > self.head_epochs:
+        if not cached:
             index = {name: i for i, name in enumerate(self.classes)}
             loader = DataLoader(
                 CatalogDataset(self.splits.train, index, self.card),
