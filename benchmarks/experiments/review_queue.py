@@ -162,11 +162,11 @@ def carve_validation(train: np.ndarray, y: np.ndarray, paths: list[str], by_prod
     return fit, val
 
 
-def measure(ids, ood, rates: list[float], folds: int, val_by_product: bool) -> dict:
-    """{(score, rate): per-fold rows of figures} for in-distribution set `ids` against the `ood` photos."""
+def measure(ids, ood, rates: list[float], folds: int, catalog: bool, val_by_product: bool) -> dict:
+    """{(score, rate): per-fold rows of figures} for in-distribution set `ids` against the `ood` photos;
+    `catalog`: folds by product (names PRODUCT-view.jpg)."""
     (x, y, paths), (xo, _, _) = ids, ood
     classes = int(y.max()) + 1
-    catalog = all("-" in Path(p).name for p in paths)  # the catalog's names are PRODUCT-view.jpg
     results: dict = {}
     for train, held in splits(x, y, paths, folds, by_product=catalog):
         fit, val = carve_validation(train, y, paths, val_by_product and catalog)
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--rates", default="0.1,0.2", help="target flag rates (--review-rate)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/skutag-review-features"))
-    parser.add_argument(
-        "--val-by-product", action="store_true", help="catalog validation split by product too"
-    )
+    parser.add_argument("--by-product", default="catalog-photos", help="the set whose folds go by product")
+    parser.add_argument("--val-by-product", action="store_true", help="its validation split by product too")
+    parser.add_argument("--only", help="measure only this set as the in-distribution one")
     args = parser.parse_args(argv)
     before = load_average()
     started = time.perf_counter()
@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     for i, root in enumerate(args.data):
         other = args.data[1 - i]
-        results = measure(sets[i], sets[1 - i], rates, args.folds, args.val_by_product)
+        if args.only and root.name != args.only:
+            continue
+        catalog = root.name == args.by_product
+        results = measure(sets[i], sets[1 - i], rates, args.folds, catalog, args.val_by_product and catalog)
         for (name, rate), rows in results.items():
             m = np.nanmean(np.array(rows), axis=0)
             print(
