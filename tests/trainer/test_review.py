@@ -73,3 +73,21 @@ def test_figures_count_wrong_predictions_caught_per_reason():
             "out_of_distribution": {"flagged": 2, "wrong_caught": 1},
         },
     }
+
+
+def test_cards_with_the_old_section_still_read_and_a_new_section_is_checked():
+    """A 0.3/0.4 section (means and thresholds from validation, five keys) is a valid card as it was;
+    the new keys are checked, and anything else is refused."""
+    import pytest
+
+    from skutag.card import CardError, ModelCard
+
+    old = {"score": "1-max-cosine", "class_means": [[1.0, 0.0], [0.0, 1.0]], "ood_threshold": 0.4, "tpr": 0.95,
+           "confidence_threshold": 0.3}  # fmt: skip
+    card = ModelCard.for_training("resnet18", ["a", "b"], review=old)
+    assert ModelCard.from_json(card.to_json()).review == old
+    new = old | {"statistics": "train", "target_rate": 0.1, "validation": {"rows": 4, "flagged": 0}}
+    assert ModelCard.from_json(card.replace(review=new).to_json()).review == new
+    for bad in ({"target_rate": 1.5}, {"statistics": "test"}, {"bank": "AAAA"}):
+        with pytest.raises(CardError, match="review"):
+            card.replace(review=new | bad)
