@@ -3,7 +3,9 @@
 `ExportModule` wraps a trained torchvision or timm classifier so the ONNX file takes what
 batchrun feeds it: by default uint8 `[batch, H, W, 3]` RGB, already resized and
 centre-cropped by the host, cast to float first (TensorRT handles uint8 layout changes
-poorly), then layout change and normalisation inside the graph; `probs` float32 `[batch, classes]` out, and optionally `embedding` (the pooled
+poorly), then layout change and normalisation inside the graph; `probs` float32 `[batch, classes]` out,
+softmax(logits / T) with the card's `temperature` T (skutag.calibration; 1 when the card has none), so
+every format built from this module gives calibrated probabilities; optionally `embedding` (the pooled
 penultimate features). `export_fp32` writes one self-contained file with the pinned
 opset and a dynamic batch dimension named `batch`.
 """
@@ -54,6 +56,7 @@ class ExportModule(nn.Module):
         mean, std = pixel_scale(card.mean, card.std)
         self.register_buffer("mean", torch.from_numpy(mean))
         self.register_buffer("std", torch.from_numpy(std))
+        self.temperature = float(card.temperature or 1.0)  # a constant in the graph: logits / T
 
     def forward(self, image: torch.Tensor):
         if self.input_kind == "uint8":
@@ -64,7 +67,10 @@ class ExportModule(nn.Module):
         else:
             x = image
         features = self.body(x)
-        probs = torch.softmax(self.head(features).float(), dim=1)
+        logits = self.head(features).float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        probs = torch.softmax(logits, dim=1)
         if self.attributes is not None:
             return (probs, *((features.float(),) if self.embeddings else ()), *self.attributes(features))
         return (probs, features.float()) if self.embeddings else probs

@@ -66,11 +66,15 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     # What "in distribution" looks like, for batchrun's review queue (trainer.review writes it):
     # {"score": "1-max-cosine", "class_means": [[...], ...], "ood_threshold", "tpr",
-    #  "confidence_threshold"}. None in cards without it, which serialise as before.
+    #  "confidence_threshold", and since 0.4 "statistics", "target_rate", "validation"}.
+    # None in cards without it, which serialise as before.
     review: dict[str, Any] | None = None
     # One head per catalog attribute beside the label head (skutag.heads). None in cards without
     # attributes, which serialise exactly as before.
     attributes: tuple[AttributeHead, ...] | None = None
+    # The temperature fitted on validation (skutag.calibration): the exported graph's softmax divides
+    # the logits by it. None in cards written before calibration (their graphs divide by nothing).
+    temperature: float | None = None
     created_at: str = field(default_factory=_now)
     skutag_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -164,6 +168,8 @@ class ModelCard:
             problems.extend(_review_problems(self.review, len(self.classes)))
         if self.attributes is not None:
             problems.extend(heads_problems(self.attributes))
+        if self.temperature is not None and not (_number(self.temperature) and self.temperature > 0):
+            problems.append("temperature must be a positive number")
         if problems:
             raise CardError("invalid model card: " + "; ".join(problems))
 
@@ -195,6 +201,8 @@ class ModelCard:
                 (h if isinstance(h, AttributeHead) else AttributeHead(**h)).to_dict()
                 for h in data["attributes"]
             ]
+        if data["temperature"] is None:  # uncalibrated cards too
+            del data["temperature"]
         return data
 
     @classmethod
@@ -250,13 +258,16 @@ class ModelCard:
 
 REVIEW_SCORE = "1-max-cosine"
 REVIEW_KEYS = {"score", "class_means", "ood_threshold", "tpr", "confidence_threshold"}
+# Written since the thresholds come from validation and the means from training (trainer.review); a card
+# of skutag 0.3 or earlier 0.4 has none of them and reads the same.
+REVIEW_OPTIONAL = {"statistics", "target_rate", "validation"}
 
 
 def _review_problems(review: Any, num_classes: int) -> list[str]:
     if not isinstance(review, dict):
         return ["review must be an object"]
-    if set(review) != REVIEW_KEYS:
-        return [f"review must have exactly the keys {sorted(REVIEW_KEYS)}"]
+    if not REVIEW_KEYS <= set(review) <= REVIEW_KEYS | REVIEW_OPTIONAL:
+        return [f"review must have the keys {sorted(REVIEW_KEYS)} (and optionally {sorted(REVIEW_OPTIONAL)})"]
     problems = []
     if review["score"] != REVIEW_SCORE:
         problems.append(f"review score must be {REVIEW_SCORE!r}")
@@ -276,6 +287,12 @@ def _review_problems(review: Any, num_classes: int) -> list[str]:
     ):
         if not _number(review[key]) or not low <= review[key] <= high:
             problems.append(f"review {key} must be a number in [{low}, {high}]")
+    if "statistics" in review and review["statistics"] not in ("train", "validation"):
+        problems.append("review statistics must be 'train' or 'validation'")
+    if "target_rate" in review and not (_number(review["target_rate"]) and 0 < review["target_rate"] < 1):
+        problems.append("review target_rate must be a number in (0, 1)")
+    if "validation" in review and not isinstance(review["validation"], dict):
+        problems.append("review validation must be an object")
     return problems
 
 

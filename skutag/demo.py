@@ -149,7 +149,6 @@ def _summary(console, root: Path, fp32: Path, int8: Path, predictions: Path, sec
     bench = json.loads((root / "bench" / "results.json").read_text())["results"]
     parity = json.loads(int8.with_name(int8.name + ".json").read_text()).get("parity") or {}
     rows = _rows(predictions)
-    flagged = [r for r in rows if r.get("review")]
     table = Table(title=f"skutag demo on real photos: done in {seconds / 60:.1f} min", show_header=False)
     p, q = evals["pytorch"], evals["int8"]
     table.add_row(
@@ -168,7 +167,9 @@ def _summary(console, root: Path, fp32: Path, int8: Path, predictions: Path, sec
         )
     errors = ", ".join(f"{kind} {n}" for kind, n in summary["errors_by_kind"].items()) or "none"
     table.add_row("photos tagged", f"{summary['ok']} ok rows, {summary['errors']} error rows ({errors})")
-    table.add_row("review queue", f"{len(flagged)} of {summary['ok']} rows flagged for a human")
+    table.add_row("confidence (held-out)", _calibration_line(p))
+    card = json.loads((root / "run" / "card.json").read_text())
+    table.add_row("review queue (held-out)", _queue_line(rows, card.get("review") or {}))
     table.add_row("predictions (Parquet)", f"{predictions}/*.parquet")
     table.add_row("reports", f"{root / 'run' / 'report'}, {root / 'eval'}")
     table.add_row(
@@ -185,6 +186,34 @@ def _summary(console, root: Path, fp32: Path, int8: Path, predictions: Path, sec
     console.print(
         f"The review queue: {_short(sys.executable)} -c \"{read}('{predictions}', filters=[('review', '==', True)]); "
         "print(t.select(['id', 'label', 'score', 'review_reason']))\""
+    )
+
+
+def _calibration_line(figures: dict) -> str:
+    if "temperature" not in figures:
+        return f"ECE {figures['ece']:.3f} (no temperature in the card)"
+    return (
+        f"temperature {figures['temperature']:.2f} fitted on validation: expected calibration error "
+        f"{figures['ece_uncalibrated']:.3f} -> {figures['ece']:.3f}"
+    )
+
+
+def _queue_line(rows: list[dict], review: dict) -> str:
+    """Flagged rows of the held-out photos and how many of the wrong predictions they catch (the folder
+    a photo sits in is its true class; the broken uploads are error rows, never flagged)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    flagged = [r for r in ok if r.get("review")]
+    wrong = [r for r in ok if r["label"] != Path(r["uri"]).parent.name]
+    caught = sum(1 for r in wrong if r.get("review"))
+    reasons = {}
+    for r in flagged:
+        for reason in (r.get("review_reason") or "").split(","):
+            reasons[reason] = reasons.get(reason, 0) + 1
+    target = f"; target {review['target_rate']:.0%}" if "target_rate" in review else ""
+    per = ", ".join(f"{name} {n}" for name, n in sorted(reasons.items()))
+    return (
+        f"{len(flagged)} of {len(ok)} rows flagged ({len(flagged) / max(len(ok), 1):.0%}{target}; {per}); "
+        f"{caught} of {len(wrong)} wrong predictions caught"
     )
 
 

@@ -160,6 +160,14 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     help="A `skutag run` OUT whose review decisions (OUT/_review/, from `skutag review`) join the training "
     "set under the label people gave (repeatable; not-a-product photos are left out).",
 )
+@click.option(
+    "--review-rate",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.10,
+    show_default=True,
+    help="The review queue's target: the fraction of in-distribution photos flagged for a person "
+    "(thresholds set on the validation split; the card states it and what the queue caught there).",
+)
 @device_option()
 @workers_option
 @seed_option

@@ -60,6 +60,7 @@ class TrainConfig:
     resume: bool = False
     decisions: tuple[str, ...] = ()  # OUTs whose review decisions (OUT/_review/) join the training set
     gradcam: bool | None = None  # None: when the insight extra is installed (insight.explain.report_gradcam)
+    review_rate: float = 0.10  # the review queue's target flag rate on validation (trainer.review)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

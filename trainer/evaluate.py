@@ -4,7 +4,12 @@ Images go through the exact batchrun preprocessing (`load_image` with the card's
 resize and crop), so fp32 / fp16 / int8 artifacts are compared on the same pixels.
 The ONNX file is run through `skutag.runtime.create_session` and must carry its card;
 its input is uint8 NHWC `image` (or float32 NCHW normalised when the card says so) and
-its `probs` output is already softmax probabilities.
+its `probs` output is already softmax probabilities, calibrated inside the graph when the card has
+a `temperature`; a run dir's logits are divided by the card's temperature here, so both give the same
+probabilities. metrics.json has the expected calibration error of those probabilities (`ece`) and,
+for a calibrated card, before temperature scaling (`ece_uncalibrated`). For a card with a `review`
+section it also has what the review queue does on the eval set (`review`: rows flagged, wrong
+predictions caught, per reason; trainer.review), scored on the model's embedding.
 """
 
 from __future__ import annotations
@@ -19,14 +24,19 @@ from skutag.trainer.augment import Normalizer
 from skutag.trainer.config import default_workers
 from skutag.trainer.data import CatalogDataset, find_labelled
 from skutag.trainer.display import Display
+from skutag.trainer.features import split_head
 from skutag.trainer.report import Evaluation, write_report
+from skutag.trainer.review import review_figures
 from torch.utils.data import DataLoader
 
+from skutag import calibration
 from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, check_output_dir, sha256_file
+from skutag.review_stats import ood_scores
 
-Predict = Callable[[torch.Tensor], np.ndarray]  # uint8 NCHW batch -> probabilities [N, K]
+# uint8 NCHW batch -> (probabilities [N, K], embedding [N, D] or None)
+Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]]
 
 
 def evaluate(
@@ -63,10 +73,18 @@ def evaluate(
     batches = iter(loader)  # workers fork here, before any ONNX Runtime session exists
     predict, where = _predictor(model_path, card, device)
     display.say(f"evaluating {model_path} on {len(samples)} images ({where})")
-    evaluation = _run(predict, batches, card, samples, display)
+    evaluation, embedding = _run(predict, batches, card, samples, display)
     write_report(out, evaluation)
     display.say(report_gradcam(model_path, out, gradcam))
-    figures = evaluation.summary() | {
+    figures = evaluation.summary()
+    if card.review is not None and embedding is not None:
+        figures["review"] = review_figures(
+            card.review,
+            evaluation.probs,
+            ood_scores(embedding, card.review["class_means"]),
+            evaluation.labels,
+        )
+    figures |= {
         "model": str(model_path),
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
         "precision": card.precision,
@@ -74,7 +92,31 @@ def evaluate(
     }
     atomic_write_json(Path(out) / "metrics.json", figures)
     display.say(f"accuracy {figures['accuracy']:.4f}, macro F1 {figures['macro_f1']:.4f} -> {out}")
+    display.say(_calibration_line(figures))
+    if "review" in figures:
+        display.say(_review_line(figures["review"]))
     return figures
+
+
+def _calibration_line(figures: dict[str, Any]) -> str:
+    if "temperature" not in figures:
+        return f"expected calibration error {figures['ece']:.4f} (the card has no temperature)"
+    return (
+        f"expected calibration error {figures['ece_uncalibrated']:.4f} before temperature scaling, "
+        f"{figures['ece']:.4f} after (T = {figures['temperature']:.3f})"
+    )
+
+
+def _review_line(queue: dict[str, Any]) -> str:
+    reasons = ", ".join(
+        f"{name}: {r['flagged']} flagged, {r['wrong_caught']} wrong caught"
+        for name, r in queue["reasons"].items()
+    )
+    share = queue["flagged"] / max(queue["rows"], 1)
+    return (
+        f"review queue: {queue['flagged']} of {queue['rows']} rows flagged ({share:.1%}), "
+        f"{queue['wrong_caught']} of {queue['wrong']} wrong predictions caught ({reasons})"
+    )
 
 
 def _card_of(model_path: Path) -> ModelCard:
@@ -104,12 +146,18 @@ def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict,
 
     torch_device, line = resolve_device(device)
     model, _ = load_trained(model_path, torch_device)
+    body, head = split_head(model)
     normalizer = Normalizer(card).to(torch_device)
 
-    def predict(images: torch.Tensor) -> np.ndarray:
+    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.no_grad():
-            logits = model(normalizer(images.to(torch_device)))
-        return torch.softmax(logits.float(), dim=1).cpu().double().numpy()
+            features = body(normalizer(images.to(torch_device)))
+            probs = torch.softmax(head(features).float(), dim=1).cpu().double().numpy()
+        if (
+            card.temperature is not None
+        ):  # softmax(logits / T), as the exported graph and the trainer's report
+            probs = calibration.retemper(probs, 1.0 / card.temperature)
+        return probs, features.float().cpu().numpy()
 
     return predict, f"torch, {line}"
 
@@ -119,23 +167,24 @@ def _onnx_predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Pre
 
     session, info = create_session(model_path, device)
     input_name = session.get_inputs()[0].name
+    outputs = ["probs"] + (["embedding"] if "embedding" in {o.name for o in session.get_outputs()} else [])
     normalizer = Normalizer(card)
 
-    def predict(images: torch.Tensor) -> np.ndarray:
+    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         if card.input_dtype == "uint8":
             feed = images.permute(0, 2, 3, 1).contiguous().numpy()
         else:
             feed = normalizer(images).numpy()
-        probs = session.run(["probs"], {input_name: feed})[0]
-        return probs.astype(np.float64)
+        got = session.run(outputs, {input_name: feed})
+        return got[0].astype(np.float64), got[1] if len(got) > 1 else None
 
     return predict, f"onnxruntime {info.device}, {card.precision}"
 
 
 def _run(
     predict: Predict, batches: Iterator[dict[str, Any]], card: ModelCard, samples: list, display: Display
-) -> Evaluation:
-    labels, probs, paths, failed = [], [], [], {}
+) -> tuple[Evaluation, np.ndarray | None]:
+    labels, probs, paths, failed, embeddings = [], [], [], {}, []
     with display.progress("eval", len(samples)) as advance:
         for batch in batches:
             ok = batch["ok"]
@@ -143,11 +192,17 @@ def _run(
                 if not good:
                     failed[samples[index].path] = error
             if ok.any():
-                probs.append(predict(batch["image"][ok]))
+                scores, embedding = predict(batch["image"][ok])
+                probs.append(scores)
+                embeddings.append(embedding)
                 labels.append(batch["label"][ok].numpy())
                 paths += [samples[i].path for i in batch["index"][ok].tolist()]
             advance(len(ok))
     if not probs:
         first = next(iter(failed.values()), "")
         raise InputError(f"none of the {len(samples)} images could be loaded (first error: {first})")
-    return Evaluation(list(card.classes), paths, np.concatenate(labels), np.concatenate(probs), failed)
+    evaluation = Evaluation(
+        list(card.classes), paths, np.concatenate(labels), np.concatenate(probs), failed, card.temperature
+    )
+    embedding = None if any(e is None for e in embeddings) else np.concatenate(embeddings)
+    return evaluation, embedding

@@ -2,6 +2,7 @@
 
 `write_report(REPORT, evaluation)` writes per_class.csv, confusion_matrix.csv/.png
 (PNG normalised per row), roc.png/roc.json (one-vs-rest, per-class and macro AUC),
+reliability.json/.png (skutag.calibration: 15 bins and the ECE, before and after temperature scaling),
 misclassified.csv (path, true, predicted, score, top-3), misclassified.png (a contact
 sheet of the most confident mistakes) and skipped.csv (files that failed to load). Paths
 are the samples' uris (valid UTF-8; `skutag.listing.local_path` opens them); a file that
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from skutag.trainer import metrics
 
+from skutag import calibration
 from skutag.fsio import atomic_path, atomic_write_json, atomic_write_text
 
 CONTACT_SHEET_SIZE = 24
@@ -35,9 +37,20 @@ class Evaluation:
     labels: np.ndarray  # int [N]
     probs: np.ndarray  # float [N, K]
     failed: dict[str, str] = field(default_factory=dict)  # path -> error
+    # The temperature `probs` are calibrated with (skutag.calibration); None: uncalibrated probabilities
+    temperature: float | None = None
+
+    def uncalibrated(self) -> np.ndarray | None:
+        """The probabilities before temperature scaling (None when there was none)."""
+        return None if self.temperature is None else calibration.retemper(self.probs, self.temperature)
 
     def summary(self) -> dict[str, Any]:
         figures = metrics.summary_metrics(self.labels, self.probs)
+        figures["ece"] = calibration.ece(self.probs, self.labels)
+        before = self.uncalibrated()
+        if before is not None:
+            figures["ece_uncalibrated"] = calibration.ece(before, self.labels)
+            figures["temperature"] = float(self.temperature)
         figures["macro_auc"] = metrics.roc(self.labels, self.probs, self.classes)["macro_auc"]
         figures["misclassified"] = int((self.probs.argmax(axis=1) != self.labels).sum())
         figures["skipped"] = len(self.failed)
@@ -67,6 +80,15 @@ def write_report(out: str | Path, evaluation: Evaluation) -> None:
     wrong = misclassified_rows(ev)
     write_csv(out / "misclassified.csv", wrong, ["path", "true_label", "predicted_label", "score", "top3"])
     _contact_sheet(out / "misclassified.png", wrong[:CONTACT_SHEET_SIZE])
+    diagrams = {"calibrated" if ev.temperature is not None else "as given": ev.probs}
+    if ev.temperature is not None:
+        diagrams = {"before temperature scaling": ev.uncalibrated(), **diagrams}
+    tables = {
+        name: {"ece": calibration.ece(p, ev.labels), "bins": calibration.reliability(p, ev.labels)}
+        for name, p in diagrams.items()
+    }
+    atomic_write_json(out / "reliability.json", {"temperature": ev.temperature, "diagrams": tables})
+    _reliability_png(out / "reliability.png", tables)
     write_csv(
         out / "skipped.csv",
         [{"path": p, "error": e} for p, e in sorted(ev.failed.items())],
@@ -146,6 +168,28 @@ def _roc_png(path: Path, curves: dict[str, Any]) -> None:
     ax.set_title(f"One-vs-rest ROC (macro AUC {curves['macro_auc']:.3f})")
     if not many and curves["curves"]:
         ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def _reliability_png(path: Path, tables: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    for name, table in tables.items():
+        used = [b for b in table["bins"] if b["rows"]]
+        ax.plot(
+            [b["confidence"] for b in used],
+            [b["accuracy"] for b in used],
+            "o-",
+            label=f"{name} (ECE {table['ece']:.3f})",
+        )
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability ({calibration.BINS} bins)")
+    ax.legend(fontsize=8, loc="upper left")
     _save(fig, path)
 
 

@@ -1,13 +1,20 @@
-"""The card's `review` section: what "in distribution" looks like, from the validation split.
+"""The card's `review` section: what "in distribution" looks like, and thresholds that flag the stated rate.
 
-Features are the pooled penultimate features (the exported model's `embedding` output).
-Each class's mean is the mean of its validation images' L2-normalised features, normalised
-again; an image's OOD score is `1 - max_c cos(feature, mean_c)` (0 = on a class mean, up to 2).
-`ood_threshold` is the `tpr` quantile of the validation scores, so that fraction of validation
-images scores at or below it (a 95% true-positive rate by default). `confidence_threshold` is
-the same quantile taken from the other side over the correctly classified validation images:
-the top-1 probability below which the least confident (1 - tpr) of the right answers fall.
-batchrun.predict.review applies them; both score through skutag.review_stats.
+Statistics and thresholds come from different photos, so that photos the model never saw are flagged
+at the rate the card states: the class means from the TRAINING features, the thresholds from the
+VALIDATION split (skutag 0.4 and earlier took both from the same validation photos, so held-out photos
+scored above a threshold fitted to the photos that had defined the means; tests/trainer/test_review.py).
+
+Features are the pooled penultimate features (the exported model's `embedding` output). Each class's
+mean is the mean of its training images' L2-normalised features, normalised again; an image's OOD score
+is `1 - max_c cos(feature, mean_c)` (skutag.review_stats; the k-nearest-neighbour distance and a
+Mahalanobis distance were measured against it: benchmarks/review_suite.py, RESULTS.md). With a target
+flag rate r (`--review-rate`, default 0.10): `ood_threshold` is the (1 - r x OOD_SHARE) quantile of the
+validation OOD scores, and `confidence_threshold` the largest top-1 probability (calibrated, as the
+exported model gives it) at which validation photos flagged for either reason stay within r. `tpr` is
+the fraction of validation photos under the OOD threshold. `validation` records what that queue did on
+the validation split (rows flagged, wrong predictions caught, per reason), `review_figures` computes the
+same for any labelled set (`skutag eval`).
 """
 
 from __future__ import annotations
@@ -17,30 +24,87 @@ from typing import Any
 import numpy as np
 
 from skutag.card import REVIEW_SCORE
-from skutag.review_stats import normalise, ood_scores
+from skutag.review_stats import REASONS, flags, normalise, ood_scores
 
-DEFAULT_TPR = 0.95
+DEFAULT_RATE = 0.10
+OOD_SHARE = (
+    0.5  # of the target rate, the part the OOD threshold takes on validation (RESULTS.md, review_suite)
+)
 
 
-def review_section(
-    features: np.ndarray, labels: np.ndarray, probs: np.ndarray, num_classes: int, tpr: float = DEFAULT_TPR
-) -> dict[str, Any]:
-    """The card's review section from validation features [N, D], true labels [N] and probabilities [N, C]."""
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, the normalised mean of the L2-normalised features [C, D] (zero for a class without rows)."""
     unit = normalise(features)
     labels = np.asarray(labels)
     means = np.zeros((num_classes, unit.shape[1]))
-    for c in range(num_classes):  # a class without validation images keeps a zero mean (cosine 0)
+    for c in range(num_classes):
         if (labels == c).any():
             means[c] = unit[labels == c].mean(axis=0)
-    means = normalise(means) * (np.linalg.norm(means, axis=1, keepdims=True) > 0)
-    scores = ood_scores(features, means)
-    probs = np.asarray(probs)
-    correct = probs.argmax(axis=1) == labels
-    top1 = probs.max(axis=1)[correct] if correct.any() else probs.max(axis=1)
-    return {
+    return normalise(means) * (np.linalg.norm(means, axis=1, keepdims=True) > 0)
+
+
+def confidence_threshold(top1: np.ndarray, far: np.ndarray, rate: float) -> float:
+    """The largest threshold c (a top-1 value, or 0) with mean((top1 < c) | far) <= rate."""
+    best = 0.0
+    for c in np.unique(top1):  # ascending: the flagged fraction only grows
+        if np.mean((top1 < c) | far) > rate:
+            break
+        best = float(c)
+    return best
+
+
+def thresholds(scores: np.ndarray, top1: np.ndarray, rate: float) -> tuple[float, float]:
+    """(ood_threshold, confidence_threshold) that flag `rate` of these validation rows: the OOD threshold
+    at the (1 - rate x OOD_SHARE) quantile of the scores, the confidence threshold filling the rest."""
+    if not len(scores):
+        return 2.0, 0.0
+    ood = float(np.quantile(scores, 1.0 - rate * OOD_SHARE))  # within the score's range (cosine: [0, 2])
+    return ood, confidence_threshold(np.asarray(top1), np.asarray(scores) > ood, rate)
+
+
+def review_section(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    val_probs: np.ndarray,
+    num_classes: int,
+    rate: float = DEFAULT_RATE,
+) -> dict[str, Any]:
+    """The card's review section: means from the training features [N, D] and labels [N]; thresholds from the
+    validation features [M, D], labels [M] and (calibrated) probabilities [M, C], flagging `rate` of them."""
+    means = class_means(train_features, train_labels, num_classes)
+    scores = ood_scores(val_features, means)
+    probs = np.asarray(val_probs, np.float64)
+    ood_threshold, low_threshold = thresholds(scores, probs.max(axis=1), rate)
+    section = {
         "score": REVIEW_SCORE,
         "class_means": [[float(v) for v in row.astype(np.float32)] for row in means],
-        "ood_threshold": float(np.clip(np.quantile(scores, tpr), 0.0, 2.0)),
-        "tpr": float(tpr),
-        "confidence_threshold": float(np.clip(np.quantile(top1, 1.0 - tpr), 0.0, 1.0)),
+        "ood_threshold": ood_threshold,
+        "tpr": float(np.mean(scores <= ood_threshold)) if len(scores) else 1.0,
+        "confidence_threshold": low_threshold,
+        "statistics": "train",
+        "target_rate": float(rate),
+    }
+    section["validation"] = review_figures(section, probs, scores, val_labels)
+    return section
+
+
+def review_figures(
+    section: dict[str, Any], probs: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """What the queue of `section` does on labelled rows: rows, flagged, wrong, wrong caught, per reason."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    low, far = flags(probs.max(axis=1), scores, section["confidence_threshold"], section["ood_threshold"])
+    wrong = probs.argmax(axis=1) != labels
+    flagged = low | far
+    return {
+        "rows": int(len(labels)),
+        "flagged": int(flagged.sum()),
+        "wrong": int(wrong.sum()),
+        "wrong_caught": int((flagged & wrong).sum()),
+        "reasons": {
+            reason: {"flagged": int(hit.sum()), "wrong_caught": int((hit & wrong).sum())}
+            for reason, hit in zip(REASONS, (low, far), strict=True)
+        },
     }

@@ -49,6 +49,7 @@ from skutag.trainer.weights import BEST, save_weights
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
+from skutag import calibration
 from skutag.card import NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json, check_output_dir
@@ -445,20 +446,44 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------
 
-    def _review(self) -> dict[str, Any]:
-        """The card's review section (trainer.review) from the best weights' validation features.
+    def _calibration(self) -> tuple[float, dict[str, Any]]:
+        """The temperature (skutag.calibration, fitted on the validation logits of the best weights) and the
+        card's review section (trainer.review: class means from the training features, thresholds from the
+        validation ones, on calibrated probabilities).
 
-        Under torchrun rank 0 computes it from its own shard of the validation split."""
+        The features are the head phase's caches when the best weights come from a head-only epoch (their
+        backbone is the one the caches were computed with), else one pass over the validation and the
+        training images without augmentation. Under torchrun rank 0 computes both from its own shard of the validation split."""
         model = getattr(self.model, "module", self.model)
         body, head = split_head(getattr(model, "_orig_mod", model))
-        cache = extract_features(body, self.val_loader, self._prepare_images)
+        cached = self.train_cache is not None and self.state.best_epoch <= self.head_epochs
+        val = self.val_cache if cached else extract_features(body, self.val_loader, self._prepare_images)
+        train = self.train_cache
+        if not cached:
+            index = {name: i for i, name in enumerate(self.classes)}
+            loader = DataLoader(
+                CatalogDataset(self.splits.train, index, self.card),
+                batch_size=self.config.batch_size,
+                num_workers=default_workers() if self.config.workers is None else self.config.workers,
+            )
+            self.display.say(f"training features for the review statistics ({len(self.splits.train)} images)")
+            train = extract_features(body, loader, self._prepare_images)
         with torch.no_grad():
-            logits = head(cache.features.to(self.device)).float()
-        probs = torch.softmax(logits, dim=1).cpu().numpy()
-        return review_section(cache.features.numpy(), cache.labels.numpy(), probs, len(self.classes))
+            logits = head(val.features.to(self.device)).float().cpu().double().numpy()
+        labels = val.labels.numpy()
+        temperature = calibration.fit_temperature(logits, labels)
+        probs = calibration.softmax(logits / temperature)
+        section = review_section(
+            train.features.numpy(), train.labels.numpy(), val.features.numpy(), labels, probs,
+            len(self.classes), rate=self.config.review_rate,
+        )  # fmt: skip
+        return temperature, section
 
     def _finish(self) -> None:
-        """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv (rank 0 writes)."""
+        """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv (rank 0 writes).
+
+        The report and metrics are of the calibrated probabilities (what the exported model gives), with
+        the expected calibration error before and after temperature scaling."""
         self._set_policy(self.state.epoch)
         if self.process.is_main:
             self.model.load_state_dict(read_state_dict(self.out / BEST))
@@ -466,13 +491,15 @@ class Trainer:
         predictions = self._validate("final validation")
         if predictions is None:
             return
+        temperature, review = self._calibration()
         val = self.splits.val
         evaluation = Evaluation(
             classes=self.classes,
             paths=[val[i].path for i in predictions.indices],
             labels=predictions.labels,
-            probs=predictions.probs,
+            probs=calibration.retemper(predictions.probs, 1.0 / temperature),
             failed={val[i].path: e for i, e in predictions.failed.items()},
+            temperature=temperature,
         )
         write_report(self.out / "report", evaluation)
         summary = evaluation.summary()
@@ -480,10 +507,15 @@ class Trainer:
         atomic_write_json(
             self.out / "metrics.json",
             summary
-            | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch},
+            | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch}
+            | {"review": {k: review[k] for k in ("target_rate", "ood_threshold", "confidence_threshold")}}
+            | {"review_validation": review["validation"]},
         )
         card = self.card.replace(
-            metrics={k: float(v) for k, v in summary.items()} | {"epoch": s.best_epoch}, review=self._review()
+            metrics={k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+            | {"epoch": s.best_epoch},
+            review=review,
+            temperature=temperature,
         )
         card.save(self.out / "card.json")
         save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
@@ -494,6 +526,12 @@ class Trainer:
             self.out / "skipped.csv",
             [{"path": p, "error": e} for p, e in sorted(s.failed.items())],
             ["path", "error"],
+        )
+        queue = review["validation"]
+        self.display.say(
+            f"calibration: temperature {temperature:.3f}, ECE {summary['ece_uncalibrated']:.3f} -> {summary['ece']:.3f}"
+            f"; review queue on validation: {queue['flagged']} of {queue['rows']} flagged "
+            f"(target {review['target_rate']:.0%}), {queue['wrong_caught']} of {queue['wrong']} wrong caught"
         )
         self.display.say(
             f"done: best epoch {s.best_epoch}, accuracy {summary['accuracy']:.3f}, macro F1 {summary['macro_f1']:.3f}"

@@ -1,7 +1,8 @@
 """The review queue: `ood_score`, `review` and `review_reason` for models whose card has a `review` section.
 
-The trainer (trainer.review) stores per-class means of L2-normalised validation embeddings, an
-OOD threshold at a stated true-positive rate, and a low-confidence threshold. A row is flagged
+The trainer (trainer.review) stores per-class means of L2-normalised training embeddings, and an
+OOD threshold and a low-confidence threshold set on the validation split to flag a stated rate
+(skutag 0.3 and earlier 0.4 cards: means and thresholds both from validation; read the same way). A row is flagged
 when its top-1 probability is below `confidence_threshold` (`low_confidence`) or its
 `ood_score = 1 - max cosine(embedding, class mean)` is above `ood_threshold`
 (`out_of_distribution`) or, when the manifest gave the row a `label`, its top-1 label is
@@ -26,13 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from skutag.card import METADATA_KEY
-from skutag.review_stats import ood_scores
+from skutag.review_stats import REASONS, flags, ood_scores
 
 from ..arrow import filled_false, scalar
 from .infer import Predictions
 
 LABEL_MISMATCH = "label_mismatch"
-REASONS = ("low_confidence", "out_of_distribution")  # from the prediction alone; LABEL_MISMATCH comes last
 MANIFEST_LABEL = pa.field("manifest_label", pa.string())
 FIELDS = (
     pa.field("ood_score", pa.float32()),
@@ -73,8 +73,7 @@ class Review:
         if ood is None:
             ood = np.full(rows, np.nan, np.float32)
         ood = np.asarray(ood[:rows], np.float32)
-        low = np.asarray(top1[:rows]) < self.confidence_threshold
-        far = ood > self.ood_threshold
+        low, far = flags(top1[:rows], ood, self.confidence_threshold, self.ood_threshold)
         flagged = low | far
         reasons = [
             ",".join(r for r, hit in zip(REASONS, pair, strict=True) if hit) if good and any(pair) else None

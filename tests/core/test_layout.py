@@ -28,6 +28,7 @@ BASICS = {
     "extras",
     "review_stats",
     "heads",
+    "calibration",
     "fsio",
     "card",
     "formats",

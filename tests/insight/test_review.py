@@ -61,7 +61,19 @@ def _run(model: Path, source: Path, out: Path, **options):
 def test_the_card_of_the_run_and_of_the_onnx_file_has_the_review_section(setup):
     card = ModelCard.load(setup["run"] / "card.json")
     review = card.review
-    assert review["score"] == "1-max-cosine" and review["tpr"] == 0.95
+    assert (
+        review["score"] == "1-max-cosine"
+        and review["statistics"] == "train"
+        and review["target_rate"] == 0.10
+    )
+    assert 0.9 <= review["tpr"] <= 1.0  # the OOD threshold takes half the target rate on validation
+    queue = review["validation"]
+    assert (
+        queue["rows"] > 0
+        and queue["flagged"] <= 0.10 * queue["rows"]
+        and 0 <= queue["wrong_caught"] <= queue["wrong"]
+    )
+    assert card.temperature is not None and card.temperature > 0
     assert len(review["class_means"]) == SEEN and len({len(m) for m in review["class_means"]}) == 1
     assert 0 < review["ood_threshold"] < 2 and 0 <= review["confidence_threshold"] <= 1
     proto = onnx.load(str(setup["model"]))
@@ -94,7 +106,7 @@ def test_review_flags_unseen_classes_far_more_often_than_seen_ones(setup):
     print(
         f"in: review {inside_flagged:.2f} ood {inside_ood:.2f}; unseen: review {outside_flagged:.2f} ood {outside_ood:.2f}"
     )
-    # Calibrated for 5% on ~40 validation images of a tiny 4-epoch model: the 95% quantile of 40 scores
+    # Set for 5% OOD on ~40 validation images of a tiny 4-epoch model: the 95% quantile of 40 scores
     # moves a lot, and fresh images are a new draw, so the bound is loose (0.25, five times 1 - tpr).
     assert inside_ood <= 0.25
     # Unseen shapes sit away from every class mean: flagged at a clearly higher rate.
@@ -196,3 +208,27 @@ def test_label_mismatch_flags_rows_whose_manifest_label_the_model_disagrees_with
     assert unlabelled.reused == len(rows)
     table = pq.read_table(tmp / "out-unlabelled")
     assert "manifest_label" not in table.schema.names and _reasons(table) == before
+
+
+def test_eval_reports_calibration_and_the_queue_as_skutag_run_flags_it(setup):
+    """`skutag eval` of the run dir and of its ONNX file: the ECE before and after temperature scaling and the
+    review queue on the eval set (flagged, wrong caught, per reason), the same rows `skutag run` flags."""
+    from skutag.trainer.evaluate import evaluate
+
+    tmp, card = setup["tmp"], ModelCard.load(setup["run"] / "card.json")
+    by_run = evaluate(setup["run"], setup["inside"], tmp / "eval-run", workers=0, gradcam=False)
+    by_onnx = evaluate(setup["model"], setup["inside"], tmp / "eval-onnx", workers=0, gradcam=False)
+    flagged = sum(_run(setup["model"], setup["inside"], tmp / "out-eval").column("review").to_pylist())
+    for figures in (by_run, by_onnx):
+        assert figures["temperature"] == card.temperature and 0 <= figures["ece"] <= 1
+        assert 0 <= figures["ece_uncalibrated"] <= 1
+        queue = figures["review"]
+        assert queue["rows"] == figures["samples"] and set(queue["reasons"]) == {
+            "low_confidence",
+            "out_of_distribution",
+        }
+        assert abs(queue["flagged"] - flagged) <= 1  # the run's queue, up to float noise at a threshold
+    assert abs(by_run["ece"] - by_onnx["ece"]) < 0.01
+    assert (tmp / "eval-run" / "reliability.json").exists() and (
+        tmp / "eval-run" / "reliability.png"
+    ).exists()
