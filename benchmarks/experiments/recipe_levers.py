@@ -152,7 +152,9 @@ def train_head(x, y, val_x, val_y, classes: int, epochs: int = 40, seed: int = 0
     return best
 
 
-def levers(roots: list[Path], work: Path, k: int, seed: int) -> list[dict[str, Any]]:
+def levers(
+    roots: list[Path], work: Path, k: int, seed: int, cached_only: bool = False
+) -> list[dict[str, Any]]:
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -164,6 +166,9 @@ def levers(roots: list[Path], work: Path, k: int, seed: int) -> list[dict[str, A
     for root in roots:
         splits = grouped_folds(root, k, seed)
         for short, arch in ARCHS.items():
+            if cached_only and not (work / f"features-{root.name}-{arch.split('/')[-1]}.pt").exists():
+                print(f"skipped {root.name} {short}: its features are not cached (--cached-only)", flush=True)
+                continue
             torch.set_num_threads(os.cpu_count() or 1)
             data = view_features(root, arch, ARCH_VIEWS[short], work)
             torch.set_num_threads(1)
@@ -348,12 +353,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", action="append", default=[], help="train stage: NAME=field=value,...")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cached-only", action="store_true", help="levers: only backbones whose features exist"
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     before = os.getloadavg()[0]
     print(TABLE_HEAD, flush=True)
     if args.stage == "levers":
-        rows = levers(args.data, args.work, args.folds, args.seed)
+        rows = levers(args.data, args.work, args.folds, args.seed, args.cached_only)
     else:
         rows = train_runs(args.data, args.config, args.folds, args.seed)
     stamp = time.strftime("%Y%m%dT%H%M%S")

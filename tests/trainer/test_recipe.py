@@ -64,7 +64,7 @@ def test_the_fine_tuning_gate_counts_from_the_head_and_from_the_last_gain():
 def test_the_default_recipe_caches_views_and_gates_fine_tuning():
     recipe = phases(TrainConfig(data="", out=""))
     assert recipe.head_epochs == 1 and recipe.epochs > recipe.head_epochs  # one L-BFGS fit of the head
-    assert "flip" in recipe.views and recipe.tune_patience == 1
+    assert recipe.views == ("center",) and recipe.tune_patience == 1
     assert phases(TrainConfig(data="", out=""), distributed=True).head_epochs == 0
 
 
