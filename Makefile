@@ -37,7 +37,7 @@ test-edge: $(EDGE_STAMP)
 	$(PY) -m pytest -m edge tests/exporter
 
 demo: venv
-	$(PY) -m pip install -q -e ".[pretrained,insight]" -c .ci/constraints.txt
+	$(PY) -m pip install -q -e ".[insight]" -c .ci/constraints.txt
 	$(VENV)/bin/skutag demo --out $(DEMO_OUT)
 
 bench-cpu: venv

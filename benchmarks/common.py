@@ -359,3 +359,23 @@ def plant_copies(
         shutil.copyfile(source, target)
         groups[key] = {key, target.relative_to(root).as_posix()}
     return groups
+
+
+def product_of(path: Path) -> str:
+    """The product a photo shows: its file name before the first '-' (`wb01-black_main.jpg` -> `wb01`).
+
+    Catalog photos of one product (colours, angles) share it; a file name without '-' is its own product."""
+    return Path(path).name.split("-", 1)[0]
+
+
+def grouped_folds(root: Path, k: int, seed: int) -> list[tuple[list[Path], list[Path]]]:
+    """Stratified k folds that keep every product's photos in one fold (`product_of`), so no product is both
+    trained on and held out: (train files, held-out files) per fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    root = Path(root).resolve()
+    files = photos(root)
+    labels = [f.relative_to(root).parts[0] for f in files]
+    groups = [f"{label}/{product_of(f)}" for label, f in zip(labels, files, strict=True)]
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [([files[i] for i in a], [files[i] for i in b]) for a, b in splitter.split(files, labels, groups)]

