@@ -196,6 +196,19 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     help="The review queue's target: the fraction of in-distribution photos flagged for a person "
     "(thresholds set on the validation split; the card states it and what the queue caught there).",
 )
+@click.option(
+    "--attributes",
+    default=None,
+    help="Manifest columns to train one head each for, beside the label head: color,pattern,style:multi "
+    "(values joined by |; a name without :single/:multi is multi when any cell has a |).",
+)
+@click.option(
+    "--attribute-weight",
+    type=click.FloatRange(min=0, min_open=True),
+    default=default_of("attribute_weight"),
+    show_default=True,
+    help="Each attribute head's loss is multiplied by this.",
+)
 @device_option()
 @workers_option
 @seed_option

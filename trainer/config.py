@@ -70,6 +70,9 @@ class TrainConfig:
     decisions: tuple[str, ...] = ()  # OUTs whose review decisions (OUT/_review/) join the training set
     gradcam: bool | None = None  # None: when the insight extra is installed (insight.explain.report_gradcam)
     review_rate: float = 0.10  # the review queue's target flag rate on validation (trainer.review)
+    # `color,pattern,style:multi`: one head per manifest column beside the label head (trainer.attribute_training)
+    attributes: str | None = None
+    attribute_weight: float = 1.0  # each attribute head's loss is multiplied by this
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +128,12 @@ class TrainConfig:
             raise InputError(f"--unfreeze-at must be an epoch from 2 to {self.epochs}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise InputError("--warmup-epochs must be fewer than --epochs")
+        if self.attributes is not None:
+            from skutag.trainer.attributes import parse_attributes
+
+            parse_attributes(self.attributes)
+            if not self.attribute_weight > 0:
+                raise InputError("--attribute-weight must be above 0")
         if self.gradcam:
             from skutag.trainer.explain import check_gradcam
 

@@ -31,7 +31,7 @@ class FreezeSummary:
 def apply_freeze(model: nn.Module, policy: str) -> FreezeSummary:
     """Set `requires_grad` per `policy`; returns how many parameter elements train."""
     if policy == "backbone":  # the head alone, wherever the model registers it
-        head = classifier_name(model) + "."
+        head = head_prefixes(model)
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(head))
     else:
@@ -109,5 +109,11 @@ def set_train_mode(model: nn.Module, frozen_bn_stats: bool = False) -> None:
 
 def fully_frozen_backbone(model: nn.Module) -> bool:
     """True when only the classifier head has trainable parameters."""
-    head = classifier_name(model) + "."
+    head = head_prefixes(model)
     return not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head))
+
+
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The names of the head's parameters start with one of these: the classifier's, or with attribute heads
+    (trainer.multihead) the label head's and every attribute head's."""
+    return tuple(getattr(model, "head_prefixes", ())) or (classifier_name(model) + ".",)

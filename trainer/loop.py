@@ -110,6 +110,9 @@ class Engine:
     clip_grad: float | None = None
     autocast_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+    # with attribute heads (trainer.attribute_training): the net is called with all_heads=True and this
+    # adds their loss, from every head's logits and the batch, to the label loss
+    extra_loss: Callable[[dict[str, torch.Tensor], dict[str, Any]], torch.Tensor] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -129,13 +132,16 @@ class Engine:
             y = batch["label"].to(self.device, non_blocking=True)
             mask = ok.to(self.device, non_blocking=True).float()
             with self.autocast():
-                logits = net(x)
+                outputs = net(x) if self.extra_loss is None else net(x, all_heads=True)
+            logits = outputs if self.extra_loss is None else outputs["label"]
             per_sample = nn.functional.cross_entropy(
                 logits.float(), y, label_smoothing=self.label_smoothing, reduction="none"
             )
             weights = mask if self.class_weights is None else mask * self.class_weights[y]
             # Every process must run backward, even on a batch of failed files (DDP).
             loss = (per_sample * weights).sum() / weights.sum().clamp(min=1e-12)
+            if self.extra_loss is not None:
+                loss = loss + self.extra_loss(outputs, batch)
             self.optimizer.zero_grad(set_to_none=True)
             self._backward_and_step(loss, net)
             good = int(ok.sum())  # on the CPU: no device sync per step

@@ -76,7 +76,9 @@ def available_archs() -> list[str]:
 def classifier_name(model: nn.Module) -> str:
     """Qualified name of the classifier head: timm's `pretrained_cfg["classifier"]` when it is a Linear,
     else the final Linear layer (`fc`, `classifier.1`, `heads.head`, ...)."""
-    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    named = getattr(model, "classifier_path", None) or (getattr(model, "pretrained_cfg", None) or {}).get(
+        "classifier"
+    )  # classifier_path: trainer.multihead's label head
     if isinstance(named, str):
         with contextlib.suppress(AttributeError):
             if isinstance(model.get_submodule(named), nn.Linear):

@@ -29,6 +29,9 @@ PREFIX = "attributes."
 class AttributeModel(nn.Module):
     """body (features) -> label head, and `heads[name]` per attribute."""
 
+    classifier_path = "label_head"  # what trainer.model.classifier_name finds
+    head_prefixes = ("label_head.", "heads.")  # the parameters that train as the head (trainer.freeze)
+
     def __init__(self, body: nn.Module, label_head: nn.Linear, head_name: str, heads: Mapping[str, int]):
         super().__init__()
         self.body = body

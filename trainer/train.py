@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from skutag.trainer import checkpoint, distributed
 from skutag.trainer.adapt_bn import adapt_batchnorm
+from skutag.trainer.attribute_training import AttributeTraining, load_weights
 from skutag.trainer.augment import Normalizer, train_transform
 from skutag.trainer.config import TrainConfig, default_workers
 from skutag.trainer.data import CatalogDataset, Splits, decision_samples, find_splits, with_decisions
@@ -29,6 +30,7 @@ from skutag.trainer.freeze import (
     apply_freeze,
     check_policy,
     fully_frozen_backbone,
+    head_prefixes,
     resolve_policy,
     set_train_mode,
 )
@@ -42,7 +44,7 @@ from skutag.trainer.loop import (
     merge_predictions,
 )
 from skutag.trainer.metrics import SELECTABLE, summary_metrics
-from skutag.trainer.model import Built, build, classifier_name, read_state_dict
+from skutag.trainer.model import Built, build, read_state_dict
 from skutag.trainer.recipe import phases
 from skutag.trainer.report import Evaluation, write_csv, write_report
 from skutag.trainer.review import review_section
@@ -122,6 +124,9 @@ class Trainer:
         self.display.say(
             f"data: {len(self.splits.train)} train / {len(self.splits.val)} val images, {len(self.classes)} classes"
         )
+        self.attrs = AttributeTraining.create(config, self.splits)  # None without --attributes
+        if self.attrs is not None:
+            self.display.say(self.attrs.describe())
         built = build(config.arch, len(self.classes), config.weights)
         self.display.say(f"model: {config.arch}, weights: {built.weights_source}")
         self.card = self._card(self.splits, built)
@@ -139,6 +144,9 @@ class Trainer:
         self.head_epochs = self.phases.head_epochs
         self.freeze = resolve_policy(self.model, config.freeze, config.pretrained)
         check_policy(self.model, self.freeze)  # before the head epochs, not after them
+        if self.attrs is not None:  # one backbone, the label head and a head per attribute
+            self.model, self.freeze = self.attrs.wrap(self.model, self.freeze)
+            self.model = self.model.to(self.device)
         self.cached = False  # this epoch trains the head on cached features
         self.normalizer = Normalizer(self.card).to(self.device)
         self._make_data()
@@ -241,7 +249,7 @@ class Trainer:
                 len(self.train_labels) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32
             )
             weights = weights.to(self.device)
-        head = classifier_name(self.model) + "."
+        head = head_prefixes(self.model)
         named = list(self.model.named_parameters())
         scale = c.backbone_lr_scale if c.pretrained else 1.0  # a random backbone learns at the head's pace
         groups = [
@@ -275,6 +283,7 @@ class Trainer:
         else:
             policy = "none" if c.unfreeze_at is not None and epoch >= c.unfreeze_at else self.freeze
         self.engine.prepare = self._prepare_features if self.cached else self._prepare_images
+        self.engine.extra_loss = self.attrs.loss if self.attrs is not None and not self.cached else None
         if policy == self.policy:
             return
         summary = apply_freeze(self.model, policy)
@@ -284,7 +293,7 @@ class Trainer:
         )
         if self.cached:
             self.train_module, self.eval_module = self.head, self.head
-        elif fully_frozen_backbone(self.model):
+        elif fully_frozen_backbone(self.model) and self.attrs is None:
             self.train_module, self.eval_module = FrozenBackboneClassifier(self.model), self.model
         else:
             self.train_module, self.eval_module = self.model, self.model
@@ -372,6 +381,10 @@ class Trainer:
                 result = fit_logistic(self.head, self.train_cache, class_weights=self.engine.class_weights)
             else:
                 result = self.engine.train_epoch(self.train_net, self._train_batches(epoch), adv)
+            if self.cached and self.attrs is not None:
+                self.attrs.fit_cached(
+                    self.model, self.train_cache
+                )  # L-BFGS, whichever solver the label head has
         if epoch == self.head_epochs + 1 and not self.cached:
             self._check_loaded(result.images, result.failed, self.splits.train)
         if not math.isfinite(result.loss) and self.engine.scaler is None:  # fp16's scaler skips such steps
@@ -494,6 +507,7 @@ class Trainer:
             train = extract_features(body, loader, self._prepare_images)
         with torch.no_grad():
             logits = head(val.features.to(self.device)).float().cpu().double().numpy()
+        self.val_features = val  # the attribute heads' calibration reads them too
         labels = val.labels.numpy()
         temperature = calibration.fit_temperature(logits, labels)
         probs = calibration.softmax(logits / temperature)
@@ -510,12 +524,15 @@ class Trainer:
         the expected calibration error before and after temperature scaling."""
         self._set_policy(self.state.epoch)
         if self.process.is_main:
-            self.model.load_state_dict(read_state_dict(self.out / BEST))
+            load_weights(self.model, read_state_dict(self.out / BEST))
         distributed.broadcast_model(self.model)
         predictions = self._validate("final validation")
         if predictions is None:
             return
         temperature, review = self._calibration()
+        heads, attribute_figures = (
+            (None, None) if self.attrs is None else self.attrs.finish(self.model, self.val_features)
+        )
         val = self.splits.val
         evaluation = Evaluation(
             classes=self.classes,
@@ -533,13 +550,15 @@ class Trainer:
             summary
             | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch}
             | {"review": {k: review[k] for k in ("target_rate", "ood_threshold", "confidence_threshold")}}
-            | {"review_validation": review["validation"]},
+            | {"review_validation": review["validation"]}
+            | ({} if attribute_figures is None else {"attributes": attribute_figures}),
         )
         card = self.card.replace(
             metrics={k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
             | {"epoch": s.best_epoch},
             review=review,
             temperature=temperature,
+            attributes=heads,
         )
         card.save(self.out / "card.json")
         save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights

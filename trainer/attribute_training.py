@@ -1,0 +1,183 @@
+"""`skutag train --attributes`: the attribute heads (issue 30) in a training run; trainer.train calls these hooks.
+
+`AttributeTraining.create` reads the attribute columns of the manifest, decides each head from
+the training photos and encodes the targets and masks of both splits (trainer.attributes), in
+split order, so a batch's `index` finds its rows: the dataset itself is unchanged. `wrap` makes
+the model an `AttributeModel` (trainer.multihead) and moves a stage name of the freeze policy
+under its `body.`. While fine-tuning (and with `--head-solver adam` outside the cache) `loss`
+adds every head's masked, class-balanced loss to the label loss (trainer.head_losses). In the
+head phase on cached features `fit_cached` fits each attribute head to its optimum with
+full-batch L-BFGS (as trainer.head_fit fits the label head), whichever solver the label head
+uses. At the end `finish` gives the card's heads (temperatures, thresholds, review thresholds:
+trainer.head_calibration) and the `attributes` figures of metrics.json (trainer.head_metrics)
+from the best weights' validation features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skutag.trainer.attributes import (
+    Encoded,
+    HeadData,
+    decide_heads,
+    encode,
+    parse_attributes,
+    read_attributes,
+)
+from skutag.trainer.config import TrainConfig
+from skutag.trainer.data import Splits
+from skutag.trainer.features import CachedFeatures
+from skutag.trainer.head_calibration import finish_heads, probabilities
+from skutag.trainer.head_fit import MAX_ITER
+from skutag.trainer.head_losses import attribute_loss, balance, head_loss
+from skutag.trainer.head_metrics import attribute_metrics
+from skutag.trainer.multihead import PREFIX, AttributeModel
+from torch import nn
+
+from skutag.errors import InputError
+from skutag.heads import AttributeHead
+
+FIXED_POLICIES = ("backbone", "none")
+
+
+@dataclass
+class AttributeTraining:
+    """The heads of a run and the encoded values of its training and validation photos (split order)."""
+
+    heads: list[HeadData]
+    train: dict[str, Encoded]
+    val: dict[str, Encoded]
+    weights: dict[str, torch.Tensor]
+    head_weight: float
+
+    @classmethod
+    def create(cls, config: TrainConfig, splits: Splits) -> AttributeTraining | None:
+        """None without --attributes; InputError (exit 2) when DATA is not a manifest with the columns."""
+        if config.attributes is None:
+            return None
+        specs = parse_attributes(config.attributes)
+        if not Path(config.data).is_file():
+            raise InputError(
+                f"--attributes needs DATA to be a CSV/Parquet manifest with the attribute columns, not {config.data}"
+            )
+        table = read_attributes(config.data, specs)
+        heads = decide_heads(specs, [s.path for s in splits.train], table)
+        train = {h.name: encode(h, [s.path for s in splits.train], table) for h in heads}
+        val = {h.name: encode(h, [s.path for s in splits.val], table) for h in heads}
+        weights = {h.name: balance(h, train[h.name]) for h in heads}
+        return cls(heads, train, val, weights, config.attribute_weight)
+
+    def describe(self) -> str:
+        parts = [
+            f"{h.name} ({h.kind}, {len(h.values)} values, {int(self.train[h.name].mask.sum())} train photos with one)"
+            for h in self.heads
+        ]
+        return "attribute heads: " + "; ".join(parts)
+
+    def wrap(self, model: nn.Module, policy: str) -> tuple[AttributeModel, str]:
+        """The model with a head per attribute, and the freeze policy in the wrapped model's names."""
+        wrapped = AttributeModel.wrap(model, {h.name: len(h.values) for h in self.heads})
+        return wrapped, policy if policy in FIXED_POLICIES else f"body.{policy}"
+
+    def loss(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
+        """The attribute heads' loss of a training batch (files that failed to load are masked out)."""
+        index = batch["index"].cpu().numpy()
+        ok = batch["ok"].cpu().numpy()
+        device = outputs["label"].device
+        targets = {
+            name: (
+                torch.from_numpy(encoded.targets[index]).to(device),
+                torch.from_numpy(encoded.mask[index] & ok).to(device),
+            )
+            for name, encoded in self.train.items()
+        }
+        heads = {h.name: h for h in self.heads}
+        return attribute_loss(outputs, targets, heads, self.weights, self.head_weight)[0]
+
+    def fit_cached(self, model: nn.Module, cache: CachedFeatures) -> None:
+        """Fit every attribute head to the cached features with full-batch L-BFGS (L2 as in trainer.head_fit)."""
+        model = _plain(model)
+        index = cache.indices.numpy()
+        for head in self.heads:
+            layer = model.heads[head.name]
+            encoded = self.train[head.name]
+            device = layer.weight.device
+            _fit_head(
+                layer, head.kind, cache.features.to(device, torch.float32),
+                torch.from_numpy(encoded.targets[index]).to(device), torch.from_numpy(encoded.mask[index]).to(device),
+                self.weights[head.name].to(device),
+            )  # fmt: skip
+
+    def finish(
+        self, model: nn.Module, val: CachedFeatures
+    ) -> tuple[tuple[AttributeHead, ...], dict[str, dict[str, Any]]]:
+        """The card's heads and metrics.json's `attributes`, from the validation features of the best weights."""
+        model = _plain(model)
+        index = val.indices.numpy().astype(np.int64)
+        device = model.label_head.weight.device
+        with torch.no_grad():
+            features = val.features.to(device)
+            logits = {
+                name: head(features).float().cpu().double().numpy() for name, head in model.heads.items()
+            }
+        encoded = {name: Encoded(e.targets[index], e.mask[index]) for name, e in self.val.items()}
+        finished = finish_heads(self.heads, logits, encoded)
+        probs = {h.name: probabilities(h.kind, logits[h.name], h.temperature) for h in finished}
+        return finished, attribute_metrics(finished, probs, encoded)
+
+
+def _fit_head(
+    layer: nn.Linear,
+    kind: str,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+) -> None:
+    """One head fitted in place: its masked, balanced loss + ||W||^2 / (2 N) (C = 1), N the photos with a value."""
+    if not bool(mask.any()):
+        return
+    penalty = 1.0 / (2.0 * int(mask.sum()))
+    optimizer = torch.optim.LBFGS(
+        list(layer.parameters()), lr=1.0, max_iter=MAX_ITER, history_size=20, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6, tolerance_change=1e-9,
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = head_loss(kind, layer(x), targets, mask, weight) + penalty * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load `best.safetensors`' state into the training model: as is, or an AttributeModel's from its plain
+    keys (trainer.multihead.plain_state: the classifier's keys, `attributes.<name>.*` for the heads)."""
+    plain = _plain(model)
+    if not isinstance(plain, AttributeModel):
+        model.load_state_dict(state)
+        return
+    label = plain.head_name + "."
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith(PREFIX):
+            mapped["heads." + key[len(PREFIX) :]] = value
+        elif key.startswith(label):
+            mapped["label_head." + key[len(label) :]] = value
+        else:
+            mapped["body." + key] = value
+    plain.load_state_dict(mapped)
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
