@@ -9,7 +9,10 @@ a `temperature`; a run dir's logits are divided by the card's temperature here, 
 probabilities. metrics.json has the expected calibration error of those probabilities (`ece`) and,
 for a calibrated card, before temperature scaling (`ece_uncalibrated`). For a card with a `review`
 section it also has what the review queue does on the eval set (`review`: rows flagged, wrong
-predictions caught, per reason; trainer.review), scored on the model's embedding.
+predictions caught, per reason; trainer.review), scored on the model's embedding. For a card with
+attribute heads and a manifest DATA that has their columns, metrics.json has `attributes.<name>`
+(trainer.head_metrics, the training run's figures): the heads' calibrated probabilities, from the
+run dir's heads divided by their temperatures or the ONNX file's `attr.<name>` outputs.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, check_output_dir, sha256_file
 from skutag.review_stats import ood_scores
 
-# uint8 NCHW batch -> (probabilities [N, K], embedding [N, D] or None)
-Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]]
+# uint8 NCHW batch -> (probabilities [N, K], embedding [N, D] or None, {attribute head: probabilities})
+Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]]
 
 
 def evaluate(
@@ -73,7 +76,7 @@ def evaluate(
     batches = iter(loader)  # workers fork here, before any ONNX Runtime session exists
     predict, where = _predictor(model_path, card, device)
     display.say(f"evaluating {model_path} on {len(samples)} images ({where})")
-    evaluation, embedding = _run(predict, batches, card, samples, display)
+    evaluation, embedding, attributes = _run(predict, batches, card, samples, display)
     write_report(out, evaluation)
     display.say(report_gradcam(model_path, out, gradcam))
     figures = evaluation.summary()
@@ -84,6 +87,8 @@ def evaluate(
             ood_scores(embedding, card.review["class_means"]),
             evaluation.labels,
         )
+    if card.attributes is not None:
+        figures["attributes"] = _attribute_figures(card, data, evaluation.paths, attributes, display)
     figures |= {
         "model": str(model_path),
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
@@ -96,6 +101,30 @@ def evaluate(
     if "review" in figures:
         display.say(_review_line(figures["review"]))
     return figures
+
+
+def _attribute_figures(
+    card: ModelCard, data: str | Path, paths: list[str], probs: dict[str, np.ndarray], display: Display
+) -> dict[str, Any]:
+    """metrics.json's `attributes`: each head whose column the manifest DATA has (the others are said)."""
+    from skutag.trainer.attributes import AttributeSpec, HeadData, encode, read_attributes
+    from skutag.trainer.head_metrics import attribute_metrics
+
+    heads = card.attributes or ()
+    if not Path(data).is_file():
+        display.say("attribute heads not scored: DATA is a folder, not a manifest with their columns")
+        return {}
+    from skutag.manifests import read_batches
+
+    columns = set(next(iter(read_batches(str(data)))).schema.names)
+    scored = [h for h in heads if h.name in columns]
+    if len(scored) < len(heads):
+        display.say(
+            f"attribute heads not scored (no column in DATA): {', '.join(h.name for h in heads if h not in scored)}"
+        )
+    table = read_attributes(data, [AttributeSpec(h.name, h.kind) for h in scored])
+    encoded = {h.name: encode(HeadData(h.name, h.kind, h.values), paths, table) for h in scored}
+    return attribute_metrics(scored, {h.name: probs[h.name] for h in scored}, encoded)
 
 
 def _calibration_line(figures: dict[str, Any]) -> str:
@@ -148,16 +177,23 @@ def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict,
     model, _ = load_trained(model_path, torch_device)
     body, head = split_head(model)
     normalizer = Normalizer(card).to(torch_device)
+    attribute_heads = {h.name: (h, model.heads[h.name]) for h in card.attributes or ()}
 
-    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        from skutag.trainer.head_calibration import probabilities
+
         with torch.no_grad():
             features = body(normalizer(images.to(torch_device)))
             probs = torch.softmax(head(features).float(), dim=1).cpu().double().numpy()
+            attributes = {
+                name: probabilities(h.kind, layer(features).float().cpu().numpy(), h.temperature)
+                for name, (h, layer) in attribute_heads.items()
+            }
         if (
             card.temperature is not None
         ):  # softmax(logits / T), as the exported graph and the trainer's report
             probs = calibration.retemper(probs, 1.0 / card.temperature)
-        return probs, features.float().cpu().numpy()
+        return probs, features.float().cpu().numpy(), attributes
 
     return predict, f"torch, {line}"
 
@@ -167,24 +203,30 @@ def _onnx_predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Pre
 
     session, info = create_session(model_path, device)
     input_name = session.get_inputs()[0].name
-    outputs = ["probs"] + (["embedding"] if "embedding" in {o.name for o in session.get_outputs()} else [])
+    names = {o.name for o in session.get_outputs()}
+    outputs = ["probs"] + (["embedding"] if "embedding" in names else [])
+    heads = [f"attr.{h.name}" for h in card.attributes or ()]  # calibrated inside the graph (exporter.heads)
     normalizer = Normalizer(card)
 
-    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         if card.input_dtype == "uint8":
             feed = images.permute(0, 2, 3, 1).contiguous().numpy()
         else:
             feed = normalizer(images).numpy()
-        got = session.run(outputs, {input_name: feed})
-        return got[0].astype(np.float64), got[1] if len(got) > 1 else None
+        got = session.run(outputs + heads, {input_name: feed})
+        attributes = {
+            h[len("attr.") :]: p.astype(np.float64) for h, p in zip(heads, got[len(outputs) :], strict=True)
+        }
+        return got[0].astype(np.float64), got[1] if len(outputs) > 1 else None, attributes
 
     return predict, f"onnxruntime {info.device}, {card.precision}"
 
 
 def _run(
     predict: Predict, batches: Iterator[dict[str, Any]], card: ModelCard, samples: list, display: Display
-) -> tuple[Evaluation, np.ndarray | None]:
+) -> tuple[Evaluation, np.ndarray | None, dict[str, np.ndarray]]:
     labels, probs, paths, failed, embeddings = [], [], [], {}, []
+    attributes: dict[str, list[np.ndarray]] = {}
     with display.progress("eval", len(samples)) as advance:
         for batch in batches:
             ok = batch["ok"]
@@ -192,7 +234,9 @@ def _run(
                 if not good:
                     failed[samples[index].path] = error
             if ok.any():
-                scores, embedding = predict(batch["image"][ok])
+                scores, embedding, heads = predict(batch["image"][ok])
+                for name, head_probs in heads.items():
+                    attributes.setdefault(name, []).append(head_probs)
                 probs.append(scores)
                 embeddings.append(embedding)
                 labels.append(batch["label"][ok].numpy())
@@ -205,4 +249,4 @@ def _run(
         list(card.classes), paths, np.concatenate(labels), np.concatenate(probs), failed, card.temperature
     )
     embedding = None if any(e is None for e in embeddings) else np.concatenate(embeddings)
-    return evaluation, embedding
+    return evaluation, embedding, {name: np.concatenate(parts) for name, parts in attributes.items()}

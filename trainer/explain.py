@@ -40,6 +40,10 @@ def target_layer(model):
     """The layer Grad-CAM reads: the last feature map before the pooling, per family (see the module doc)."""
     from torch import nn
 
+    if isinstance(
+        getattr(model, "head_prefixes", None), tuple
+    ):  # trainer.multihead: the backbone is its body
+        model = model.body
     if hasattr(model, "pretrained_cfg"):  # timm: the last module with weights before the pooling / head
         before = []
         for name, child in model.named_children():

@@ -86,6 +86,19 @@ def test_export_and_skutag_run_write_the_attribute_columns(run_dir, manifest, tm
     rows = table.to_pylist()
     assert len(rows) == 80 and all(r["color"] in ("blue", "green", "red") for r in rows)
     assert all(set(r["style"]) <= {"print", "zip"} for r in rows)
+    # skutag eval of the run dir and of its ONNX file: the same attribute figures on the validation rows
+    from skutag.trainer.evaluate import evaluate
+
+    trained = json.loads((run_dir / "metrics.json").read_text())["attributes"]
+    by_torch = evaluate(run_dir, manifest, tmp_path / "eval-run", workers=0, gradcam=False)["attributes"]
+    by_onnx = evaluate(onnx, manifest, tmp_path / "eval-onnx", workers=0)["attributes"]
+    for name in ("color", "style"):
+        assert by_torch[name]["images"] == trained[name]["images"]
+        for key in ("accuracy", "map", "micro_f1"):
+            assert by_torch[name][key] == pytest.approx(trained[name][key], abs=1e-6), (name, key)
+            assert by_onnx[name][key] == pytest.approx(by_torch[name][key], abs=0.06), (name, key)
+    saved = json.loads((tmp_path / "eval-onnx" / "metrics.json").read_text())
+    assert set(saved["attributes"]) == {"color", "style"}
 
 
 def test_the_head_phase_fits_the_attribute_heads_on_cached_features(manifest, tmp_path):
