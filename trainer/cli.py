@@ -126,6 +126,12 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     help="Hold out this share of DATA for validation (stratified, seeded).",
 )
 @click.option(
+    "--split-by",
+    default=None,
+    help="With --val-split: keep every product on one side, the product read from a manifest COLUMN or "
+    "from the file name before SEP (prefix:SEP, e.g. prefix:-); default: split by photo.",
+)
+@click.option(
     "--augment",
     type=click.Choice(["none", "standard", "strong"]),
     default="standard",

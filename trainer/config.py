@@ -48,6 +48,8 @@ class TrainConfig:
     image_size: int | None = None  # None: the weights' own (torchvision 224, timm pretrained_cfg)
     val: str | None = None
     val_split: float | None = None
+    # --val-split by product (trainer.groups): a manifest COLUMN or prefix:SEP of the file name; None: by photo
+    split_by: str | None = None
     augment: str = "standard"
     normalize: str = "auto"  # auto: what the weights were trained with
     optimizer: str = "adam"
@@ -103,6 +105,12 @@ class TrainConfig:
             raise InputError(
                 f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, not {self.head_solver!r}"
             )
+        if self.split_by is not None:
+            from skutag.trainer.groups import SplitBy
+
+            SplitBy.parse(self.split_by)
+            if self.val_split is None:
+                raise InputError("--split-by splits DATA by product for --val-split F; pass --val-split too")
         if self.tune_patience < 0:
             raise InputError("--tune-patience must be 0 (off) or more")
         if self.bn_stats not in BN_STATS:

@@ -108,8 +108,9 @@ class Trainer:
             )
         seed_everything(config.seed)
         self.splits = find_splits(
-            config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed
-        )
+            config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed,
+            split_by=config.split_by,
+        )  # fmt: skip
         if config.decisions:
             decided = decision_samples(config.decisions)
             self.splits = with_decisions(self.splits, decided)
