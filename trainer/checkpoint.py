@@ -19,7 +19,13 @@ from skutag.fsio import atomic_path
 
 LAST = "last.ckpt"
 # Options a resumed run must keep: changing them would make a different run, not a continuation.
-FIXED_ON_RESUME = ("epochs", "arch", "attributes", "attribute_weight")
+FIXED_ON_RESUME = (
+    "epochs",
+    "arch",
+    "attributes",
+    "attribute_weight",
+    "split_by",
+)  # split_by: another split would mix validation in
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -77,6 +77,21 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     "than the best so far, the head's included (the best weights are kept); 0: every epoch runs.",
 )
 @click.option(
+    "--tune-margin",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="A fine-tuning epoch counts as better than the best so far only by more than this much of "
+    "--best-metric [default: one validation image's worth, 1 / the validation images; 0 for val_loss].",
+)
+@click.option(
+    "--refit/--no-refit",
+    default=default_of("refit"),
+    show_default=True,
+    help="When fine-tuning did not pay (the best weights are the L-BFGS head's), refit the head on the "
+    "training and validation photos' features before saving; the temperature and review thresholds stay "
+    "those fitted on validation before the refit.",
+)
+@click.option(
     "--unfreeze-at", type=click.IntRange(min=2), default=None, help="Epoch from which everything trains."
 )
 @click.option(
@@ -124,6 +139,12 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None,
     help="Hold out this share of DATA for validation (stratified, seeded).",
+)
+@click.option(
+    "--split-by",
+    default=None,
+    help="With --val-split: keep every product on one side, the product read from a manifest COLUMN or "
+    "from the file name before SEP (prefix:SEP, e.g. prefix:-); default: split by photo.",
 )
 @click.option(
     "--augment",

@@ -39,6 +39,11 @@ class TrainConfig:
     # Fine-tuning stops once this many epochs in a row bring no better validation figure than the best so
     # far, the head's included (trainer.recipe); 0: every epoch runs
     tune_patience: int = 1
+    # A fine-tuning epoch beats the best so far only by more than this; None: one validation image's worth
+    tune_margin: float | None = None
+    # When the best weights are the head's (fine-tuning did not pay), refit the L-BFGS head on the training
+    # and validation features before saving (trainer.head_fit); calibration stays the validation's
+    refit: bool = True
     lr: float = 1e-3  # the head's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr x this (the head's is lr)
     # BatchNorm running statistics while fine-tuning: auto = frozen with pretrained weights (a small
@@ -48,6 +53,8 @@ class TrainConfig:
     image_size: int | None = None  # None: the weights' own (torchvision 224, timm pretrained_cfg)
     val: str | None = None
     val_split: float | None = None
+    # --val-split by product (trainer.groups): a manifest COLUMN or prefix:SEP of the file name; None: by photo
+    split_by: str | None = None
     augment: str = "standard"
     normalize: str = "auto"  # auto: what the weights were trained with
     optimizer: str = "adam"
@@ -106,6 +113,14 @@ class TrainConfig:
             raise InputError(
                 f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, not {self.head_solver!r}"
             )
+        if self.split_by is not None:
+            from skutag.trainer.groups import SplitBy
+
+            SplitBy.parse(self.split_by)
+            if self.val_split is None:
+                raise InputError("--split-by splits DATA by product for --val-split F; pass --val-split too")
+        if self.tune_margin is not None and self.tune_margin < 0:
+            raise InputError("--tune-margin must be 0 or more")
         if self.tune_patience < 0:
             raise InputError("--tune-patience must be 0 (off) or more")
         if self.bn_stats not in BN_STATS:

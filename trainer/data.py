@@ -48,20 +48,34 @@ class Splits:
 
 
 def find_splits(
-    data: str | Path, *, val_dir: str | Path | None, val_split: float | None, seed: int
+    data: str | Path,
+    *,
+    val_dir: str | Path | None,
+    val_split: float | None,
+    seed: int,
+    split_by: str | None = None,
 ) -> Splits:
-    """Train and validation samples from an ImageFolder tree (with or without train/ val/) or a manifest."""
+    """Train and validation samples from an ImageFolder tree (with or without train/ val/) or a manifest.
+
+    With `split_by` (`--split-by`, trainer.groups) a `val_split` keeps every product on one side."""
     data = Path(data)
     if val_dir is not None and val_split is not None:
         raise InputError("pass either --val DIR or --val-split F, not both")
+    if split_by is not None and val_split is None:
+        raise InputError("--split-by splits DATA by product for --val-split F; pass --val-split too")
     counts = ListingCounts()
-    splits = _find_splits(data, val_dir, val_split, seed, counts)
+    splits = _find_splits(data, val_dir, val_split, seed, counts, split_by)
     report_listing(data, counts)
     return replace(splits, hidden=counts.hidden)
 
 
 def _find_splits(
-    data: Path, val_dir: str | Path | None, val_split: float | None, seed: int, counts: ListingCounts
+    data: Path,
+    val_dir: str | Path | None,
+    val_split: float | None,
+    seed: int,
+    counts: ListingCounts,
+    split_by: str | None = None,
 ) -> Splits:
     if data.is_file():
         samples, splits = read_manifest(data)
@@ -82,7 +96,10 @@ def _find_splits(
             f"{data} has no validation set: give it train/ and val/ folders (or a split column), "
             "or pass --val-split F or --val DIR"
         )
-    train, val = stratified_split(train, val_split, seed)
+    if split_by is not None:
+        train, val = product_split(data, train, split_by, val_split, seed)
+    else:
+        train, val = stratified_split(train, val_split, seed)
     return _checked(train, val, str(data))
 
 
@@ -165,6 +182,27 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     except ValueError as exc:
         raise InputError(f"cannot split {len(samples)} images with --val-split {fraction}: {exc}") from exc
     return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
+
+
+def product_split(
+    data: Path, samples: list[Sample], split_by: str, fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """`--val-split` with `--split-by`: a seeded split, stratified by label as far as the products allow,
+    that never puts photos of one product on both sides (trainer.groups)."""
+    from skutag.trainer.groups import SplitBy, grouped_split, read_groups
+
+    rule = SplitBy.parse(split_by)
+    if rule.column is not None:
+        if not data.is_file():
+            raise InputError(
+                f"--split-by {rule.column}: a column needs a manifest DATA; use prefix:SEP for a folder"
+            )
+        products = read_groups(data, rule)
+        groups = [products[s.path] for s in samples]
+    else:
+        groups = [rule.group(s.path) for s in samples]
+    train, val = grouped_split([s.label for s in samples], groups, fraction, seed)
+    return sorted(samples[i] for i in train), sorted(samples[i] for i in val)
 
 
 def decision_samples(outs: list[str] | tuple[str, ...]) -> dict[str, Sample | None]:

@@ -25,7 +25,13 @@ from skutag.trainer.augment import Normalizer, train_transform
 from skutag.trainer.config import TrainConfig, default_workers
 from skutag.trainer.data import CatalogDataset, Splits, decision_samples, find_splits, with_decisions
 from skutag.trainer.display import Display
-from skutag.trainer.features import FrozenBackboneClassifier, cached_batches, extract_features, split_head
+from skutag.trainer.features import (
+    CachedFeatures,
+    FrozenBackboneClassifier,
+    cached_batches,
+    extract_features,
+    split_head,
+)
 from skutag.trainer.freeze import (
     apply_freeze,
     check_policy,
@@ -110,8 +116,9 @@ class Trainer:
             )
         seed_everything(config.seed)
         self.splits = find_splits(
-            config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed
-        )
+            config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed,
+            split_by=config.split_by,
+        )  # fmt: skip
         if config.decisions:
             decided = decision_samples(config.decisions)
             self.splits = with_decisions(self.splits, decided)
@@ -408,7 +415,14 @@ class Trainer:
             }
             s.history.append(row)
             s.epoch = epoch
-            improved = self._is_better(figures[c.best_metric])
+            margin = self.phases.margin(epoch, len(predictions.labels), SELECTABLE[c.best_metric])
+            improved = self._is_better(figures[c.best_metric], margin)
+            if not improved and margin > 0 and self._is_better(figures[c.best_metric]):
+                self.display.say(
+                    f"epoch {epoch}: validation {c.best_metric} {figures[c.best_metric]:.4f} beats epoch "
+                    f"{s.best_epoch}'s {s.best_value:.4f} by no more than the margin {margin:.4f} "
+                    "(--tune-margin): not counted as better"
+                )
             if improved:
                 s.best_epoch, s.best_value = epoch, float(figures[c.best_metric])
                 card = self.card.replace(metrics={k: float(v) for k, v in figures.items()} | {"epoch": epoch})
@@ -463,11 +477,14 @@ class Trainer:
         self._record_failures(predictions.failed, self.splits.val)
         return predictions
 
-    def _is_better(self, value: float) -> bool:
+    def _is_better(self, value: float, margin: float = 0.0) -> bool:
+        """True when `value` beats the best so far by more than `margin` (trainer.recipe: fine-tuning's)."""
         best = self.state.best_value
         if best is None:
             return True
-        return value > best if SELECTABLE[self.config.best_metric] else value < best
+        if SELECTABLE[self.config.best_metric]:
+            return value - best > margin + 1e-9 if margin else value > best
+        return best - value > margin + 1e-9 if margin else value < best
 
     def _record_failures(self, failed: dict[int, str], samples: list) -> None:
         for index, error in failed.items():
@@ -517,6 +534,35 @@ class Trainer:
         )  # fmt: skip
         return temperature, section
 
+    def _refit(self) -> dict[str, Any] | None:
+        """When the best weights are the L-BFGS head's (fine-tuning did not pay) and --refit is on: fit the
+        head again on the training and validation features (both cached), so the saved model has seen every
+        photo, as a logistic regression on all of DATA would. Called after `_calibration`: the temperature
+        and review thresholds stay those fitted on validation with the head before the refit (cross-fitted),
+        and the report and metrics are that head's validation figures. None when nothing was refitted."""
+        c, s = self.config, self.state
+        if not (c.refit and c.head_solver == "lbfgs" and self.train_cache is not None):
+            return None
+        if s.best_epoch > self.head_epochs:
+            return None
+        both = CachedFeatures(
+            features=torch.cat([self.train_cache.features, self.val_cache.features]),
+            labels=torch.cat([self.train_cache.labels, self.val_cache.labels]),
+            indices=torch.arange(len(self.train_cache.labels) + len(self.val_cache.labels)),
+            failed={},
+        )
+        with self._head_threads():
+            fit_logistic(self.head, both, class_weights=self.engine.class_weights)
+        train, val = len(self.train_cache.labels), len(self.val_cache.labels)
+        self.display.say(
+            f"refit: the head (fine-tuning did not pay) fitted again on {train} training + {val} validation "
+            "feature rows; the temperature, review thresholds and validation figures are the head's before the refit"
+        )
+        return {
+            "train_rows": train, "val_rows": val,
+            "calibration": "fitted on validation with the head before the refit (cross-fitted)",
+        }  # fmt: skip
+
     def _finish(self) -> None:
         """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv (rank 0 writes).
 
@@ -533,6 +579,7 @@ class Trainer:
         heads, attribute_figures = (
             (None, None) if self.attrs is None else self.attrs.finish(self.model, self.val_features)
         )
+        refit = self._refit()
         val = self.splits.val
         evaluation = Evaluation(
             classes=self.classes,
@@ -551,9 +598,11 @@ class Trainer:
             | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch}
             | {"review": {k: review[k] for k in ("target_rate", "ood_threshold", "confidence_threshold")}}
             | {"review_validation": review["validation"]}
-            | ({} if attribute_figures is None else {"attributes": attribute_figures}),
+            | ({} if attribute_figures is None else {"attributes": attribute_figures})
+            | {"refit": refit},
         )
         card = self.card.replace(
+            provenance=self.card.provenance | {"refit": refit},
             metrics={k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
             | {"epoch": s.best_epoch},
             review=review,

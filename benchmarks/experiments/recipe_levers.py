@@ -20,7 +20,8 @@ Seconds: backbone seconds per image per view (the cache's cost) and the head's s
 `train`: whole `skutag train` runs (`skutag.trainer.train.train`) per fold with `--val-split 0.2`,
 scored on the held-out fold (PyTorch, centre crop; `+tta` with the flipped copy averaged):
 `--config NAME=field=value,...` over TrainConfig, e.g. 0.3's default recipe
-`v03=head_epochs=40,epochs=45,cache_views=center,tune_patience=0`.
+`v03=head_epochs=40,epochs=45,cache_views=center,tune_patience=0`; `default=split_by=prefix:-` makes the
+trainer's own validation split grouped by product too (0.4 after issue 29's refit).
 
     python -m benchmarks.experiments.recipe_levers ../shared/data/clothing ../shared/data/catalog-photos \\
         --work /tmp/levers --stage levers
@@ -302,6 +303,7 @@ def train_runs(roots: list[Path], configs: list[str], k: int, seed: int) -> list
                     else 0.0,
                     "best_epoch": metrics["best_epoch"],
                     "tuned": metrics["best_epoch"] > head_epochs,
+                    "refit": metrics.get("refit") is not None,
                 }
                 results.append(scores(labels, probs) | extra)
                 tta.append(scores(labels, (probs + flipped) / 2) | extra)
@@ -335,7 +337,8 @@ def table_row(row: dict[str, Any]) -> str:
         notes = (
             f"epochs {mean('epochs_run'):.1f}, fine-tuning epochs {mean('tune_epochs'):.1f} "
             f"({mean('tune_s_per_epoch'):.1f} s each), head epoch {mean('head_s_per_epoch'):.2f} s, "
-            f"best epoch a fine-tuning one in {sum(f['tuned'] for f in folds)} of {len(folds)} folds"
+            f"best epoch a fine-tuning one in {sum(f['tuned'] for f in folds)} of {len(folds)} folds, "
+            f"head refitted on train + validation in {sum(f.get('refit', False) for f in folds)}"
         )
     elif "backbone_s_per_image_view" in row:
         notes = f"backbone {row['backbone_s_per_image_view'] * 1000:.0f} ms per image-view at {row['image_size']} px"

@@ -97,6 +97,43 @@ def test_parquet_manifest_without_split_uses_val_split(small_catalog, tmp_path):
         find_splits(bad, val_dir=None, val_split=0.5, seed=0)
 
 
+def _products_tree(root):
+    """4 classes x 6 products x 3 photos named PRODUCT-VIEW.jpg (tiny real JPEGs)."""
+    from PIL import Image
+
+    for c in "abcd":
+        (root / c).mkdir(parents=True)
+        for p in range(6):
+            for v in range(3):
+                Image.new("RGB", (8, 8), (40 * p, 10, 10)).save(root / c / f"{c}{p}-{v}.jpg")
+    return root
+
+
+def test_split_by_keeps_every_product_on_one_side(tmp_path):
+    tree = _products_tree(tmp_path / "tree")
+    product = lambda s: s.path.rsplit("/", 1)[-1].split("-")[0]  # noqa: E731
+    by_photo = find_splits(tree, val_dir=None, val_split=0.25, seed=0)
+    assert {product(s) for s in by_photo.train} & {product(s) for s in by_photo.val}  # the leak it fixes
+    splits = find_splits(tree, val_dir=None, val_split=0.25, seed=0, split_by="prefix:-")
+    assert not {product(s) for s in splits.train} & {product(s) for s in splits.val}
+    assert len(splits.train) + len(splits.val) == 72 and {s.label for s in splits.val} == set("abcd")
+    assert splits == find_splits(tree, val_dir=None, val_split=0.25, seed=0, split_by="prefix:-")
+    # the same from a manifest column
+    manifest = tmp_path / "m.csv"
+    rows = [f"{s.path},{s.label},{product(s)}" for s in splits.train + splits.val]
+    manifest.write_text("path,label,sku\n" + "\n".join(rows) + "\n")
+    by_column = find_splits(manifest, val_dir=None, val_split=0.25, seed=0, split_by="sku")
+    assert not {product(s) for s in by_column.train} & {product(s) for s in by_column.val}
+    with pytest.raises(InputError, match="no such column"):
+        find_splits(manifest, val_dir=None, val_split=0.25, seed=0, split_by="product")
+    with pytest.raises(InputError, match="needs a manifest"):
+        find_splits(tree, val_dir=None, val_split=0.25, seed=0, split_by="sku")
+    with pytest.raises(InputError, match="--val-split"):
+        find_splits(tree, val_dir=None, val_split=None, seed=0, split_by="prefix:-")
+    with pytest.raises(SkutagError, match="cannot resume: --split-by"):
+        checkpoint.check_resumable({"epochs": 3, "arch": "x"}, {"epochs": 3, "arch": "x", "split_by": "sku"})
+
+
 def test_dataset_reports_bad_files_and_eval_pixels_are_batchrun_pixels(tmp_path, small_catalog):
     expected = write_awkward_inputs(tmp_path / "zoo" / "a")
     samples = scan_folder(tmp_path / "zoo")

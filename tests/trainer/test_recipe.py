@@ -150,3 +150,73 @@ def test_the_lbfgs_head_is_scikit_learns_logistic_regression():
     with torch.no_grad():
         probs = torch.softmax(head(torch.from_numpy(x)), 1).numpy()
     assert np.abs(probs - reference.predict_proba(x)).max() < 2e-3
+
+
+def _features(run: Path, colours: Path) -> tuple[np.ndarray, np.ndarray, torch.nn.Module]:
+    """The saved model's backbone features of every train/ and val/ photo (eval pixels), their labels, its head."""
+    from skutag.trainer.model import read_state_dict
+
+    card = read_card(run / "best.safetensors")
+    model = build_model("resnet18", len(card.classes))
+    model.load_state_dict(read_state_dict(run / "best.safetensors"))
+    body, head = split_head(model.eval())
+    samples = [Sample(str(p), p.parent.name) for p in sorted(colours.rglob("*.png"))]
+    data = CatalogDataset(samples, {c: i for i, c in enumerate(card.classes)}, card)
+    cache = extract_features(body, DataLoader(data, batch_size=8), Normalizer(card))
+    return cache.features.numpy(), cache.labels.numpy(), head
+
+
+def test_refit_fits_the_head_on_train_and_validation_when_fine_tuning_did_not_pay(colours, tmp_path):
+    """--refit (the default): the saved head is scikit-learn's regression on all 36 photos; the temperature,
+    review thresholds and validation figures are those of the head before the refit (= --no-refit's)."""
+    from sklearn.linear_model import LogisticRegression
+
+    options = dict(head_epochs=1, epochs=2, lr=1e-2, **FAST)
+    refit, plain = tmp_path / "refit", tmp_path / "plain"
+    train(TrainConfig(data=str(colours), out=str(refit), **options))
+    train(TrainConfig(data=str(colours), out=str(plain), refit=False, **options))
+    got, kept = (
+        json.loads((refit / "metrics.json").read_text()),
+        json.loads((plain / "metrics.json").read_text()),
+    )
+    assert got["best_epoch"] == kept["best_epoch"] == 1  # the head's: fine-tuning did not pay
+    assert got["refit"] == {
+        "train_rows": 24, "val_rows": 12,
+        "calibration": "fitted on validation with the head before the refit (cross-fitted)",
+    }  # fmt: skip
+    assert kept["refit"] is None
+    card, plain_card = read_card(refit / "best.safetensors"), read_card(plain / "best.safetensors")
+    assert card.provenance["refit"] == got["refit"]
+    assert card.temperature == plain_card.temperature and card.review == plain_card.review
+    assert got["accuracy"] == kept["accuracy"] and got["review"] == kept["review"]
+    x, y, head = _features(refit, colours)
+    _, _, plain_head = _features(plain, colours)
+    assert not torch.allclose(head.weight, plain_head.weight, atol=1e-3)
+    reference = LogisticRegression(max_iter=5000, tol=1e-8).fit(x, y)
+    with torch.no_grad():
+        probs = torch.softmax(head(torch.from_numpy(x)), 1).numpy()
+        plain_probs = torch.softmax(plain_head(torch.from_numpy(x)), 1).numpy()
+    assert np.abs(probs - reference.predict_proba(x)).max() < 5e-3
+    assert np.abs(plain_probs - reference.predict_proba(x)).max() > 1e-2  # --no-refit saved the 24-photo fit
+
+
+def test_fine_tuning_must_beat_the_best_by_the_margin():
+    gate = Phases(epochs=10, head_epochs=1, views=("center",), tune_patience=1)
+    assert gate.margin(1, 55, True) == 0.0  # the head's epoch
+    assert gate.margin(2, 55, True) == pytest.approx(1 / 55)  # one validation photo's worth
+    assert gate.margin(2, 55, False) == 0.0  # a loss has no photo's worth
+    assert Phases(10, 1, ("center",), 1, 0.05).margin(2, 55, False) == 0.05  # --tune-margin
+    assert Phases(10, 1, ("center",), None).margin(2, 55, True) == 0.0  # --tune-patience 0: no gate
+    assert Phases(10, 0, ("center",), 1).margin(2, 55, True) == 0.0  # no head phase
+
+
+def test_a_fine_tuning_gain_within_the_margin_keeps_the_head(colours, tmp_path):
+    """The run of test_fine_tuning_goes_on_while_it_gains, but its gains are within --tune-margin."""
+    out = tmp_path / "run"
+    config = dict(
+        head_epochs=1, head_solver="adam", epochs=5, lr=1e-3, best_metric="val_loss", tune_margin=10.0
+    )
+    train(TrainConfig(data=str(colours), out=str(out), **FAST | config))
+    rows = history(out)
+    assert float(rows[1]["val_loss"]) < float(rows[0]["val_loss"])  # it gained, by less than the margin
+    assert len(rows) == 2 and json.loads((out / "metrics.json").read_text())["best_epoch"] == 1
