@@ -1,4 +1,4 @@
-"""One multi-head model against one model per attribute and a logistic regression on frozen features: not yet recorded (issue 30's Must show; RESULTS.md when run).
+"""Is one multi-head model within 1 point of one model per attribute, at half their cost? Not yet run (issue 30; RESULTS.md when run).
 
 k-fold cross-validation split by product (the file name before the first `-`, trainer.groups) on a
 manifest in the shape of `catalog-photos/attributes.csv`. Per fold, through `trainer.train.train`
