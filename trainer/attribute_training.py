@@ -34,7 +34,7 @@ from skutag.trainer.config import TrainConfig
 from skutag.trainer.data import Splits
 from skutag.trainer.features import CachedFeatures
 from skutag.trainer.head_calibration import finish_heads, probabilities
-from skutag.trainer.head_fit import MAX_ITER
+from skutag.trainer.head_fit import minimise_l2
 from skutag.trainer.head_losses import attribute_loss, balance, head_loss
 from skutag.trainer.head_metrics import attribute_metrics
 from skutag.trainer.multihead import PREFIX, AttributeModel
@@ -143,20 +143,7 @@ def _fit_head(
     """One head fitted in place: its masked, balanced loss + ||W||^2 / (2 N) (C = 1), N the photos with a value."""
     if not bool(mask.any()):
         return
-    penalty = 1.0 / (2.0 * int(mask.sum()))
-    optimizer = torch.optim.LBFGS(
-        list(layer.parameters()), lr=1.0, max_iter=MAX_ITER, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6, tolerance_change=1e-9,
-    )  # fmt: skip
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = head_loss(kind, layer(x), targets, mask, weight) + penalty * layer.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
+    minimise_l2(layer, lambda: head_loss(kind, layer(x), targets, mask, weight), int(mask.sum()))
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ measured against the minibatch Adam head in benchmarks/RESULTS.md (model_table, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from skutag.trainer.features import CachedFeatures
@@ -35,20 +36,31 @@ def fit_logistic(
     x = cache.features.to(device, torch.float32)
     y = cache.labels.to(device)
     weights = None if class_weights is None else class_weights.to(device)
-    penalty = 1.0 / (2.0 * c * len(y))
     head.train()
+    minimise_l2(
+        head, lambda: nn.functional.cross_entropy(head(x), y, weight=weights), len(y) * c, max_iter=max_iter
+    )
+    with torch.no_grad():
+        loss = float(nn.functional.cross_entropy(head(x), y, weight=weights))
+    return EpochResult(loss, len(y), time.perf_counter() - start)
+
+
+def minimise_l2(
+    layer: nn.Linear, data_loss: Callable[[], torch.Tensor], n: float, *, max_iter: int = MAX_ITER
+) -> None:
+    """Minimise `data_loss() + ||W||^2 / (2 n)` over `layer`'s parameters in place (full-batch L-BFGS; the bias
+    unpenalised): scikit-learn's objective with n = C x the number of rows. The one solver of every head fit."""
+    penalty = 1.0 / (2.0 * n)
     optimizer = torch.optim.LBFGS(
-        list(head.parameters()), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+        list(layer.parameters()), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=1e-6, tolerance_change=1e-9,
     )  # fmt: skip
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(head(x), y, weight=weights) + penalty * head.weight.pow(2).sum()
+        loss = data_loss() + penalty * layer.weight.pow(2).sum()
         loss.backward()
         return loss
 
-    optimizer.step(closure)
-    with torch.no_grad():
-        loss = float(nn.functional.cross_entropy(head(x), y, weight=weights))
-    return EpochResult(loss, len(y), time.perf_counter() - start)
+    with torch.enable_grad():
+        optimizer.step(closure)
