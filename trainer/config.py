@@ -149,6 +149,11 @@ class TrainConfig:
             parse_attributes(self.attributes)
             if not self.attribute_weight > 0:
                 raise InputError("--attribute-weight must be above 0")
+            if self.best_metric == "val_loss":
+                raise InputError(
+                    "--best-metric val_loss cannot be averaged with the attribute heads' map that picks the best "
+                    "epoch with --attributes; use macro_f1, accuracy or top5_accuracy"
+                )
         if self.gradcam:
             from skutag.trainer.explain import check_gradcam
 

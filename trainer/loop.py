@@ -97,6 +97,7 @@ class Predictions:
     probs: np.ndarray
     indices: np.ndarray
     failed: dict[int, str] = field(default_factory=dict)
+    heads: dict[str, np.ndarray] = field(default_factory=dict)  # with all_heads: each attribute head's logits
 
 
 @dataclass
@@ -168,18 +169,29 @@ class Engine:
         self.scheduler.step()
 
     def predict(
-        self, net: nn.Module, batches: Iterable[dict[str, Any]], advance: Callable[[int], None]
+        self,
+        net: nn.Module,
+        batches: Iterable[dict[str, Any]],
+        advance: Callable[[int], None],
+        all_heads: bool = False,
     ) -> Predictions:
-        """Softmax probabilities for every good sample, in batch order; failed samples are listed."""
+        """Softmax probabilities for every good sample, in batch order; failed samples are listed. With
+        `all_heads` the net is called with all_heads=True and each attribute head's logits are kept too."""
         net.eval()
         labels, probs, indices, failed = [], [], [], {}
+        heads: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad():
             for batch in batches:
                 ok = batch["ok"]
                 failed.update(_failures(batch))
                 if ok.any():
+                    x = self.prepare(batch["image"][ok])
                     with self.autocast():
-                        logits = net(self.prepare(batch["image"][ok]))
+                        outputs = net(x, all_heads=True) if all_heads else net(x)
+                    logits = outputs["label"] if all_heads else outputs
+                    for name, value in outputs.items() if all_heads else ():
+                        if name != "label":
+                            heads.setdefault(name, []).append(value.float().cpu())
                     probs.append(torch.softmax(logits.float(), dim=1).cpu())
                     labels.append(batch["label"][ok])
                     indices.append(batch["index"][ok])
@@ -187,8 +199,9 @@ class Engine:
         if not probs:
             return Predictions(np.empty(0, int), np.empty((0, 0)), np.empty(0, int), failed)
         return Predictions(
-            torch.cat(labels).numpy(), torch.cat(probs).double().numpy(), torch.cat(indices).numpy(), failed
-        )
+            torch.cat(labels).numpy(), torch.cat(probs).double().numpy(), torch.cat(indices).numpy(), failed,
+            {name: torch.cat(parts).double().numpy() for name, parts in heads.items()},
+        )  # fmt: skip
 
 
 def _failures(batch: dict[str, Any]) -> dict[int, str]:
@@ -207,4 +220,6 @@ def merge_predictions(parts: list[Predictions]) -> Predictions:
         return Predictions(indices, np.empty((0, 0)), indices, failed)
     labels = np.concatenate([p.labels for p in parts])[first]
     probs = np.concatenate([p.probs for p in parts if len(p.probs)])[first]
-    return Predictions(labels, probs, indices[first], failed)
+    names = next((list(p.heads) for p in parts if p.heads), [])
+    heads = {n: np.concatenate([p.heads[n] for p in parts if len(p.probs)])[first] for n in names}
+    return Predictions(labels, probs, indices[first], failed, heads)

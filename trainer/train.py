@@ -20,6 +20,14 @@ import numpy as np
 import torch
 from skutag.trainer import checkpoint, distributed
 from skutag.trainer.adapt_bn import adapt_batchnorm
+from skutag.trainer.attribute_epochs import (
+    FeatureHeads,
+    cached_loss,
+    epoch_heads,
+    history_columns,
+    history_fields,
+    selection_score,
+)
 from skutag.trainer.attribute_training import AttributeTraining, load_weights
 from skutag.trainer.augment import Normalizer, train_transform
 from skutag.trainer.config import TrainConfig, default_workers
@@ -132,8 +140,12 @@ class Trainer:
             f"data: {len(self.splits.train)} train / {len(self.splits.val)} val images, {len(self.classes)} classes"
         )
         self.attrs = AttributeTraining.create(config, self.splits)  # None without --attributes
+        self.history_columns = HISTORY_COLUMNS + history_columns(self.attrs)
+        # what picks the best epoch: the label's --best-metric, or with heads trainer.attribute_epochs' score
+        self.selected = config.best_metric
         if self.attrs is not None:
             self.display.say(self.attrs.describe())
+            self.selected = f"best_score (mean of {config.best_metric} and each attribute head's map)"
         built = build(config.arch, len(self.classes), config.weights)
         self.display.say(f"model: {config.arch}, weights: {built.weights_source}")
         self.card = self._card(self.splits, built)
@@ -300,6 +312,8 @@ class Trainer:
         )
         if self.cached:
             self.train_module, self.eval_module = self.head, self.head
+            if self.attrs is not None:  # validation reads every head from the cached features
+                self.eval_module = FeatureHeads(self.model)
         elif fully_frozen_backbone(self.model) and self.attrs is None:
             self.train_module, self.eval_module = FrozenBackboneClassifier(self.model), self.model
         else:
@@ -392,6 +406,9 @@ class Trainer:
                 self.attrs.fit_cached(
                     self.model, self.train_cache
                 )  # L-BFGS, whichever solver the label head has
+                result.loss += cached_loss(
+                    self.attrs, self.model, self.train_cache
+                )  # as minibatch epochs add it
         if epoch == self.head_epochs + 1 and not self.cached:
             self._check_loaded(result.images, result.failed, self.splits.train)
         if not math.isfinite(result.loss) and self.engine.scaler is None:  # fp16's scaler skips such steps
@@ -413,33 +430,41 @@ class Trainer:
                 "seconds": seconds,
                 "images_per_s": result.images / max(result.seconds, 1e-9),
             }
+            value, heads = float(figures[c.best_metric]), None
+            if self.attrs is not None:  # the heads finished on this epoch's validation, and the score
+                heads, head_figures = epoch_heads(self.attrs, predictions.heads, predictions.indices)
+                value = selection_score(value, head_figures)
+                row |= history_fields(head_figures, value)
             s.history.append(row)
             s.epoch = epoch
             margin = self.phases.margin(epoch, len(predictions.labels), SELECTABLE[c.best_metric])
-            improved = self._is_better(figures[c.best_metric], margin)
-            if not improved and margin > 0 and self._is_better(figures[c.best_metric]):
+            improved = self._is_better(value, margin)
+            if not improved and margin > 0 and self._is_better(value):
                 self.display.say(
-                    f"epoch {epoch}: validation {c.best_metric} {figures[c.best_metric]:.4f} beats epoch "
+                    f"epoch {epoch}: validation {self.selected} {value:.4f} beats epoch "
                     f"{s.best_epoch}'s {s.best_value:.4f} by no more than the margin {margin:.4f} "
                     "(--tune-margin): not counted as better"
                 )
             if improved:
-                s.best_epoch, s.best_value = epoch, float(figures[c.best_metric])
-                card = self.card.replace(metrics={k: float(v) for k, v in figures.items()} | {"epoch": epoch})
+                s.best_epoch, s.best_value = epoch, value
+                # mid-run the card carries the heads too, so this file exports as it is
+                card = self.card.replace(
+                    metrics={k: float(v) for k, v in figures.items()} | {"epoch": epoch}, attributes=heads
+                )
                 save_weights(self.out / BEST, self.model, card)
             patience_out = c.patience is not None and epoch - s.best_epoch >= c.patience
             tuning_out = self.phases.stop_tuning(epoch, s.best_epoch)
             s.stopped_early = patience_out or tuning_out
-            write_csv(self.out / "history.csv", s.history, HISTORY_COLUMNS)
+            write_csv(self.out / "history.csv", s.history, self.history_columns)
             self._checkpoint()
             self.display.epoch(row, improved)
             stop = s.stopped_early
             if patience_out:
-                self.display.say(f"early stopping: no better {c.best_metric} for {c.patience} epochs")
+                self.display.say(f"early stopping: no better {self.selected} for {c.patience} epochs")
             elif tuning_out:
                 self.display.say(
                     f"fine-tuning stopped after epoch {epoch}: {self.phases.tune_patience} epoch(s) without a better "
-                    f"validation {c.best_metric} than epoch {s.best_epoch}'s"
+                    f"validation {self.selected} than epoch {s.best_epoch}'s"
                     + (" (the head's)" if s.best_epoch <= self.head_epochs else "")
                     + "; the best weights are kept"
                 )
@@ -464,7 +489,9 @@ class Trainer:
         """Predictions on the validation set (sharded over the processes), gathered on rank 0; None elsewhere."""
         start = time.perf_counter()
         with self.display.progress(description, len(self.splits.val)) as advance:
-            local = self.engine.predict(self.eval_module, self._val_batches(), advance)
+            local = self.engine.predict(
+                self.eval_module, self._val_batches(), advance, all_heads=self.attrs is not None
+            )
         if self.cached:
             local.failed |= self.val_cache.failed
         (loaded,) = distributed.sum_across([float(len(local.labels))], self.device)
@@ -596,6 +623,7 @@ class Trainer:
             self.out / "metrics.json",
             summary
             | {"best_epoch": s.best_epoch, "best_metric": self.config.best_metric, "epochs_run": s.epoch}
+            | ({} if self.attrs is None else {"best_by": self.selected, "best_score": s.best_value})
             | {"review": {k: review[k] for k in ("target_rate", "ood_threshold", "confidence_threshold")}}
             | {"review_validation": review["validation"]}
             | ({} if attribute_figures is None else {"attributes": attribute_figures})
