@@ -74,9 +74,14 @@ class _Runner:
     def __init__(self, interpreter) -> None:
         self._interpreter = interpreter
         self._input = interpreter.get_input_details()[0]["index"]
-        # probs [1, classes] and embedding [1, D]: output_0 then output_1 by the converter's names.
-        # output_10 after output_9 (a model with attribute heads has more than ten outputs)
-        self.details = sorted(interpreter.get_output_details(), key=lambda d: _natural(d["name"]))
+        # The outputs in the module's order (probs, embedding, then each attribute head), read from the
+        # model's signature, whose outputs the converter names output_<position>: by that position, never
+        # by the tensor names' sort order.
+        signatures = interpreter.get_signature_list()
+        if len(signatures) != 1:
+            raise InputError(f"a skutag LiteRT model has one signature, this one has {len(signatures)}")
+        by_name = interpreter.get_signature_runner(next(iter(signatures))).get_output_details()
+        self.details = [by_name[name] for name in signature_order(list(by_name))]
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         values = self.outputs(pixels)
@@ -88,10 +93,20 @@ class _Runner:
         return [self._interpreter.get_tensor(d["index"]).copy() for d in self.details]
 
 
-def _natural(name: str) -> tuple:
+def signature_order(names: list[str]) -> list[str]:
+    """The signature's output names in the module's output order: `output_<i>` by i, which must run 0..n-1
+    (InputError otherwise: a file skutag did not convert)."""
     import re
 
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    positions = {}
+    for name in names:
+        match = re.fullmatch(r"output_(\d+)", name)
+        if match is None:
+            raise InputError(f"LiteRT output {name!r} is not named output_<position> (not a skutag export)")
+        positions[int(match.group(1))] = name
+    if sorted(positions) != list(range(len(names))):
+        raise InputError(f"LiteRT outputs {sorted(names)} do not number 0..{len(names) - 1}")
+    return [positions[i] for i in range(len(names))]
 
 
 def load(path: Path, threads: int | None = None) -> _Runner:

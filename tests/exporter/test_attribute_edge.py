@@ -51,3 +51,49 @@ def test_openvino_carries_and_checks_every_head(attribute_run, small_catalog, tm
     if precision == "int8":
         tail = report["notes"]["float_tail"]  # the IR's ops walked back from every output, none FakeQuantize
         assert {"Sigmoid", "Softmax"} <= set(tail) and "FakeQuantize" not in tail
+
+
+RUNTIMES = {"executorch": ("executorch.runtime", ".pte"), "litert": ("litert_torch", ".tflite")}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "precision"),
+    [(f, p) for f in RUNTIMES for p in ("fp32", "int8")],
+)
+def test_executorch_and_litert_carry_and_check_every_head(
+    attribute_run, small_catalog, tmp_path, fmt, precision
+):
+    """Each head an output of its own, in the card's order (LiteRT: mapped by its signature's output
+    positions), passing the per-head parity gate in the format's own runtime."""
+    module, suffix = RUNTIMES[fmt]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"skutag[{fmt}] not installed")
+    from skutag.exporter.pipeline import ExportRequest, run_export
+
+    run, card = attribute_run
+    out = tmp_path / f"model-{precision}{suffix}"
+    result = run_export(
+        ExportRequest(
+            source=run,
+            out=out,
+            format=fmt,
+            precision=precision,
+            calib_dir=small_catalog if precision == "int8" else None,
+            calib_size=40,
+        )
+    )
+    report = json.loads(result.report.read_text())
+    figures = report["parity"]["attributes"]
+    assert set(figures) == {"color", "style"}
+    limits = artifacts.TARGETS[report["target"]].limits
+    assert all(f["agreement"] >= limits.min_top1_agreement for f in figures.values())
+    _, loaded_card, runner = formats.load_runner(out)
+    assert loaded_card.attributes == card.attributes
+    pixels = load_directory(small_catalog, card, 1).pixels  # edge formats run batch 1
+    values = runner.outputs(pixels)
+    probs, _, heads = split_outputs(
+        values, card.attributes, embeddings=len(values) > 1 + len(card.attributes)
+    )
+    assert probs.shape == (1, len(card.classes)) and np.allclose(probs.sum(axis=1), 1, atol=1e-3)
+    assert heads["color"].shape == (1, 3) and np.allclose(heads["color"].sum(axis=1), 1, atol=1e-3)
+    assert heads["style"].shape == (1, 2) and ((heads["style"] >= 0) & (heads["style"] <= 1)).all()
