@@ -1,5 +1,5 @@
-"""Attribute heads in an edge format (`make test-edge`): OpenVINO fp32 and int8 carry every head as an
-output, keep it float in int8, and pass the per-head parity gate in OpenVINO's own runtime."""
+"""Attribute heads in an edge format (`make test-edge`): OpenVINO, ExecuTorch and LiteRT, fp32 and int8, carry
+every head as an output (OpenVINO: float in int8) and pass the per-head parity gate in the format's own runtime."""
 
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ from skutag.exporter.samples import load_directory
 
 from skutag import artifacts
 
-pytestmark = [
-    pytest.mark.edge,
-    pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="skutag[openvino] not installed"),
-]
+pytestmark = pytest.mark.edge
 
 
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="skutag[openvino] not installed")
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_openvino_carries_and_checks_every_head(attribute_run, small_catalog, tmp_path, precision):
     from skutag.exporter.pipeline import ExportRequest, run_export
