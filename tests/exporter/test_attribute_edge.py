@@ -56,16 +56,25 @@ RUNTIMES = {"executorch": ("executorch.runtime", ".pte"), "litert": ("litert_tor
 
 @pytest.mark.parametrize(
     ("fmt", "precision"),
-    [(f, p) for f in RUNTIMES for p in ("fp32", "int8")],
+    [
+        pytest.param(
+            f,
+            p,
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec(RUNTIMES[f][0].split(".")[0]) is None,
+                reason=f"skutag[{f}] not installed",
+            ),
+        )
+        for f in RUNTIMES
+        for p in ("fp32", "int8")
+    ],
 )
 def test_executorch_and_litert_carry_and_check_every_head(
     attribute_run, small_catalog, tmp_path, fmt, precision
 ):
     """Each head an output of its own, in the card's order (LiteRT: mapped by its signature's output
     positions), passing the per-head parity gate in the format's own runtime."""
-    module, suffix = RUNTIMES[fmt]
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        pytest.skip(f"skutag[{fmt}] not installed")
+    suffix = RUNTIMES[fmt][1]
     from skutag.exporter.pipeline import ExportRequest, run_export
 
     run, card = attribute_run
