@@ -30,6 +30,7 @@ from skutag.heads import AttributeHead
 SELECTION_FIGURE = "map"  # each head's share of best_score
 HISTORY_FIGURES = ("accuracy", "macro_f1", "map")
 SCORE = "best_score"
+MISTAKE_COLUMNS = ("path", "true_label", "predicted_label", "target", "score")
 
 
 class FeatureHeads(nn.Module):
@@ -82,6 +83,62 @@ def cached_loss(attrs: AttributeTraining, model: nn.Module, cache: CachedFeature
         logits = plain.logits(cache.features.to(device, torch.float32))
         batch = {"index": cache.indices, "ok": torch.ones(len(cache.indices), dtype=torch.bool)}
         return float(attrs.loss(logits, batch))
+
+
+def head_mistakes(
+    head: AttributeHead, model: nn.Module, val: CachedFeatures, encoded: Encoded, paths: list[str]
+) -> list[dict[str, Any]]:
+    """The validation photos head `head` (as the card has it) gets wrong, most confident first: the rows of
+    REPORT/<name>-misclassified.csv that `--gradcam-head` explains (trainer.explain). `target` is the value the
+    heatmap is of: the predicted one; multi: the most probable value given wrongly, else the most probable missed."""
+    index = val.indices.numpy().astype(np.int64)
+    with torch.no_grad():
+        logits = FeatureHeads(model)(val.features.to(_device(model)), all_heads=True)[head.name]
+    probs = probabilities(head.kind, logits.float().cpu().double().numpy(), head.temperature)
+    targets, mask = encoded.targets[index], encoded.mask[index]
+    values, rows = head.values, []
+    given = head.given(probs)
+    for row, p in enumerate(probs):
+        if not mask[row]:
+            continue
+        if head.kind == "single":
+            predicted, truth = int(p.argmax()), int(targets[row])
+            if predicted != truth:
+                rows.append(
+                    _mistake(
+                        paths[index[row]], values[truth], values[predicted], values[predicted], p[predicted]
+                    )
+                )
+            continue
+        truth = targets[row] > 0.5
+        wrong, missed = given[row] & ~truth, truth & ~given[row]
+        if not (wrong.any() or missed.any()):
+            continue
+        pick = np.where(wrong, p, -1.0).argmax() if wrong.any() else np.where(missed, p, -1.0).argmax()
+        rows.append(
+            _mistake(
+                paths[index[row]], _joined(values, truth), _joined(values, given[row]), values[pick], p[pick]
+            )
+        )
+    return sorted(rows, key=lambda r: -r["score"])
+
+
+def _mistake(path: str, true: str, predicted: str, target: str, score: float) -> dict[str, Any]:
+    return {
+        "path": path,
+        "true_label": true,
+        "predicted_label": predicted,
+        "target": target,
+        "score": float(score),
+    }
+
+
+def _joined(values: tuple[str, ...], chosen: np.ndarray) -> str:
+    return "|".join(v for v, c in zip(values, chosen, strict=True) if c) or "(none)"
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(_plain(model).parameters()).device
 
 
 def _plain(model: nn.Module) -> nn.Module:

@@ -235,6 +235,12 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
 @seed_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.ckpt.")
 @gradcam_option
+@click.option(
+    "--gradcam-head",
+    default=None,
+    help="With --attributes: the report also explains this attribute head's worst validation mistakes "
+    "(NAME-misclassified.csv, NAME-misclassified-gradcam.png), drawn as --gradcam says.",
+)
 def train(data: str, out: str, val_dir: str | None, **options: object) -> None:
     """Fine-tune an ImageNet-pretrained backbone (torchvision name or timm/NAME) on DATA (an ImageFolder tree or a CSV/Parquet manifest).
 

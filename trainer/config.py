@@ -76,6 +76,8 @@ class TrainConfig:
     resume: bool = False
     decisions: tuple[str, ...] = ()  # OUTs whose review decisions (OUT/_review/) join the training set
     gradcam: bool | None = None  # None: when the insight extra is installed (insight.explain.report_gradcam)
+    # an attribute head whose worst validation mistakes the report's Grad-CAM also explains (trainer.explain)
+    gradcam_head: str | None = None
     review_rate: float = 0.10  # the review queue's target flag rate on validation (trainer.review)
     # `color,pattern,style:multi`: one head per manifest column beside the label head (trainer.attribute_training)
     attributes: str | None = None
@@ -149,11 +151,20 @@ class TrainConfig:
             parse_attributes(self.attributes)
             if not self.attribute_weight > 0:
                 raise InputError("--attribute-weight must be above 0")
+            names = [spec.name for spec in parse_attributes(self.attributes)]
+            if self.gradcam_head is not None and self.gradcam_head not in names:
+                raise InputError(
+                    f"--gradcam-head {self.gradcam_head!r} is not one of --attributes ({', '.join(names)})"
+                )
             if self.best_metric == "val_loss":
                 raise InputError(
                     "--best-metric val_loss cannot be averaged with the attribute heads' map that picks the best "
                     "epoch with --attributes; use macro_f1, accuracy or top5_accuracy"
                 )
+        if self.gradcam_head is not None and self.attributes is None:
+            raise InputError("--gradcam-head names one of the --attributes heads; pass --attributes")
+        if self.gradcam_head is not None and self.gradcam is False:
+            raise InputError("--gradcam-head draws a Grad-CAM sheet; it cannot go with --no-gradcam")
         if self.gradcam:
             from skutag.trainer.explain import check_gradcam
 

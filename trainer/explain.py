@@ -9,6 +9,10 @@ misclassified.csv, most confident first, as the report's contact sheet) and draw
 `report_gradcam` is that sheet as part of a report: the trainer's and `skutag eval`'s draw it
 by default when the extra is installed and the weights are PyTorch's (an ONNX file has no
 gradients), and say in one line why not otherwise; `--gradcam` makes it required.
+For an attribute head (`skutag train --gradcam-head NAME`) the same is done for that head's outputs: its
+mistakes are listed in `<NAME>-misclassified.csv` (trainer.attribute_epochs), the heatmap is of the value in
+its `target` column (the predicted value; for a multi-valued head the most probable value given wrongly, else
+the most probable one missed), the sheet is `<NAME>-misclassified-gradcam.png`.
 The layer is chosen per family (`target_layer`): torchvision ResNets' `layer4[-1]`; timm models'
 last module before their pooling (EfficientNet's `bn2`: the head conv, normalised and
 activated; ResNet's `layer4`; ConvNeXt's `stages`); else the last conv.
@@ -64,14 +68,18 @@ def target_layer(model):
 class Explainer:
     """A trained model and its Grad-CAM, on the CPU (heatmaps are a few images, not a catalog)."""
 
-    def __init__(self, run: str | Path) -> None:
+    def __init__(self, run: str | Path, head: str | None = None) -> None:
         cam = require("pytorch_grad_cam", "insight", "Grad-CAM")
         from .augment import Normalizer
         from .weights import load_trained
 
         self.model, self.card = load_trained(run, "cpu")
         self.normalizer = Normalizer(self.card)
-        self.cam = cam.GradCAM(model=self.model, target_layers=[target_layer(self.model)])
+        self.head = None if head is None else _attribute_head(self.card, head)
+        self.values = self.card.classes if self.head is None else self.head.values
+        net = self.model if self.head is None else _head_output(self.model, self.head.name)
+        self.net = net
+        self.cam = cam.GradCAM(model=net, target_layers=[target_layer(self.model)])
 
     def pixels(self, image: str | Path) -> np.ndarray:
         from skutag.images import ImageError, model_pixels
@@ -82,25 +90,56 @@ class Explainer:
             raise InputError(f"{image}: {exc}") from exc
 
     def heatmap(self, pixels: np.ndarray, target: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(heatmap [H, W] in [0, 1] for class `target` (None: the predicted one), probabilities [K])."""
+        """(heatmap [H, W] in [0, 1] for class `target` (None: the predicted one), probabilities [K]); with a
+        head, of its value `target` and its probabilities (its temperature applied)."""
         import torch
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         pixels = np.array(pixels)  # a writable copy: decoded pixels may be read-only for torch
         x = self.normalizer(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous())
         with torch.no_grad():
-            probs = torch.softmax(self.model(x), dim=1)[0].numpy()
+            logits = self.net(x)
+        if self.head is None:
+            probs = torch.softmax(logits, dim=1)[0].numpy()
+        else:
+            scaled = logits / self.head.temperature
+            probs = (torch.softmax(scaled, dim=1) if self.head.kind == "single" else torch.sigmoid(scaled))[
+                0
+            ].numpy()
         target = int(probs.argmax()) if target is None else target
         return self.cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0], probs
 
     def class_index(self, name: str | None) -> int | None:
         if name is None:
             return None
-        if name not in self.card.classes:
-            raise InputError(
-                f"--class {name!r} is not a class of this model ({', '.join(self.card.classes)})"
-            )
-        return self.card.classes.index(name)
+        if name not in self.values:
+            what = "a class of this model" if self.head is None else f"a value of head {self.head.name!r}"
+            raise InputError(f"--class {name!r} is not {what} ({', '.join(self.values)})")
+        return self.values.index(name)
+
+
+def _attribute_head(card, name: str):
+    heads = {h.name: h for h in card.attributes or ()}
+    if name not in heads:
+        raise InputError(
+            f"--gradcam-head {name!r}: the model has no such attribute head ({', '.join(heads) or 'none'})"
+        )
+    return heads[name]
+
+
+def _head_output(model, name: str):
+    """`model` (trainer.multihead's AttributeModel) as a network whose output is head `name`'s logits."""
+    from torch import nn
+
+    class HeadOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x, all_heads=True)[name]
+
+    return HeadOutput().eval()
 
 
 def overlay(pixels: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -146,8 +185,11 @@ def explain_images(
     return results
 
 
-def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit: int = 24) -> Path:
-    """Heatmaps of the predicted class over the `limit` worst mistakes of `report`; returns the sheet."""
+def explain_mistakes(
+    run: str | Path, report: str | Path, out: str | Path, limit: int = 24, head: str | None = None
+) -> Path:
+    """Heatmaps of the predicted class over the `limit` worst mistakes of `report`; returns the sheet. With
+    `head`: of attribute head `head`'s mistakes (`<head>-misclassified.csv`, the value in its `target` column)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,12 +200,13 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
 
     from .report import contact_grid
 
-    listed = Path(report) / "misclassified.csv"
+    prefix = "" if head is None else f"{head}-"
+    listed = Path(report) / f"{prefix}misclassified.csv"
     if not listed.is_file():
         raise InputError(f"{report} has no misclassified.csv (is it a skutag report directory?)")
     with open(listed, newline="") as handle:
         rows = list(csv.DictReader(handle))[:limit]
-    explainer = Explainer(run)
+    explainer = Explainer(run, head)
     fig, axes = contact_grid(len(rows))
     for ax, row in zip(axes.flat, rows, strict=False):
         try:
@@ -171,30 +214,38 @@ def explain_mistakes(run: str | Path, report: str | Path, out: str | Path, limit
         except InputError:
             ax.text(0.5, 0.5, "unreadable", ha="center")
             continue
-        heatmap, _ = explainer.heatmap(pixels, explainer.class_index(row["predicted_label"]))
+        target = row.get("target") or row["predicted_label"]
+        heatmap, _ = explainer.heatmap(pixels, explainer.class_index(target))
         ax.imshow(overlay(pixels, heatmap))
-        ax.set_title(f"true {row['true_label']}\npred {row['predicted_label']}", fontsize=7, color="darkred")
-    fig.suptitle("Most confident mistakes: where the model looked for the class it predicted")
+        title = f"true {row['true_label']}\npred {row['predicted_label']}"
+        ax.set_title(title + (f"\nmap of {target}" if head else ""), fontsize=7, color="darkred")
+    what = "the class it predicted" if head is None else f"the {head} value it gave wrongly (else missed)"
+    fig.suptitle(f"Most confident mistakes: where the model looked for {what}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sheet = out / "misclassified-gradcam.png"
+    sheet = out / f"{prefix}misclassified-gradcam.png"
     with atomic_path(sheet) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return sheet
 
 
-def report_gradcam(weights: str | Path, report: str | Path, wanted: bool | None) -> str:
+def report_gradcam(
+    weights: str | Path, report: str | Path, wanted: bool | None, head: str | None = None
+) -> str:
     """Draw REPORT/misclassified-gradcam.png from `weights` (a run dir or .safetensors); one line saying
-    what was done. `wanted`: True requires it (errors are raised), None draws it when possible, False skips."""
+    what was done. `wanted`: True requires it (errors are raised), None draws it when possible, False skips.
+    With `head`: REPORT/<head>-misclassified-gradcam.png from REPORT/<head>-misclassified.csv."""
     if wanted is False:
         return "Grad-CAM: off (--no-gradcam)"
     reason = check_gradcam(weights, wanted)
     if reason is not None:
         return f"{reason}; skipped"
-    if not _has_mistakes(Path(report)):
-        return "Grad-CAM: no mistakes to explain"
-    return f"Grad-CAM of the worst mistakes -> {explain_mistakes(weights, report, report)}"
+    listed = Path(report) / ("misclassified.csv" if head is None else f"{head}-misclassified.csv")
+    whose = "" if head is None else f" of attribute head {head}"
+    if not _has_mistakes(listed):
+        return f"Grad-CAM: no mistakes{whose} to explain"
+    return f"Grad-CAM of the worst mistakes{whose} -> {explain_mistakes(weights, report, report, head=head)}"
 
 
 def check_gradcam(weights: str | Path, wanted: bool | None) -> str | None:
@@ -210,8 +261,7 @@ def check_gradcam(weights: str | Path, wanted: bool | None) -> str | None:
     return reason
 
 
-def _has_mistakes(report: Path) -> bool:
-    listed = report / "misclassified.csv"
+def _has_mistakes(listed: Path) -> bool:
     with open(listed, newline="") as handle:
         return next(csv.DictReader(handle), None) is not None
 

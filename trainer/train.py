@@ -21,9 +21,11 @@ import torch
 from skutag.trainer import checkpoint, distributed
 from skutag.trainer.adapt_bn import adapt_batchnorm
 from skutag.trainer.attribute_epochs import (
+    MISTAKE_COLUMNS,
     FeatureHeads,
     cached_loss,
     epoch_heads,
+    head_mistakes,
     history_columns,
     history_fields,
     selection_score,
@@ -72,6 +74,7 @@ from skutag import calibration
 from skutag.card import NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json, check_output_dir
+from skutag.heads import AttributeHead
 
 HISTORY_COLUMNS = [
     "epoch", "train_loss", "val_loss", "accuracy", "top5_accuracy", "macro_precision", "macro_recall",
@@ -590,6 +593,17 @@ class Trainer:
             "calibration": "fitted on validation with the head before the refit (cross-fitted)",
         }  # fmt: skip
 
+    def _head_gradcam(self, head: AttributeHead) -> None:
+        """REPORT/<name>-misclassified.csv (the head's validation mistakes) and its Grad-CAM sheet."""
+        from skutag.trainer.explain import report_gradcam
+
+        report = self.out / "report"
+        rows = head_mistakes(
+            head, self.model, self.val_features, self.attrs.val[head.name], [s.path for s in self.splits.val]
+        )
+        write_csv(report / f"{head.name}-misclassified.csv", rows, list(MISTAKE_COLUMNS))
+        self.display.say(report_gradcam(self.out, report, self.config.gradcam, head=head.name))
+
     def _finish(self) -> None:
         """Report on the best weights: RUN/report/, metrics.json, card.json, skipped.csv (rank 0 writes).
 
@@ -642,6 +656,8 @@ class Trainer:
         from skutag.trainer.explain import report_gradcam  # lazy: grad-cam is an optional extra
 
         self.display.say(report_gradcam(self.out, self.out / "report", self.config.gradcam))
+        if self.config.gradcam_head is not None and heads is not None:
+            self._head_gradcam(next(h for h in heads if h.name == self.config.gradcam_head))
         write_csv(
             self.out / "skipped.csv",
             [{"path": p, "error": e} for p, e in sorted(s.failed.items())],
