@@ -7,11 +7,16 @@ a killed server loses nothing it acknowledged. Readers (`skutag review` on resta
 
 A decision is `accept` (the predicted label is right), `correct` (another label) or
 `not_product` (no label: left out of training). `decided_label` is null for `not_product`.
+For a model with attribute heads, `decided_attributes` holds the values the person confirmed or
+set, as a JSON object `{name: value}` (single-valued heads; null: the person left it unknown) or
+`{name: [values]}` (multi-valued); null for `not_product`, for a model without heads, and in files
+written before the column existed (read as null).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +39,7 @@ DECISION_SCHEMA = pa.schema(
         ("decided_label", pa.string()),
         ("who", pa.string()),
         ("decided_at", pa.timestamp("us", tz="UTC")),
+        ("decided_attributes", pa.string()),  # JSON; see the module docstring
     ]
 )
 
@@ -48,12 +54,26 @@ class Decision:
     decided_label: str | None
     who: str
     decided_at: datetime
+    decided_attributes: str | None = None  # JSON {name: value | [values]}
 
     def __post_init__(self) -> None:
         if self.decision not in KINDS:
             raise ValueError(f"decision {self.decision!r}: expected one of {', '.join(KINDS)}")
         if (self.decided_label is None) != (self.decision == "not_product"):
             raise ValueError("decided_label is null exactly when the decision is not_product")
+        if self.decided_attributes is not None and self.decision == "not_product":
+            raise ValueError("a not_product decision has no attribute values")
+
+
+def attribute_values(decided_attributes: str | None) -> dict[str, tuple[str, ...]]:
+    """A decision's `decided_attributes` as {name: values} (a single value as a 1-tuple, unknown as ())."""
+    if decided_attributes is None:
+        return {}
+    parsed = json.loads(decided_attributes)
+    return {
+        name: tuple(value) if isinstance(value, list) else (() if value is None else (value,))
+        for name, value in parsed.items()
+    }
 
 
 def now() -> datetime:

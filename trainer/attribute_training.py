@@ -29,6 +29,7 @@ from skutag.trainer.attributes import (
     encode,
     parse_attributes,
     read_attributes,
+    with_decided,
 )
 from skutag.trainer.config import TrainConfig
 from skutag.trainer.data import Splits
@@ -67,6 +68,8 @@ class AttributeTraining:
                 f"--attributes needs DATA to be a CSV/Parquet manifest with the attribute columns, not {config.data}"
             )
         table = read_attributes(config.data, specs)
+        if config.decisions:  # people's attribute values from `skutag review` (trainer.attributes)
+            table = with_decided(table, config.decisions, specs)
         heads = decide_heads(specs, [s.path for s in splits.train], table)
         train = {h.name: encode(h, [s.path for s in splits.train], table) for h in heads}
         val = {h.name: encode(h, [s.path for s in splits.val], table) for h in heads}

@@ -160,3 +160,22 @@ def encode(head: HeadData, photos: Sequence[str], table: Mapping[str, Mapping[st
     if unseen:
         log.info("attribute %s: %d value(s) not seen in training were left out", head.name, unseen)
     return Encoded(targets, mask)
+
+
+def with_decided(
+    table: Mapping[str, Mapping[str, Values]], outs: Sequence[str], specs: Sequence[AttributeSpec]
+) -> dict[str, dict[str, Values]]:
+    """The manifest's values with people's review decisions over them (`skutag review` on a `skutag run` OUT,
+    `--decisions`): a head a decision names takes the decided values for that photo (keyed by its uri, as
+    trainer.data.decision_samples adds it; an unknown single value is missing), the other heads keep the
+    manifest's; later OUTs win, as for labels."""
+    from skutag.decisions import attribute_values, read_decisions
+
+    names = {spec.name for spec in specs}
+    merged = {path: dict(values) for path, values in table.items()}
+    for out in outs:
+        for row in read_decisions(out).select(["uri", "decided_attributes"]).to_pylist():
+            decided = {k: v for k, v in attribute_values(row["decided_attributes"]).items() if k in names}
+            if decided:
+                merged.setdefault(row["uri"], {}).update(decided)
+    return merged

@@ -37,6 +37,7 @@ def make_app(queue: ReviewQueue):
             {
                 "rows": queue.pending(),
                 "classes": queue.classes,
+                "heads": queue.heads,
                 "decided_before": queue.decided_before,
                 "decided_now": queue.decided_now,
             }
@@ -57,7 +58,9 @@ def make_app(queue: ReviewQueue):
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected a JSON object"}, status_code=400)
         try:
-            left = queue.decide(str(body.get("id")), str(body.get("decision")), body.get("label"))
+            left = queue.decide(
+                str(body.get("id")), str(body.get("decision")), body.get("label"), body.get("attributes")
+            )
         except KeyError:
             return JSONResponse({"error": "not a pending row"}, status_code=404)
         except ValueError as exc:
