@@ -617,8 +617,12 @@ class Trainer:
         if predictions is None:
             return
         temperature, review = self._calibration()
+        # every head finished on the final validation's logits, gathered from every process (under torchrun
+        # too: the validation features above are rank 0's shard)
         heads, attribute_figures = (
-            (None, None) if self.attrs is None else self.attrs.finish(self.model, self.val_features)
+            (None, None)
+            if self.attrs is None
+            else epoch_heads(self.attrs, predictions.heads, predictions.indices)
         )
         refit = self._refit()
         val = self.splits.val

@@ -158,3 +158,40 @@ def test_a_multi_heads_mistake_explains_a_value_given_wrongly_else_one_missed(tm
 def test_bad_gradcam_head_is_refused_before_training(manifest, tmp_path, options, message):  # noqa: F811
     with pytest.raises(InputError, match=message):
         train_run(manifest, tmp_path / "run", epochs=1, **options)
+
+
+def test_a_bf16_autocast_epoch_trains_and_predicts_every_head():
+    """trainer.loop's Engine under CPU autocast (bf16) with attribute heads: the loss adds the heads' part,
+    it is finite, the weights move, and prediction keeps each head's logits in float."""
+    import numpy as np
+    import torch
+    from skutag.trainer.loop import Engine
+    from skutag.trainer.model import build_model
+    from skutag.trainer.multihead import AttributeModel
+
+    torch.manual_seed(0)
+    model = AttributeModel.wrap(build_model("resnet18", 3, "none"), {"color": 4})
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    seen = []
+
+    def extra_loss(outputs, batch):
+        seen.append(outputs["color"].dtype)
+        return torch.nn.functional.cross_entropy(outputs["color"].float(), batch["label"])
+
+    engine = Engine(optimizer, scheduler, torch.device("cpu"), lambda x: x, autocast_dtype=torch.bfloat16)
+    engine.extra_loss = extra_loss
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "label": torch.tensor([0, 1, 2, 0]),
+        "index": torch.arange(4),
+        "ok": torch.ones(4, dtype=torch.bool),
+        "error": [""] * 4,
+    }
+    before = model.heads["color"].weight.detach().clone()
+    result = engine.train_epoch(model, [batch], lambda n: None)
+    assert np.isfinite(result.loss) and seen == [torch.bfloat16]  # the heads ran under autocast
+    assert not torch.equal(before, model.heads["color"].weight)
+    predictions = engine.predict(model, [batch], lambda n: None, all_heads=True)
+    assert predictions.heads["color"].shape == (4, 4) and predictions.heads["color"].dtype == np.float64
+    assert predictions.probs.shape == (4, 3)
