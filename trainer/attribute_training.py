@@ -58,11 +58,16 @@ class AttributeTraining:
     head_weight: float
 
     @classmethod
-    def create(cls, config: TrainConfig, splits: Splits) -> AttributeTraining | None:
-        """None without --attributes; InputError (exit 2) when DATA is not a manifest with the columns."""
+    def create(
+        cls, config: TrainConfig, splits: Splits, exclude: str | None = None
+    ) -> AttributeTraining | None:
+        """None without --attributes; InputError (exit 2) when DATA is not a manifest with the columns.
+        `exclude`: the attribute the label head learns (a manifest without `label`); None when it was the only one."""
         if config.attributes is None:
             return None
-        specs = parse_attributes(config.attributes)
+        specs = [spec for spec in parse_attributes(config.attributes) if spec.name != exclude]
+        if not specs:
+            return None
         if not Path(config.data).is_file():
             raise InputError(
                 f"--attributes needs DATA to be a CSV/Parquet manifest with the attribute columns, not {config.data}"

@@ -179,3 +179,24 @@ def with_decided(
             if decided:
                 merged.setdefault(row["uri"], {}).update(decided)
     return merged
+
+
+def label_column(manifest: str | Path, specs: Sequence[AttributeSpec]) -> str | None:
+    """For a manifest without a `label` column: the attribute column whose head stands in as the label head
+    (docs/design.md, "Attribute heads"), the first of `specs` that is single-valued (said `:single`, or no
+    cell holds `|`). None when the manifest has `label`. InputError when none of `specs` is single-valued."""
+    from skutag.manifests import read_batches
+
+    rows = [row for batch in read_batches(str(manifest)) for row in batch.to_pylist()]
+    if rows and "label" in rows[0]:
+        return None
+    for spec in specs:
+        if rows and spec.name not in rows[0]:
+            continue  # read_attributes says so in one line
+        several = any(SEPARATOR in str(row.get(spec.name) or "") for row in rows)
+        if spec.kind == SINGLE or (spec.kind is None and not several):
+            return spec.name
+    raise InputError(
+        f"{manifest} has no label column: one of --attributes must be single-valued to stand in as the label "
+        f"head (none of {', '.join(s.name for s in specs)} is)"
+    )

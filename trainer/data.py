@@ -54,17 +54,20 @@ def find_splits(
     val_split: float | None,
     seed: int,
     split_by: str | None = None,
+    label_column: str = "label",
 ) -> Splits:
     """Train and validation samples from an ImageFolder tree (with or without train/ val/) or a manifest.
 
-    With `split_by` (`--split-by`, trainer.groups) a `val_split` keeps every product on one side."""
+    With `split_by` (`--split-by`, trainer.groups) a `val_split` keeps every product on one side.
+    `label_column`: the manifest column the label head learns (another than `label` only for a manifest
+    without one, trainer.attributes.label_column: its rows without a value are left out)."""
     data = Path(data)
     if val_dir is not None and val_split is not None:
         raise InputError("pass either --val DIR or --val-split F, not both")
     if split_by is not None and val_split is None:
         raise InputError("--split-by splits DATA by product for --val-split F; pass --val-split too")
     counts = ListingCounts()
-    splits = _find_splits(data, val_dir, val_split, seed, counts, split_by)
+    splits = _find_splits(data, val_dir, val_split, seed, counts, split_by, label_column)
     report_listing(data, counts)
     return replace(splits, hidden=counts.hidden)
 
@@ -76,9 +79,10 @@ def _find_splits(
     seed: int,
     counts: ListingCounts,
     split_by: str | None = None,
+    label_column: str = "label",
 ) -> Splits:
     if data.is_file():
-        samples, splits = read_manifest(data)
+        samples, splits = read_manifest(data, label_column)
         if splits is not None and val_dir is None and val_split is None:
             train = [s for s, split in zip(samples, splits, strict=True) if split == "train"]
             val = [s for s, split in zip(samples, splits, strict=True) if split in VAL_NAMES]
@@ -103,11 +107,12 @@ def _find_splits(
     return _checked(train, val, str(data))
 
 
-def find_labelled(data: str | Path) -> list[Sample]:
-    """The samples `skutag eval` scores: the val/ part when DATA has one, else all of it."""
+def find_labelled(data: str | Path, label_column: str = "label") -> list[Sample]:
+    """The samples `skutag eval` scores: the val/ part when DATA has one, else all of it (`label_column`: the
+    card's provenance `label_column` for a model whose label head learned an attribute column)."""
     data = Path(data)
     if data.is_file():
-        samples, splits = read_manifest(data)
+        samples, splits = read_manifest(data, label_column)
         if splits is not None and any(s in VAL_NAMES for s in splits):
             samples = [s for s, split in zip(samples, splits, strict=True) if split in VAL_NAMES]
     else:
@@ -150,21 +155,24 @@ def report_listing(data: Path, counts: ListingCounts) -> None:
         log.warning("%s: %s", data, "; ".join(notes))
 
 
-def read_manifest(path: Path) -> tuple[list[Sample], list[str] | None]:
-    """Rows `path,label[,split]` of a CSV or Parquet file; relative paths are relative to the manifest."""
+def read_manifest(path: Path, label_column: str = "label") -> tuple[list[Sample], list[str] | None]:
+    """Rows `path,label[,split]` of a CSV or Parquet file; relative paths are relative to the manifest. With
+    another `label_column` (an attribute column standing in for `label`) rows without a value are left out."""
     if path.suffix.lower() not in MANIFEST_SUFFIXES:
         raise InputError(f"{path}: a manifest must be .csv or .parquet (or pass a folder)")
     from skutag.manifests import read_batches
 
     rows = [row for batch in read_batches(str(path)) for row in batch.to_pylist()]
-    if not rows or not {"path", "label"} <= set(rows[0]):
+    if not rows or not {"path", label_column} <= set(rows[0]):
         raise InputError(f"{path}: a manifest needs the columns path,label[,split]")
     base = path.parent
     samples, splits = [], []
     for number, row in enumerate(rows, start=2):
-        if not row.get("path") or not row.get("label"):
+        if label_column != "label" and row.get("path") and not str(row.get(label_column) or "").strip():
+            continue  # a photo without the attribute standing in for the label: nothing to learn
+        if not row.get("path") or not row.get(label_column):
             raise InputError(f"{path}: row {number} has an empty path or label")
-        samples.append(Sample(str(base / str(row["path"])), str(row["label"])))
+        samples.append(Sample(str(base / str(row["path"])), str(row[label_column]).strip()))
         splits.append(str(row.get("split") or "").strip().lower())
     return samples, (splits if "split" in rows[0] else None)
 

@@ -60,7 +60,8 @@ def evaluate(
     model_path = Path(model_path)
     card = _card_of(model_path)
     check_gradcam(model_path, gradcam)
-    samples = find_labelled(data)
+    # a model whose label head learned an attribute column (a manifest without `label`) reads that column
+    samples = find_labelled(data, (card.provenance or {}).get("label_column", "label"))
     unknown = sorted({s.label for s in samples} - set(card.classes))
     if unknown:
         raise InputError(

@@ -31,6 +31,7 @@ from skutag.trainer.attribute_epochs import (
     selection_score,
 )
 from skutag.trainer.attribute_training import AttributeTraining, load_weights
+from skutag.trainer.attributes import label_column, parse_attributes
 from skutag.trainer.augment import Normalizer, train_transform
 from skutag.trainer.config import TrainConfig, default_workers
 from skutag.trainer.data import CatalogDataset, Splits, decision_samples, find_splits, with_decisions
@@ -126,9 +127,13 @@ class Trainer:
                 "--cache-features, --head-epochs and --balance sampler run on one process, not under torchrun"
             )
         seed_everything(config.seed)
+        # a manifest without `label`: an attribute column stands in as the label head (trainer.attributes)
+        self.label_column = None
+        if config.attributes is not None and Path(config.data).is_file():
+            self.label_column = label_column(config.data, parse_attributes(config.attributes))
         self.splits = find_splits(
             config.data, val_dir=config.val, val_split=config.val_split, seed=config.seed,
-            split_by=config.split_by,
+            split_by=config.split_by, label_column=self.label_column or "label",
         )  # fmt: skip
         if config.decisions:
             decided = decision_samples(config.decisions)
@@ -142,7 +147,13 @@ class Trainer:
         self.display.say(
             f"data: {len(self.splits.train)} train / {len(self.splits.val)} val images, {len(self.classes)} classes"
         )
-        self.attrs = AttributeTraining.create(config, self.splits)  # None without --attributes
+        # None without --attributes (or when the one attribute is the label head's)
+        self.attrs = AttributeTraining.create(config, self.splits, exclude=self.label_column)
+        if self.label_column is not None:
+            self.display.say(
+                f"{config.data} has no label column: the label head learns {self.label_column!r} "
+                "(skutag run's label and score columns hold it)"
+            )
         self.history_columns = HISTORY_COLUMNS + history_columns(self.attrs)
         # what picks the best epoch: the label's --best-metric, or with heads trainer.attribute_epochs' score
         self.selected = config.best_metric
@@ -196,7 +207,7 @@ class Trainer:
             "torch": torch.__version__,
             "device": self.device.type,
             "world_size": self.process.world_size,
-        }
+        } | ({} if self.label_column is None else {"label_column": self.label_column})
         return ModelCard(
             arch=c.arch, classes=tuple(splits.classes), image_size=size, resize_size=p.resize_size(size),
             normalize=normalize, mean=mean, std=std, interpolation=p.interpolation, provenance=provenance,

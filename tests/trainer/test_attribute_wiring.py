@@ -195,3 +195,52 @@ def test_a_bf16_autocast_epoch_trains_and_predicts_every_head():
     predictions = engine.predict(model, [batch], lambda n: None, all_heads=True)
     assert predictions.heads["color"].shape == (4, 4) and predictions.heads["color"].dtype == np.float64
     assert predictions.probs.shape == (4, 3)
+
+
+def without_label(source: Path, out: Path) -> Path:
+    """The manifest less its label column: path, split, color (empty for class 3), style."""
+    with open(source, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "split", "color", "style"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("path", "split", "color", "style")} for r in rows)
+    return out
+
+
+def test_a_manifest_without_label_trains_its_first_single_attribute_as_the_label_head(manifest, tmp_path):  # noqa: F811
+    """No `label` column: `color` (the first single-valued attribute) is the label head, `style` a head beside
+    it; export, `skutag run` (label / score hold the colour) and `skutag eval` of the manifest follow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from skutag.exporter.pipeline import ExportRequest, run_export
+    from skutag.trainer.evaluate import evaluate
+    from skutag.trainer.weights import read_card
+
+    from tests.batchrun.support import run as skutag_run
+
+    data = without_label(manifest, manifest.parent / "no-label.csv")
+    run = train_run(data, tmp_path / "run", freeze="none", epochs=1)
+    card = read_card(run / "best.safetensors")
+    assert card.classes == ("blue", "green", "red") and card.provenance["label_column"] == "color"
+    assert [h.name for h in card.attributes] == ["style"]
+    assert json.loads((run / "metrics.json").read_text())["samples"] == 15  # class 3's photos have no colour
+    onnx = run_export(ExportRequest(source=run, out=tmp_path / "model.onnx", check=False)).model
+    skutag_run(onnx, [manifest.parent / "photos"], tmp_path / "out", workers=0)
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((tmp_path / "out").glob("part-*.parquet")))
+    assert (
+        set(table.column("label").to_pylist()) <= {"blue", "green", "red"} and "style" in table.schema.names
+    )
+    assert "color" not in table.schema.names
+    figures = evaluate(onnx, data, tmp_path / "eval", workers=0)
+    assert figures["samples"] == 15 and set(figures["attributes"]) == {"style"}
+
+
+def test_a_manifest_without_label_needs_a_single_valued_attribute(manifest, tmp_path):  # noqa: F811
+    from skutag.trainer.config import TrainConfig
+    from skutag.trainer.train import train
+
+    data = without_label(manifest, tmp_path / "no-label.csv")
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), attributes="style", epochs=1, **FAST)
+    with pytest.raises(InputError, match="no label column: one of --attributes must be single-valued"):
+        train(config)
