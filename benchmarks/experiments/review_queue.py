@@ -207,14 +207,12 @@ def class_gaussian(train: np.ndarray, labels: np.ndarray, classes: int):
 
 
 def scorers(data: dict[str, np.ndarray], fit: np.ndarray, labels: np.ndarray, classes: int, logits, t: float):
-    """{name: rows -> OOD scores (higher: farther)} fitted on the `fit` rows of `data` (stage_features
-    of both sets, concatenated); `logits` the fold's head, `t` its temperature."""
+    """{name: () -> (rows -> OOD scores, higher: farther)}, each fitted when called on the `fit` rows of
+    `data` (stage_features of both sets, concatenated); `logits` the fold's head, `t` its temperature."""
     from scipy.special import logsumexp
 
     x, y = data["x"].astype(np.float64), labels[fit]
     train = x[fit]
-    means = class_means(train, y, classes)
-    clip = np.quantile(train, 0.90)
     every = statistics(data, STAGES)
 
     def stages_unit(rows: np.ndarray) -> np.ndarray:
@@ -225,31 +223,56 @@ def scorers(data: dict[str, np.ndarray], fit: np.ndarray, labels: np.ndarray, cl
     def on(score, columns: np.ndarray):
         return lambda rows: score(columns[rows])
 
-    bank = stages_unit(fit)
-    lee = []
-    for s in STAGES[2:]:
-        pooled = data[f"mean.{s}"].astype(np.float64)
-        score = class_gaussian(pooled[fit], y, classes)
-        lee.append((score, pooled, np.median(score(pooled[fit]))))
-    yield "cosine (ships)", on(lambda z: ood_scores(z, means), x)
-    yield "knn1", on(knn(train, 1), x)
-    yield "knn5", on(knn(train, 5), x)
-    yield "knn10", on(knn(train, 10), x)
-    yield "mahalanobis", on(mahalanobis(train, y, classes), x)
-    yield "energy", on(lambda z: -logsumexp(logits(z) / t, axis=1), x)
-    yield "react energy", on(lambda z: -logsumexp(logits(np.minimum(z, clip)) / t, axis=1), x)
-    yield "knn5 stages", lambda rows: 1 - np.sort(stages_unit(rows) @ bank.T, axis=1)[:, -5]
-    yield "lee multi-stage", lambda rows: sum(score(p[rows]) / m for score, p, m in lee)
-    for name, stages in (("early", STAGES[:4]), ("mid", STAGES[2:6])):
+    def cosine():
+        means = class_means(train, y, classes)
+        return on(lambda z: ood_scores(z, means), x)
+
+    def react():
+        clip = np.quantile(train, 0.90)
+        return on(lambda z: -logsumexp(logits(np.minimum(z, clip)) / t, axis=1), x)
+
+    def knn_stages():
+        bank = stages_unit(fit)
+        return lambda rows: 1 - np.sort(stages_unit(rows) @ bank.T, axis=1)[:, -5]
+
+    def lee():
+        per = []
+        for s in STAGES[2:]:
+            pooled = data[f"mean.{s}"].astype(np.float64)
+            score = class_gaussian(pooled[fit], y, classes)
+            per.append((score, pooled, np.median(score(pooled[fit]))))
+        return lambda rows: sum(score(p[rows]) / m for score, p, m in per)
+
+    def stats(stages: tuple[str, ...]):
         columns = statistics(data, stages)
-        yield f"stats {name}", on(gaussian(columns[fit]), columns)
-    yield "stats all", on(gaussian(every[fit]), every)
-    yield "stats all z", on(gaussian(every[fit], standardise=True), every)
-    yield "stats all rank 64", on(gaussian(every[fit], rank=64), every)
-    shipped = domain_fit(every[fit], rank=16)  # what the trainer stores (same as gaussian(rank=16))
-    yield "stats all rank 16", on(lambda z: domain_scores(z, shipped), every)
-    sd = every[fit].std(axis=0) + 1e-6
-    yield "stats all diagonal", on(lambda z: (((z - every[fit].mean(axis=0)) / sd) ** 2).sum(axis=1), every)
+        return on(gaussian(columns[fit]), columns)
+
+    def shipped():  # what trainer.review.domain_fit stores (the same as gaussian(rank=16))
+        fitted = domain_fit(every[fit], rank=16)
+        return on(lambda z: domain_scores(z, fitted), every)
+
+    def diagonal():
+        mu, sd = every[fit].mean(axis=0), every[fit].std(axis=0) + 1e-6
+        return on(lambda z: (((z - mu) / sd) ** 2).sum(axis=1), every)
+
+    return {
+        "cosine (ships)": cosine,
+        "knn1": lambda: on(knn(train, 1), x),
+        "knn5": lambda: on(knn(train, 5), x),
+        "knn10": lambda: on(knn(train, 10), x),
+        "mahalanobis": lambda: on(mahalanobis(train, y, classes), x),
+        "energy": lambda: on(lambda z: -logsumexp(logits(z) / t, axis=1), x),
+        "react energy": react,
+        "knn5 stages": knn_stages,
+        "lee multi-stage": lee,
+        "stats early": lambda: stats(STAGES[:4]),
+        "stats mid": lambda: stats(STAGES[2:6]),
+        "stats all": lambda: on(gaussian(every[fit]), every),
+        "stats all z": lambda: on(gaussian(every[fit], standardise=True), every),
+        "stats all rank 64": lambda: on(gaussian(every[fit], rank=64), every),
+        "stats all rank 16": shipped,
+        "stats all diagonal": diagonal,
+    }
 
 
 def ranks(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -312,9 +335,10 @@ def measure(ids: dict, ood: dict, rates: list[float], policies: list[str], only_
         raw = calibration.softmax(held_logits)
         top1 = {k: calibration.softmax(logits(both["x"][r]) / t).max(axis=1) for k, r in rows.items()}
         wrong = calibration.softmax(held_logits / t).argmax(1) != y[held]
-        for name, score in scorers(both, fit, y, classes, logits, t):
+        for name, fitted in scorers(both, fit, y, classes, logits, t).items():
             if only_scores and name not in only_scores:
                 continue
+            score = fitted()
             scores = {k: score(r) for k, r in rows.items()}
             for rate in rates:
                 for policy in policies:
