@@ -79,3 +79,20 @@ class StageTaps:
         stats = statistics(self.outputs)
         self.outputs = []
         return stats
+
+
+class DomainDistance(nn.Module):
+    """The low-rank Mahalanobis distance of stage statistics [N, S] to a fitted Gaussian, in torch:
+    what skutag.review_stats.domain_scores computes, as graph operators (the exporter's `domain_score`
+    output is meant to be this over `StageTaps.statistics()`; docs/design.md, "The domain score").
+    `fit`: trainer.review.domain_fit's arrays, kept as float32 buffers."""
+
+    def __init__(self, fit: dict) -> None:
+        super().__init__()
+        for key in ("mean", "basis", "weights"):
+            self.register_buffer(key, torch.as_tensor(fit[key], dtype=torch.float32).clone())
+        self.rest = float(fit["rest"])
+
+    def forward(self, stats: torch.Tensor) -> torch.Tensor:
+        d = stats.float() - self.mean
+        return (d * d).sum(dim=1) / self.rest + ((d @ self.basis) ** 2 * self.weights).sum(dim=1)

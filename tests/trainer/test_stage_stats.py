@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 from skutag.trainer.review import class_means, domain_fit
-from skutag.trainer.stage_stats import StageTaps, stage_names, statistics
+from skutag.trainer.stage_stats import DomainDistance, StageTaps, stage_names, statistics
 from torch import nn
 
 from skutag.review_stats import domain_scores, ood_scores
@@ -116,3 +116,56 @@ def test_lite0_stages_and_statistics_match_a_manual_computation() -> None:
     with pytest.raises(RuntimeError):
         taps.statistics()  # the outputs were consumed, and the hooks are gone
     assert not lite.bn1._forward_hooks
+
+
+class Tiny(nn.Module):
+    """The timm EfficientNet layout in miniature (`bn1`, `blocks`), with a domain score beside the pooled
+    features: the taps trace into the exported graph."""
+
+    def __init__(self, fit: dict | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU()), nn.Conv2d(6, 8, 3, stride=2)
+        )
+        self.taps = StageTaps(self, stage_names(self)).attach()
+        self.distance = None if fit is None else DomainDistance(fit)
+
+    def forward(self, image: torch.Tensor):
+        pooled = self.blocks(self.bn1(self.conv(image))).mean(dim=(2, 3))
+        stats = self.taps.statistics()
+        return (pooled, stats) if self.distance is None else (pooled, self.distance(stats))
+
+
+@pytest.mark.slow  # the dynamo ONNX export: ~10 s on 2 loaded cores
+def test_the_domain_score_exports_into_the_onnx_graph_and_matches_numpy() -> None:
+    import onnxruntime as ort
+
+    images = torch.rand(40, 3, 32, 32)
+    with torch.no_grad():
+        _, stats = Tiny().eval()(images)
+    fit = domain_fit(stats[:32].double().numpy(), rank=4)
+    model = Tiny(fit).eval()
+    with torch.no_grad():
+        _, torch_score = model(images[32:])
+    np.testing.assert_allclose(torch_score.numpy(), domain_scores(stats[32:].numpy(), fit), rtol=1e-4)
+    program = torch.onnx.export(
+        model,
+        (images[:2],),
+        None,
+        dynamo=True,
+        opset_version=18,
+        input_names=["image"],
+        output_names=["embedding", "domain_score"],
+        dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+        external_data=False,
+        verbose=False,
+    )
+    session = ort.InferenceSession(
+        program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    _, onnx_score = session.run(None, {"image": images[32:].numpy()})
+    assert onnx_score.shape == (8,)
+    np.testing.assert_allclose(onnx_score, domain_scores(stats[32:].numpy(), fit), rtol=1e-4)
