@@ -3,7 +3,9 @@
 The pooled final features that the class-mean cosine reads partly discard the domain (a studio photo
 on white against a home photo of the same garment); the early stages keep it. Per stage output
 [N, C, H, W], the statistics are the per-channel mean and log standard deviation over the positions
-(log(std + 1e-6), std with Bessel's correction as `torch.std`), concatenated stage by stage in
+(log(std + 1e-6), std with Bessel's correction as `torch.std`; exported, the std is a ReduceMean of
+squared deviations, so every path from the score back to a stage passes a ReduceMean, where an int8
+export's float tail stops: exporter.tail; the convolutions stay 8-bit), concatenated stage by stage in
 `stage_names` order: [N, 2 x sum(C)]. benchmarks/experiments/review_queue.py measured a Gaussian of
 them (trainer.review.domain_fit) against the cosine (RESULTS.md, "Review queue and calibration").
 
