@@ -7,6 +7,12 @@ L2-normalised rows (`normalise`); the class means are stored normalised (or zero
 without images: cosine 0). The trainer computes in float64, a run in float32. A row is flagged
 `low_confidence` when its top-1 probability is below the confidence threshold and
 `out_of_distribution` when its score is above the OOD threshold (`flags`, in `REASONS` order).
+
+`domain_scores`: the squared Mahalanobis distance of a row's stage statistics (trainer.stage_stats) to
+one Gaussian of the training rows' statistics, its covariance kept at low rank (trainer.review.domain_fit:
+`mean` [S], `basis` [S, R] orthonormal, `weights` [R] = 1/variance - 1/rest, `rest` the variance left
+to the other directions): `|d|^2 / rest + sum_r (d . basis_r)^2 x weights_r`, d = stats - mean. Not
+wired into the card or the graph yet (docs/design.md, "The review section").
 """
 
 from __future__ import annotations
@@ -33,3 +39,13 @@ def flags(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(low_confidence, out_of_distribution) per row; a NaN score (no embedding) is never `far`."""
     return np.asarray(top1) < confidence_threshold, np.asarray(ood) > ood_threshold
+
+
+def domain_scores(stats: np.ndarray, fit: dict[str, np.ndarray], dtype: type = np.float64) -> np.ndarray:
+    """The low-rank Mahalanobis distance [N] of stage statistics [N, S] to the Gaussian `fit`
+    (keys `mean`, `basis`, `weights`, `rest`: trainer.review.domain_fit)."""
+    d = np.asarray(stats, dtype) - np.asarray(fit["mean"], dtype)
+    projected = d @ np.asarray(fit["basis"], dtype)
+    return (d * d).sum(axis=1) / dtype(fit["rest"]) + (projected**2 * np.asarray(fit["weights"], dtype)).sum(
+        axis=1
+    )

@@ -27,6 +27,7 @@ from skutag.card import REVIEW_SCORE
 from skutag.review_stats import REASONS, flags, normalise, ood_scores
 
 DEFAULT_RATE = 0.10
+DOMAIN_RANK = 16  # directions of the stage statistics' covariance kept (RESULTS.md: rank 16 ~ full)
 OOD_SHARE = (
     0.5  # of the target rate, the part the OOD threshold takes on validation (RESULTS.md, review_suite)
 )
@@ -41,6 +42,28 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> n
         if (labels == c).any():
             means[c] = unit[labels == c].mean(axis=0)
     return normalise(means) * (np.linalg.norm(means, axis=1, keepdims=True) > 0)
+
+
+def domain_fit(stats: np.ndarray, rank: int = DOMAIN_RANK) -> dict[str, np.ndarray]:
+    """The Gaussian of training rows' stage statistics [N, S] (trainer.stage_stats) that
+    skutag.review_stats.domain_scores measures against: its mean, and its Ledoit-Wolf shrunk covariance
+    kept at `rank` directions (the top eigenvectors; the others share the mean of their variances)."""
+    from sklearn.covariance import LedoitWolf
+
+    stats = np.asarray(stats, np.float64)
+    if len(stats) < 2:
+        raise ValueError("the domain Gaussian needs at least two rows")
+    mean = stats.mean(axis=0)
+    values, vectors = np.linalg.eigh(LedoitWolf().fit(stats - mean).covariance_)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    rank = min(rank, len(values) - 1)
+    rest = float(values[rank:].mean())
+    return {
+        "mean": mean,
+        "basis": np.ascontiguousarray(vectors[:, :rank]),
+        "weights": 1.0 / values[:rank] - 1.0 / rest,
+        "rest": np.float64(rest),
+    }
 
 
 def confidence_threshold(top1: np.ndarray, far: np.ndarray, rate: float) -> float:
