@@ -115,3 +115,25 @@ def test_without_tta_the_card_has_no_tta_key_and_a_bad_mode_is_refused(trained_r
         capsys, "export", str(trained_run[0]), "--out", str(tmp_path / "m.onnx"), "--tta", "x"
     )
     assert code == 2 and "--tta" in stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_attribute_heads_are_averaged_too(attribute_run, small_catalog, tmp_path):
+    """A model with attribute heads: `attr.<name>` is the mean of the two views' head outputs, in ONNX."""
+    from skutag.exporter.pipeline import ExportRequest, run_export
+
+    run, _ = attribute_run
+    out = tmp_path / "attr-tta.onnx"
+    run_export(ExportRequest(source=run, out=out, embeddings=True, tta="flip"))
+    model, card = load_trained(run)
+    plain = ExportModule(model, card, embeddings=True).eval()
+    pixels = load_directory(small_catalog, card, 8).pixels
+    with torch.inference_mode():
+        straight = plain(torch.from_numpy(pixels))
+        mirrored = plain(torch.from_numpy(np.ascontiguousarray(pixels[:, :, ::-1])))
+    session, _ = create_session(out, "cpu")
+    names = [o.name for o in session.get_outputs()]
+    exported = dict(zip(names, session.run(None, {INPUT_NAME: pixels}), strict=True))
+    assert names == [PROBS, EMBEDDING, *(h.output for h in card.attributes)]
+    for i, name in enumerate(names):
+        expected = straight[i] if name == EMBEDDING else (straight[i] + mirrored[i]) / 2
+        np.testing.assert_allclose(exported[name], expected.numpy(), atol=1e-4, rtol=1e-4)
