@@ -7,7 +7,8 @@ are the mean of the two views'. The `embedding` output is the unflipped image's 
 exactly what the model without TTA gives: the review section's class means and thresholds were
 fitted on those features and an index built from another export of the model stays comparable.
 
-The mean is written as `(a + b) * 0.5` of the two halves, not as a reduction, so the int8 float
+uint8 pixels are cast to float first, as the wrapped module does (the first node on the uint8
+input stays the Cast, and no quantiser observes an integer tensor). The mean is written as `(a + b) * 0.5` of the two halves, not as a reduction, so the int8 float
 tail (exporter.tail: walking back from the outputs to the first pooling op) still ends at the
 global pooling and keeps the averaging, the classifier and the softmax in float.
 """
@@ -46,6 +47,8 @@ class FlipTTA(nn.Module):
         return self.inner.attributes
 
     def forward(self, image: torch.Tensor):
+        if self.input_kind == "uint8":  # the Cast stays the first node on the uint8 input (exporter.graph);
+            image = image.to(torch.float32)  # the wrapped module's own cast of a float tensor is a no-op
         both = torch.cat([image, image.flip(self.width_dim)])
         outputs = self.inner(both)
         if isinstance(outputs, torch.Tensor):

@@ -100,6 +100,13 @@ def test_the_onnx_file_matches_the_wrapped_pytorch_model(tta_exports, trained_ru
     np.testing.assert_allclose(embedding, reference_embedding.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_the_cast_stays_the_first_node_on_the_uint8_input(tta_exports):
+    for path in tta_exports.values():
+        proto = onnx.load(str(path))
+        readers = [node.op_type for node in proto.graph.node if INPUT_NAME in node.input]
+        assert readers == ["Cast"], (path.name, readers)
+
+
 def test_int8_keeps_the_averaging_float(tta_exports):
     proto = onnx.load(str(tta_exports["int8"]))
     assert quantize.eight_bit_tail(proto) == []
