@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from skutag import artifacts
+from skutag.card import TTA_MODES
 from skutag.options import input_path, out_option
 
 # From the one model-format table (skutag.artifacts imports neither torch nor a converter).
@@ -20,6 +21,7 @@ FORMATS = artifacts.FORMAT_NAMES
 FORMAT_HELP = " ".join(
     f"{f.name}: {f.suffix}, {f.platform} ({', '.join(f.precisions)})." for f in artifacts.FORMATS.values()
 )
+TTA_CHOICES = ("none", *TTA_MODES)  # the card's modes (skutag.card), built by exporter.tta
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -112,6 +114,14 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option(
     "--ort-format", is_flag=True, help="Also write MODEL.ort, the format ONNX Runtime Mobile loads."
 )
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_CHOICES),
+    default="none",
+    show_default=True,
+    help="flip: average the calibrated probabilities (and attribute heads) of each image and its horizontal "
+    "mirror inside the model file; twice the backbone's work per image. The embedding stays the image's own.",
+)
 def export(
     run: str,
     out: str,
@@ -127,6 +137,7 @@ def export(
     check_size: int,
     ort_format: bool,
     format_name: str,
+    tta: str,
 ) -> None:
     """Export the trained model in RUN (a run dir or a .safetensors with a card) to one checked model file.
 
@@ -151,6 +162,7 @@ def export(
         check_size=check_size,
         ort_format=ort_format,
         format=format_name,
+        tta=tta,
     )
     result = run_export(request)
     if format_name == "onnx":

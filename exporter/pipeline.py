@@ -9,7 +9,8 @@ check images (disjoint by default, exporter.samples.plan); convert with the form
 backend (`exporter.formats.<name>.export`) into a staging folder beside `--out`; load
 the result in its own runtime (`<name>.load`) and compare it per image with PyTorch
 under the limits of its precision row (`skutag.artifacts.TARGETS`); only then rename
-its files onto `--out`. A failed step leaves nothing at `--out`. The report
+its files onto `--out`. With `--tta flip` the wrapper of exporter.tta goes around the
+module first (the card records it), so every format and the parity reference hold it. A failed step leaves nothing at `--out`. The report
 `MODEL.<ext>.json` (card, parity figures, calibration, sha256 of every file) is written
 after the model. A format whose runtime does not run here (Core ML off Apple platforms)
 is exported with its parity recorded as unverified, and the CLI says so.
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from skutag.exporter import formats, graph, samples
+from skutag.exporter import formats, graph, samples, tta
 from skutag.exporter.parity import Parity, check, torch_outputs
 
 from skutag import artifacts
@@ -51,6 +52,7 @@ class ExportRequest:
     check_size: int = 64
     ort_format: bool = False
     format: str = "onnx"  # a row of skutag.artifacts.FORMATS
+    tta: str = "none"  # test-time augmentation inside the graph (exporter.tta.TTA_CHOICES)
 
     @property
     def target(self) -> Target:
@@ -149,7 +151,11 @@ def run_export(request: ExportRequest) -> ExportResult:
     # A card with a review section needs the `embedding` output: batchrun scores it against the class means.
     embeddings = request.embeddings or run_card.review is not None
     module = graph.ExportModule(model, run_card, input_kind=request.input_kind, embeddings=embeddings).eval()
+    # With --tta the PyTorch reference of the parity check is the same wrapped module.
+    module = tta.wrap(module, request.tta)
     card = graph.exported_card(run_card, request.input_kind, target.precision, target.int8_target)
+    if request.tta != "none":
+        card = card.replace(tta=request.tta)
     calibration, check_set = choose_samples(request, target, run_card)
 
     parity = None
@@ -254,6 +260,7 @@ def _summary(request, fmt, target, card, files, parity, unverified, calibration,
         "runtime": fmt.platform,
         "notes": notes,
         "card_inside": fmt.card_inside is not None,
+        "tta": request.tta,
         "source": {"weights": str(request.source), "sha256": sha256_file(_weights_path(request.source))},
         "parity": None
         if parity is None

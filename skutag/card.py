@@ -33,6 +33,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 INPUT_LAYOUTS = {"uint8": "NHWC", "float32": "NCHW"}
+# Test-time augmentations an exported graph may hold (the card's `tta`; exporter.tta builds them).
+TTA_MODES = ("flip",)
 
 
 class CardError(InputError):
@@ -75,6 +77,9 @@ class ModelCard:
     # The temperature fitted on validation (skutag.calibration): the exported graph's softmax divides
     # the logits by it. None in cards written before calibration (their graphs divide by nothing).
     temperature: float | None = None
+    # Test-time augmentation inside the exported graph (`skutag export --tta`, exporter.tta): "flip" averages
+    # the outputs of the image and its horizontal mirror. None (no TTA) in every other card.
+    tta: str | None = None
     created_at: str = field(default_factory=_now)
     skutag_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -170,6 +175,8 @@ class ModelCard:
             problems.extend(heads_problems(self.attributes))
         if self.temperature is not None and not (_number(self.temperature) and self.temperature > 0):
             problems.append("temperature must be a positive number")
+        if self.tta not in (None, *TTA_MODES):
+            problems.append(f"tta must be one of {TTA_MODES}")
         if problems:
             raise CardError("invalid model card: " + "; ".join(problems))
 
@@ -203,6 +210,8 @@ class ModelCard:
             ]
         if data["temperature"] is None:  # uncalibrated cards too
             del data["temperature"]
+        if data["tta"] is None:  # and cards of graphs without test-time augmentation
+            del data["tta"]
         return data
 
     @classmethod

@@ -256,6 +256,38 @@ def test_coreml_is_converted_with_its_card_and_says_parity_is_unverified(capsys,
     assert code == 2 and "offers --precision fp32, fp16" in stderr
 
 
+TTA_CASES = [("executorch", "fp32"), ("executorch", "int8"), ("litert", "fp32"), ("litert", "int8"),
+             ("openvino", "fp32"), ("openvino", "int8")]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt, precision", [pytest.param(f, p, marks=needs(f)) for f, p in TTA_CASES])
+def test_flip_tta_in_every_edge_runtime(capsys, trained_run, small_catalog, tmp_path, fmt, precision):
+    """--tta flip: gated against the wrapped PyTorch model in the format's runtime, the card records it,
+    and a mirrored photo gets the photo's probabilities."""
+    run, run_card = trained_run
+    out = tmp_path / f"model{artifacts.get(fmt).suffix}"
+    options = ["--calib", str(small_catalog), "--calib-size", "40"] if precision == "int8" else []
+    options += ["--check-images", str(small_catalog), "--check-size", "24", "--embeddings", "--tta", "flip"]
+    report, stdout = export_edge(capsys, run, out, fmt, precision, *options)
+    assert "parity vs PyTorch" in stdout and report["tta"] == "flip" and report["card"]["tta"] == "flip"
+    _, card, runner = formats.load_runner(out)
+    assert card.tta == "flip"
+    pixels = load_directory(small_catalog, run_card, 8).pixels
+    probs, _ = formats.run_all(runner, pixels)
+    mirrored, _ = formats.run_all(runner, np.ascontiguousarray(pixels[:, :, ::-1]))
+    np.testing.assert_allclose(mirrored, probs, atol=1e-5)
+
+
+@needs("coreml")
+def test_coreml_records_flip_tta_in_its_card(capsys, trained_run, tmp_path):
+    run, run_card = trained_run
+    out = tmp_path / "model.mlpackage"
+    report, _ = export_edge(capsys, run, out, "coreml", "fp32", "--tta", "flip")
+    from skutag.exporter.formats.coreml import read_card
+
+    assert read_card(out) == run_card.replace(tta="flip") and report["tta"] == "flip"
+
+
 @needs("executorch")
 @needs("litert")
 @needs("openvino")

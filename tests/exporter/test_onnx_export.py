@@ -127,7 +127,7 @@ def test_int8_cpu_is_calibrated_and_every_conv_quantised(capsys, trained_run, sm
     # 40 images: the last calibration batch is short, which ORT's histogram collectors cannot merge
     # unless the reader is strided (exporter.quantize.make_reader).
     assert calibration["count"] == 40 and calibration["method"] == "entropy"
-    assert calibration["ort_cpu_graph"] == {"quantised_convs": 20, "float_convs": 0}
+    assert calibration["ort_cpu_graph"] == {"quantised_convs": 20, "float_convs": 0, "kept_float_convs": 0}
     assert calibration["source"] == str(small_catalog) and calibration["activation_type"] == "QUInt8"
     session, _ = create_session(out, "cpu")
     assert_card(session, card, "int8", "cpu")
