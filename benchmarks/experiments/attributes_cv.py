@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cache-features",
         action="store_true",
-        help="TrainConfig.cache_features: the head phase alone (frozen)",
+        help="TrainConfig.cache_features (and augment none): the head phase alone (frozen)",
     )
     parser.add_argument("--arch", default="timm/tf_efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs is not None:
         fields["epochs"] = args.epochs
     if args.cache_features:
-        fields["cache_features"] = True
+        fields.update(cache_features=True, augment="none")  # cached features are not augmented
     scores: dict[str, dict[str, list[float]]] = {k: {} for k in ("multi", "separate", "logreg")}
     seconds: dict[str, list[float]] = {}  # "<approach> train" / "<approach> infer" -> [wall, cpu]
     before = load_average()
