@@ -1,4 +1,4 @@
-"""Which features should the attribute heads read? Frozen Lite0 features, 5 folds by product (issue 30).
+"""Which features should the attribute heads read? Colour statistics beside 0.3 x the pooled ones (RESULTS.md, "Attribute heads"; issue 30).
 
 One pass of the frozen backbone over the manifest (eval preprocessing) keeps, per photo, the final
 pooled features (what the label head reads), the global average of every stage's output

@@ -1,4 +1,4 @@
-"""Is one multi-head model within 1 point of one model per attribute, at half their cost? (issue 30; RESULTS.md)
+"""Is one multi-head model within 1 point of one model per attribute, at half their cost? Yes, at a third (frozen features; RESULTS.md, "Attribute heads"; issue 30).
 
 k-fold cross-validation split by product (the file name before the first `-`, trainer.groups) on a
 manifest in the shape of `catalog-photos/attributes.csv`. Per fold, through `trainer.train.train`
