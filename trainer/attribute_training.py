@@ -9,9 +9,10 @@ under its `body.`. While fine-tuning (and with `--head-solver adam` outside the 
 adds every head's masked, class-balanced loss to the label loss (trainer.head_losses). In the
 head phase on cached features `fit_cached` fits each attribute head to its optimum with
 full-batch L-BFGS (as trainer.head_fit fits the label head), whichever solver the label head
-uses, on standardised inputs with the pooled features weighted `POOLED_WEIGHT` (a stronger penalty
-on them than on the colour statistics: measured, benchmarks/RESULTS.md "Attribute heads"), the
-standardisation then folded into the head's weights so the model reads raw inputs. At the end `finish` gives the card's heads (temperatures, thresholds, review thresholds:
+uses, on standardised inputs with the pooled features weighted `POOLED_WEIGHT` (a stronger
+penalty on them than on the colour statistics: measured, benchmarks/RESULTS.md "Attribute
+heads"), the standardisation then folded into the head's weights so the model reads raw inputs.
+At the end `finish` gives the card's heads (temperatures, thresholds, review thresholds:
 trainer.head_calibration) and the `attributes` figures of metrics.json (trainer.head_metrics)
 from the best weights' validation features.
 """
