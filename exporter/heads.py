@@ -4,8 +4,10 @@
 `trainer.multihead.AttributeModel`, and its colour statistics module when the heads read one
 (trainer.taps: computed in the graph from the normalised input, after an average pooling), and
 turns the pooled features (with the colour statistics appended) into `attr.<name>` probabilities
-(docs/design.md, "The ONNX I/O contract"): softmax(logits / T) for a sigmoid(logits / T) for a multi-valued one, T the head's temperature from the card, in float32 after the pooling, so an int8 file keeps them in its float tail (the colour
-statistics too: their first op is the average pooling where the tail's walk stops).
+(docs/design.md, "The ONNX I/O contract"): softmax(logits / T) for a single-valued head,
+sigmoid(logits / T) for a multi-valued one, T the head's temperature from the card, in float32
+after the pooling, so an int8 file keeps them in its float tail (the colour statistics too: their
+first op is the average pooling where the tail's walk stops).
 Thresholds are not in the graph: whoever reads the outputs applies the card's.
 """
 
