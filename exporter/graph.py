@@ -72,7 +72,7 @@ class ExportModule(nn.Module):
             logits = logits / self.temperature
         probs = torch.softmax(logits, dim=1)
         if self.attributes is not None:
-            return (probs, *((features.float(),) if self.embeddings else ()), *self.attributes(features))
+            return (probs, *((features.float(),) if self.embeddings else ()), *self.attributes(features, x))
         return (probs, features.float()) if self.embeddings else probs
 
 

@@ -33,6 +33,10 @@ RESERVED = frozenset(
     }
 )  # fmt: skip
 LOW_CONFIDENCE = "low_confidence"
+# What a head's Linear layer reads (docs/design.md, "Attribute heads"): the pooled features the label head
+# reads, and optionally the colour statistics of the pixels (trainer.taps) appended to them.
+POOLED, COLOUR = "pooled", "colour"
+READS = ((POOLED,), (POOLED, COLOUR))
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,11 @@ class AttributeHead:
     thresholds: tuple[float, ...] | None = None
     temperature: float = 1.0
     review_threshold: float | None = None
+    reads: tuple[str, ...] = (POOLED,)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", tuple(self.values))
+        object.__setattr__(self, "reads", tuple(self.reads))
         if self.thresholds is not None:
             object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
 
@@ -89,6 +95,8 @@ class AttributeHead:
             _number(self.review_threshold) and 0.0 <= self.review_threshold <= 1.0
         ):
             found.append(f"{where}: review_threshold must be in [0, 1]")
+        if self.reads not in READS:
+            found.append(f"{where}: reads must be one of {[list(r) for r in READS]}")
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,13 +110,15 @@ class AttributeHead:
             data["thresholds"] = list(self.thresholds)
         if self.review_threshold is not None:
             data["review_threshold"] = self.review_threshold
+        if self.reads != (POOLED,):  # a head on the pooled features alone serialises as before
+            data["reads"] = list(self.reads)
         return data
 
     @classmethod
     def from_dict(cls, data: Any) -> AttributeHead:
         if not isinstance(data, dict):
             raise ValueError("an attribute head must be an object")
-        known = {"name", "kind", "values", "thresholds", "temperature", "review_threshold"}
+        known = {"name", "kind", "values", "thresholds", "temperature", "review_threshold", "reads"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"attribute head: unknown fields {unknown}")

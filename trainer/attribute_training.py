@@ -3,12 +3,16 @@
 `AttributeTraining.create` reads the attribute columns of the manifest, decides each head from
 the training photos and encodes the targets and masks of both splits (trainer.attributes), in
 split order, so a batch's `index` finds its rows: the dataset itself is unchanged. `wrap` makes
-the model an `AttributeModel` (trainer.multihead) and moves a stage name of the freeze policy
+the model an `AttributeModel` (trainer.multihead) whose heads read the pooled features and the
+colour statistics of the pixels (trainer.taps), and moves a stage name of the freeze policy
 under its `body.`. While fine-tuning (and with `--head-solver adam` outside the cache) `loss`
 adds every head's masked, class-balanced loss to the label loss (trainer.head_losses). In the
 head phase on cached features `fit_cached` fits each attribute head to its optimum with
 full-batch L-BFGS (as trainer.head_fit fits the label head), whichever solver the label head
-uses. At the end `finish` gives the card's heads (temperatures, thresholds, review thresholds:
+uses, on standardised inputs with the pooled features weighted `POOLED_WEIGHT` (a stronger
+penalty on them than on the colour statistics: measured, benchmarks/RESULTS.md "Attribute
+heads"), the standardisation then folded into the head's weights so the model reads raw inputs.
+At the end `finish` gives the card's heads (temperatures, thresholds, review thresholds:
 trainer.head_calibration) and the `attributes` figures of metrics.json (trainer.head_metrics)
 from the best weights' validation features.
 """
@@ -16,7 +20,7 @@ from the best weights' validation features.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +43,18 @@ from skutag.trainer.head_fit import minimise_l2
 from skutag.trainer.head_losses import attribute_loss, balance, head_loss
 from skutag.trainer.head_metrics import attribute_metrics
 from skutag.trainer.multihead import PREFIX, AttributeModel
+from skutag.trainer.taps import ColourStatistics
 from torch import nn
 
+from skutag.card import ModelCard
 from skutag.errors import InputError
 from skutag.heads import AttributeHead
 
 FIXED_POLICIES = ("backbone", "none")
+# Standardised pooled features times this, colour statistics times 1, in a head's L-BFGS fit: with the same
+# L2 penalty the 1,280 pooled features would drown the 70 colour statistics (colour accuracy 0.68 -> 0.77
+# on catalog-photos at 0.3, pattern unchanged; benchmarks/RESULTS.md, "Attribute heads").
+POOLED_WEIGHT = 0.3
 
 
 @dataclass
@@ -88,9 +98,11 @@ class AttributeTraining:
         ]
         return "attribute heads: " + "; ".join(parts)
 
-    def wrap(self, model: nn.Module, policy: str) -> tuple[AttributeModel, str]:
-        """The model with a head per attribute, and the freeze policy in the wrapped model's names."""
-        wrapped = AttributeModel.wrap(model, {h.name: len(h.values) for h in self.heads})
+    def wrap(self, model: nn.Module, policy: str, card: ModelCard) -> tuple[AttributeModel, str]:
+        """The model with a head per attribute (reading the colour statistics of `card`'s normalised pixels
+        too), and the freeze policy in the wrapped model's names."""
+        colour = ColourStatistics.for_card(card.mean, card.std)
+        wrapped = AttributeModel.wrap(model, {h.name: len(h.values) for h in self.heads}, colour)
         return wrapped, policy if policy in FIXED_POLICIES else f"body.{policy}"
 
     def loss(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
@@ -112,12 +124,14 @@ class AttributeTraining:
         """Fit every attribute head to the cached features with full-batch L-BFGS (L2 as in trainer.head_fit)."""
         model = _plain(model)
         index = cache.indices.numpy()
+        device = model.label_head.weight.device
+        x = model.attribute_input(cache.features, cache.extra).to(device, torch.float32)
+        scale = _group_weights(cache.features.shape[1], x.shape[1], device)
         for head in self.heads:
             layer = model.heads[head.name]
             encoded = self.train[head.name]
-            device = layer.weight.device
             _fit_head(
-                layer, head.kind, cache.features.to(device, torch.float32),
+                layer, head.kind, x, scale,
                 torch.from_numpy(encoded.targets[index]).to(device), torch.from_numpy(encoded.mask[index]).to(device),
                 self.weights[head.name].to(device),
             )  # fmt: skip
@@ -130,28 +144,50 @@ class AttributeTraining:
         index = val.indices.numpy().astype(np.int64)
         device = model.label_head.weight.device
         with torch.no_grad():
-            features = val.features.to(device)
-            logits = {
-                name: head(features).float().cpu().double().numpy() for name, head in model.heads.items()
-            }
+            extra = None if val.extra is None else val.extra.to(device)
+            inputs = model.attribute_input(val.features.to(device), extra)
+            logits = {name: head(inputs).float().cpu().double().numpy() for name, head in model.heads.items()}
         encoded = {name: Encoded(e.targets[index], e.mask[index]) for name, e in self.val.items()}
-        finished = finish_heads(self.heads, logits, encoded)
+        finished = tuple(replace(h, reads=model.reads) for h in finish_heads(self.heads, logits, encoded))
         probs = {h.name: probabilities(h.kind, logits[h.name], h.temperature) for h in finished}
         return finished, attribute_metrics(finished, probs, encoded)
+
+
+def _group_weights(pooled: int, width: int, device: torch.device) -> torch.Tensor:
+    """Per input column: `POOLED_WEIGHT` for the pooled features, 1 for what follows them (the colour statistics)."""
+    scale = torch.ones(width, device=device)
+    if width > pooled:
+        scale[:pooled] = POOLED_WEIGHT
+    return scale
 
 
 def _fit_head(
     layer: nn.Linear,
     kind: str,
     x: torch.Tensor,
+    scale: torch.Tensor,
     targets: torch.Tensor,
     mask: torch.Tensor,
     weight: torch.Tensor,
 ) -> None:
-    """One head fitted in place: its masked, balanced loss + ||W||^2 / (2 N) (C = 1), N the photos with a value."""
+    """One head fitted in place: its masked, balanced loss + ||W||^2 / (2 N) (C = 1), N the photos with a value,
+    on the inputs standardised over those photos and times `scale`; then folded back so `layer` reads raw x.
+    (Without colour statistics, `scale` is 1: the pooled features are standardised alone.)"""
     if not bool(mask.any()):
         return
-    minimise_l2(layer, lambda: head_loss(kind, layer(x), targets, mask, weight), int(mask.sum()))
+    rows = x[mask]
+    mean = rows.mean(0)
+    factor = scale / torch.sqrt(rows.var(0, unbiased=False) + 1e-4)  # z = (x - mean) * factor
+    z = (x - mean) * factor
+    fitted = nn.Linear(x.shape[1], layer.out_features).to(x.device)
+    with torch.no_grad():
+        fitted.weight.zero_()
+        fitted.bias.zero_()
+    minimise_l2(fitted, lambda: head_loss(kind, fitted(z), targets, mask, weight), int(mask.sum()))
+    with torch.no_grad():
+        w = fitted.weight * factor
+        layer.weight.copy_(w.to(layer.weight.dtype))
+        layer.bias.copy_((fitted.bias - w @ mean).to(layer.bias.dtype))
 
 
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -184,10 +184,13 @@ def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict,
         from skutag.trainer.head_calibration import probabilities
 
         with torch.no_grad():
-            features = body(normalizer(images.to(torch_device)))
+            x = normalizer(images.to(torch_device))
+            features = body(x)
             probs = torch.softmax(head(features).float(), dim=1).cpu().double().numpy()
+            if attribute_heads:  # what the heads read: trainer.multihead.attribute_input
+                inputs = model.attribute_input(features, model.attribute_extra(x))
             attributes = {
-                name: probabilities(h.kind, layer(features).float().cpu().numpy(), h.temperature)
+                name: probabilities(h.kind, layer(inputs).float().cpu().numpy(), h.temperature)
                 for name, (h, layer) in attribute_heads.items()
             }
         if (

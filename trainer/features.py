@@ -56,6 +56,8 @@ class CachedFeatures:
     labels: torch.Tensor  # int64 [N]
     indices: torch.Tensor  # int64 [N], dataset indices
     failed: dict[int, str]  # dataset index -> error
+    # float32 [N, E]: what attribute heads read beside the features (trainer.multihead.attribute_extra), or None
+    extra: torch.Tensor | None = None
 
 
 def extract_features(
@@ -63,9 +65,11 @@ def extract_features(
     batches: Iterable[dict[str, Any]],
     prepare: Callable[[torch.Tensor], torch.Tensor],
 ) -> CachedFeatures:
-    """Run `body` (eval mode, no grad) once over `batches`; failed samples are left out and reported."""
+    """Run `body` (eval mode, no grad) once over `batches`; failed samples are left out and reported.
+    A body with `attribute_extra` (trainer.multihead) also gives the cache's `extra`."""
     body.eval()
-    features, labels, indices, failed = [], [], [], {}
+    extra_of = getattr(body, "attribute_extra", None)
+    features, labels, indices, extras, failed = [], [], [], [], {}
     with torch.no_grad():
         for batch in batches:
             ok = batch["ok"]
@@ -73,13 +77,22 @@ def extract_features(
                 failed[index] = error
             if not ok.any():
                 continue
-            out = body(prepare(batch["image"][ok]))
-            features.append(out.float().cpu())
+            x = prepare(batch["image"][ok])
+            features.append(body(x).float().cpu())
+            extra = None if extra_of is None else extra_of(x)
+            if extra is not None:
+                extras.append(extra.float().cpu())
             labels.append(batch["label"][ok])
             indices.append(batch["index"][ok])
     if not features:
         return CachedFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
-    return CachedFeatures(torch.cat(features), torch.cat(labels), torch.cat(indices), failed)
+    return CachedFeatures(
+        torch.cat(features),
+        torch.cat(labels),
+        torch.cat(indices),
+        failed,
+        torch.cat(extras) if extras else None,
+    )
 
 
 def _errors(batch: dict[str, Any], mask: torch.Tensor) -> list[str]:

@@ -2,14 +2,19 @@
 
 `AttributeModel.wrap` takes the plain classifier `trainer.model.build` makes and splits it
 into its body (the classifier replaced by Identity: the pooled features) and its label head,
-then adds a Linear head per attribute on the same features. `forward(x)` returns the label
+then adds a Linear head per attribute. The label head reads the pooled features; the attribute
+heads read the pooled features with, when the model has its `colour` module (trainer.taps, every
+model `skutag train --attributes` makes), the colour statistics of the input pixels appended
+(`attribute_input`): globally pooled ImageNet features keep little of a garment's colour (issue 30,
+measured in benchmarks/RESULTS.md, "Attribute heads"). `forward(x)` returns the label
 logits, so everything that treats a run's model as a classifier (eval, Grad-CAM, bench,
 predict) still does; `forward(x, all_heads=True)` returns every head's logits by name
 (`label` and each attribute), through `forward` so DDP sees the call.
 
 On disk (`best.safetensors`) the weights are the plain classifier's keys, exactly as a
 model without attributes writes them, plus `attributes.<name>.weight` / `.bias`
-(`plain_state`); `from_state` loads them back strictly.
+(`plain_state`); `from_state` loads them back strictly (the colour module has no weights: it is
+rebuilt from the card's mean and std when the card's heads read `colour`).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from skutag.trainer.taps import ColourStatistics
 from torch import nn
 
+from skutag.card import ModelCard
 from skutag.errors import InputError
-from skutag.heads import AttributeHead
+from skutag.heads import COLOUR, POOLED, AttributeHead
 
 LABEL = "label"
 PREFIX = "attributes."
@@ -32,37 +39,66 @@ class AttributeModel(nn.Module):
     classifier_path = "label_head"  # what trainer.model.classifier_name finds
     head_prefixes = ("label_head.", "heads.")  # the parameters that train as the head (trainer.freeze)
 
-    def __init__(self, body: nn.Module, label_head: nn.Linear, head_name: str, heads: Mapping[str, int]):
+    def __init__(
+        self,
+        body: nn.Module,
+        label_head: nn.Linear,
+        head_name: str,
+        heads: Mapping[str, int],
+        colour: ColourStatistics | None = None,
+    ):
         super().__init__()
         self.body = body
         self.label_head = label_head
         self.head_name = head_name  # the classifier's qualified name in the plain model (`classifier`, `fc`)
-        self.heads = nn.ModuleDict({name: nn.Linear(label_head.in_features, n) for name, n in heads.items()})
+        self.colour = colour
+        width = label_head.in_features + (colour.dims if colour is not None else 0)
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in heads.items()})
 
     @classmethod
-    def wrap(cls, model: nn.Module, heads: Sequence[AttributeHead] | Mapping[str, int]) -> AttributeModel:
-        """`model` (a plain classifier; taken apart, not copied) with a new head per attribute."""
+    def wrap(
+        cls,
+        model: nn.Module,
+        heads: Sequence[AttributeHead] | Mapping[str, int],
+        colour: ColourStatistics | None = None,
+    ) -> AttributeModel:
+        """`model` (a plain classifier; taken apart, not copied) with a new head per attribute; with `colour`,
+        the heads read the colour statistics too."""
         from skutag.trainer.model import classifier_name
 
         sizes = heads if isinstance(heads, Mapping) else {h.name: len(h.values) for h in heads}
         name = classifier_name(model)
         label_head = model.get_submodule(name)
         model.set_submodule(name, nn.Identity())
-        return cls(model, label_head, name, sizes)
+        return cls(model, label_head, name, sizes, colour)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """What every attribute head reads, as the card's heads say it (skutag.heads.READS)."""
+        return (POOLED, COLOUR) if self.colour is not None else (POOLED,)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
-    def logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every head's logits from pooled features (what a feature cache trains on)."""
+    def attribute_extra(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What the attribute heads read beside the pooled features, from the normalised input (None: nothing)."""
+        return None if self.colour is None else self.colour(x)
+
+    def attribute_input(self, features: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """The attribute heads' input: the pooled features, `extra` (attribute_extra) appended."""
+        return features if extra is None else torch.cat([features, extra.to(features.dtype)], dim=1)
+
+    def logits(self, features: torch.Tensor, extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every head's logits from pooled features and `attribute_extra` (what a feature cache holds)."""
         out = {LABEL: self.label_head(features)}
-        out.update((name, head(features)) for name, head in self.heads.items())
+        inputs = self.attribute_input(features, extra)
+        out.update((name, head(inputs)) for name, head in self.heads.items())
         return out
 
     def forward(self, x: torch.Tensor, all_heads: bool = False):
         features = self.body(x)
         if all_heads:
-            return self.logits(features)
+            return self.logits(features, self.attribute_extra(x))
         return self.label_head(features)
 
     def plain_state(self) -> dict[str, torch.Tensor]:
@@ -74,14 +110,19 @@ class AttributeModel(nn.Module):
 
 
 def from_state(
-    model: nn.Module, heads: Sequence[AttributeHead], state: Mapping[str, torch.Tensor], where: str
+    model: nn.Module, card: ModelCard, state: Mapping[str, torch.Tensor], where: str
 ) -> AttributeModel:
-    """`model` (a fresh plain classifier of the card's arch) with `state` loaded strictly, and its heads."""
+    """`model` (a fresh plain classifier of the card's arch) with `state` loaded strictly, and the card's heads."""
+    heads = card.attributes or ()
     plain = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
     attributes = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+    reads = {h.reads for h in heads}
+    if len(reads) > 1:
+        raise InputError(f"the card in {where}: its attribute heads read different inputs ({sorted(reads)})")
+    colour = ColourStatistics.for_card(card.mean, card.std) if COLOUR in next(iter(reads), ()) else None
     try:
         model.load_state_dict(plain, strict=True)
-        wrapped = AttributeModel.wrap(model, heads)
+        wrapped = AttributeModel.wrap(model, heads, colour)
         wrapped.heads.load_state_dict(attributes, strict=True)
     except RuntimeError as exc:
         raise InputError(

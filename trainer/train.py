@@ -173,7 +173,7 @@ class Trainer(TrainerEnd):
         self.freeze = resolve_policy(self.model, config.freeze, config.pretrained)
         check_policy(self.model, self.freeze)  # before the head epochs, not after them
         if self.attrs is not None:  # one backbone, the label head and a head per attribute
-            self.model, self.freeze = self.attrs.wrap(self.model, self.freeze)
+            self.model, self.freeze = self.attrs.wrap(self.model, self.freeze, self.card)
             self.model = self.model.to(self.device)
         self.cached = False  # this epoch trains the head on cached features
         self.normalizer = Normalizer(self.card).to(self.device)

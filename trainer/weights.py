@@ -71,7 +71,7 @@ def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tupl
     if card.attributes is not None:
         from skutag.trainer.multihead import from_state
 
-        return from_state(model, card.attributes, state, str(path)).to(device).eval(), card
+        return from_state(model, card, state, str(path)).to(device).eval(), card
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -62,6 +62,7 @@ def test_every_head_is_an_output_with_its_temperature_inside(exports, attribute_
     assert list(values) == ["probs", "embedding", "attr.color", "attr.style"]
     assert values["attr.color"].shape == (16, 3) and values["attr.style"].shape == (16, 2)
     assert session_card(session).attributes == card.attributes
+    assert {h.reads for h in card.attributes} == {("pooled", "colour")}  # the colour statistics, in the graph
     with torch.inference_mode():
         logits = model(torch.from_numpy(model_input(pixels, card, "float")), all_heads=True)
     color, style = card.attributes
@@ -91,6 +92,7 @@ def test_int8_keeps_every_head_float(exports):
     assert quantize.eight_bit_tail(proto) == []
     tail_ops = {node.op_type for node in quantize.tail_nodes(proto)}
     assert {"Softmax", "Sigmoid"} <= tail_ops  # both kinds of head are in the walked (float) tail
+    assert "AveragePool" in tail_ops  # the colour statistics' first op: all they compute is in the float tail
     convs = quantize.quantised_conv_summary(quantize.optimised_op_types(exports["int8"].model))
     assert convs["quantised_convs"] > 0
 

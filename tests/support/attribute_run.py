@@ -1,7 +1,8 @@
 """A small run dir with attribute heads, saved as the trainer saves one: for export, run and predict tests.
 
 A ResNet-18 (64 px) trained for a few Adam steps on the synthetic catalog with its label head and two
-attribute heads derived from the class: `color` (single-valued; class 3's photos have no colour:
+attribute heads derived from the class, reading the pooled features and the colour statistics (as every
+model `skutag train --attributes` makes): `color` (single-valued; class 3's photos have no colour:
 missing, masked out of the loss) and `style` (multi-valued: class 2 is `print|zip`). Temperatures,
 thresholds and review thresholds come from trainer.head_calibration, the metrics from
 trainer.head_metrics: the building blocks the trainer will call.
@@ -55,7 +56,12 @@ def make_attribute_run(catalog: Path, run: Path, steps: int = 20) -> tuple[Path,
     encoded = {"color": Encoded(color, color >= 0), "style": Encoded(style, style.any(axis=1))}
     x = torch.from_numpy(model_input(images.pixels, card, "float"))
     torch.manual_seed(0)
-    model = AttributeModel.wrap(build_model("resnet18", len(classes), "none"), {"color": 3, "style": 2})
+    from skutag.trainer.taps import ColourStatistics
+
+    colour = ColourStatistics.for_card(card.mean, card.std)
+    model = AttributeModel.wrap(
+        build_model("resnet18", len(classes), "none"), {"color": 3, "style": 2}, colour
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     y = torch.from_numpy(labels)
@@ -82,7 +88,7 @@ def make_attribute_run(catalog: Path, run: Path, steps: int = 20) -> tuple[Path,
     # The synthetic heads separate perfectly: their fitted temperatures would saturate every probability
     # (nothing for a parity check to see); fixed temperatures keep them soft, as on real photos.
     finished = tuple(
-        replace(h, temperature=t)
+        replace(h, temperature=t, reads=model.reads)
         for h, t in zip(finish_heads(heads, logits, encoded), (4.0, 3.0), strict=True)
     )
     finished = finish_heads_review(finished, logits, encoded)
