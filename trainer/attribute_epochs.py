@@ -34,24 +34,31 @@ MISTAKE_COLUMNS = ("path", "true_label", "predicted_label", "target", "score")
 
 
 class FeatureHeads(nn.Module):
-    """Every head of an AttributeModel over pooled features: the network a head epoch validates on the cache."""
+    """Every head of an AttributeModel over cached inputs: the network a head epoch validates on the cache.
+
+    Its input is the pooled features with the cache's `extra` (what the attribute heads read beside them,
+    trainer.multihead.attribute_extra) appended as columns; it splits them again at the
+    label head's width (CachedFeatures.with_extra)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = _plain(model)
 
-    def forward(self, features: torch.Tensor, all_heads: bool = False) -> Any:
-        out = self.model.logits(features)
+    def forward(self, inputs: torch.Tensor, all_heads: bool = False) -> Any:
+        width = self.model.label_head.in_features
+        extra = inputs[:, width:] if inputs.shape[1] > width else None
+        out = self.model.logits(inputs[:, :width], extra)
         return out if all_heads else out["label"]
 
 
 def epoch_heads(
-    attrs: AttributeTraining, logits: dict[str, np.ndarray], indices: np.ndarray
+    attrs: AttributeTraining, model: nn.Module, logits: dict[str, np.ndarray], indices: np.ndarray
 ) -> tuple[tuple[AttributeHead, ...], dict[str, dict[str, Any]]]:
-    """The heads finished on one epoch's validation logits (rows: validation `indices`) and their figures."""
+    """The heads of `model` finished on one epoch's validation logits (rows: validation `indices`) and
+    their figures; the card's heads say what the model's heads read."""
     index = np.asarray(indices, np.int64)
     encoded = {name: Encoded(e.targets[index], e.mask[index]) for name, e in attrs.val.items()}
-    heads = finish_heads(attrs.heads, logits, encoded)
+    heads = finish_heads(attrs.heads, logits, encoded, _plain(model).reads)
     probs = {h.name: probabilities(h.kind, logits[h.name], h.temperature) for h in heads}
     return heads, attribute_metrics(heads, probs, encoded)
 
@@ -80,7 +87,8 @@ def cached_loss(attrs: AttributeTraining, model: nn.Module, cache: CachedFeature
     plain = _plain(model)
     device = plain.label_head.weight.device
     with torch.no_grad():
-        logits = plain.logits(cache.features.to(device, torch.float32))
+        extra = None if cache.extra is None else cache.extra.to(device, torch.float32)
+        logits = plain.logits(cache.features.to(device, torch.float32), extra)
         batch = {"index": cache.indices, "ok": torch.ones(len(cache.indices), dtype=torch.bool)}
         return float(attrs.loss(logits, batch))
 
@@ -93,7 +101,7 @@ def head_mistakes(
     heatmap is of: the predicted one; multi: the most probable value given wrongly, else the most probable missed."""
     index = val.indices.numpy().astype(np.int64)
     with torch.no_grad():
-        logits = FeatureHeads(model)(val.features.to(_device(model)), all_heads=True)[head.name]
+        logits = FeatureHeads(model)(val.with_extra().to(_device(model)), all_heads=True)[head.name]
     probs = probabilities(head.kind, logits.float().cpu().double().numpy(), head.temperature)
     targets, mask = encoded.targets[index], encoded.mask[index]
     values, rows = head.values, []

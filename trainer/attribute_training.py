@@ -12,19 +12,17 @@ full-batch L-BFGS (as trainer.head_fit fits the label head), whichever solver th
 uses, on standardised inputs with the pooled features weighted `POOLED_WEIGHT` (a stronger
 penalty on them than on the colour statistics: measured, benchmarks/RESULTS.md "Attribute
 heads"), the standardisation then folded into the head's weights so the model reads raw inputs.
-At the end `finish` gives the card's heads (temperatures, thresholds, review thresholds:
-trainer.head_calibration) and the `attributes` figures of metrics.json (trainer.head_metrics)
-from the best weights' validation features.
+Each validation finishes the card's heads (temperatures, thresholds, review thresholds:
+trainer.head_calibration) and their figures (trainer.head_metrics) in trainer.attribute_epochs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from skutag.trainer.attributes import (
     Encoded,
@@ -38,17 +36,14 @@ from skutag.trainer.attributes import (
 from skutag.trainer.config import TrainConfig
 from skutag.trainer.data import Splits
 from skutag.trainer.features import CachedFeatures
-from skutag.trainer.head_calibration import finish_heads, probabilities
 from skutag.trainer.head_fit import minimise_l2
 from skutag.trainer.head_losses import attribute_loss, balance, head_loss
-from skutag.trainer.head_metrics import attribute_metrics
 from skutag.trainer.multihead import PREFIX, AttributeModel
 from skutag.trainer.taps import ColourStatistics
 from torch import nn
 
 from skutag.card import ModelCard
 from skutag.errors import InputError
-from skutag.heads import AttributeHead
 
 FIXED_POLICIES = ("backbone", "none")
 # Standardised pooled features times this, colour statistics times 1, in a head's L-BFGS fit: with the same
@@ -135,22 +130,6 @@ class AttributeTraining:
                 torch.from_numpy(encoded.targets[index]).to(device), torch.from_numpy(encoded.mask[index]).to(device),
                 self.weights[head.name].to(device),
             )  # fmt: skip
-
-    def finish(
-        self, model: nn.Module, val: CachedFeatures
-    ) -> tuple[tuple[AttributeHead, ...], dict[str, dict[str, Any]]]:
-        """The card's heads and metrics.json's `attributes`, from the validation features of the best weights."""
-        model = _plain(model)
-        index = val.indices.numpy().astype(np.int64)
-        device = model.label_head.weight.device
-        with torch.no_grad():
-            extra = None if val.extra is None else val.extra.to(device)
-            inputs = model.attribute_input(val.features.to(device), extra)
-            logits = {name: head(inputs).float().cpu().double().numpy() for name, head in model.heads.items()}
-        encoded = {name: Encoded(e.targets[index], e.mask[index]) for name, e in self.val.items()}
-        finished = tuple(replace(h, reads=model.reads) for h in finish_heads(self.heads, logits, encoded))
-        probs = {h.name: probabilities(h.kind, logits[h.name], h.temperature) for h in finished}
-        return finished, attribute_metrics(finished, probs, encoded)
 
 
 def _group_weights(pooled: int, width: int, device: torch.device) -> torch.Tensor:

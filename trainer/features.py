@@ -59,6 +59,10 @@ class CachedFeatures:
     # float32 [N, E]: what attribute heads read beside the features (trainer.multihead.attribute_extra), or None
     extra: torch.Tensor | None = None
 
+    def with_extra(self) -> torch.Tensor:
+        """The features with `extra` appended as columns (what trainer.attribute_epochs.FeatureHeads reads)."""
+        return self.features if self.extra is None else torch.cat([self.features, self.extra], dim=1)
+
 
 def extract_features(
     body: nn.Module,
@@ -100,15 +104,17 @@ def _errors(batch: dict[str, Any], mask: torch.Tensor) -> list[str]:
 
 
 def cached_batches(
-    cache: CachedFeatures, batch_size: int, generator: torch.Generator | None
+    cache: CachedFeatures, batch_size: int, generator: torch.Generator | None, with_extra: bool = False
 ) -> Iterable[dict[str, Any]]:
-    """Batches shaped like the image loader's (`image` holds features), shuffled when a generator is given."""
+    """Batches shaped like the image loader's (`image` holds features), shuffled when a generator is given;
+    `with_extra`: the cache's extra appended to the features (trainer.attribute_epochs.FeatureHeads reads it)."""
+    inputs = cache.with_extra() if with_extra else cache.features
     n = len(cache.labels)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         take = order[start : start + batch_size]
         yield {
-            "image": cache.features[take],
+            "image": inputs[take],
             "label": cache.labels[take],
             "index": cache.indices[take],
             "ok": torch.ones(len(take), dtype=torch.bool),

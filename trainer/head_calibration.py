@@ -13,11 +13,12 @@ lists.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from skutag.trainer.attributes import Encoded, HeadData
 
-from skutag.heads import SINGLE, AttributeHead
+from skutag.heads import POOLED, SINGLE, AttributeHead
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
 REVIEW_QUANTILE = 0.05
@@ -86,9 +87,13 @@ def review_threshold(head: AttributeHead, probs: np.ndarray, encoded: Encoded) -
 
 
 def finish_heads(
-    heads: Sequence[HeadData], val_logits: Mapping[str, np.ndarray], val: Mapping[str, Encoded]
+    heads: Sequence[HeadData],
+    val_logits: Mapping[str, np.ndarray],
+    val: Mapping[str, Encoded],
+    reads: tuple[str, ...] = (POOLED,),
 ) -> tuple[AttributeHead, ...]:
-    """The card's heads: temperature, thresholds (multi) and review threshold from validation."""
+    """The card's heads: temperature, thresholds (multi) and review threshold from validation; `reads`:
+    what the model's attribute heads read (trainer.multihead.AttributeModel.reads)."""
     finished = []
     for data in heads:
         logits, encoded = np.asarray(val_logits[data.name]), val[data.name]
@@ -99,7 +104,6 @@ def finish_heads(
             thresholds = tuple(
                 best_f1_thresholds(probs[encoded.mask], encoded.targets[encoded.mask]).tolist()
             )
-        head = AttributeHead(data.name, data.kind, data.values, thresholds, temperature)
-        review = review_threshold(head, probs, encoded)
-        finished.append(AttributeHead(data.name, data.kind, data.values, thresholds, temperature, review))
+        head = AttributeHead(data.name, data.kind, data.values, thresholds, temperature, reads=reads)
+        finished.append(replace(head, review_threshold=review_threshold(head, probs, encoded)))
     return tuple(finished)

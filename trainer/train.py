@@ -392,7 +392,9 @@ class Trainer(TrainerEnd):
 
     def _val_batches(self) -> Iterable[dict[str, Any]]:
         if self.cached:
-            return cached_batches(self.val_cache, self.config.batch_size, None)
+            return cached_batches(
+                self.val_cache, self.config.batch_size, None, with_extra=self.attrs is not None
+            )
         return self.val_loader
 
     def _epoch(self, epoch: int) -> None:
@@ -441,7 +443,9 @@ class Trainer(TrainerEnd):
             }
             value, heads = float(figures[c.best_metric]), None
             if self.attrs is not None:  # the heads finished on this epoch's validation, and the score
-                heads, head_figures = epoch_heads(self.attrs, predictions.heads, predictions.indices)
+                heads, head_figures = epoch_heads(
+                    self.attrs, self.model, predictions.heads, predictions.indices
+                )
                 value = selection_score(value, head_figures)
                 row |= history_fields(head_figures, value)
             s.history.append(row)

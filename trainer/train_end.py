@@ -121,7 +121,7 @@ class TrainerEnd:
         heads, attribute_figures = (
             (None, None)
             if self.attrs is None
-            else epoch_heads(self.attrs, predictions.heads, predictions.indices)
+            else epoch_heads(self.attrs, self.model, predictions.heads, predictions.indices)
         )
         refit = self._refit()
         val = self.splits.val
