@@ -4,7 +4,8 @@
 the body is the model with its final Linear replaced by Identity (a shallow copy, the
 original keeps its head), so training the head trains the model that is saved.
 `FrozenBackboneClassifier` runs the body without autograd and the head with it;
-`extract_features` runs the body once over a loader for the cached path.
+`extract_features` runs the body once over a loader for the cached path (and, given the stages, keeps
+each row's stage statistics beside its features: the review queue's domain score, trainer.stage_stats).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from skutag.trainer.model import classifier_name
+from skutag.trainer.stage_stats import StageTaps, stage_root
 from torch import nn
 
 
@@ -56,16 +58,38 @@ class CachedFeatures:
     labels: torch.Tensor  # int64 [N]
     indices: torch.Tensor  # int64 [N], dataset indices
     failed: dict[int, str]  # dataset index -> error
+    stats: torch.Tensor | None = None  # float32 [N, S], the stage statistics when asked for
 
 
 def extract_features(
     body: nn.Module,
     batches: Iterable[dict[str, Any]],
     prepare: Callable[[torch.Tensor], torch.Tensor],
+    stages: tuple[str, ...] = (),
 ) -> CachedFeatures:
-    """Run `body` (eval mode, no grad) once over `batches`; failed samples are left out and reported."""
+    """Run `body` (eval mode, no grad) once over `batches`; failed samples are left out and reported.
+    With `stages` (trainer.stage_stats.stage_names), each row's stage statistics are kept too."""
     body.eval()
-    features, labels, indices, failed = [], [], [], {}
+    features, labels, indices, failed, stats = [], [], [], {}, []
+    taps = StageTaps(stage_root(body), stages).attach() if stages else None
+    try:
+        _extract(body, batches, prepare, taps, (features, labels, indices, failed, stats))
+    finally:
+        if taps is not None:
+            taps.detach()
+    if not features:
+        return CachedFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
+    return CachedFeatures(
+        torch.cat(features),
+        torch.cat(labels),
+        torch.cat(indices),
+        failed,
+        torch.cat(stats) if stats else None,
+    )
+
+
+def _extract(body: nn.Module, batches: Iterable[dict[str, Any]], prepare: Callable, taps, out: tuple) -> None:
+    features, labels, indices, failed, stats = out
     with torch.no_grad():
         for batch in batches:
             ok = batch["ok"]
@@ -75,11 +99,10 @@ def extract_features(
                 continue
             out = body(prepare(batch["image"][ok]))
             features.append(out.float().cpu())
+            if taps is not None:
+                stats.append(taps.statistics().float().cpu())
             labels.append(batch["label"][ok])
             indices.append(batch["index"][ok])
-    if not features:
-        return CachedFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
-    return CachedFeatures(torch.cat(features), torch.cat(labels), torch.cat(indices), failed)
 
 
 def _errors(batch: dict[str, Any], mask: torch.Tensor) -> list[str]:
