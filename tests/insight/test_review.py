@@ -155,6 +155,12 @@ def test_the_domain_score_flags_photos_of_another_domain_and_matches_pytorch(set
     assert exported.shape == (len(images),)
     np.testing.assert_allclose(exported, reference, rtol=1e-3)
 
+    from skutag.predict.model import open_model, predict_files
+
+    # `skutag predict` of the run dir: its ExportModule has the extra output, the top-k is as before
+    (row,) = predict_files(open_model(setup["run"]), [images[0]], topk=2)
+    assert row.error is None and len(row.labels) == 2
+
     shifted = _shifted(setup["inside"], tmp / "shifted")
     inside = _run(setup["model"], setup["inside"], tmp / "out-domain-inside")
     other = _run(setup["model"], shifted, tmp / "out-domain-shifted")
