@@ -6,7 +6,9 @@ centre-cropped by the host, cast to float first (TensorRT handles uint8 layout c
 poorly), then layout change and normalisation inside the graph; `probs` float32 `[batch, classes]` out,
 softmax(logits / T) with the card's `temperature` T (skutag.calibration; 1 when the card has none), so
 every format built from this module gives calibrated probabilities; optionally `embedding` (the pooled
-penultimate features). `export_fp32` writes one self-contained file with the pinned
+penultimate features); `domain_score` [batch] when the card's review section reads it (score
+"stage-statistics": the squared Mahalanobis distance of the body's stage statistics to the training rows'
+Gaussian, trainer.stage_stats, which the loaded model carries as `domain_fit`). `export_fp32` writes one self-contained file with the pinned
 opset and a dynamic batch dimension named `batch`.
 """
 
@@ -20,9 +22,11 @@ import onnx
 import torch
 from skutag.exporter.heads import AttributeOutputs
 from skutag.trainer.model import classifier_name
+from skutag.trainer.stage_stats import DomainDistance, StageTaps, stage_names
 from torch import nn
 
-from skutag.card import METADATA_KEY, ModelCard
+from skutag.card import DOMAIN_SCORE, METADATA_KEY, ModelCard
+from skutag.errors import InputError
 from skutag.fsio import atomic_path
 from skutag.normalize import normalize, pixel_scale
 
@@ -30,6 +34,12 @@ OPSET = 18
 INPUT_NAME = "image"
 PROBS = "probs"
 EMBEDDING = "embedding"
+DOMAIN = "domain_score"
+
+
+def reads_domain(card: ModelCard) -> bool:
+    """Whether the card's review section reads the graph's `domain_score` output."""
+    return (card.review or {}).get("score") == DOMAIN_SCORE
 
 
 class ExportModule(nn.Module):
@@ -57,6 +67,9 @@ class ExportModule(nn.Module):
         self.register_buffer("mean", torch.from_numpy(mean))
         self.register_buffer("std", torch.from_numpy(std))
         self.temperature = float(card.temperature or 1.0)  # a constant in the graph: logits / T
+        self.taps = self.domain = None
+        if reads_domain(card):
+            self.taps, self.domain = _domain_parts(model, body, card)
 
     def forward(self, image: torch.Tensor):
         if self.input_kind == "uint8":
@@ -67,18 +80,36 @@ class ExportModule(nn.Module):
         else:
             x = image
         features = self.body(x)
+        # the stage statistics the forward hooks recorded during the body (they trace into the graph)
+        domain = () if self.taps is None else (self.domain(self.taps.statistics()),)
         logits = self.head(features).float()
         if self.temperature != 1.0:
             logits = logits / self.temperature
         probs = torch.softmax(logits, dim=1)
+        outputs = (probs, *((features.float(),) if self.embeddings else ()), *domain)
         if self.attributes is not None:
-            return (probs, *((features.float(),) if self.embeddings else ()), *self.attributes(features, x))
-        return (probs, features.float()) if self.embeddings else probs
+            return (*outputs, *self.attributes(features, x))
+        return outputs if len(outputs) > 1 else probs
+
+
+def _domain_parts(model: nn.Module, body: nn.Module, card: ModelCard) -> tuple[StageTaps, DomainDistance]:
+    """The forward hooks on the body's stages and the Gaussian (the loaded model's `domain_fit`)."""
+    fit = getattr(model, "domain_fit", None)
+    stages = tuple(card.review["stages"])
+    if fit is None or stage_names(body) != stages:
+        raise InputError(f"the card's review reads {DOMAIN} over {stages}; the model has no such Gaussian")
+    return StageTaps(body, stages).attach(), DomainDistance(fit)
 
 
 def output_names(card: ModelCard, embeddings: bool) -> list[str]:
-    """The graph's outputs in order: `probs`, `embedding` when asked, `attr.<name>` per attribute head."""
-    return [PROBS, *([EMBEDDING] if embeddings else []), *(h.output for h in card.attributes or ())]
+    """The graph's outputs in order: `probs`, `embedding` when asked, `domain_score` when the card's review
+    reads it, `attr.<name>` per attribute head."""
+    return [
+        PROBS,
+        *([EMBEDDING] if embeddings else []),
+        *([DOMAIN] if reads_domain(card) else []),
+        *(h.output for h in card.attributes or ()),
+    ]
 
 
 def example_input(card: ModelCard, input_kind: str, batch: int = 2) -> torch.Tensor:

@@ -62,12 +62,15 @@ def head_failures(figures: Mapping[str, Mapping[str, float]], limits: Limits) ->
 
 
 def split_outputs(
-    values: Sequence[np.ndarray], heads: Sequence[AttributeHead], embeddings: bool
+    values: Sequence[np.ndarray], heads: Sequence[AttributeHead], embeddings: bool, domain: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-    """A graph's outputs in order (exporter.graph.output_names) -> probs, embedding, {head: probs}."""
+    """A graph's outputs in order (exporter.graph.output_names) -> probs, embedding, {head: probs}
+    (`domain`: the graph has `domain_score` after the embedding, left out here)."""
     values = list(values)
     probs = values.pop(0)
     embedding = values.pop(0) if embeddings else None
+    if domain:
+        values.pop(0)
     if len(values) != len(heads):
         from skutag.errors import SkutagError
 

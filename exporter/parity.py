@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from skutag.exporter import formats
+from skutag.exporter.graph import reads_domain
 from skutag.exporter.head_parity import head_failures, heads_parity, split_outputs
 from skutag.exporter.samples import SampleSet, batches, model_input
 from torch import nn
@@ -131,7 +132,7 @@ def torch_outputs(module: nn.Module, samples: SampleSet, card: ModelCard, input_
                 for b in batches(samples.pixels, CHECK_BATCH)
             ]
         values = [np.concatenate([c[i].numpy() for c in chunks]) for i in range(len(chunks[0]))]
-        return Outputs(*split_outputs(values, card.attributes, module.embeddings))
+        return Outputs(*split_outputs(values, card.attributes, module.embeddings, module.taps is not None))
     with torch.inference_mode():
         for batch in batches(samples.pixels, CHECK_BATCH):
             result = module(torch.from_numpy(model_input(batch, card, input_kind)))
@@ -148,9 +149,9 @@ def exported_outputs(path: str | Path, samples: SampleSet, card: ModelCard, inpu
     runner = formats.backend(for_path(path)).load(Path(path))
     if card.attributes is not None:
         values = formats.run_outputs(runner, model_input(samples.pixels, card, input_kind), CHECK_BATCH)
-        return Outputs(
-            *split_outputs(values, card.attributes, embeddings=len(values) > 1 + len(card.attributes))
-        )
+        domain = reads_domain(card)
+        embeddings = len(values) > 1 + domain + len(card.attributes)
+        return Outputs(*split_outputs(values, card.attributes, embeddings, domain))
     probs, embedding = formats.run_all(runner, model_input(samples.pixels, card, input_kind), CHECK_BATCH)
     return Outputs(probs, embedding)
 

@@ -266,10 +266,14 @@ class ModelCard:
 
 
 REVIEW_SCORE = "1-max-cosine"
+# The domain score (issue 29): `ood_threshold` / `tpr` read the graph's `domain_score` output (a squared
+# Mahalanobis distance of the backbone's stage statistics, trainer.stage_stats); `stages` names the tapped
+# modules, `rank` the kept directions. The Gaussian itself lives in the weights and the graph, not here.
+DOMAIN_SCORE = "stage-statistics"
 REVIEW_KEYS = {"score", "class_means", "ood_threshold", "tpr", "confidence_threshold"}
 # Written since the thresholds come from validation and the means from training (trainer.review); a card
 # of skutag 0.3 or earlier 0.4 has none of them and reads the same.
-REVIEW_OPTIONAL = {"statistics", "target_rate", "validation"}
+REVIEW_OPTIONAL = {"statistics", "target_rate", "validation", "stages", "rank"}
 
 
 def _review_problems(review: Any, num_classes: int) -> list[str]:
@@ -278,8 +282,20 @@ def _review_problems(review: Any, num_classes: int) -> list[str]:
     if not REVIEW_KEYS <= set(review) <= REVIEW_KEYS | REVIEW_OPTIONAL:
         return [f"review must have the keys {sorted(REVIEW_KEYS)} (and optionally {sorted(REVIEW_OPTIONAL)})"]
     problems = []
-    if review["score"] != REVIEW_SCORE:
-        problems.append(f"review score must be {REVIEW_SCORE!r}")
+    domain = review["score"] == DOMAIN_SCORE
+    if review["score"] != REVIEW_SCORE and not domain:
+        problems.append(f"review score must be {REVIEW_SCORE!r} or {DOMAIN_SCORE!r}")
+    if domain != ("stages" in review and "rank" in review):
+        problems.append(f"review stages and rank go with score {DOMAIN_SCORE!r}, and only with it")
+    elif domain and not (
+        isinstance(review["stages"], list)
+        and review["stages"]
+        and all(isinstance(n, str) and n for n in review["stages"])
+        and isinstance(review["rank"], int)
+        and not isinstance(review["rank"], bool)
+        and review["rank"] > 0
+    ):
+        problems.append("review stages must be a list of module names and rank a positive integer")
     means = review["class_means"]
     if (
         not isinstance(means, list)
@@ -290,7 +306,7 @@ def _review_problems(review: Any, num_classes: int) -> list[str]:
     ):
         problems.append("review class_means must be one equal-length list of finite numbers per class")
     for key, low, high in (
-        ("ood_threshold", 0.0, 2.0),
+        ("ood_threshold", 0.0, math.inf if domain else 2.0),
         ("tpr", 0.0, 1.0),
         ("confidence_threshold", 0.0, 1.0),
     ):

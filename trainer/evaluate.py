@@ -9,7 +9,9 @@ a `temperature`; a run dir's logits are divided by the card's temperature here, 
 probabilities. metrics.json has the expected calibration error of those probabilities (`ece`) and,
 for a calibrated card, before temperature scaling (`ece_uncalibrated`). For a card with a `review`
 section it also has what the review queue does on the eval set (`review`: rows flagged, wrong
-predictions caught, per reason; trainer.review), scored on the model's embedding. For a card with
+predictions caught, per reason; trainer.review), scored on the model's embedding (a section of score
+"stage-statistics": on the ONNX file's `domain_score` output, or a run dir's stage statistics through the
+same taps and Gaussian, trainer.stage_stats). For a card with
 attribute heads and a manifest DATA that has their columns, metrics.json has `attributes.<name>`
 (trainer.head_metrics, the training run's figures): the heads' calibrated probabilities, from the
 run dir's heads divided by their temperatures or the ONNX file's `attr.<name>` outputs.
@@ -30,16 +32,20 @@ from skutag.trainer.display import Display
 from skutag.trainer.features import split_head
 from skutag.trainer.report import Evaluation, write_report
 from skutag.trainer.review import review_figures
+from skutag.trainer.stage_stats import DomainDistance, StageTaps, stage_root
 from torch.utils.data import DataLoader
 
 from skutag import calibration
-from skutag.card import ModelCard
+from skutag.card import DOMAIN_SCORE, ModelCard
 from skutag.errors import InputError
 from skutag.fsio import atomic_write_json, check_output_dir, sha256_file
 from skutag.review_stats import ood_scores
 
-# uint8 NCHW batch -> (probabilities [N, K], embedding [N, D] or None, {attribute head: probabilities})
-Predict = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]]
+# uint8 NCHW batch -> (probabilities [N, K], embedding [N, D] or None, domain score [N] or None,
+# {attribute head: probabilities})
+Predict = Callable[
+    [torch.Tensor], tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]
+]
 
 
 def evaluate(
@@ -77,11 +83,17 @@ def evaluate(
     batches = iter(loader)  # workers fork here, before any ONNX Runtime session exists
     predict, where = _predictor(model_path, card, device)
     display.say(f"evaluating {model_path} on {len(samples)} images ({where})")
-    evaluation, embedding, attributes = _run(predict, batches, card, samples, display)
+    evaluation, embedding, domain, attributes = _run(predict, batches, card, samples, display)
     write_report(out, evaluation)
     display.say(report_gradcam(model_path, out, gradcam))
     figures = evaluation.summary()
-    if card.review is not None and embedding is not None:
+    if card.review is not None and card.review["score"] == DOMAIN_SCORE:  # the graph's or the taps' score
+        if domain is None:
+            raise InputError(
+                f"{model_path}: its card's review reads the domain score, which it does not give"
+            )
+        figures["review"] = review_figures(card.review, evaluation.probs, domain, evaluation.labels)
+    elif card.review is not None and embedding is not None:
         figures["review"] = review_figures(
             card.review,
             evaluation.probs,
@@ -177,15 +189,21 @@ def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict,
     torch_device, line = resolve_device(device)
     model, _ = load_trained(model_path, torch_device)
     body, head = split_head(model)
+    # the domain score of the review queue: the same taps and Gaussian as the exported graph's output
+    taps = distance = None
+    if model.domain_fit is not None and (card.review or {}).get("score") == DOMAIN_SCORE:
+        taps = StageTaps(stage_root(body), tuple(card.review["stages"])).attach()
+        distance = DomainDistance(model.domain_fit).to(torch_device)
     normalizer = Normalizer(card).to(torch_device)
     attribute_heads = {h.name: (h, model.heads[h.name]) for h in card.attributes or ()}
 
-    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict]:
         from skutag.trainer.head_calibration import probabilities
 
         with torch.no_grad():
             x = normalizer(images.to(torch_device))
             features = body(x)
+            domain = None if taps is None else distance(taps.statistics()).cpu().double().numpy()
             probs = torch.softmax(head(features).float(), dim=1).cpu().double().numpy()
             if attribute_heads:  # what the heads read: trainer.multihead.attribute_input
                 inputs = model.attribute_input(features, model.attribute_extra(x))
@@ -197,7 +215,7 @@ def _predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Predict,
             card.temperature is not None
         ):  # softmax(logits / T), as the exported graph and the trainer's report
             probs = calibration.retemper(probs, 1.0 / card.temperature)
-        return probs, features.float().cpu().numpy(), attributes
+        return probs, features.float().cpu().numpy(), domain, attributes
 
     return predict, f"torch, {line}"
 
@@ -209,10 +227,11 @@ def _onnx_predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Pre
     input_name = session.get_inputs()[0].name
     names = {o.name for o in session.get_outputs()}
     outputs = ["probs"] + (["embedding"] if "embedding" in names else [])
+    outputs += ["domain_score"] if "domain_score" in names else []
     heads = [f"attr.{h.name}" for h in card.attributes or ()]  # calibrated inside the graph (exporter.heads)
     normalizer = Normalizer(card)
 
-    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    def predict(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict]:
         if card.input_dtype == "uint8":
             feed = images.permute(0, 2, 3, 1).contiguous().numpy()
         else:
@@ -221,15 +240,16 @@ def _onnx_predictor(model_path: Path, card: ModelCard, device: str) -> tuple[Pre
         attributes = {
             h[len("attr.") :]: p.astype(np.float64) for h, p in zip(heads, got[len(outputs) :], strict=True)
         }
-        return got[0].astype(np.float64), got[1] if len(outputs) > 1 else None, attributes
+        named = dict(zip(outputs, got, strict=False))
+        return got[0].astype(np.float64), named.get("embedding"), named.get("domain_score"), attributes
 
     return predict, f"onnxruntime {info.device}, {card.precision}"
 
 
 def _run(
     predict: Predict, batches: Iterator[dict[str, Any]], card: ModelCard, samples: list, display: Display
-) -> tuple[Evaluation, np.ndarray | None, dict[str, np.ndarray]]:
-    labels, probs, paths, failed, embeddings = [], [], [], {}, []
+) -> tuple[Evaluation, np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]:
+    labels, probs, paths, failed, embeddings, domains = [], [], [], {}, [], []
     attributes: dict[str, list[np.ndarray]] = {}
     with display.progress("eval", len(samples)) as advance:
         for batch in batches:
@@ -238,7 +258,8 @@ def _run(
                 if not good:
                     failed[samples[index].path] = error
             if ok.any():
-                scores, embedding, heads = predict(batch["image"][ok])
+                scores, embedding, domain, heads = predict(batch["image"][ok])
+                domains.append(domain)
                 for name, head_probs in heads.items():
                     attributes.setdefault(name, []).append(head_probs)
                 probs.append(scores)
@@ -253,4 +274,5 @@ def _run(
         list(card.classes), paths, np.concatenate(labels), np.concatenate(probs), failed, card.temperature
     )
     embedding = None if any(e is None for e in embeddings) else np.concatenate(embeddings)
-    return evaluation, embedding, {name: np.concatenate(parts) for name, parts in attributes.items()}
+    domain = None if any(d is None for d in domains) else np.concatenate(domains)
+    return evaluation, embedding, domain, {name: np.concatenate(parts) for name, parts in attributes.items()}

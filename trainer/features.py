@@ -4,7 +4,8 @@
 the body is the model with its final Linear replaced by Identity (a shallow copy, the
 original keeps its head), so training the head trains the model that is saved.
 `FrozenBackboneClassifier` runs the body without autograd and the head with it;
-`extract_features` runs the body once over a loader for the cached path.
+`extract_features` runs the body once over a loader for the cached path (and, given the stages, keeps
+each row's stage statistics beside its features: the review queue's domain score, trainer.stage_stats).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from skutag.trainer.model import classifier_name
+from skutag.trainer.stage_stats import StageTaps, stage_root
 from torch import nn
 
 
@@ -58,6 +60,7 @@ class CachedFeatures:
     failed: dict[int, str]  # dataset index -> error
     # float32 [N, E]: what attribute heads read beside the features (trainer.multihead.attribute_extra), or None
     extra: torch.Tensor | None = None
+    stats: torch.Tensor | None = None  # float32 [N, S], the stage statistics when asked for
 
     def with_extra(self) -> torch.Tensor:
         """The features with `extra` appended as columns (what trainer.attribute_epochs.FeatureHeads reads)."""
@@ -68,12 +71,34 @@ def extract_features(
     body: nn.Module,
     batches: Iterable[dict[str, Any]],
     prepare: Callable[[torch.Tensor], torch.Tensor],
+    stages: tuple[str, ...] = (),
 ) -> CachedFeatures:
     """Run `body` (eval mode, no grad) once over `batches`; failed samples are left out and reported.
-    A body with `attribute_extra` (trainer.multihead) also gives the cache's `extra`."""
+    A body with `attribute_extra` (trainer.multihead) also gives the cache's `extra`; with `stages`
+    (trainer.stage_stats.stage_names), each row's stage statistics are kept too."""
     body.eval()
+    features, labels, indices, failed, extras, stats = [], [], [], {}, [], []
+    taps = StageTaps(stage_root(body), stages).attach() if stages else None
+    try:
+        _extract(body, batches, prepare, taps, (features, labels, indices, failed, extras, stats))
+    finally:
+        if taps is not None:
+            taps.detach()
+    if not features:
+        return CachedFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
+    return CachedFeatures(
+        torch.cat(features),
+        torch.cat(labels),
+        torch.cat(indices),
+        failed,
+        extra=torch.cat(extras) if extras else None,
+        stats=torch.cat(stats) if stats else None,
+    )
+
+
+def _extract(body: nn.Module, batches: Iterable[dict[str, Any]], prepare: Callable, taps, out: tuple) -> None:
+    features, labels, indices, failed, extras, stats = out
     extra_of = getattr(body, "attribute_extra", None)
-    features, labels, indices, extras, failed = [], [], [], [], {}
     with torch.no_grad():
         for batch in batches:
             ok = batch["ok"]
@@ -86,17 +111,10 @@ def extract_features(
             extra = None if extra_of is None else extra_of(x)
             if extra is not None:
                 extras.append(extra.float().cpu())
+            if taps is not None:
+                stats.append(taps.statistics().float().cpu())
             labels.append(batch["label"][ok])
             indices.append(batch["index"][ok])
-    if not features:
-        return CachedFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), failed)
-    return CachedFeatures(
-        torch.cat(features),
-        torch.cat(labels),
-        torch.cat(indices),
-        failed,
-        torch.cat(extras) if extras else None,
-    )
 
 
 def _errors(batch: dict[str, Any], mask: torch.Tensor) -> list[str]:

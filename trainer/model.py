@@ -200,8 +200,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(
             f"cannot read weights {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -210,7 +211,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["model"]  # a skutag last.ckpt
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path} is not a state dict of tensors")
-    return state
+    # best.safetensors' domain Gaussian is the review queue's, not the model's (trainer.stage_stats)
+    return {k: v for k, v in state.items() if not k.startswith("review.domain.")}
 
 
 def load_backbone(

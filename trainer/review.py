@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from skutag.card import REVIEW_SCORE
-from skutag.review_stats import REASONS, flags, normalise, ood_scores
+from skutag.card import DOMAIN_SCORE, REVIEW_SCORE
+from skutag.review_stats import REASONS, domain_scores, flags, normalise, ood_scores
 
 DEFAULT_RATE = 0.10
 DOMAIN_RANK = 16  # directions of the stage statistics' covariance kept (RESULTS.md: rank 16 ~ full)
@@ -67,10 +67,10 @@ def domain_fit(stats: np.ndarray, rank: int = DOMAIN_RANK) -> dict[str, np.ndarr
 
 
 def confidence_threshold(top1: np.ndarray, far: np.ndarray, rate: float) -> float:
-    """The largest threshold c (a top-1 value, or 0) with mean((top1 < c) | far) <= rate."""
+    """The largest threshold c (a top-1 value below 1, or 0) with mean((top1 < c) | far) <= rate."""
     best = 0.0
     for c in np.unique(top1):  # ascending: the flagged fraction only grows
-        if np.mean((top1 < c) | far) > rate:
+        if c >= 1.0 or np.mean((top1 < c) | far) > rate:
             break
         best = float(c)
     return best
@@ -82,7 +82,11 @@ def thresholds(scores: np.ndarray, top1: np.ndarray, rate: float) -> tuple[float
     if not len(scores):
         return 2.0, 0.0
     ood = float(np.quantile(scores, 1.0 - rate * OOD_SHARE))  # within the score's range (cosine: [0, 2])
-    return ood, confidence_threshold(np.asarray(top1), np.asarray(scores) > ood, rate)
+    ood = max(ood, 0.0)  # a float64 domain distance is >= 0 up to rounding
+    # candidates are float32 probabilities below 1 (what an exported graph gives): a threshold within rounding
+    # of 1 would flag the saturated rows of a run dir (float64) and not those of its ONNX file (float32)
+    top1 = np.asarray(top1, np.float32).astype(np.float64)
+    return ood, confidence_threshold(top1, np.asarray(scores) > ood, rate)
 
 
 def review_section(
@@ -93,15 +97,24 @@ def review_section(
     val_probs: np.ndarray,
     num_classes: int,
     rate: float = DEFAULT_RATE,
+    domain: tuple[dict[str, np.ndarray], np.ndarray, tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
     """The card's review section: means from the training features [N, D] and labels [N]; thresholds from the
-    validation features [M, D], labels [M] and (calibrated) probabilities [M, C], flagging `rate` of them."""
+    validation features [M, D], labels [M] and (calibrated) probabilities [M, C], flagging `rate` of them.
+
+    `domain` (the Gaussian of the training rows' stage statistics, `domain_fit`; the validation rows' stage
+    statistics [M, S]; the tapped stages): the OOD score is then the domain score (`score:
+    "stage-statistics"`, its threshold set on those validation rows); the class means stay in the section."""
     means = class_means(train_features, train_labels, num_classes)
-    scores = ood_scores(val_features, means)
+    if domain is None:
+        scores = ood_scores(val_features, means)
+    else:
+        fit, val_stats, stages = domain
+        scores = domain_scores(val_stats, fit)
     probs = np.asarray(val_probs, np.float64)
     ood_threshold, low_threshold = thresholds(scores, probs.max(axis=1), rate)
     section = {
-        "score": REVIEW_SCORE,
+        "score": REVIEW_SCORE if domain is None else DOMAIN_SCORE,
         "class_means": [[float(v) for v in row.astype(np.float32)] for row in means],
         "ood_threshold": ood_threshold,
         "tpr": float(np.mean(scores <= ood_threshold)) if len(scores) else 1.0,
@@ -109,6 +122,8 @@ def review_section(
         "statistics": "train",
         "target_rate": float(rate),
     }
+    if domain is not None:
+        section |= {"stages": list(stages), "rank": len(fit["weights"])}
     section["validation"] = review_figures(section, probs, scores, val_labels)
     return section
 

@@ -17,10 +17,43 @@ graph as ordinary operators).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 EPSILON = 1e-6
+# best.safetensors keeps the domain Gaussian (trainer.review.domain_fit) beside the model's weights under
+# these keys (`review.domain.mean` ...); it is no part of the model's state dict, so loaders split it off.
+DOMAIN_PREFIX = "review.domain."
+DOMAIN_KEYS = ("mean", "basis", "weights", "rest")
+
+
+def domain_tensors(fit: dict) -> dict[str, torch.Tensor]:
+    """The Gaussian's arrays as float32 tensors under DOMAIN_PREFIX (what save_weights adds)."""
+    return {
+        DOMAIN_PREFIX + k: torch.tensor(np.atleast_1d(np.asarray(fit[k], np.float32))) for k in DOMAIN_KEYS
+    }
+
+
+def split_domain(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(the model's own state, the domain Gaussian as numpy arrays or None) of a weights file's tensors."""
+    own = {k: v for k, v in state.items() if not k.startswith(DOMAIN_PREFIX)}
+    if len(own) == len(state):
+        return state, None
+    fit = {k: state[DOMAIN_PREFIX + k].numpy() for k in DOMAIN_KEYS if DOMAIN_PREFIX + k in state}
+    if len(fit) != len(DOMAIN_KEYS):
+        raise ValueError(f"the weights hold part of the domain Gaussian: {sorted(fit)}")
+    fit["rest"] = float(fit["rest"].reshape(-1)[0])
+    return own, fit
+
+
+def stage_root(model: nn.Module) -> nn.Module:
+    """The plain classifier under the wrappers the trainer puts around it (DDP's `module`, torch.compile's
+    `_orig_mod`, an attribute model's `body`: trainer.multihead): `stage_names` are relative to it."""
+    for name in ("module", "_orig_mod"):
+        model = getattr(model, name, model)
+    body = getattr(model, "body", None)
+    return body if isinstance(body, nn.Module) and hasattr(model, "label_head") else model
 
 
 def stage_names(model: nn.Module) -> tuple[str, ...]:

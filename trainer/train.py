@@ -62,6 +62,7 @@ from skutag.trainer.model import Built, build
 from skutag.trainer.recipe import phases
 from skutag.trainer.report import write_csv
 from skutag.trainer.seeding import epoch_seed, seed_everything, seed_worker
+from skutag.trainer.stage_stats import stage_names, stage_root
 from skutag.trainer.train_end import TrainerEnd
 from skutag.trainer.views import ViewsDataset, flat_views
 from skutag.trainer.weights import BEST, save_weights
@@ -257,10 +258,12 @@ class Trainer(TrainerEnd):
                 f"caching backbone features of {len(views)} view(s) ({', '.join(views)}) of the training photos "
                 f"and of the validation photos for {self.head_epochs} head epochs"
             )
+            # the stage statistics beside the features: the review queue's domain score (trainer.review)
+            stages = stage_names(stage_root(self.model))
             self.train_cache = extract_features(
-                body, flat_views(DataLoader(plain, **loader_args)), self._prepare_images
+                body, flat_views(DataLoader(plain, **loader_args)), self._prepare_images, stages
             )
-            self.val_cache = extract_features(body, self.val_loader, self._prepare_images)
+            self.val_cache = extract_features(body, self.val_loader, self._prepare_images, stages)
             self.display.say(f"cached {tuple(self.train_cache.features.shape)} training features")
             self._check_loaded(len(self.train_cache.labels), self.train_cache.failed, self.splits.train)
         head_batches = -(-len(self.train_cache.labels) // c.batch_size) if self.train_cache is not None else 0

@@ -1,5 +1,5 @@
 """The end of `skutag train` (trainer.train's `Trainer` inherits it): the best weights reloaded and validated,
-calibration (temperature, review section), the attribute heads finished, the refit, the report, metrics.json,
+calibration (temperature, review section with the domain Gaussian of the stage statistics), the attribute heads finished, the refit, the report, metrics.json,
 the card, Grad-CAM sheets and skipped.csv. Rank 0 writes every file.
 """
 
@@ -17,7 +17,8 @@ from skutag.trainer.features import CachedFeatures, extract_features, split_head
 from skutag.trainer.head_fit import fit_logistic
 from skutag.trainer.model import read_state_dict
 from skutag.trainer.report import Evaluation, write_csv, write_report
-from skutag.trainer.review import review_section
+from skutag.trainer.review import domain_fit, review_section
+from skutag.trainer.stage_stats import stage_names, stage_root
 from skutag.trainer.weights import BEST, save_weights
 from torch.utils.data import DataLoader
 
@@ -40,7 +41,12 @@ class TrainerEnd:
         model = getattr(self.model, "module", self.model)
         body, head = split_head(getattr(model, "_orig_mod", model))
         cached = self.train_cache is not None and self.state.best_epoch <= self.head_epochs
-        val = self.val_cache if cached else extract_features(body, self.val_loader, self._prepare_images)
+        stages = stage_names(stage_root(model))  # () for a backbone without known stages: the cosine
+        val = (
+            self.val_cache
+            if cached
+            else extract_features(body, self.val_loader, self._prepare_images, stages)
+        )
         train = self.train_cache
         if not cached:
             index = {name: i for i, name in enumerate(self.classes)}
@@ -50,16 +56,22 @@ class TrainerEnd:
                 num_workers=default_workers() if self.config.workers is None else self.config.workers,
             )
             self.display.say(f"training features for the review statistics ({len(self.splits.train)} images)")
-            train = extract_features(body, loader, self._prepare_images)
+            train = extract_features(body, loader, self._prepare_images, stages)
         with torch.no_grad():
             logits = head(val.features.to(self.device)).float().cpu().double().numpy()
         self.val_features = val  # the attribute heads' calibration reads them too
         labels = val.labels.numpy()
         temperature = calibration.fit_temperature(logits, labels)
         probs = calibration.softmax(logits / temperature)
+        # the domain score (issue 29): one Gaussian of the training rows' stage statistics, its tensors saved
+        # in best.safetensors (DOMAIN_PREFIX) for the exporter's `domain_score` output
+        self.domain_fit = None
+        if stages and train.stats is not None and val.stats is not None and len(train.stats) > 1:
+            self.domain_fit = domain_fit(train.stats.double().numpy())
         section = review_section(
             train.features.numpy(), train.labels.numpy(), val.features.numpy(), labels, probs,
             len(self.classes), rate=self.config.review_rate,
+            domain=None if self.domain_fit is None else (self.domain_fit, val.stats.double().numpy(), stages),
         )  # fmt: skip
         return temperature, section
 
@@ -155,7 +167,8 @@ class TrainerEnd:
             attributes=heads,
         )
         card.save(self.out / "card.json")
-        save_weights(self.out / BEST, self.model, card)  # the exporter reads the card from the weights
+        # the exporter reads the card (and the domain Gaussian) from the weights
+        save_weights(self.out / BEST, self.model, card, domain=self.domain_fit)
         from skutag.trainer.explain import report_gradcam  # lazy: grad-cam is an optional extra
 
         self.display.say(report_gradcam(self.out, self.out / "report", self.config.gradcam))

@@ -17,14 +17,18 @@ from skutag.fsio import atomic_path
 BEST = "best.safetensors"
 
 
-def save_weights(path: str | Path, model: nn.Module, card: ModelCard) -> None:
-    """Atomically write the model's state dict with `card` in the safetensors metadata."""
+def save_weights(path: str | Path, model: nn.Module, card: ModelCard, domain: dict | None = None) -> None:
+    """Atomically write the model's state dict with `card` in the safetensors metadata (and `domain`, the
+    review queue's Gaussian of stage statistics, as tensors `review.domain.*`: trainer.stage_stats)."""
     from safetensors.torch import save_file
+    from skutag.trainer.stage_stats import domain_tensors
 
     plain = _unwrap(model)
     # A model with attribute heads (trainer.multihead) saves the plain classifier's keys plus its heads'.
     weights = plain.plain_state() if hasattr(plain, "plain_state") else plain.state_dict()
     state = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    if domain is not None:
+        state |= domain_tensors(domain)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={METADATA_KEY: card.to_json()})
 
@@ -68,18 +72,36 @@ def load_trained(source: str | Path, device: str | torch.device = "cpu") -> tupl
     except Exception as exc:
         raise InputError(f"cannot read weights {path}: {exc}") from exc
     model = build_model(card.arch, card.num_classes, "none")
+    state, domain = _domain_of(state, card, path)
     if card.attributes is not None:
         from skutag.trainer.multihead import from_state
 
-        return from_state(model, card, state, str(path)).to(device).eval(), card
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(
-            f"the card in {path} does not match its weights ({card.arch}, "
-            f"{card.num_classes} classes): {str(exc).splitlines()[0]}"
-        ) from exc
+        model = from_state(model, card, state, str(path))
+    else:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise InputError(
+                f"the card in {path} does not match its weights ({card.arch}, "
+                f"{card.num_classes} classes): {str(exc).splitlines()[0]}"
+            ) from exc
+    model.domain_fit = domain  # the exporter's `domain_score` output reads it (exporter.graph)
     return model.to(device).eval(), card
+
+
+def _domain_of(state: dict, card: ModelCard, path: Path) -> tuple[dict, dict | None]:
+    """The model's own tensors and the review's domain Gaussian, which a card of score stage-statistics needs."""
+    from skutag.trainer.stage_stats import split_domain
+
+    from skutag.card import DOMAIN_SCORE
+
+    try:
+        state, domain = split_domain(state)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    if domain is None and (card.review or {}).get("score") == DOMAIN_SCORE:
+        raise InputError(f"{path}: its card's review reads the domain score but the weights hold no Gaussian")
+    return state, domain
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -21,7 +21,7 @@ import numpy as np
 from skutag.normalize import normalize, normalize_nhwc_uint8, pixel_scale
 from skutag.runtime import SessionInfo, create_session
 
-from .model import EMBEDDING, ModelContract
+from .model import DOMAIN, EMBEDDING, ModelContract
 
 if TYPE_CHECKING:  # the loader's import (Pillow, pyarrow, storage) is no part of opening a session
     from ..decode.loader import Batch
@@ -119,6 +119,7 @@ class HostPredictor:
         self.topk = topk
         self.heads = contract.card.attributes or ()
         self.outputs = [contract.scores_output] + ([EMBEDDING] if embeddings else [])
+        self.outputs += [DOMAIN] if contract.reads_domain else []  # the OOD score (batchrun.predict.review)
         self.outputs += [head.output for head in self.heads]
 
     def __call__(self, batch: Batch) -> Predictions:
@@ -133,12 +134,13 @@ class HostPredictor:
             attributes = {
                 h.name: v.astype(np.float32, copy=False) for h, v in zip(self.heads, tail, strict=True)
             }
+        ood = results.pop().astype(np.float32, copy=False) if self.contract.reads_domain else None
         scores = results[0].astype(np.float32, copy=False)
         if self.contract.apply_softmax:
             scores = softmax(scores)
         indices, values = topk_host(scores, self.topk)
         embedding = results[1].astype(np.float32, copy=False) if len(results) > 1 else None
-        return Predictions(indices, values, embedding, attributes=attributes)
+        return Predictions(indices, values, embedding, ood, attributes=attributes)
 
 
 class BoundPredictor:
@@ -172,12 +174,13 @@ class BoundPredictor:
         self.embedding = None
         if embeddings:
             self.embedding = self._output(EMBEDDING, (batch_size, contract.embedding_dim), output_types)
+        self.domain = self._output(DOMAIN, (batch_size,), output_types) if contract.reads_domain else None
         self.heads = {
             head.name: self._output(head.output, (batch_size, len(head.values)), output_types)
             for head in contract.card.attributes or ()
         }
 
-    def _output(self, name: str, shape: tuple[int, int], types: dict[str, Any]):
+    def _output(self, name: str, shape: tuple[int, ...], types: dict[str, Any]):
         dtype = self.torch.float16 if types[name] == np.float16 else self.torch.float32
         tensor = self.torch.empty(shape, dtype=dtype, device=self.device)
         self._bind(self.binding.bind_output, name, tensor)
@@ -212,10 +215,12 @@ class BoundPredictor:
         if self.embedding is not None:
             embedding = self.embedding[:rows].float().cpu().numpy()
         attributes = {name: t[:rows].float().cpu().numpy() for name, t in self.heads.items()} or None
+        ood = None if self.domain is None else self.domain[:rows].float().cpu().numpy()
         return Predictions(
             indices.to(torch.int32).cpu().numpy(),
             values.cpu().numpy().astype(np.float32),
             embedding,
+            ood,
             attributes=attributes,
         )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skutag.artifacts import a_title, format_of
-from skutag.card import ModelCard
+from skutag.card import DOMAIN_SCORE, ModelCard
 from skutag.errors import InputError
 from skutag.runtime import input_shape
 
@@ -27,6 +27,9 @@ from .signature import ModelSignature, TensorInfo, read_signature
 
 PROBS = "probs"
 EMBEDDING = "embedding"
+DOMAIN = (
+    "domain_score"  # the review queue's OOD score computed in the graph (card review score stage-statistics)
+)
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 10: "float16"}
 # Files people hand to `skutag run` by mistake, in plain words (read_signature names any other non-ONNX file).
 _NOT_ONNX = {
@@ -67,6 +70,12 @@ class ModelContract:
     scores_output: str
     apply_softmax: bool
     embedding_dim: int | None  # None: the model has no `embedding` output
+    domain_score: bool = False  # the model has a `domain_score` output
+
+    @property
+    def reads_domain(self) -> bool:
+        """Whether the review queue's OOD score is the graph's `domain_score` (not the embedding's cosine)."""
+        return self.domain_score and (self.card.review or {}).get("score") == DOMAIN_SCORE
 
 
 def read_contract(path: str | os.PathLike, foreign: ForeignPreprocessing | None = None) -> ModelContract:
@@ -136,6 +145,7 @@ def contract_of(
         scores_output=scores,
         apply_softmax=foreign.softmax,
         embedding_dim=_last_dim(outputs[EMBEDDING]) if EMBEDDING in outputs else None,
+        domain_score=DOMAIN in outputs,
     )
 
 
@@ -160,7 +170,11 @@ def _check_signature(
         )
     if PROBS not in outputs:
         raise InputError(f"{path} carries a skutag card but has no {PROBS!r} output")
-    for name in (PROBS, EMBEDDING):
+    if (card.review or {}).get("score") == DOMAIN_SCORE and DOMAIN not in outputs:
+        raise InputError(
+            f"{path}: its card's review reads the {DOMAIN!r} output, which the graph does not have"
+        )
+    for name in (PROBS, EMBEDDING, DOMAIN):
         if name in outputs and _ONNX_DTYPES.get(outputs[name].elem_type) != "float32":
             raise InputError(f"{path}: output {name!r} must be float32")
     check_outputs(path, card, outputs)  # an `attr.<name>` per attribute head of the card

@@ -32,7 +32,7 @@ def assemble_predictor(
 ) -> Callable[..., Predictions]:
     """The run's predictor. `embeddings`: the run writes them; `device_pixels`: batches arrive with
     pixels already on the session's GPU (the local engine's `--decode gpu` on a GPU session)."""
-    wanted = embeddings or review.wanted(contract)
+    wanted = embeddings or review.needs_embedding(contract)
     if device_pixels:
         predict = DevicePredictor(session, contract, topk=topk, embeddings=wanted, batch_size=batch_size)
     else:

@@ -4,7 +4,8 @@ The trainer (trainer.review) stores per-class means of L2-normalised training em
 OOD threshold and a low-confidence threshold set on the validation split to flag a stated rate
 (skutag 0.3 and earlier 0.4 cards: means and thresholds both from validation; read the same way). A row is flagged
 when its top-1 probability is below `confidence_threshold` (`low_confidence`) or its
-`ood_score = 1 - max cosine(embedding, class mean)` is above `ood_threshold`
+`ood_score = 1 - max cosine(embedding, class mean)` (for a section of score "stage-statistics": the graph's
+`domain_score` output, the predictor's `ood_score`; issue 29) is above `ood_threshold`
 (`out_of_distribution`) or, when the manifest gave the row a `label`, its top-1 label is
 another one (`label_mismatch`); the reasons are comma-joined in that order. Error rows have
 null in all three. Models without the card section get none of these columns.
@@ -102,13 +103,20 @@ def card_review(metadata: dict[bytes, bytes] | dict[str, str] | None) -> Review 
 
 
 def wanted(contract) -> bool:
-    """Whether this model's runs carry the review columns (a review section and an `embedding` output)."""
-    return contract.card.review is not None and contract.embedding_dim is not None
+    """Whether this model's runs carry the review columns (a review section, and an `embedding` output or,
+    for a section of score stage-statistics, a `domain_score` output)."""
+    return contract.card.review is not None and (contract.embedding_dim is not None or contract.reads_domain)
+
+
+def needs_embedding(contract) -> bool:
+    """Whether the OOD score is computed here from the embedding (the class-mean cosine)."""
+    return wanted(contract) and not contract.reads_domain
 
 
 def with_review(predict: Callable, contract, keep_embedding: bool) -> Callable:
-    """`predict` (built with embeddings when `wanted`) plus `ood_score`; drops the embedding unless kept."""
-    if not wanted(contract):
+    """`predict` (built with embeddings when `needs_embedding`) plus `ood_score`; drops the embedding unless
+    kept. A model whose graph computes the score (`domain_score`) gets it from the predictor as it is."""
+    if not needs_embedding(contract):
         return predict
     review = Review.from_section(contract.card.review)
 

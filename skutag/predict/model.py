@@ -125,7 +125,8 @@ def _onnx_model(path: Path, device: str) -> LoadedModel:
 
     def scores(pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         values = session.run(outputs, {contract.input_name: host_model_input(pixels, contract)})
-        return values[0], {h.name: v for h, v in zip(heads, values[1:], strict=True)}
+        # the attribute heads' outputs come last (after `domain_score` when the card's review reads it)
+        return values[0], {h.name: v for h, v in zip(heads, values[len(values) - len(heads) :], strict=True)}
 
     return LoadedModel(path, "ONNX", contract.card, scores)
 
@@ -149,7 +150,8 @@ def _torch_model(path: Path, device: str) -> LoadedModel:
         with torch.inference_mode():
             result = module(torch.from_numpy(pixels).to(device))
         values = [t.float().cpu().numpy() for t in (result if isinstance(result, tuple) else (result,))]
-        return values[0], {h.name: v for h, v in zip(heads, values[1:], strict=True)}
+        # the attribute heads' outputs come last (after `domain_score` when the card's review reads it)
+        return values[0], {h.name: v for h, v in zip(heads, values[len(values) - len(heads) :], strict=True)}
 
     return LoadedModel(path, "PyTorch run dir" if path.is_dir() else "PyTorch weights", card, scores)
 

@@ -1,7 +1,9 @@
 """The review queue (issue 14): the trainer calibrates "in distribution" on the validation split, the
 exporter keeps it in the card (with the `embedding` output), and `skutag run` adds `ood_score`, `review`
 and `review_reason`; images of classes the model never saw are flagged far more often than new images
-of the classes it learned. Models without the card section write exactly the old schema."""
+of the classes it learned. resnet18 has stages, so the section reads the graph's `domain_score` (issue 29:
+the stage statistics' Gaussian); a shifted domain of the learned classes is flagged. Models without the
+card section write exactly the old schema; a cosine section on a graph without the output runs as before."""
 
 from __future__ import annotations
 
@@ -62,7 +64,9 @@ def test_the_card_of_the_run_and_of_the_onnx_file_has_the_review_section(setup):
     card = ModelCard.load(setup["run"] / "card.json")
     review = card.review
     assert (
-        review["score"] == "1-max-cosine"
+        review["score"] == "stage-statistics"  # resnet18 has stages: the domain score (issue 29)
+        and review["stages"] == ["layer1", "layer2", "layer3", "layer4"]
+        and review["rank"] == 16
         and review["statistics"] == "train"
         and review["target_rate"] == 0.10
     )
@@ -75,11 +79,11 @@ def test_the_card_of_the_run_and_of_the_onnx_file_has_the_review_section(setup):
     )
     assert card.temperature is not None and card.temperature > 0
     assert len(review["class_means"]) == SEEN and len({len(m) for m in review["class_means"]}) == 1
-    assert 0 < review["ood_threshold"] < 2 and 0 <= review["confidence_threshold"] <= 1
+    assert review["ood_threshold"] > 0 and 0 <= review["confidence_threshold"] <= 1
     proto = onnx.load(str(setup["model"]))
     exported = ModelCard.from_json({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
     assert exported.review == review
-    assert [o.name for o in proto.graph.output] == ["probs", "embedding"]
+    assert [o.name for o in proto.graph.output] == ["probs", "embedding", "domain_score"]
     assert ModelCard.from_json(card.to_json()) == card  # strict round trip with the section
 
 
@@ -114,6 +118,96 @@ def test_review_flags_unseen_classes_far_more_often_than_seen_ones(setup):
     assert outside_flagged >= inside_flagged + 0.2
     scores = np.array(outside.column("ood_score").to_pylist())
     assert np.median(scores) > np.median(np.array(inside.column("ood_score").to_pylist()))
+
+
+def _shifted(source: Path, out: Path) -> Path:
+    """The same photos in another domain: half the contrast around mid-grey (another camera's exposure;
+    the shapes and hues the classes differ by stay)."""
+    from PIL import Image
+
+    for path in sorted(source.rglob("*.*")):
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        target = out / path.relative_to(source).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((128 + 0.5 * (pixels - 128)).astype(np.uint8)).save(target)
+    return out
+
+
+def test_the_domain_score_flags_photos_of_another_domain_and_matches_pytorch(setup):
+    """Issue 29 wired end to end: the trainer's Gaussian of the stage statistics, the graph's `domain_score`
+    (as PyTorch computes it), `skutag run` flagging a shifted domain of the learned classes."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+    from skutag.exporter.graph import ExportModule
+    from skutag.trainer.weights import load_trained
+
+    tmp = setup["tmp"]
+    card = ModelCard.load(setup["run"] / "card.json")
+    model, _ = load_trained(setup["run"])
+    assert model.domain_fit is not None and model.domain_fit["basis"].shape[1] == card.review["rank"]
+    images = sorted(setup["inside"].rglob("*.*"))[:6]
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64)), np.uint8) for p in images])
+    with torch.no_grad():
+        reference = ExportModule(model, card, embeddings=True).eval()(torch.from_numpy(pixels))[2].numpy()
+    session = ort.InferenceSession(str(setup["model"]), providers=["CPUExecutionProvider"])
+    (exported,) = session.run(["domain_score"], {"image": pixels})
+    assert exported.shape == (len(images),)
+    np.testing.assert_allclose(exported, reference, rtol=1e-3)
+
+    from skutag.predict.model import open_model, predict_files
+
+    # `skutag predict` of the run dir: its ExportModule has the extra output, the top-k is as before
+    (row,) = predict_files(open_model(setup["run"]), [images[0]], topk=2)
+    assert row.error is None and len(row.labels) == 2
+
+    shifted = _shifted(setup["inside"], tmp / "shifted")
+    inside = _run(setup["model"], setup["inside"], tmp / "out-domain-inside")
+    other = _run(setup["model"], shifted, tmp / "out-domain-shifted")
+
+    def ood(table) -> float:
+        return float(
+            np.mean(["out_of_distribution" in (r or "") for r in table.column("review_reason").to_pylist()])
+        )
+
+    print(f"out_of_distribution: in-domain {ood(inside):.2f}, shifted {ood(other):.2f}")
+    # the threshold flags half the 10% target on validation; fresh in-domain photos stay near it
+    assert ood(inside) <= 0.25
+    assert ood(other) >= 0.8  # the other domain's exposure: the stage statistics see it
+
+
+def test_a_cosine_card_and_a_graph_without_domain_score_run_as_before(setup):
+    """An older export: the section of score 1-max-cosine, no `domain_score` output; `skutag run` scores
+    the embedding against the class means; a domain card on a graph without the output is refused."""
+    from skutag.batchrun.predict.model import read_contract
+
+    from skutag.errors import InputError
+    from skutag.review_stats import ood_scores
+
+    card = ModelCard.load(setup["run"] / "card.json")
+    review = {k: v for k, v in card.review.items() if k not in ("stages", "rank")}
+    old_card = card.replace(review=review | {"score": "1-max-cosine", "ood_threshold": 0.05})
+    proto = onnx.load(str(setup["model"]))
+    outputs = [o for o in proto.graph.output if o.name != "domain_score"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = old_card.to_json()
+    old = setup["tmp"] / "cosine.onnx"
+    onnx.save(proto, str(old))
+    table = _run(old, setup["inside"], setup["tmp"] / "out-cosine", embeddings=True)
+    embedding = np.array(table.column("embedding").to_pylist(), np.float32)
+    expected = ood_scores(embedding, np.asarray(review["class_means"], np.float32), np.float32)
+    np.testing.assert_allclose(
+        np.array(table.column("ood_score").to_pylist()), expected, rtol=1e-5, atol=1e-6
+    )
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = card.to_json()
+    onnx.save(proto, str(setup["tmp"] / "missing.onnx"))
+    with pytest.raises(InputError, match="domain_score"):
+        read_contract(setup["tmp"] / "missing.onnx")
 
 
 def test_a_model_without_the_section_writes_the_old_schema(setup):
