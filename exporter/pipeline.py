@@ -125,6 +125,12 @@ def validate(request: ExportRequest) -> Format:
             "--precision int8 needs calibration images: pass --calib DIR with real images like the ones "
             "you will tag (skutag never calibrates on default data)"
         )
+    if target.precision == "int8" and graph.reads_domain(_run_card(request.source)):
+        raise InputError(
+            f"--precision int8: the review queue of {request.source} reads the backbone stages' feature "
+            "statistics (--ood-score stage-statistics), which 8-bit activations change (benchmarks/RESULTS.md, "
+            "review queue); export --precision fp32 or fp16, or train with --ood-score cosine"
+        )
     out = request.out
     if out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
@@ -293,6 +299,12 @@ def _shared(check_set: samples.SampleSet | None, calibration: samples.SampleSet 
     if check_set is None or calibration is None:
         return 0
     return len({p.resolve() for p in check_set.files} & {p.resolve() for p in calibration.files})
+
+
+def _run_card(source: Path) -> ModelCard:
+    from skutag.trainer.weights import read_card
+
+    return read_card(_weights_path(source))
 
 
 def _weights_path(source: Path) -> Path:

@@ -6,6 +6,7 @@ import click
 from skutag.trainer.config import (  # no torch: choices and defaults declared once
     BN_STATS,
     HEAD_SOLVERS,
+    OOD_SCORES,
     default_of,
 )
 
@@ -216,6 +217,15 @@ NAMED_METRICS = ("macro_f1", "accuracy", "top5_accuracy", "val_loss")
     show_default=True,
     help="The review queue's target: the fraction of in-distribution photos flagged for a person "
     "(thresholds set on the validation split; the card states it and what the queue caught there).",
+)
+@click.option(
+    "--ood-score",
+    type=click.Choice(OOD_SCORES),
+    default=default_of("ood_score"),
+    show_default=True,
+    help="The review queue's out-of-distribution score: the cosine to the class means, or the distance of the "
+    "photo's stage feature statistics from the training photos' (catches photos of another domain, "
+    "benchmarks/RESULTS.md; exports at fp32 or fp16 only, since 8-bit activations change those statistics).",
 )
 @click.option(
     "--attributes",

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from skutag.card import DOMAIN_SCORE
 from skutag.errors import InputError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -15,6 +16,8 @@ BALANCE = ("none", "loss", "sampler")
 BN_STATS = ("auto", "frozen", "update")
 AMP = ("auto", "bf16", "fp16", "off")
 HEAD_EPOCHS = 40  # the default head-only phase with --head-solver adam (benchmarks/RESULTS.md: recipe)
+# the review queue's out-of-distribution score (trainer.review): the card's "1-max-cosine", "stage-statistics"
+OOD_SCORES = ("cosine", DOMAIN_SCORE)
 HEAD_SOLVERS = ("lbfgs", "adam")  # lbfgs: one epoch fits the head to its optimum (trainer.head_fit)
 # the views of the head's cache: the flipped copy did not pay with the L-BFGS head (RESULTS.md, model_table)
 CACHE_VIEWS = "center"
@@ -79,6 +82,9 @@ class TrainConfig:
     # an attribute head whose worst validation mistakes the report's Grad-CAM also explains (trainer.explain)
     gradcam_head: str | None = None
     review_rate: float = 0.10  # the review queue's target flag rate on validation (trainer.review)
+    # the review queue's out-of-distribution score (trainer.review, REVIEW_SCORES): the class-mean cosine, or the
+    # Gaussian of the backbone stages' feature statistics (fp32/fp16 exports only: it does not survive int8)
+    ood_score: str = OOD_SCORES[0]
     # `color,pattern,style:multi`: one head per manifest column beside the label head (trainer.attribute_training)
     attributes: str | None = None
     attribute_weight: float = 1.0  # each attribute head's loss is multiplied by this

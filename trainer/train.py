@@ -69,7 +69,7 @@ from skutag.trainer.weights import BEST, save_weights
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from skutag.card import NORMALIZATIONS, ModelCard
+from skutag.card import DOMAIN_SCORE, NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
 from skutag.fsio import atomic_write_json, check_output_dir
 
@@ -176,6 +176,10 @@ class Trainer(TrainerEnd):
         if self.attrs is not None:  # one backbone, the label head and a head per attribute
             self.model, self.freeze = self.attrs.wrap(self.model, self.freeze, self.card)
             self.model = self.model.to(self.device)
+        if config.ood_score == DOMAIN_SCORE and not stage_names(stage_root(self.model)):
+            raise InputError(
+                f"--ood-score {DOMAIN_SCORE}: skutag knows no stages of {config.arch}; use --ood-score cosine"
+            )
         self.cached = False  # this epoch trains the head on cached features
         self.normalizer = Normalizer(self.card).to(self.device)
         self._make_data()
@@ -259,7 +263,7 @@ class Trainer(TrainerEnd):
                 f"and of the validation photos for {self.head_epochs} head epochs"
             )
             # the stage statistics beside the features: the review queue's domain score (trainer.review)
-            stages = stage_names(stage_root(self.model))
+            stages = self._domain_stages()
             self.train_cache = extract_features(
                 body, flat_views(DataLoader(plain, **loader_args)), self._prepare_images, stages
             )

@@ -49,7 +49,17 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     inside = _split(tmp / "fresh", seen, tmp / "inside", ("",))
     outside = _split(tmp / "fresh", unseen, tmp / "outside", ("",))
     run = tmp / "run"
-    train(TrainConfig(data=str(data), out=str(run), freeze="none", epochs=4, lr=1e-3, **FAST))
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(run),
+            freeze="none",
+            epochs=4,
+            lr=1e-3,
+            ood_score="stage-statistics",
+            **FAST,
+        )
+    )
     model = tmp / "model.onnx"
     run_export(ExportRequest(source=run, out=model, check=False))
     return {"run": run, "model": model, "inside": inside, "outside": outside, "tmp": tmp}
@@ -208,6 +218,19 @@ def test_a_cosine_card_and_a_graph_without_domain_score_run_as_before(setup):
     onnx.save(proto, str(setup["tmp"] / "missing.onnx"))
     with pytest.raises(InputError, match="domain_score"):
         read_contract(setup["tmp"] / "missing.onnx")
+
+
+def test_int8_export_of_a_domain_score_model_is_refused_before_any_work(setup, tmp_path):
+    """8-bit activations change the stage statistics the Gaussian was fitted on (an int8 file's score was
+    ~22x the fp32 one, uncorrelated): such an export would flag most rows, so it is refused in one line."""
+    from skutag.errors import InputError
+
+    request = ExportRequest(
+        source=setup["run"], out=tmp_path / "q.onnx", precision="int8", calib_dir=setup["inside"], check=False
+    )
+    with pytest.raises(InputError, match="--ood-score stage-statistics"):
+        run_export(request)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_model_without_the_section_writes_the_old_schema(setup):
