@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skutag.card import NORMALIZATIONS
+from skutag.card import NORMALIZATIONS, ModelCard
 from skutag.errors import InputError, SkutagError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ class Preprocessing:
         """The shorter side before the centre crop: timm's floor(size / crop_pct), torchvision's round(size * 256/224)."""
         size = image_size or self.image_size
         return math.floor(size / self.crop_pct) if self.family == "timm" else round(size / self.crop_pct)
+
+    def card(self, arch: str, classes: tuple[str, ...]) -> ModelCard:
+        """A bare card of these weights' pixels at their own size (what an experiment on frozen features needs)."""
+        return ModelCard(
+            arch=arch, classes=tuple(classes), image_size=self.image_size, resize_size=self.resize_size(),
+            normalize=self.normalize, mean=self.mean, std=self.std, interpolation=self.interpolation,
+        )  # fmt: skip
 
     @property
     def normalize(self) -> str:

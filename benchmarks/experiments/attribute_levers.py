@@ -37,15 +37,9 @@ def extract(manifest: Path, rows: list[dict], arch: str, cache: Path) -> dict[st
     from skutag.trainer.taps import StageTaps, colour_statistics
     from torch.utils.data import DataLoader
 
-    from skutag.card import ModelCard
-
     classes = sorted({r["label"] for r in rows})
     built = build(arch, len(classes), "imagenet")
-    p = built.preprocessing
-    card = ModelCard(
-        arch=arch, classes=tuple(classes), image_size=p.image_size, resize_size=p.resize_size(p.image_size),
-        normalize=p.normalize, mean=p.mean, std=p.std, interpolation=p.interpolation,
-    )  # fmt: skip
+    card = built.preprocessing.card(arch, tuple(classes))
     samples = [Sample(str((manifest.parent / r["path"]).resolve()), r["label"]) for r in rows]
     body, _ = split_head(built.model)
     body.eval()

@@ -115,20 +115,13 @@ def logreg(data: Path, names: list[str], fields: dict) -> tuple[dict[str, float]
     from skutag.trainer.model import build
     from torch.utils.data import DataLoader
 
-    from skutag.card import ModelCard
-
     def LogisticRegression(**kwargs):  # noqa: N802 - standardised: converges in far fewer iterations
         return make_pipeline(StandardScaler(), Plain(**kwargs))
 
     start = time.perf_counter()
     splits = find_splits(data, val_dir=None, val_split=None, seed=0)
     built = build(fields["arch"], len(splits.classes), fields["weights"])
-    p = built.preprocessing
-    card = ModelCard(
-        arch=fields["arch"], classes=tuple(splits.classes), image_size=p.image_size,
-        resize_size=p.resize_size(p.image_size), normalize=p.normalize, mean=p.mean, std=p.std,
-        interpolation=p.interpolation,
-    )  # fmt: skip
+    card = built.preprocessing.card(fields["arch"], tuple(splits.classes))
     body, _ = split_head(built.model)
     normalizer = Normalizer(card)
     index = {c: i for i, c in enumerate(splits.classes)}

@@ -90,19 +90,13 @@ def view_features(root: Path, arch: str, views: tuple[str, ...], work: Path) -> 
     from skutag.trainer.views import ViewsDataset, flat_views
     from torch.utils.data import DataLoader
 
-    from skutag.card import ModelCard
-
     path = work / f"features-{root.name}-{arch.split('/')[-1]}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     samples = find_labelled(root)
     classes = sorted({s.label for s in samples})
     built = build(arch, len(classes), "imagenet")
-    p = built.preprocessing
-    card = ModelCard(
-        arch=arch, classes=tuple(classes), image_size=p.image_size, resize_size=p.resize_size(p.image_size),
-        normalize=p.normalize, mean=p.mean, std=p.std, interpolation=p.interpolation,
-    )  # fmt: skip
+    card = built.preprocessing.card(arch, tuple(classes))
     base = CatalogDataset(samples, {c: i for i, c in enumerate(classes)}, card)
     loader = DataLoader(ViewsDataset(base, views), batch_size=16, num_workers=1)
     body, _ = split_head(built.model)
@@ -117,7 +111,7 @@ def view_features(root: Path, arch: str, views: tuple[str, ...], work: Path) -> 
         "views": views,
         "classes": classes,
         "seconds_per_image_view": seconds / (n * len(views)),
-        "image_size": p.image_size,
+        "image_size": card.image_size,
     }
     torch.save(result, path)
     return result

@@ -67,16 +67,10 @@ def stage_features(root: Path, cache: Path) -> dict[str, np.ndarray]:
         from skutag.trainer.model import build
         from torch.utils.data import DataLoader
 
-        from skutag.card import ModelCard
-
         samples = find_labelled(root)
         classes = sorted({s.label for s in samples})
         built = build(ARCH, len(classes), "imagenet")
-        p = built.preprocessing
-        card = ModelCard(
-            arch=ARCH, classes=tuple(classes), image_size=p.image_size, resize_size=p.resize_size(p.image_size),
-            normalize=p.normalize, mean=p.mean, std=p.std, interpolation=p.interpolation,
-        )  # fmt: skip
+        card = built.preprocessing.card(ARCH, tuple(classes))
         dataset = CatalogDataset(samples, {c: i for i, c in enumerate(classes)}, card)
         model, prepare = built.model.eval(), Normalizer(card)
         modules = [model.bn1, *model.blocks]
