@@ -132,7 +132,7 @@ def torch_outputs(module: nn.Module, samples: SampleSet, card: ModelCard, input_
                 for b in batches(samples.pixels, CHECK_BATCH)
             ]
         values = [np.concatenate([c[i].numpy() for c in chunks]) for i in range(len(chunks[0]))]
-        return Outputs(*split_outputs(values, card.attributes, module.embeddings, module.taps is not None))
+        return Outputs(*split_outputs(values, card.attributes, module.embeddings, reads_domain(card)))
     with torch.inference_mode():
         for batch in batches(samples.pixels, CHECK_BATCH):
             result = module(torch.from_numpy(model_input(batch, card, input_kind)))

@@ -125,12 +125,6 @@ def validate(request: ExportRequest) -> Format:
             "--precision int8 needs calibration images: pass --calib DIR with real images like the ones "
             "you will tag (skutag never calibrates on default data)"
         )
-    if target.precision == "int8" and graph.reads_domain(_run_card(request.source)):
-        raise InputError(
-            f"--precision int8: the review queue of {request.source} reads the backbone stages' feature "
-            "statistics (--ood-score stage-statistics), which 8-bit activations change (benchmarks/RESULTS.md, "
-            "review queue); export --precision fp32 or fp16, or train with --ood-score cosine"
-        )
     out = request.out
     if out.is_dir():
         raise InputError(f"--out {out} is a directory; give a file name such as {out / 'model.onnx'}")
@@ -142,6 +136,12 @@ def validate(request: ExportRequest) -> Format:
         raise InputError(f"cannot write --out {out}: {exc.strerror or exc}") from exc
     # A missing converter is one line naming the extra (exit 2), before loading anything.
     artifacts.require_extra(fmt, fmt.export_modules(request.precision), f"skutag export --format {fmt.name}")
+    if target.precision == "int8" and graph.reads_domain(_run_card(request.source)):
+        raise InputError(
+            f"--precision int8: the review queue of {request.source} reads the backbone stages' feature "
+            "statistics (--ood-score stage-statistics), which 8-bit activations change (benchmarks/RESULTS.md, "
+            "review queue); export --precision fp32 or fp16, or train with --ood-score cosine"
+        )
     return fmt
 
 
