@@ -176,7 +176,10 @@ class Trainer(TrainerEnd):
         if self.attrs is not None:  # one backbone, the label head and a head per attribute
             self.model, self.freeze = self.attrs.wrap(self.model, self.freeze, self.card)
             self.model = self.model.to(self.device)
-        if config.ood_score == DOMAIN_SCORE and not stage_names(stage_root(self.model)):
+        # the stages whose feature statistics the review queue's domain score reads (--ood-score
+        # stage-statistics; trainer.review), else (): the cosine
+        self.domain_stages = stage_names(stage_root(self.model)) if config.ood_score == DOMAIN_SCORE else ()
+        if config.ood_score == DOMAIN_SCORE and not self.domain_stages:
             raise InputError(
                 f"--ood-score {DOMAIN_SCORE}: skutag knows no stages of {config.arch}; use --ood-score cosine"
             )
@@ -263,7 +266,7 @@ class Trainer(TrainerEnd):
                 f"and of the validation photos for {self.head_epochs} head epochs"
             )
             # the stage statistics beside the features: the review queue's domain score (trainer.review)
-            stages = self._domain_stages()
+            stages = self.domain_stages
             self.train_cache = extract_features(
                 body, flat_views(DataLoader(plain, **loader_args)), self._prepare_images, stages
             )

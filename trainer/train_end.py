@@ -18,12 +18,10 @@ from skutag.trainer.head_fit import fit_logistic
 from skutag.trainer.model import read_state_dict
 from skutag.trainer.report import Evaluation, write_csv, write_report
 from skutag.trainer.review import domain_fit, review_section
-from skutag.trainer.stage_stats import stage_names, stage_root
 from skutag.trainer.weights import BEST, save_weights
 from torch.utils.data import DataLoader
 
 from skutag import calibration
-from skutag.card import DOMAIN_SCORE
 from skutag.fsio import atomic_write_json
 from skutag.heads import AttributeHead
 
@@ -42,7 +40,7 @@ class TrainerEnd:
         model = getattr(self.model, "module", self.model)
         body, head = split_head(getattr(model, "_orig_mod", model))
         cached = self.train_cache is not None and self.state.best_epoch <= self.head_epochs
-        stages = self._domain_stages()  # (): the cosine
+        stages = self.domain_stages  # (): the cosine
         val = (
             self.val_cache
             if cached
@@ -75,14 +73,6 @@ class TrainerEnd:
             domain=None if self.domain_fit is None else (self.domain_fit, val.stats.double().numpy(), stages),
         )  # fmt: skip
         return temperature, section
-
-    def _domain_stages(self) -> tuple[str, ...]:
-        """The stages whose feature statistics the review queue's domain score reads (--ood-score
-        stage-statistics), else ()."""
-        if self.config.ood_score != DOMAIN_SCORE:
-            return ()
-        model = getattr(self.model, "module", self.model)
-        return stage_names(stage_root(getattr(model, "_orig_mod", model)))
 
     def _refit(self) -> dict[str, Any] | None:
         """When the best weights are the L-BFGS head's (fine-tuning did not pay) and --refit is on: fit the
